@@ -1,1 +1,211 @@
-fn main() {}
+//! `certgen`: issue and inspect the Micronets private PKI. See `docs/certificates.md`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use micronets_certgen::{
+    Authority, Error, KeyType, LeafSpec, RootSpec, Usage, dev, files, inspect, verify,
+};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Issue and inspect the Micronets WebSocket proxy's certificates"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Issue a root CA: <base>.cert.pem and <base>.key.pem.
+    Root(Common),
+    /// Issue a leaf signed by a CA: <base>.cert.pem, <base>.key.pem and <base>.pkeycert.pem.
+    Leaf {
+        #[command(flatten)]
+        common: Common,
+        /// The CA certificate.
+        #[arg(long)]
+        ca_certfile: PathBuf,
+        /// The CA private key (PKCS#8, or the original scripts' SEC1 form).
+        #[arg(long)]
+        ca_keyfile: PathBuf,
+        /// Extended key usage: client, server or both.
+        #[arg(long, default_value = "both")]
+        usage: Usage,
+        /// A DNS subjectAltName (repeatable).
+        #[arg(long = "san-dns")]
+        san_dns: Vec<String>,
+        /// An IP subjectAltName (repeatable).
+        #[arg(long = "san-ip")]
+        san_ip: Vec<String>,
+    },
+    /// Describe every certificate in a PEM file.
+    Inspect {
+        /// The PEM file.
+        file: PathBuf,
+        /// One JSON object per certificate, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a leaf (and any intermediates after it) against a CA bundle; exit 0 or 1.
+    Verify {
+        /// The CA certificate(s).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The leaf certificate or pkeycert.
+        leaf: PathBuf,
+        /// Require this usage (client or server; default: either).
+        #[arg(long)]
+        usage: Option<Usage>,
+    },
+    /// Create or refresh the whole development PKI.
+    Dev {
+        /// Where to put it.
+        #[arg(long, default_value = "certs/dev")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// Output path without suffix, e.g. certs/micronets-ws-root.
+    #[arg(long)]
+    cert_basename: PathBuf,
+    /// Subject organization (O).
+    #[arg(long)]
+    subject_org_name: String,
+    /// Subject CN [default: root: the organization; leaf: the basename's file name].
+    #[arg(long)]
+    common_name: Option<String>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 500)]
+    expiration_in_days: u32,
+    /// Key algorithm: p256, p384, ed25519, rsa2048 or rsa3072.
+    #[arg(long, default_value = "p256")]
+    key_type: KeyType,
+    /// Replace existing output files.
+    #[arg(long, alias = "force-overwrite")]
+    force: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("certgen: {e}");
+            ExitCode::from(if matches!(e, Error::Invalid(_)) {
+                64
+            } else {
+                1
+            })
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), Error> {
+    match command {
+        Command::Root(c) => {
+            let spec = RootSpec {
+                org: c.subject_org_name,
+                common_name: c.common_name,
+                days: c.expiration_in_days,
+                key_type: c.key_type,
+            };
+            write(
+                &c.cert_basename,
+                &micronets_certgen::issue_root(&spec)?,
+                false,
+                c.force,
+            )
+        }
+        Command::Leaf {
+            common: c,
+            ca_certfile,
+            ca_keyfile,
+            usage,
+            san_dns,
+            san_ip,
+        } => {
+            let authority = Authority::load(&ca_certfile, &ca_keyfile)?;
+            let default_cn = c
+                .cert_basename
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            let spec = LeafSpec {
+                org: c.subject_org_name,
+                common_name: c.common_name.or(default_cn).unwrap_or_default(),
+                days: c.expiration_in_days,
+                key_type: c.key_type,
+                usage,
+                dns_names: san_dns,
+                ip_addresses: san_ip,
+            };
+            write(
+                &c.cert_basename,
+                &authority.issue_leaf(&spec)?,
+                true,
+                c.force,
+            )
+        }
+        Command::Inspect { file, json } => {
+            for (i, info) in inspect::CertInfo::from_file(&file)?.iter().enumerate() {
+                match json {
+                    true => println!("{}", serde_json::to_string(info).unwrap_or_default()),
+                    false => println!("{}{info}", if i > 0 { "\n" } else { "" }),
+                }
+            }
+            Ok(())
+        }
+        Command::Verify { ca, leaf, usage } => {
+            let verified = verify::verify(&ca, &leaf, usage)?;
+            println!(
+                "{}: OK (valid for {} authentication)",
+                leaf.display(),
+                verified.purposes.join(" and ")
+            );
+            Ok(())
+        }
+        Command::Dev { dir } => {
+            let pki = dev::DevPki::new(dir);
+            let report = dev::ensure(&pki)?;
+            println!(
+                "dev PKI in {}: created [{}], kept [{}]",
+                pki.dir.display(),
+                report.created.join(", "),
+                report.kept.join(", ")
+            );
+            Ok(())
+        }
+    }
+}
+
+fn write(
+    base: &std::path::Path,
+    issued: &micronets_certgen::Issued,
+    leaf: bool,
+    force: bool,
+) -> Result<(), Error> {
+    if issued.capped_to_ca {
+        eprintln!("certgen: warning: notAfter cut to the CA's own notAfter");
+    }
+    let outputs = files::outputs(base, issued, leaf);
+    files::write_outputs(&outputs, force)?;
+    for output in &outputs {
+        println!("wrote {}", output.path.display());
+    }
+    Ok(())
+}
