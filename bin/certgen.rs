@@ -4,15 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use micronets_certgen::{
-    Authority, Error, KeyType, LeafSpec, RootSpec, Usage, dev, files, inspect, verify,
-};
+use micronets_certgen::{Authority, Error, KeyType, LeafSpec, RootSpec, Usage, dev, files, inspect, verify};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Issue and inspect the Micronets WebSocket proxy's certificates"
-)]
+#[command(version, about = "Issue and inspect the Micronets WebSocket proxy's certificates")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,55 +91,28 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(64)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return if e.use_stderr() { ExitCode::from(64) } else { ExitCode::SUCCESS };
         }
     };
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("certgen: {e}");
-            ExitCode::from(if matches!(e, Error::Invalid(_)) {
-                64
-            } else {
-                1
-            })
+            ExitCode::from(if matches!(e, Error::Invalid(_)) { 64 } else { 1 })
         }
     }
 }
 
 fn run(command: Command) -> Result<(), Error> {
-    match command {
+    let (base, issued, leaf, force) = match command {
         Command::Root(c) => {
-            let spec = RootSpec {
-                org: c.subject_org_name,
-                common_name: c.common_name,
-                days: c.expiration_in_days,
-                key_type: c.key_type,
-            };
-            write(
-                &c.cert_basename,
-                &micronets_certgen::issue_root(&spec)?,
-                false,
-                c.force,
-            )
+            let (common_name, days, key_type) = (c.common_name, c.expiration_in_days, c.key_type);
+            let spec = RootSpec { org: c.subject_org_name, common_name, days, key_type };
+            (c.cert_basename, micronets_certgen::issue_root(&spec)?, false, c.force)
         }
-        Command::Leaf {
-            common: c,
-            ca_certfile,
-            ca_keyfile,
-            usage,
-            san_dns,
-            san_ip,
-        } => {
+        Command::Leaf { common: c, ca_certfile, ca_keyfile, usage, san_dns, san_ip } => {
             let authority = Authority::load(&ca_certfile, &ca_keyfile)?;
-            let default_cn = c
-                .cert_basename
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned());
+            let default_cn = c.cert_basename.file_name().map(|n| n.to_string_lossy().into_owned());
             let spec = LeafSpec {
                 org: c.subject_org_name,
                 common_name: c.common_name.or(default_cn).unwrap_or_default(),
@@ -154,58 +122,34 @@ fn run(command: Command) -> Result<(), Error> {
                 dns_names: san_dns,
                 ip_addresses: san_ip,
             };
-            write(
-                &c.cert_basename,
-                &authority.issue_leaf(&spec)?,
-                true,
-                c.force,
-            )
+            (c.cert_basename, authority.issue_leaf(&spec)?, true, c.force)
         }
         Command::Inspect { file, json } => {
-            for (i, info) in inspect::CertInfo::from_file(&file)?.iter().enumerate() {
-                match json {
-                    true => println!("{}", serde_json::to_string(info).unwrap_or_default()),
-                    false => println!("{}{info}", if i > 0 { "\n" } else { "" }),
-                }
-            }
-            Ok(())
+            let infos = inspect::CertInfo::from_file(&file)?;
+            let text: Vec<String> = match json {
+                true => infos.iter().map(|i| serde_json::to_string(i).unwrap_or_default()).collect(),
+                false => infos.iter().map(ToString::to_string).collect(),
+            };
+            println!("{}", text.join(if json { "\n" } else { "\n\n" }));
+            return Ok(());
         }
         Command::Verify { ca, leaf, usage } => {
-            let verified = verify::verify(&ca, &leaf, usage)?;
-            println!(
-                "{}: OK (valid for {} authentication)",
-                leaf.display(),
-                verified.purposes.join(" and ")
-            );
-            Ok(())
+            let purposes = verify::verify(&ca, &leaf, usage)?.purposes.join(" and ");
+            println!("{}: OK (valid for {purposes} authentication)", leaf.display());
+            return Ok(());
         }
         Command::Dev { dir } => {
-            let pki = dev::DevPki::new(dir);
-            let report = dev::ensure(&pki)?;
-            println!(
-                "dev PKI in {}: created [{}], kept [{}]",
-                pki.dir.display(),
-                report.created.join(", "),
-                report.kept.join(", ")
-            );
-            Ok(())
+            let report = dev::ensure(&dev::DevPki::new(&dir))?;
+            let (created, kept) = (report.created.join(", "), report.kept.join(", "));
+            println!("dev PKI in {}: created [{created}], kept [{kept}]", dir.display());
+            return Ok(());
         }
-    }
-}
-
-fn write(
-    base: &std::path::Path,
-    issued: &micronets_certgen::Issued,
-    leaf: bool,
-    force: bool,
-) -> Result<(), Error> {
+    };
     if issued.capped_to_ca {
         eprintln!("certgen: warning: notAfter cut to the CA's own notAfter");
     }
-    let outputs = files::outputs(base, issued, leaf);
-    files::write_outputs(&outputs, force)?;
-    for output in &outputs {
-        println!("wrote {}", output.path.display());
+    for path in files::write_issued(&base, &issued, leaf, force)? {
+        println!("wrote {}", path.display());
     }
     Ok(())
 }

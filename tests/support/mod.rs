@@ -39,42 +39,25 @@ impl Run {
 
     #[track_caller]
     pub(crate) fn success(self) -> Self {
-        assert!(
-            self.output.status.success(),
-            "expected success\n{}",
-            self.describe()
-        );
+        assert!(self.output.status.success(), "expected success\n{}", self.describe());
         self
     }
 
     #[track_caller]
     pub(crate) fn code(self, expected: i32) -> Self {
-        assert_eq!(
-            self.output.status.code(),
-            Some(expected),
-            "unexpected exit status\n{}",
-            self.describe()
-        );
+        assert_eq!(self.output.status.code(), Some(expected), "unexpected exit status\n{}", self.describe());
         self
     }
 
     #[track_caller]
     pub(crate) fn stderr_has(self, needle: &str) -> Self {
-        assert!(
-            self.stderr().contains(needle),
-            "stderr lacks {needle:?}\n{}",
-            self.describe()
-        );
+        assert!(self.stderr().contains(needle), "stderr lacks {needle:?}\n{}", self.describe());
         self
     }
 
     #[track_caller]
     pub(crate) fn stdout_has(self, needle: &str) -> Self {
-        assert!(
-            self.stdout().contains(needle),
-            "stdout lacks {needle:?}\n{}",
-            self.describe()
-        );
+        assert!(self.stdout().contains(needle), "stdout lacks {needle:?}\n{}", self.describe());
         self
     }
 }
@@ -107,9 +90,5 @@ pub(crate) fn openssl(dir: &Path, args: &[&str]) -> Run {
 /// The permission bits of a file.
 pub(crate) fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
 }

@@ -140,21 +140,10 @@ pub fn ensure(pki: &DevPki) -> Result<Report> {
             days: LEAF_DAYS,
             key_type: KeyType::P256,
             usage: identity.usage,
-            dns_names: if server {
-                vec!["localhost".to_owned()]
-            } else {
-                Vec::new()
-            },
-            ip_addresses: if server {
-                vec!["127.0.0.1".to_owned(), "::1".to_owned()]
-            } else {
-                Vec::new()
-            },
+            dns_names: if server { vec!["localhost".to_owned()] } else { Vec::new() },
+            ip_addresses: if server { vec!["127.0.0.1".to_owned(), "::1".to_owned()] } else { Vec::new() },
         })?;
-        write_outputs(
-            &outputs(&pki.dir.join(identity.basename), &issued, true),
-            true,
-        )?;
+        write_outputs(&outputs(&pki.dir.join(identity.basename), &issued, true), true)?;
         report.created.push(identity.name);
     }
     Ok(report)
@@ -176,14 +165,10 @@ fn lasts(path: &Path) -> bool {
 fn leaf_is_good(pki: &DevPki, identity: &Identity) -> bool {
     let cert = pki.file(identity.basename, ".cert.pem");
     let key = pki.file(identity.basename, ".key.pem");
-    let matches = match (
-        crate::pem::read_certs(&cert),
-        crate::pem::read_key_pair(&key),
-    ) {
+    let matches = match (crate::pem::read_certs(&cert), crate::pem::read_key_pair(&key)) {
         (Ok(certs), Ok(key)) => certs.first().is_some_and(|der| {
-            X509Certificate::from_der(der).is_ok_and(|(_, c)| {
-                rcgen::PublicKeyData::subject_public_key_info(&key) == c.public_key().raw
-            })
+            X509Certificate::from_der(der)
+                .is_ok_and(|(_, c)| rcgen::PublicKeyData::subject_public_key_info(&key) == c.public_key().raw)
         }),
         _ => false,
     };

@@ -32,16 +32,8 @@ pub fn with_suffix(base: &Path, suffix: &str) -> PathBuf {
 #[must_use]
 pub fn outputs(base: &Path, issued: &Issued, with_pkeycert: bool) -> Vec<Output> {
     let mut files = vec![
-        Output {
-            path: with_suffix(base, ".cert.pem"),
-            contents: issued.cert_pem.clone(),
-            secret: false,
-        },
-        Output {
-            path: with_suffix(base, ".key.pem"),
-            contents: issued.key_pem.clone(),
-            secret: true,
-        },
+        Output { path: with_suffix(base, ".cert.pem"), contents: issued.cert_pem.clone(), secret: false },
+        Output { path: with_suffix(base, ".key.pem"), contents: issued.key_pem.clone(), secret: true },
     ];
     if with_pkeycert {
         files.push(Output {
@@ -51,6 +43,16 @@ pub fn outputs(base: &Path, issued: &Issued, with_pkeycert: bool) -> Vec<Output>
         });
     }
     files
+}
+
+/// Writes an issued certificate's files under `base` (see [`outputs`]) and returns their paths.
+///
+/// # Errors
+/// As [`write_outputs`].
+pub fn write_issued(base: &Path, issued: &Issued, leaf: bool, force: bool) -> Result<Vec<PathBuf>> {
+    let files = outputs(base, issued, leaf);
+    write_outputs(&files, force)?;
+    Ok(files.into_iter().map(|f| f.path).collect())
 }
 
 /// Writes every output or, when one cannot be written, as few as possible.
@@ -87,11 +89,7 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 fn write_one(output: &Output, force: bool) -> Result<()> {
-    let file_name = output
-        .path
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy();
+    let file_name = output.path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = parent_dir(&output.path).join(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = write_tmp(&tmp, output).and_then(|()| {
         if force {
@@ -117,8 +115,7 @@ fn write_tmp(tmp: &Path, output: &Output) -> Result<()> {
         .mode(mode)
         .open(tmp)
         .map_err(|e| Error::io(tmp, e))?;
-    file.write_all(output.contents.as_bytes())
-        .map_err(|e| Error::io(tmp, e))?;
+    file.write_all(output.contents.as_bytes()).map_err(|e| Error::io(tmp, e))?;
     file.sync_all().map_err(|e| Error::io(tmp, e))
 }
 
@@ -128,11 +125,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     fn out(path: PathBuf, secret: bool) -> Output {
-        Output {
-            path,
-            contents: "x".into(),
-            secret,
-        }
+        Output { path, contents: "x".into(), secret }
     }
 
     #[test]
@@ -141,41 +134,19 @@ mod tests {
         let key = dir.path().join("a.key.pem");
         let cert = dir.path().join("a.cert.pem");
         write_outputs(&[out(cert.clone(), false), out(key.clone(), true)], false).unwrap();
-        assert_eq!(
-            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
+        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(&cert).unwrap().permissions().mode() & 0o777, 0o644);
 
         let fresh = dir.path().join("b.cert.pem");
-        let err =
-            write_outputs(&[out(fresh.clone(), false), out(key.clone(), true)], false).unwrap_err();
+        let err = write_outputs(&[out(fresh.clone(), false), out(key.clone(), true)], false).unwrap_err();
         assert!(matches!(err, Error::Exists(p) if p == key));
         assert!(!fresh.exists(), "a refusal writes nothing");
 
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-        write_outputs(
-            &[Output {
-                path: key.clone(),
-                contents: "new".into(),
-                secret: true,
-            }],
-            true,
-        )
-        .unwrap();
+        write_outputs(&[Output { path: key.clone(), contents: "new".into(), secret: true }], true).unwrap();
         assert_eq!(fs::read_to_string(&key).unwrap(), "new");
-        assert_eq!(
-            fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(
-            fs::read_dir(dir.path()).unwrap().count(),
-            2,
-            "no temporary files left"
-        );
+        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary files left");
     }
 
     #[test]

@@ -78,11 +78,7 @@ impl CertInfo {
                 (ku.encipher_only(), "encipherOnly"),
                 (ku.decipher_only(), "decipherOnly"),
             ];
-            key_usage = bits
-                .iter()
-                .filter(|(set, _)| *set)
-                .map(|(_, name)| (*name).to_owned())
-                .collect();
+            key_usage = bits.iter().filter(|(set, _)| *set).map(|(_, name)| (*name).to_owned()).collect();
         }
         let mut extended_key_usage = Vec::new();
         if let Ok(Some(ext)) = cert.extended_key_usage() {
@@ -96,11 +92,7 @@ impl CertInfo {
                 (eku.time_stamping, "timeStamping"),
                 (eku.ocsp_signing, "OCSPSigning"),
             ];
-            extended_key_usage = named
-                .iter()
-                .filter(|(set, _)| *set)
-                .map(|(_, n)| (*n).to_owned())
-                .collect();
+            extended_key_usage = named.iter().filter(|(set, _)| *set).map(|(_, n)| (*n).to_owned()).collect();
             extended_key_usage.extend(eku.other.iter().map(|oid| oid.to_id_string()));
         }
         Ok(CertInfo {
@@ -113,8 +105,7 @@ impl CertInfo {
             key_usage,
             extended_key_usage,
             sha1_thumbprint: hex_upper(
-                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
-                    .as_ref(),
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, der).as_ref(),
             ),
             sha256_fingerprint: hex_upper(
                 aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref(),
@@ -130,10 +121,8 @@ impl CertInfo {
         crate::pem::read_certs(path)?
             .iter()
             .map(|der| {
-                CertInfo::from_der(der).map_err(|reason| Error::BadCertificate {
-                    path: path.to_owned(),
-                    reason,
-                })
+                CertInfo::from_der(der)
+                    .map_err(|reason| Error::BadCertificate { path: path.to_owned(), reason })
             })
             .collect()
     }
@@ -141,12 +130,10 @@ impl CertInfo {
 
 fn ip_text(bytes: &[u8]) -> String {
     match bytes.len() {
-        4 => <[u8; 4]>::try_from(bytes)
-            .map(|b| std::net::Ipv4Addr::from(b).to_string())
-            .unwrap_or_default(),
-        16 => <[u8; 16]>::try_from(bytes)
-            .map(|b| std::net::Ipv6Addr::from(b).to_string())
-            .unwrap_or_default(),
+        4 => <[u8; 4]>::try_from(bytes).map(|b| std::net::Ipv4Addr::from(b).to_string()).unwrap_or_default(),
+        16 => {
+            <[u8; 16]>::try_from(bytes).map(|b| std::net::Ipv6Addr::from(b).to_string()).unwrap_or_default()
+        }
         _ => hex_upper(bytes),
     }
 }
@@ -154,11 +141,7 @@ fn ip_text(bytes: &[u8]) -> String {
 impl fmt::Display for CertInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let list = |items: &[String]| {
-            if items.is_empty() {
-                "(none)".to_owned()
-            } else {
-                items.join(", ")
-            }
+            if items.is_empty() { "(none)".to_owned() } else { items.join(", ") }
         };
         let rows = [
             ("subject", self.subject.clone()),

@@ -37,9 +37,9 @@ impl FromStr for Usage {
             "client" => Ok(Usage::Client),
             "server" => Ok(Usage::Server),
             "both" => Ok(Usage::Both),
-            other => Err(Error::Invalid(format!(
-                "unknown usage {other:?} (expected client, server or both)"
-            ))),
+            other => {
+                Err(Error::Invalid(format!("unknown usage {other:?} (expected client, server or both)")))
+            }
         }
     }
 }
@@ -108,14 +108,10 @@ fn random_serial() -> Result<SerialNumber> {
 
 fn validity(days: u32) -> Result<(OffsetDateTime, OffsetDateTime)> {
     if days == 0 {
-        return Err(Error::Invalid(
-            "--expiration-in-days must be at least 1".to_owned(),
-        ));
+        return Err(Error::Invalid("--expiration-in-days must be at least 1".to_owned()));
     }
     // Certificates hold whole seconds; truncating here makes `Issued::not_after` exact.
-    let now = OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| OffsetDateTime::now_utc());
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| OffsetDateTime::now_utc());
     Ok((now - BACKDATE, now + Duration::days(i64::from(days))))
 }
 
@@ -128,25 +124,15 @@ pub fn issue_root(spec: &RootSpec) -> Result<Issued> {
     let key = spec.key_type.generate()?;
     let (not_before, not_after) = validity(spec.days)?;
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, spec.org.as_str());
-    params.distinguished_name.push(
-        DnType::CommonName,
-        spec.common_name.as_deref().unwrap_or(&spec.org),
-    );
+    params.distinguished_name.push(DnType::OrganizationName, spec.org.as_str());
+    params.distinguished_name.push(DnType::CommonName, spec.common_name.as_deref().unwrap_or(&spec.org));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.serial_number = Some(random_serial()?);
     params.not_before = not_before;
     params.not_after = not_after;
     let cert = params.self_signed(&key)?;
-    Ok(Issued {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        not_after,
-        capped_to_ca: false,
-    })
+    Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), not_after, capped_to_ca: false })
 }
 
 /// A CA that can sign leaves: its certificate's subject and key identifier, and its key.
@@ -165,25 +151,16 @@ impl Authority {
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self> {
         let der = crate::pem::read_certs(cert_path)?.swap_remove(0);
         let key = crate::pem::read_key_pair(key_path)?;
-        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| Error::BadCertificate {
-            path: cert_path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let unusable = |reason: String| Error::NotUsableCa {
-            path: cert_path.to_owned(),
-            reason,
-        };
+        let (_, cert) = X509Certificate::from_der(&der)
+            .map_err(|e| Error::BadCertificate { path: cert_path.to_owned(), reason: e.to_string() })?;
+        let unusable = |reason: String| Error::NotUsableCa { path: cert_path.to_owned(), reason };
 
         let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
         if !is_ca {
-            return Err(unusable(
-                "not a CA certificate (basicConstraints CA:TRUE is missing)".to_owned(),
-            ));
+            return Err(unusable("not a CA certificate (basicConstraints CA:TRUE is missing)".to_owned()));
         }
         if matches!(cert.key_usage(), Ok(Some(ku)) if !ku.value.key_cert_sign()) {
-            return Err(unusable(
-                "CA certificate's keyUsage does not allow keyCertSign".to_owned(),
-            ));
+            return Err(unusable("CA certificate's keyUsage does not allow keyCertSign".to_owned()));
         }
         let now = OffsetDateTime::now_utc();
         let not_after = cert.validity().not_after.to_datetime();
@@ -201,10 +178,7 @@ impl Authority {
             )));
         }
         if key.subject_public_key_info() != cert.public_key().raw {
-            return Err(Error::KeyMismatch {
-                cert: cert_path.to_owned(),
-                key: key_path.to_owned(),
-            });
+            return Err(Error::KeyMismatch { cert: cert_path.to_owned(), key: key_path.to_owned() });
         }
         // rcgen re-encodes the issuer name from the parsed subject; it handles single-valued
         // RDNs only (and panics on an empty one), so refuse anything else up front.
@@ -213,10 +187,8 @@ impl Authority {
                 "CA subject has multi-valued or empty RDNs, which are not supported".to_owned(),
             ));
         }
-        let issuer = Issuer::from_ca_cert_der(&der, key).map_err(|e| Error::BadCertificate {
-            path: PathBuf::from(cert_path),
-            reason: e.to_string(),
-        })?;
+        let issuer = Issuer::from_ca_cert_der(&der, key)
+            .map_err(|e| Error::BadCertificate { path: PathBuf::from(cert_path), reason: e.to_string() })?;
         Ok(Authority { issuer, not_after })
     }
 
@@ -234,12 +206,8 @@ impl Authority {
 
         let key = spec.key_type.generate()?;
         let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, spec.org.as_str());
-        params
-            .distinguished_name
-            .push(DnType::CommonName, spec.common_name.as_str());
+        params.distinguished_name.push(DnType::OrganizationName, spec.org.as_str());
+        params.distinguished_name.push(DnType::CommonName, spec.common_name.as_str());
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         if spec.key_type.is_rsa() {
@@ -248,10 +216,7 @@ impl Authority {
         params.extended_key_usages = match spec.usage {
             Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
             Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
-            Usage::Both => vec![
-                ExtendedKeyUsagePurpose::ClientAuth,
-                ExtendedKeyUsagePurpose::ServerAuth,
-            ],
+            Usage::Both => vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth],
         };
         params.use_authority_key_identifier_extension = true;
         params.subject_alt_names = sans;
@@ -259,21 +224,15 @@ impl Authority {
         params.not_before = not_before;
         params.not_after = not_after;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(Issued {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            not_after,
-            capped_to_ca,
-        })
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), not_after, capped_to_ca })
     }
 }
 
 fn subject_alt_names(spec: &LeafSpec) -> Result<Vec<SanType>> {
     let mut sans = Vec::new();
     for name in &spec.dns_names {
-        rustls_pki_types::DnsName::try_from(name.as_str()).map_err(|_| {
-            Error::Invalid(format!("invalid --san-dns value {name:?}: not a DNS name"))
-        })?;
+        rustls_pki_types::DnsName::try_from(name.as_str())
+            .map_err(|_| Error::Invalid(format!("invalid --san-dns value {name:?}: not a DNS name")))?;
         let ia5 = name
             .as_str()
             .try_into()
@@ -282,9 +241,7 @@ fn subject_alt_names(spec: &LeafSpec) -> Result<Vec<SanType>> {
     }
     for text in &spec.ip_addresses {
         let ip: IpAddr = text.parse().map_err(|_| {
-            Error::Invalid(format!(
-                "invalid --san-ip value {text:?}: not an IPv4 or IPv6 address"
-            ))
+            Error::Invalid(format!("invalid --san-ip value {text:?}: not an IPv4 or IPv6 address"))
         })?;
         sans.push(SanType::IpAddress(ip));
     }

@@ -25,13 +25,8 @@ pub enum KeyType {
 
 impl KeyType {
     /// Every key type, in the order the CLI lists them.
-    pub const ALL: [KeyType; 5] = [
-        KeyType::P256,
-        KeyType::P384,
-        KeyType::Ed25519,
-        KeyType::Rsa2048,
-        KeyType::Rsa3072,
-    ];
+    pub const ALL: [KeyType; 5] =
+        [KeyType::P256, KeyType::P384, KeyType::Ed25519, KeyType::Rsa2048, KeyType::Rsa3072];
 
     /// The name used on the command line.
     #[must_use]
@@ -83,13 +78,10 @@ impl FromStr for KeyType {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        KeyType::ALL
-            .into_iter()
-            .find(|k| k.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "unknown key type {s:?} (expected p256, p384, ed25519, rsa2048 or rsa3072)"
-                ))
-            })
+        KeyType::ALL.into_iter().find(|k| k.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
+            Error::Invalid(format!(
+                "unknown key type {s:?} (expected p256, p384, ed25519, rsa2048 or rsa3072)"
+            ))
+        })
     }
 }

@@ -21,10 +21,7 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_slice_iter(&read(path)?)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::BadCertificate {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| Error::BadCertificate { path: path.to_owned(), reason: e.to_string() })?;
     if certs.is_empty() {
         return Err(Error::NoCertificate(path.to_owned()));
     }

@@ -26,19 +26,13 @@ pub fn verify(ca_path: &Path, leaf_path: &Path, usage: Option<Usage>) -> Result<
     let roots = crate::pem::read_certs(ca_path)?;
     let mut chain = crate::pem::read_certs(leaf_path)?;
     let leaf = chain.remove(0);
-    let reject = |reason: String| Error::Rejected {
-        path: leaf_path.to_owned(),
-        reason,
-    };
+    let reject = |reason: String| Error::Rejected { path: leaf_path.to_owned(), reason };
 
     let anchors = roots
         .iter()
         .map(|der| webpki::anchor_from_trusted_cert(der).map(|a| a.to_owned()))
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::BadCertificate {
-            path: ca_path.to_owned(),
-            reason: describe(&e),
-        })?;
+        .map_err(|e| Error::BadCertificate { path: ca_path.to_owned(), reason: describe(&e) })?;
     let end_entity = EndEntityCert::try_from(&leaf).map_err(|e| reject(describe(&e)))?;
     let check = |purpose: KeyUsage| -> std::result::Result<(), webpki::Error> {
         end_entity
@@ -110,9 +104,7 @@ fn describe(error: &webpki::Error) -> String {
         | webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
             "the signature does not verify with the issuer's key".to_owned()
         }
-        webpki::Error::BadDer | webpki::Error::BadDerTime => {
-            "malformed certificate (bad DER)".to_owned()
-        }
+        webpki::Error::BadDer | webpki::Error::BadDerTime => "malformed certificate (bad DER)".to_owned(),
         other => format!("verification failed: {other:?}"),
     }
 }

@@ -10,12 +10,7 @@ use micronets_certgen::{Authority, Error, KeyType, LeafSpec, RootSpec, Usage, is
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use time::{Duration, OffsetDateTime};
 
-fn write(
-    dir: &Path,
-    base: &str,
-    cert_pem: &str,
-    key: &KeyPair,
-) -> (std::path::PathBuf, std::path::PathBuf) {
+fn write(dir: &Path, base: &str, cert_pem: &str, key: &KeyPair) -> (std::path::PathBuf, std::path::PathBuf) {
     let cert = dir.join(format!("{base}.cert.pem"));
     let key_path = dir.join(format!("{base}.key.pem"));
     fs::write(&cert, cert_pem).unwrap();
@@ -25,9 +20,7 @@ fn write(
 
 fn ca_params(not_after: OffsetDateTime, usages: Vec<KeyUsagePurpose>) -> CertificateParams {
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "Test CA");
+    params.distinguished_name.push(DnType::OrganizationName, "Test CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = usages;
     params.not_before = OffsetDateTime::now_utc() - Duration::days(400);
@@ -51,12 +44,9 @@ fn leaf_spec(days: u32) -> LeafSpec {
 fn expired_ca_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let key = KeyPair::generate().unwrap();
-    let cert = ca_params(
-        OffsetDateTime::now_utc() - Duration::days(1),
-        vec![KeyUsagePurpose::KeyCertSign],
-    )
-    .self_signed(&key)
-    .unwrap();
+    let cert = ca_params(OffsetDateTime::now_utc() - Duration::days(1), vec![KeyUsagePurpose::KeyCertSign])
+        .self_signed(&key)
+        .unwrap();
     let (cert_path, key_path) = write(tmp.path(), "old", &cert.pem(), &key);
     let err = Authority::load(&cert_path, &key_path).err().unwrap();
     assert!(matches!(err, Error::NotUsableCa { .. }), "{err:?}");
@@ -68,12 +58,10 @@ fn expired_ca_is_refused() {
 fn ca_without_key_cert_sign_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let key = KeyPair::generate().unwrap();
-    let cert = ca_params(
-        OffsetDateTime::now_utc() + Duration::days(100),
-        vec![KeyUsagePurpose::DigitalSignature],
-    )
-    .self_signed(&key)
-    .unwrap();
+    let cert =
+        ca_params(OffsetDateTime::now_utc() + Duration::days(100), vec![KeyUsagePurpose::DigitalSignature])
+            .self_signed(&key)
+            .unwrap();
     let (cert_path, key_path) = write(tmp.path(), "weak", &cert.pem(), &key);
     let err = Authority::load(&cert_path, &key_path).err().unwrap();
     assert!(err.to_string().contains("keyCertSign"), "{err}");
@@ -82,39 +70,26 @@ fn ca_without_key_cert_sign_is_refused() {
 #[test]
 fn leaf_validity_never_passes_the_ca() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = issue_root(&RootSpec {
-        org: "R".into(),
-        common_name: None,
-        days: 10,
-        key_type: KeyType::P256,
-    })
-    .unwrap();
+    let root =
+        issue_root(&RootSpec { org: "R".into(), common_name: None, days: 10, key_type: KeyType::P256 })
+            .unwrap();
     write_outputs(&outputs(&tmp.path().join("r"), &root, false), false).unwrap();
-    let ca = Authority::load(
-        &tmp.path().join("r.cert.pem"),
-        &tmp.path().join("r.key.pem"),
-    )
-    .unwrap();
+    let ca = Authority::load(&tmp.path().join("r.cert.pem"), &tmp.path().join("r.key.pem")).unwrap();
     let leaf = ca.issue_leaf(&leaf_spec(100)).unwrap();
     assert!(leaf.capped_to_ca);
     assert_eq!(leaf.not_after, root.not_after);
     let short = ca.issue_leaf(&leaf_spec(5)).unwrap();
     assert!(!short.capped_to_ca);
     assert!(short.not_after < root.not_after);
-    assert!(matches!(
-        ca.issue_leaf(&leaf_spec(0)),
-        Err(Error::Invalid(_))
-    ));
+    assert!(matches!(ca.issue_leaf(&leaf_spec(0)), Err(Error::Invalid(_))));
 }
 
 #[test]
 fn expired_leaf_fails_verification_with_the_date() {
     let tmp = tempfile::tempdir().unwrap();
     let ca_key = KeyPair::generate().unwrap();
-    let ca_params = ca_params(
-        OffsetDateTime::now_utc() + Duration::days(100),
-        vec![KeyUsagePurpose::KeyCertSign],
-    );
+    let ca_params =
+        ca_params(OffsetDateTime::now_utc() + Duration::days(100), vec![KeyUsagePurpose::KeyCertSign]);
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     fs::write(tmp.path().join("ca.pem"), ca_cert.pem()).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
@@ -126,12 +101,7 @@ fn expired_leaf_fails_verification_with_the_date() {
     let leaf = params.signed_by(&leaf_key, &issuer).unwrap();
     fs::write(tmp.path().join("leaf.pem"), leaf.pem()).unwrap();
 
-    let err = verify::verify(
-        &tmp.path().join("ca.pem"),
-        &tmp.path().join("leaf.pem"),
-        None,
-    )
-    .unwrap_err();
+    let err = verify::verify(&tmp.path().join("ca.pem"), &tmp.path().join("leaf.pem"), None).unwrap_err();
     assert!(matches!(err, Error::Rejected { .. }));
     assert!(err.to_string().contains("certificate expired at"), "{err}");
 }
@@ -149,10 +119,5 @@ fn dev_reissues_an_identity_about_to_expire() {
     let report = dev::ensure(&pki).unwrap();
     assert_eq!(report.created, vec!["gateway"]);
     assert_eq!(report.kept, vec!["root", "proxy", "manager", "test-client"]);
-    verify::verify(
-        &pki.root_cert(),
-        &pki.pkeycert(gateway),
-        Some(Usage::Client),
-    )
-    .unwrap();
+    verify::verify(&pki.root_cert(), &pki.pkeycert(gateway), Some(Usage::Client)).unwrap();
 }

@@ -31,11 +31,7 @@ fn envelope_of(size: usize) -> String {
         subnets.push(json!({"subnetId": format!("subnet-{i}"), "ipv4Network": {"network": "10.0.0.0", "mask": "255.255.255.0"}}));
     }
     let pad = size - text.len();
-    text.replacen(
-        "\"pad\":\"\"",
-        &format!("\"pad\":\"{}\"", "x".repeat(pad)),
-        1,
-    )
+    text.replacen("\"pad\":\"\"", &format!("\"pad\":\"{}\"", "x".repeat(pad)), 1)
 }
 
 fn parse(c: &mut Criterion) {

@@ -83,11 +83,7 @@ impl Content {
     pub fn from_http(content_type: Option<&str>, bytes: &[u8]) -> Self {
         let media = content_type.map(str::to_owned);
         if bytes.is_empty() {
-            return Content {
-                data_format: media,
-                content_type: None,
-                body: None,
-            };
+            return Content { data_format: media, content_type: None, body: None };
         }
         let Some(media) = media else {
             return Content::binary(None, bytes.to_vec());
@@ -97,16 +93,10 @@ impl Content {
         } else if is_octet_stream(&media) {
             None
         } else {
-            std::str::from_utf8(bytes)
-                .ok()
-                .map(|text| Body::Text(text.to_owned()))
+            std::str::from_utf8(bytes).ok().map(|text| Body::Text(text.to_owned()))
         };
         match decoded {
-            Some(body) => Content {
-                data_format: Some(media),
-                content_type: None,
-                body: Some(body),
-            },
+            Some(body) => Content { data_format: Some(media), content_type: None, body: Some(body) },
             None => Content::binary(Some(media), bytes.to_vec()),
         }
     }
@@ -175,11 +165,7 @@ impl Content {
                 }
             }),
         };
-        Ok(Content {
-            data_format,
-            content_type,
-            body,
-        })
+        Ok(Content { data_format, content_type, body })
     }
 
     /// Writes `dataFormat`, `contentType` and `messageBody` into a message object.
@@ -278,16 +264,10 @@ mod tests {
 
         let mut fields = json!({"dataFormat": "text/plain", "messageBody": {"a": 1}});
         let err = Content::take_from(fields.as_object_mut().unwrap()).unwrap_err();
-        assert!(
-            err.to_string().contains("messageBody must be a string"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("messageBody must be a string"), "{err}");
 
         let mut fields = json!({"dataFormat": 3});
         let err = Content::take_from(fields.as_object_mut().unwrap()).unwrap_err();
-        assert!(
-            err.to_string().contains("dataFormat must be a string"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("dataFormat must be a string"), "{err}");
     }
 }

@@ -87,13 +87,7 @@ impl Envelope {
     /// An envelope of `kind` with no id, not requiring a response.
     #[must_use]
     pub fn new(kind: Kind) -> Self {
-        Envelope {
-            message_id: None,
-            requires_response: false,
-            in_response_to: None,
-            kind,
-            extra: Map::new(),
-        }
+        Envelope { message_id: None, requires_response: false, in_response_to: None, kind, extra: Map::new() }
     }
 
     /// Sets `messageId`.
@@ -155,14 +149,10 @@ impl Envelope {
     /// As [`Envelope::parse`], without the JSON syntax case.
     pub fn from_value(value: Value) -> Result<Self> {
         let Value::Object(mut top) = value else {
-            return Err(Error::Envelope(
-                "expected an object with a \"message\" object".to_owned(),
-            ));
+            return Err(Error::Envelope("expected an object with a \"message\" object".to_owned()));
         };
         let Some(Value::Object(mut fields)) = top.shift_remove("message") else {
-            return Err(Error::Envelope(
-                "expected an object with a \"message\" object".to_owned(),
-            ));
+            return Err(Error::Envelope("expected an object with a \"message\" object".to_owned()));
         };
         let message_id = take_id(&mut fields, "messageId")?;
         let in_response_to = take_id(&mut fields, "inResponseTo")?;
@@ -177,13 +167,7 @@ impl Envelope {
             None => return Err(Error::field("messageType", "is required")),
         };
         let kind = Kind::take_from(message_type, &mut fields)?;
-        Ok(Envelope {
-            message_id,
-            requires_response,
-            in_response_to,
-            kind,
-            extra: fields,
-        })
+        Ok(Envelope { message_id, requires_response, in_response_to, kind, extra: fields })
     }
 
     /// The envelope as a JSON value: known fields first, in protocol order, then the extras.
@@ -194,10 +178,7 @@ impl Envelope {
             fields.insert("messageId".to_owned(), id.to_value());
         }
         fields.insert("messageType".to_owned(), Value::from(self.message_type()));
-        fields.insert(
-            "requiresResponse".to_owned(),
-            Value::from(self.requires_response),
-        );
+        fields.insert("requiresResponse".to_owned(), Value::from(self.requires_response));
         if let Some(id) = &self.in_response_to {
             fields.insert("inResponseTo".to_owned(), id.to_value());
         }
@@ -242,10 +223,9 @@ impl Kind {
             crate::REST_REQUEST => Kind::RestRequest(RestRequest::take_from(fields)?),
             crate::REST_RESPONSE => Kind::RestResponse(RestResponse::take_from(fields)?),
             other => match other.strip_prefix(crate::EVENT_PREFIX) {
-                Some(name) => Kind::Event(Event {
-                    name: name.to_owned(),
-                    content: Content::take_from(fields)?,
-                }),
+                Some(name) => {
+                    Kind::Event(Event { name: name.to_owned(), content: Content::take_from(fields)? })
+                }
                 None => Kind::Other(message_type),
             },
         })
@@ -275,10 +255,7 @@ impl Kind {
 }
 
 fn take_id(fields: &mut Map<String, Value>, name: &str) -> Result<Option<MessageId<'static>>> {
-    fields
-        .shift_remove(name)
-        .map(|value| MessageId::from_value(name, value))
-        .transpose()
+    fields.shift_remove(name).map(|value| MessageId::from_value(name, value)).transpose()
 }
 
 fn put_opt(fields: &mut Map<String, Value>, name: &str, value: Option<&str>) {

@@ -10,9 +10,7 @@ pub enum Error {
     #[error("invalid envelope: {0}")]
     Envelope(String),
     /// A `messageBody` declared as `application/octet-stream` is not valid base64.
-    #[error(
-        "invalid envelope: messageBody is not valid base64 for dataFormat application/octet-stream"
-    )]
+    #[error("invalid envelope: messageBody is not valid base64 for dataFormat application/octet-stream")]
     Base64,
     /// An HTTP method that the `http` crate cannot represent.
     #[error("invalid HTTP method {0:?}")]

@@ -34,9 +34,7 @@ impl<'a> Header<'a> {
     /// `inResponseTo` is present but neither a string nor an integer, or `requiresResponse` is
     /// present but not a boolean.
     pub fn parse(frame: &'a str) -> Result<Self> {
-        serde_json::from_str::<Frame<'a>>(frame)
-            .map(|f| f.message.into())
-            .map_err(Error::from_serde)
+        serde_json::from_str::<Frame<'a>>(frame).map(|f| f.message.into()).map_err(Error::from_serde)
     }
 
     /// Like [`Header::parse`], for a frame that may not be UTF-8 (a binary frame, say).
@@ -44,9 +42,7 @@ impl<'a> Header<'a> {
     /// # Errors
     /// As [`Header::parse`]; input that is not UTF-8 is [`Error::Json`].
     pub fn parse_bytes(frame: &'a [u8]) -> Result<Self> {
-        serde_json::from_slice::<Frame<'a>>(frame)
-            .map(|f| f.message.into())
-            .map_err(Error::from_serde)
+        serde_json::from_slice::<Frame<'a>>(frame).map(|f| f.message.into()).map_err(Error::from_serde)
     }
 
     /// Whether this is a `CONN:HELLO`.
@@ -91,20 +87,14 @@ fn message_type<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Cow<'de,
     /// A `Cow<str>` that borrows when it can; serde's own impl for `Cow` always owns.
     #[derive(Deserialize)]
     struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-    Text::deserialize(d)
-        .map(|t| t.0)
-        .map_err(|_| D::Error::custom("messageType must be a string"))
+    Text::deserialize(d).map(|t| t.0).map_err(|_| D::Error::custom("messageType must be a string"))
 }
 
-fn message_id<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<MessageId<'de>>, D::Error> {
+fn message_id<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<MessageId<'de>>, D::Error> {
     id_field(d, "messageId")
 }
 
-fn in_response_to<'de, D: Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<MessageId<'de>>, D::Error> {
+fn in_response_to<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<MessageId<'de>>, D::Error> {
     id_field(d, "inResponseTo")
 }
 
@@ -139,10 +129,7 @@ mod tests {
         let header = Header::parse(frame).unwrap();
         assert_eq!(header.message_type, "REST:REQUEST");
         assert!(matches!(header.message_type, Cow::Borrowed(_)));
-        assert!(matches!(
-            header.message_id,
-            Some(MessageId::Str(Cow::Borrowed("m-1")))
-        ));
+        assert!(matches!(header.message_id, Some(MessageId::Str(Cow::Borrowed("m-1")))));
         assert!(header.requires_response);
         assert_eq!(header.in_response_to, Some(MessageId::Int(7)));
     }
@@ -154,11 +141,7 @@ mod tests {
         assert!(!header.requires_response);
         assert_eq!(header.in_response_to, None);
         assert!(!header.is_hello());
-        assert!(
-            Header::parse(r#"{"message":{"messageType":"CONN:HELLO"}}"#)
-                .unwrap()
-                .is_hello()
-        );
+        assert!(Header::parse(r#"{"message":{"messageType":"CONN:HELLO"}}"#).unwrap().is_hello());
     }
 
     #[test]
@@ -176,15 +159,9 @@ mod tests {
             r#"{"message": {"messageType": "x"}"#,
             r#"{"message": {"messageType": "x"}}x"#,
         ] {
-            assert!(
-                matches!(Header::parse(frame), Err(Error::Json(_))),
-                "{frame:?}"
-            );
+            assert!(matches!(Header::parse(frame), Err(Error::Json(_))), "{frame:?}");
         }
-        assert!(matches!(
-            Header::parse_bytes(b"\xff\xfe"),
-            Err(Error::Json(_))
-        ));
+        assert!(matches!(Header::parse_bytes(b"\xff\xfe"), Err(Error::Json(_))));
     }
 
     #[test]
@@ -194,8 +171,7 @@ mod tests {
         assert!(envelope_error(r#"{"message": 5}"#).contains("\"message\" object"));
         assert!(envelope_error(r#"{"message": {}}"#).contains("missing field `messageType`"));
         assert!(
-            envelope_error(r#"{"message": {"messageType": 5}}"#)
-                .contains("messageType must be a string")
+            envelope_error(r#"{"message": {"messageType": 5}}"#).contains("messageType must be a string")
         );
         assert!(
             envelope_error(r#"{"message": {"messageType": "x", "messageId": 1.5}}"#)
@@ -221,16 +197,12 @@ mod tests {
 
     #[test]
     fn integer_ids_keep_their_range() {
-        let h = Header::parse(
-            r#"{"message": {"messageType": "x", "messageId": -9223372036854775808}}"#,
-        )
-        .unwrap();
+        let h =
+            Header::parse(r#"{"message": {"messageType": "x", "messageId": -9223372036854775808}}"#).unwrap();
         assert_eq!(h.message_id, Some(MessageId::Int(i64::MIN)));
         assert!(
-            envelope_error(
-                r#"{"message": {"messageType": "x", "messageId": 18446744073709551615}}"#
-            )
-            .contains("out of the 64-bit signed range")
+            envelope_error(r#"{"message": {"messageType": "x", "messageId": 18446744073709551615}}"#)
+                .contains("out of the 64-bit signed range")
         );
     }
 }

@@ -5,9 +5,7 @@
 //! `headers`. Hop-by-hop headers (RFC 9110 section 7.6.1) belong to one connection and are
 //! dropped in both directions.
 
-use http::header::{
-    CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue,
-};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::content::Content;
@@ -47,38 +45,30 @@ fn from_http_parts(headers: &HeaderMap, body: &[u8]) -> Result<(Vec<NameValue>, 
         if is_excluded(name.as_str()) {
             continue;
         }
-        let value = std::str::from_utf8(value.as_bytes())
-            .map_err(|_| Error::Header(name.as_str().to_owned()))?;
+        let value =
+            std::str::from_utf8(value.as_bytes()).map_err(|_| Error::Header(name.as_str().to_owned()))?;
         list.push(NameValue::new(name.as_str(), value));
     }
     let content_type = match headers.get(CONTENT_TYPE) {
         None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| Error::Header(CONTENT_TYPE.as_str().to_owned()))?,
-        ),
+        Some(v) => Some(v.to_str().map_err(|_| Error::Header(CONTENT_TYPE.as_str().to_owned()))?),
     };
     Ok((list, Content::from_http(content_type, body)))
 }
 
 /// Writes envelope headers and content into an HTTP header map; returns the body bytes.
-fn to_http_parts(
-    list: &[NameValue],
-    content: &Content,
-    headers: &mut HeaderMap,
-) -> Result<Vec<u8>> {
+fn to_http_parts(list: &[NameValue], content: &Content, headers: &mut HeaderMap) -> Result<Vec<u8>> {
     for nv in list {
         if is_excluded(&nv.name) {
             continue;
         }
-        let name = HeaderName::from_bytes(nv.name.as_bytes())
-            .map_err(|_| Error::Header(nv.name.clone()))?;
+        let name = HeaderName::from_bytes(nv.name.as_bytes()).map_err(|_| Error::Header(nv.name.clone()))?;
         let value = HeaderValue::from_str(&nv.value).map_err(|_| Error::Header(nv.name.clone()))?;
         headers.append(name, value);
     }
     if let Some(media) = content.media_type() {
-        let value = HeaderValue::from_str(media)
-            .map_err(|_| Error::Header(CONTENT_TYPE.as_str().to_owned()))?;
+        let value =
+            HeaderValue::from_str(media).map_err(|_| Error::Header(CONTENT_TYPE.as_str().to_owned()))?;
         headers.insert(CONTENT_TYPE, value);
     }
     let body = content.to_bytes();
@@ -128,10 +118,7 @@ impl RestRequest {
     /// that is not UTF-8.
     pub fn from_http<B: AsRef<[u8]>>(request: &Request<B>) -> Result<Self> {
         let (headers, content) = from_http_parts(request.headers(), request.body().as_ref())?;
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+        let path = request.uri().path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
         Ok(RestRequest {
             method: request.method().as_str().to_owned(),
             path,
@@ -147,8 +134,8 @@ impl RestRequest {
     /// # Errors
     /// [`Error::Method`], [`Error::Path`] or [`Error::Header`] for fields HTTP cannot carry.
     pub fn to_http(&self) -> Result<Request<Vec<u8>>> {
-        let method = Method::from_bytes(self.method.as_bytes())
-            .map_err(|_| Error::Method(self.method.clone()))?;
+        let method =
+            Method::from_bytes(self.method.as_bytes()).map_err(|_| Error::Method(self.method.clone()))?;
         let target = target_with_query(&self.path, &self.query_strings);
         let uri: http::Uri = target.parse().map_err(|_| Error::Path(target.clone()))?;
         if uri.scheme().is_some() || !target.starts_with('/') {
@@ -183,8 +170,7 @@ impl RestResponse {
     /// # Errors
     /// [`Error::Status`] or [`Error::Header`] for fields HTTP cannot carry.
     pub fn to_http(&self) -> Result<Response<Vec<u8>>> {
-        let status =
-            StatusCode::from_u16(self.status_code).map_err(|_| Error::Status(self.status_code))?;
+        let status = StatusCode::from_u16(self.status_code).map_err(|_| Error::Status(self.status_code))?;
         let mut response = Response::new(Vec::new());
         *response.status_mut() = status;
         *response.body_mut() = to_http_parts(&self.headers, &self.content, response.headers_mut())?;
@@ -226,23 +212,15 @@ mod tests {
 
     #[test]
     fn compressed_bodies_are_refused() {
-        let request = Request::post("/")
-            .header("Content-Encoding", "gzip")
-            .body(vec![1])
-            .unwrap();
-        assert!(
-            matches!(RestRequest::from_http(&request), Err(Error::ContentEncoding(e)) if e == "gzip")
-        );
+        let request = Request::post("/").header("Content-Encoding", "gzip").body(vec![1]).unwrap();
+        assert!(matches!(RestRequest::from_http(&request), Err(Error::ContentEncoding(e)) if e == "gzip"));
     }
 
     #[test]
     fn query_strings_are_appended_correctly() {
         let q = vec![NameValue::new("a b", "1&2"), NameValue::new("c", "é")];
         assert_eq!(target_with_query("/p", &q), "/p?a%20b=1%262&c=%C3%A9");
-        assert_eq!(
-            target_with_query("/p?x=1", &q),
-            "/p?x=1&a%20b=1%262&c=%C3%A9"
-        );
+        assert_eq!(target_with_query("/p?x=1", &q), "/p?x=1&a%20b=1%262&c=%C3%A9");
         assert_eq!(target_with_query("/p?", &q[1..]), "/p?c=%C3%A9");
         assert_eq!(target_with_query("/p", &[]), "/p");
     }

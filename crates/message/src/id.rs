@@ -36,10 +36,7 @@ impl MessageId<'_> {
     }
 
     /// Reads an id out of a JSON value, naming `field` in the error.
-    pub(crate) fn from_value(
-        field: &str,
-        value: serde_json::Value,
-    ) -> crate::Result<MessageId<'static>> {
+    pub(crate) fn from_value(field: &str, value: serde_json::Value) -> crate::Result<MessageId<'static>> {
         match value {
             serde_json::Value::String(s) => Ok(MessageId::Str(Cow::Owned(s))),
             serde_json::Value::Number(n) => n

@@ -17,10 +17,7 @@ pub struct NameValue {
 impl NameValue {
     /// A pair from anything string-like.
     pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
-        NameValue {
-            name: name.into(),
-            value: value.into(),
-        }
+        NameValue { name: name.into(), value: value.into() }
     }
 }
 
@@ -115,10 +112,7 @@ fn take_list(fields: &mut Map<String, Value>, name: &str) -> Result<Vec<NameValu
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(entries)) => entries,
         Some(_) => {
-            return Err(Error::field(
-                name,
-                "must be a list of {\"name\", \"value\"} objects",
-            ));
+            return Err(Error::field(name, "must be a list of {\"name\", \"value\"} objects"));
         }
     };
     entries
@@ -132,10 +126,7 @@ fn take_list(fields: &mut Map<String, Value>, name: &str) -> Result<Vec<NameValu
                 _ => None,
             };
             pair.ok_or_else(|| {
-                Error::field(
-                    name,
-                    "entries must be objects with string \"name\" and \"value\"",
-                )
+                Error::field(name, "entries must be objects with string \"name\" and \"value\"")
             })
         })
         .collect()

@@ -2,8 +2,8 @@
 //! input makes either panic.
 
 use micronets_message::{
-    ConnError, Content, Envelope, Event, Header, Hello, Kind, MessageId, NameValue, PeerLeft,
-    RestRequest, RestResponse,
+    ConnError, Content, Envelope, Event, Header, Hello, Kind, MessageId, NameValue, PeerLeft, RestRequest,
+    RestResponse,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value};
@@ -27,10 +27,7 @@ fn arb_json() -> impl Strategy<Value = Value> {
 }
 
 fn arb_id() -> impl Strategy<Value = MessageId<'static>> {
-    prop_oneof![
-        any::<i64>().prop_map(MessageId::from),
-        ".{0,16}".prop_map(MessageId::from)
-    ]
+    prop_oneof![any::<i64>().prop_map(MessageId::from), ".{0,16}".prop_map(MessageId::from)]
 }
 
 fn arb_text() -> impl Strategy<Value = String> {
@@ -38,10 +35,7 @@ fn arb_text() -> impl Strategy<Value = String> {
 }
 
 fn arb_pairs() -> impl Strategy<Value = Vec<NameValue>> {
-    prop::collection::vec(
-        (arb_text(), arb_text()).prop_map(|(n, v)| NameValue::new(n, v)),
-        0..4,
-    )
+    prop::collection::vec((arb_text(), arb_text()).prop_map(|(n, v)| NameValue::new(n, v)), 0..4)
 }
 
 fn arb_content() -> impl Strategy<Value = Content> {
@@ -58,57 +52,31 @@ fn arb_content() -> impl Strategy<Value = Content> {
         arb_json().prop_map(Content::json),
         (media.clone(), prop::collection::vec(any::<u8>(), 0..64))
             .prop_map(|(m, bytes)| Content::from_http(m.as_deref(), &bytes)),
-        (media, arb_json())
-            .prop_map(|(m, v)| Content::from_http(m.as_deref(), v.to_string().as_bytes())),
+        (media, arb_json()).prop_map(|(m, v)| Content::from_http(m.as_deref(), v.to_string().as_bytes())),
     ]
 }
 
 fn arb_kind() -> impl Strategy<Value = Kind> {
     let opt = || prop::option::of(arb_text());
     prop_oneof![
-        (opt(), opt()).prop_map(|(peer_class, peer_id)| Kind::Hello(Hello {
-            peer_class,
-            peer_id
-        })),
-        (100u16..1000, opt()).prop_map(|(status_code, reason_phrase)| Kind::Error(ConnError {
-            status_code,
-            reason_phrase
-        })),
+        (opt(), opt()).prop_map(|(peer_class, peer_id)| Kind::Hello(Hello { peer_class, peer_id })),
+        (100u16..1000, opt())
+            .prop_map(|(status_code, reason_phrase)| Kind::Error(ConnError { status_code, reason_phrase })),
         (opt(), opt(), opt()).prop_map(|(peer_class, peer_id, reason)| Kind::PeerLeft(PeerLeft {
             peer_class,
             peer_id,
             reason
         })),
-        (
-            "[A-Z]{1,7}",
-            "/.{0,20}",
-            arb_pairs(),
-            arb_pairs(),
-            arb_content()
-        )
-            .prop_map(|(method, path, query_strings, headers, content)| {
-                Kind::RestRequest(RestRequest {
-                    method,
-                    path,
-                    query_strings,
-                    headers,
-                    content,
-                })
-            }),
-        (
-            100u16..1000,
-            prop::option::of(arb_text()),
-            arb_pairs(),
-            arb_content()
-        )
-            .prop_map(|(status_code, reason_phrase, headers, content)| {
-                Kind::RestResponse(RestResponse {
-                    status_code,
-                    reason_phrase,
-                    headers,
-                    content,
-                })
-            }),
+        ("[A-Z]{1,7}", "/.{0,20}", arb_pairs(), arb_pairs(), arb_content()).prop_map(
+            |(method, path, query_strings, headers, content)| {
+                Kind::RestRequest(RestRequest { method, path, query_strings, headers, content })
+            }
+        ),
+        (100u16..1000, prop::option::of(arb_text()), arb_pairs(), arb_content()).prop_map(
+            |(status_code, reason_phrase, headers, content)| {
+                Kind::RestResponse(RestResponse { status_code, reason_phrase, headers, content })
+            }
+        ),
         (".{0,16}", arb_content()).prop_map(|(name, content)| Kind::Event(Event { name, content })),
         "X-[A-Z:]{0,10}".prop_map(Kind::Other),
     ]

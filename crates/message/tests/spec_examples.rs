@@ -41,13 +41,8 @@ const HELLO_EXAMPLE: &str = r#"
 fn hello_example() {
     let envelope = round_trip(HELLO_EXAMPLE);
     assert_eq!(envelope.message_id, Some(MessageId::Int(0)));
-    let Kind::Hello(hello) = envelope.kind else {
-        panic!("not a hello")
-    };
-    assert_eq!(
-        hello.peer_class.as_deref(),
-        Some("micronets-ws-test-client")
-    );
+    let Kind::Hello(hello) = envelope.kind else { panic!("not a hello") };
+    assert_eq!(hello.peer_class.as_deref(), Some("micronets-ws-test-client"));
     assert_eq!(hello.peer_id.as_deref(), Some("12345678"));
 }
 
@@ -104,14 +99,9 @@ fn get_request_example() {
 }"#,
     );
     assert!(envelope.requires_response);
-    let Kind::RestRequest(request) = envelope.kind else {
-        panic!("not a request")
-    };
+    let Kind::RestRequest(request) = envelope.kind else { panic!("not a request") };
     assert_eq!(request.method, "GET");
-    assert_eq!(
-        request.headers[1],
-        NameValue::new("User-Agent", "curl/7.54.0")
-    );
+    assert_eq!(request.headers[1], NameValue::new("User-Agent", "curl/7.54.0"));
     assert_eq!(request.content.body(), None);
     let http = request.to_http().unwrap();
     assert_eq!(http.uri(), "/micronets/v1/dhcp/subnets");
@@ -142,22 +132,15 @@ fn post_request_example() {
   }
 }"#,
     );
-    let Kind::RestRequest(request) = envelope.kind else {
-        panic!("not a request")
-    };
+    let Kind::RestRequest(request) = envelope.kind else { panic!("not a request") };
     assert_eq!(request.content.data_format(), Some("application/json"));
-    let Some(Body::Json(body)) = request.content.body() else {
-        panic!("not JSON")
-    };
+    let Some(Body::Json(body)) = request.content.body() else { panic!("not JSON") };
     assert_eq!(body["subnetId"], "mocksubnet007");
     let http = request.to_http().unwrap();
     assert_eq!(http.headers()["content-type"], "application/json");
     let sent: Value = serde_json::from_slice(http.body()).unwrap();
     assert_eq!(&sent, body);
-    assert_eq!(
-        http.headers()["content-length"],
-        http.body().len().to_string().as_str()
-    );
+    assert_eq!(http.headers()["content-length"], http.body().len().to_string().as_str());
 }
 
 #[test]
@@ -196,13 +179,8 @@ fn request_definition_is_a_template() {
             "queryStrings": [{"name": "subnet", "value": "a b"}], "headers": [{"name": "Accept", "value": "*/*"}],
             "dataFormat": "text/plain", "messageBody": "hello"}}"#,
     );
-    let Kind::RestRequest(request) = corrected.kind else {
-        panic!("not a request")
-    };
-    assert_eq!(
-        request.to_http().unwrap().uri(),
-        "/micronets/v1/dhcp/subnets?subnet=a%20b"
-    );
+    let Kind::RestRequest(request) = corrected.kind else { panic!("not a request") };
+    assert_eq!(request.to_http().unwrap().uri(), "/micronets/v1/dhcp/subnets?subnet=a%20b");
 }
 
 #[test]
@@ -229,15 +207,10 @@ fn get_response_example() {
     // leaving the field out: the only normalization a round trip makes.
     let envelope = Envelope::parse(text).unwrap();
     let mut expected: Value = serde_json::from_str(text).unwrap();
-    expected["message"]
-        .as_object_mut()
-        .unwrap()
-        .remove("reasonPhrase");
+    expected["message"].as_object_mut().unwrap().remove("reasonPhrase");
     assert_eq!(envelope.to_value(), expected);
     assert_eq!(envelope.in_response_to, Some(MessageId::Int(3)));
-    let Kind::RestResponse(response) = envelope.kind else {
-        panic!("not a response")
-    };
+    let Kind::RestResponse(response) = envelope.kind else { panic!("not a response") };
     assert_eq!(response.status_code, 200);
     assert_eq!(response.reason_phrase, None);
 }
@@ -277,9 +250,7 @@ fn post_response_example_has_a_typo() {
     }
 }"#,
     );
-    let Kind::RestResponse(response) = corrected.kind else {
-        panic!("not a response")
-    };
+    let Kind::RestResponse(response) = corrected.kind else { panic!("not a response") };
     assert_eq!(response.status_code, 201);
     assert_eq!(response.to_http().unwrap().status(), 201);
 }
@@ -316,9 +287,7 @@ fn put_and_delete_response_examples() {
     }
 }"#,
     );
-    let Kind::RestResponse(response) = delete.kind else {
-        panic!("not a response")
-    };
+    let Kind::RestResponse(response) = delete.kind else { panic!("not a response") };
     assert!(response.to_http().unwrap().body().is_empty());
 }
 
@@ -340,9 +309,7 @@ fn event_definition_uses_python_false() {
             "dataFormat": "application/json",
             "messageBody": {"leaseAcquiredEvent": {"micronetId": "m1", "deviceId": "d1", "macAddress": {"eui48": "b8:27:eb:00:00:01"}, "networkAddress": {"ipv4": "192.168.1.42"}}}}}"#,
     );
-    let Kind::Event(event) = corrected.kind else {
-        panic!("not an event")
-    };
+    let Kind::Event(event) = corrected.kind else { panic!("not an event") };
     assert_eq!(event.name, "GatewayService:leaseAcquired");
     assert_eq!(corrected.message_id, Some(MessageId::Int(4)));
 }
@@ -363,12 +330,10 @@ fn unknown_types_and_fields_are_kept() {
 #[test]
 fn proxy_originated_messages_have_int_ids_and_booleans() {
     use micronets_message::{ConnError, PeerLeft};
-    let error = Envelope::new(Kind::Error(ConnError {
-        status_code: 503,
-        reason_phrase: Some("no peer".into()),
-    }))
-    .with_id(7)
-    .in_response_to(Some(MessageId::from("req-1")));
+    let error =
+        Envelope::new(Kind::Error(ConnError { status_code: 503, reason_phrase: Some("no peer".into()) }))
+            .with_id(7)
+            .in_response_to(Some(MessageId::from("req-1")));
     assert_eq!(
         error.to_value(),
         json!({"message": {"messageId": 7, "messageType": "CONN:ERROR", "requiresResponse": false,
@@ -381,23 +346,14 @@ fn proxy_originated_messages_have_int_ids_and_booleans() {
     }))
     .with_id(8);
     assert_eq!(round_trip(&left.to_json()), left);
-    assert!(
-        left.to_json()
-            .starts_with(r#"{"message":{"messageId":8,"messageType":"CONN:PEER-LEFT""#)
-    );
+    assert!(left.to_json().starts_with(r#"{"message":{"messageId":8,"messageType":"CONN:PEER-LEFT""#));
 }
 
 #[test]
 fn field_errors_name_the_field() {
     let cases = [
-        (
-            r#"{"message": {"messageType": "REST:REQUEST", "path": "/"}}"#,
-            "method is required",
-        ),
-        (
-            r#"{"message": {"messageType": "REST:RESPONSE"}}"#,
-            "statusCode is required",
-        ),
+        (r#"{"message": {"messageType": "REST:REQUEST", "path": "/"}}"#, "method is required"),
+        (r#"{"message": {"messageType": "REST:RESPONSE"}}"#, "statusCode is required"),
         (
             r#"{"message": {"messageType": "REST:RESPONSE", "statusCode": 42}}"#,
             "statusCode must be an integer from 100 to 999",
@@ -410,22 +366,13 @@ fn field_errors_name_the_field() {
             r#"{"message": {"messageType": "REST:REQUEST", "method": "GET", "path": "/", "queryStrings": {}}}"#,
             "queryStrings must be a list",
         ),
-        (
-            r#"{"message": {"messageType": "CONN:HELLO", "peerId": 5}}"#,
-            "peerId must be a string",
-        ),
+        (r#"{"message": {"messageType": "CONN:HELLO", "peerId": 5}}"#, "peerId must be a string"),
         (
             r#"{"message": {"messageType": "CONN:HELLO", "messageId": true}}"#,
             "messageId must be a string or an integer",
         ),
-        (
-            r#"{"message": {"messageType": 1}}"#,
-            "messageType must be a string",
-        ),
-        (
-            r#"{"message": {"messageId": 1}}"#,
-            "messageType is required",
-        ),
+        (r#"{"message": {"messageType": 1}}"#, "messageType must be a string"),
+        (r#"{"message": {"messageId": 1}}"#, "messageType is required"),
         (r#"{"message": []}"#, "\"message\" object"),
         (r#"[1]"#, "\"message\" object"),
     ];
