@@ -1,0 +1,465 @@
+//! Configuration: the TOML file's shape ([`FileConfig`]), command-line overrides
+//! ([`Overrides`]), and the validated [`Config`] the server runs on.
+//!
+//! Every key is optional with the default of design.md section 6; unknown keys are refused.
+//! Validation happens here, before anything binds, and `ws-proxy check-config` runs exactly this
+//! code.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen (`listen.bind`).
+    pub bind: SocketAddr,
+    /// The URL path prefix before the room id (`listen.path_prefix`).
+    pub path_prefix: String,
+    /// Server certificate chain, and the key unless `server_key` is set (`tls.server_cert`).
+    pub server_cert: PathBuf,
+    /// A separate server key file (`tls.server_key`).
+    pub server_key: Option<PathBuf>,
+    /// CA bundles client certificates must chain to (`tls.client_ca`, plus a CA directory's
+    /// files when given on the command line).
+    pub client_ca: Vec<PathBuf>,
+    /// Deadline for the TLS handshake and the HTTP upgrade request (`tls.handshake_timeout`).
+    pub handshake_timeout: Duration,
+    /// Members per room (`rooms.max_peers`), at least 2.
+    pub max_peers: usize,
+    /// Deadline for a connection's `CONN:HELLO` (`rooms.hello_timeout`).
+    pub hello_timeout: Duration,
+    /// Messages held for a member alone in its room (`rooms.hold_max_messages`).
+    pub hold_max_messages: usize,
+    /// Bytes held for a member alone in its room (`rooms.hold_max_bytes`).
+    pub hold_max_bytes: usize,
+    /// How long a held message waits for a member (`rooms.hold_max_age`).
+    pub hold_max_age: Duration,
+    /// Open connections at most (`limits.max_connections`).
+    pub max_connections: usize,
+    /// Largest frame accepted (`limits.max_frame_bytes`).
+    pub max_frame_bytes: usize,
+    /// Frames queued to one member at most (`limits.queue_frames`).
+    pub queue_frames: usize,
+    /// Bytes queued to one member at most (`limits.queue_bytes`).
+    pub queue_bytes: usize,
+    /// How long a member's full queue may block a sender before the member is closed
+    /// (`limits.slow_consumer_timeout`).
+    pub slow_consumer_timeout: Duration,
+    /// Ping period (`keepalive.ping_interval`).
+    pub ping_interval: Duration,
+    /// How long past a ping a connection may stay silent (`keepalive.pong_timeout`).
+    pub pong_timeout: Duration,
+    /// How long a shutdown waits for connections to close (`shutdown.grace`).
+    pub shutdown_grace: Duration,
+    /// Log format (`log.format`).
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `micronets_proxy=debug` (`log.level`).
+    pub log_level: String,
+}
+
+/// The TOML file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    listen: ListenSection,
+    tls: TlsSection,
+    rooms: RoomsSection,
+    limits: LimitsSection,
+    keepalive: KeepaliveSection,
+    shutdown: ShutdownSection,
+    log: LogSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ListenSection {
+    bind: String,
+    path_prefix: String,
+}
+
+impl Default for ListenSection {
+    fn default() -> Self {
+        ListenSection { bind: "0.0.0.0:5050".into(), path_prefix: "/micronets/v1/ws-proxy/".into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TlsSection {
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_ca: PathBuf,
+    handshake_timeout: String,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection {
+            server_cert: "/etc/micronets/certs/micronets-ws-proxy.pkeycert.pem".into(),
+            server_key: PathBuf::new(),
+            client_ca: "/etc/micronets/certs/micronets-ws-root.cert.pem".into(),
+            handshake_timeout: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RoomsSection {
+    max_peers: usize,
+    hello_timeout: String,
+    hold_max_messages: usize,
+    hold_max_bytes: usize,
+    hold_max_age: String,
+}
+
+impl Default for RoomsSection {
+    fn default() -> Self {
+        RoomsSection {
+            max_peers: 2,
+            hello_timeout: "10s".into(),
+            hold_max_messages: 256,
+            hold_max_bytes: 1 << 20,
+            hold_max_age: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsSection {
+    max_connections: usize,
+    max_frame_bytes: usize,
+    queue_frames: usize,
+    queue_bytes: usize,
+    slow_consumer_timeout: String,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_connections: 10_000,
+            max_frame_bytes: 1 << 20,
+            queue_frames: 1024,
+            queue_bytes: 8 << 20,
+            slow_consumer_timeout: "5s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct KeepaliveSection {
+    ping_interval: String,
+    pong_timeout: String,
+}
+
+impl Default for KeepaliveSection {
+    fn default() -> Self {
+        KeepaliveSection { ping_interval: "20s".into(), pong_timeout: "20s".into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ShutdownSection {
+    grace: String,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection { grace: "10s".into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LogSection {
+    format: LogFormat,
+    level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// Values from the command line (and the original's environment variables) that override the
+/// file. `None` leaves the file's value.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--bind`.
+    pub bind: Option<String>,
+    /// `--bind-address` (original flag): the address part of `listen.bind`.
+    pub bind_address: Option<String>,
+    /// `--bind-port` (original flag): the port part of `listen.bind`.
+    pub bind_port: Option<u16>,
+    /// `--url-path-prefix` (original flag).
+    pub path_prefix: Option<String>,
+    /// `--server-cert` (original flag).
+    pub server_cert: Option<PathBuf>,
+    /// `--ca-certs` (original flag).
+    pub client_ca: Option<PathBuf>,
+    /// `--ca-path` (original flag): every file in this directory is a CA bundle.
+    pub ca_dir: Option<PathBuf>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file.
+    ///
+    /// # Errors
+    /// [`Error::ConfigFile`] naming the file, with the TOML error (which names the key).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::ConfigFile { path: path.to_owned(), reason: e.to_string() })?;
+        Self::parse(&text).map_err(|reason| Error::ConfigFile { path: path.to_owned(), reason })
+    }
+
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    /// The TOML error, which names the offending key.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// The configuration `ws-proxy --dev` serves: localhost only, the dev PKI in `dir`.
+    #[must_use]
+    pub fn dev(pki: &micronets_certgen::dev::DevPki) -> Self {
+        let mut file = FileConfig::default();
+        file.listen.bind = "127.0.0.1:5050".into();
+        file.tls.server_cert = pki.pkeycert(&micronets_certgen::dev::PROXY);
+        file.tls.client_ca = pki.root_cert();
+        file
+    }
+
+    /// Applies overrides and validates everything.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first invalid key.
+    pub fn into_config(self, overrides: &Overrides) -> Result<Config> {
+        let bind_text = overrides.bind.clone().unwrap_or(self.listen.bind);
+        let mut bind: SocketAddr = bind_text
+            .parse()
+            .map_err(|_| invalid("listen.bind", format!("{bind_text:?} is not an address:port")))?;
+        if let Some(address) = &overrides.bind_address {
+            let ip = resolve_address(address)?;
+            bind.set_ip(ip);
+        }
+        if let Some(port) = overrides.bind_port {
+            bind.set_port(port);
+        }
+        let path_prefix = overrides.path_prefix.clone().unwrap_or(self.listen.path_prefix);
+        if !path_prefix.starts_with('/') || !path_prefix.ends_with('/') {
+            return Err(invalid(
+                "listen.path_prefix",
+                format!("{path_prefix:?} must start and end with '/'"),
+            ));
+        }
+        let server_cert = overrides.server_cert.clone().unwrap_or(self.tls.server_cert);
+        let server_key = Some(self.tls.server_key).filter(|p| !p.as_os_str().is_empty());
+        let mut client_ca = vec![overrides.client_ca.clone().unwrap_or(self.tls.client_ca)];
+        if let Some(dir) = &overrides.ca_dir {
+            client_ca.extend(ca_dir_files(dir)?);
+        }
+
+        let rooms = self.rooms;
+        if rooms.max_peers < 2 {
+            return Err(invalid("rooms.max_peers", "must be at least 2".into()));
+        }
+        let limits = self.limits;
+        positive("rooms.hold_max_messages", rooms.hold_max_messages)?;
+        positive("rooms.hold_max_bytes", rooms.hold_max_bytes)?;
+        positive("limits.max_connections", limits.max_connections)?;
+        positive("limits.queue_frames", limits.queue_frames)?;
+        if limits.max_frame_bytes < 1024 {
+            return Err(invalid("limits.max_frame_bytes", "must be at least 1024".into()));
+        }
+        if limits.queue_bytes < limits.max_frame_bytes {
+            return Err(invalid("limits.queue_bytes", "must be at least limits.max_frame_bytes".into()));
+        }
+
+        Ok(Config {
+            bind,
+            path_prefix,
+            server_cert,
+            server_key,
+            client_ca,
+            handshake_timeout: duration("tls.handshake_timeout", &self.tls.handshake_timeout)?,
+            max_peers: rooms.max_peers,
+            hello_timeout: duration("rooms.hello_timeout", &rooms.hello_timeout)?,
+            hold_max_messages: rooms.hold_max_messages,
+            hold_max_bytes: rooms.hold_max_bytes,
+            hold_max_age: duration("rooms.hold_max_age", &rooms.hold_max_age)?,
+            max_connections: limits.max_connections,
+            max_frame_bytes: limits.max_frame_bytes,
+            queue_frames: limits.queue_frames,
+            queue_bytes: limits.queue_bytes,
+            slow_consumer_timeout: duration("limits.slow_consumer_timeout", &limits.slow_consumer_timeout)?,
+            ping_interval: duration("keepalive.ping_interval", &self.keepalive.ping_interval)?,
+            pong_timeout: duration("keepalive.pong_timeout", &self.keepalive.pong_timeout)?,
+            shutdown_grace: duration("shutdown.grace", &self.shutdown.grace)?,
+            log_format: overrides.log_format.unwrap_or(self.log.format),
+            log_level: self.log.level,
+        })
+    }
+}
+
+fn invalid(key: &str, reason: String) -> Error {
+    Error::Config { key: key.to_owned(), reason }
+}
+
+fn positive(key: &str, value: usize) -> Result<()> {
+    if value == 0 { Err(invalid(key, "must be at least 1".into())) } else { Ok(()) }
+}
+
+/// The original's `--bind-address` took a host name or an IP; `localhost` is the one name we
+/// resolve, everything else must be an IP (a proxy should not depend on DNS to start).
+fn resolve_address(address: &str) -> Result<std::net::IpAddr> {
+    if address == "localhost" {
+        return Ok(std::net::IpAddr::from([127, 0, 0, 1]));
+    }
+    address
+        .parse()
+        .map_err(|_| invalid("listen.bind", format!("bind address {address:?} is not an IP address")))
+}
+
+fn ca_dir_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::Tls { path: dir.to_owned(), reason: format!("cannot read CA directory: {e}") })?;
+    let mut files: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The original proxy's multi-letter short flags (`-sc`, `-cac`, ...), which argument parsers
+/// read as bundles of one-letter flags, rewritten to their long forms.
+pub fn expand_legacy_flags<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Vec<std::ffi::OsString> {
+    const LEGACY: [(&str, &str); 4] = [
+        ("-sc", "--server-cert"),
+        ("-cac", "--ca-certs"),
+        ("-cap", "--ca-path"),
+        ("-sp", "--url-path-prefix"),
+    ];
+    args.into_iter()
+        .map(|arg| match LEGACY.iter().find(|(short, _)| arg.to_str() == Some(short)) {
+            Some((_, long)) => std::ffi::OsString::from(long),
+            None => arg,
+        })
+        .collect()
+}
+
+/// Parses `"10s"`, `"250ms"`, `"2m"`, `"1h"`: a whole number and a unit.
+///
+/// # Errors
+/// [`Error::Config`] naming `key` when the text is not such a duration or is zero.
+pub fn duration(key: &str, text: &str) -> Result<Duration> {
+    let bad =
+        || invalid(key, format!("{text:?} is not a duration like \"10s\", \"250ms\", \"2m\" or \"1h\""));
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let value = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if value.is_zero() {
+        return Err(invalid(key, "must be more than zero".into()));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Result<Config> {
+        FileConfig::parse(text)
+            .map_err(|reason| Error::ConfigFile { path: "t".into(), reason })?
+            .into_config(&Overrides::default())
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = config("").unwrap();
+        assert_eq!(c.bind, "0.0.0.0:5050".parse().unwrap());
+        assert_eq!(c.path_prefix, "/micronets/v1/ws-proxy/");
+        assert_eq!(c.max_peers, 2);
+        assert_eq!(c.hello_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_frame_bytes, 1 << 20);
+        assert_eq!(c.queue_frames, 1024);
+        assert_eq!(c.ping_interval, Duration::from_secs(20));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.server_key, None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = config("[rooms]\nmax_peers = 1\n").unwrap_err().to_string();
+        assert_eq!(err, "config key rooms.max_peers: must be at least 2");
+        let err = config("[keepalive]\nping_interval = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("keepalive.ping_interval") && err.contains("\"soon\""), "{err}");
+        let err = config("[listen]\nbind = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(err.contains("listen.bind"), "{err}");
+        let err = config("[listen]\npath_prefix = \"/x\"\n").unwrap_err().to_string();
+        assert!(err.contains("listen.path_prefix"), "{err}");
+        let err = config("[limits]\nbogus = 1\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+        let err = config("[limits]\nmax_frame_bytes = \"big\"\n").unwrap_err().to_string();
+        assert!(err.contains("max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("k", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration("k", "2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(duration("k", "1h").unwrap(), Duration::from_secs(3600));
+        for bad in ["", "s", "10", "1.5s", "-1s", "10 s", "0s", "5d"] {
+            assert!(duration("k", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn overrides_win() {
+        let overrides = Overrides {
+            bind: Some("127.0.0.1:0".into()),
+            bind_port: Some(6000),
+            path_prefix: Some("/p/".into()),
+            log_format: Some(LogFormat::Json),
+            ..Overrides::default()
+        };
+        let c = FileConfig::default().into_config(&overrides).unwrap();
+        assert_eq!(c.bind, "127.0.0.1:6000".parse().unwrap());
+        assert_eq!(c.path_prefix, "/p/");
+        assert_eq!(c.log_format, LogFormat::Json);
+        let localhost = Overrides { bind_address: Some("localhost".into()), ..Overrides::default() };
+        assert_eq!(
+            FileConfig::default().into_config(&localhost).unwrap().bind,
+            "127.0.0.1:5050".parse().unwrap()
+        );
+    }
+}

@@ -1,0 +1,430 @@
+//! One peer's connection, from TLS to close: the handshake and upgrade with their deadlines,
+//! the pending phase until `CONN:HELLO`, membership, relaying, and leaving.
+//!
+//! Errors never leave this module: [`run`] logs each connection's end once, with its reason, at
+//! a level that says whose fault it was.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures_util::StreamExt;
+use micronets_message::{ConnError, Envelope, Header, Kind, MessageId, PeerLeft, RestResponse};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{self, Instant};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use tracing::{Span, debug, info, warn};
+
+use crate::Shared;
+use crate::error::Close;
+use crate::identity::PeerIdentity;
+use crate::metrics::Metrics;
+use crate::registry::Joined;
+use crate::relay::{ConnId, Delivery, Mailbox, write_loop};
+use crate::room::{HoldLimits, Member, PeerName, Room, RoomId, Route};
+use crate::upgrade::{self, Refusal};
+
+type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+type Ws = WebSocketStream<Tls>;
+type WsStream = futures_util::stream::SplitStream<Ws>;
+
+/// How long the writer gets to flush the close frame after the reader has finished.
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves one accepted TCP connection to its end. The permit is the connection's place under
+/// `max_connections`, given back when this returns.
+pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, _permit: OwnedSemaphorePermit) {
+    let config = &shared.config;
+    let deadline = Instant::now() + config.handshake_timeout;
+    let tls = match time::timeout_at(deadline, shared.tls.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let (label, detail) = crate::tls::handshake_failure(&e);
+            shared.metrics.handshake_failed(label);
+            info!(reason = label, detail = %detail, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.handshake_failed("timeout");
+            info!(reason = "timeout", "TLS handshake not completed within handshake_timeout");
+            return;
+        }
+    };
+    let identity = match tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| PeerIdentity::from_der(c))
+    {
+        Some(Ok(identity)) => identity,
+        Some(Err(e)) => {
+            warn!(error = %e, "verified client certificate cannot be parsed");
+            return;
+        }
+        None => {
+            warn!("handshake completed without a client certificate");
+            return;
+        }
+    };
+    Span::current().record("subject", tracing::field::display(&identity.subject));
+    Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
+
+    let Some((ws, room_id)) = upgrade(&shared, tls, &identity, deadline).await else { return };
+    Span::current().record("room", tracing::field::display(&room_id));
+
+    let conn = ConnId::next();
+    let reserve = config.max_peers + config.hold_max_messages;
+    let (mailbox, inbox) = Mailbox::new(conn, config.queue_frames, reserve, config.queue_bytes);
+    let (sink, stream) = ws.split();
+    let writer = shared.tracker.spawn(write_loop(sink, inbox, mailbox.clone(), config.ping_interval));
+    let peer = Peer { shared: Arc::clone(&shared), identity, room_id, mailbox: mailbox.clone() };
+    let close = peer.serve(stream).await;
+    mailbox.kill(close.clone());
+    let _ = time::timeout(WRITER_GRACE, writer).await;
+    let close = mailbox.kill_reason().unwrap_or(close);
+    let code = u16::from(close.close_code());
+    match close {
+        Close::PeerClosed | Close::Transport(_) => {
+            debug!(code, reason = %close.reason(), "connection closed")
+        }
+        ref c if c.is_peer_fault() => info!(code, reason = %close.reason(), "connection closed by the proxy"),
+        _ => info!(code, reason = %close.reason(), "connection closed"),
+    }
+}
+
+/// Reads the upgrade request within the handshake deadline and answers it: a refusal (logged,
+/// counted) or the 101 and a WebSocket.
+async fn upgrade(
+    shared: &Shared,
+    mut tls: Tls,
+    identity: &PeerIdentity,
+    deadline: Instant,
+) -> Option<(Ws, RoomId)> {
+    let config = &shared.config;
+    let request = match time::timeout_at(deadline, upgrade::read_request(&mut tls, &config.path_prefix)).await
+    {
+        Ok(result) => result,
+        Err(_) => Err(Refusal::Closed("no upgrade request within handshake_timeout".into())),
+    };
+    let refusal = match request {
+        Ok(request) if shared.registry.has_space(&request.room, &identity.fingerprint) => {
+            if let Err(e) = upgrade::accept(&mut tls, &request).await {
+                debug!(error = %e, "peer left during the upgrade");
+                return None;
+            }
+            let ws_config = WebSocketConfig::default()
+                .read_buffer_size(16 * 1024)
+                .write_buffer_size(64 * 1024)
+                .max_write_buffer_size(2 * config.max_frame_bytes + 64 * 1024)
+                .max_message_size(Some(config.max_frame_bytes))
+                .max_frame_size(Some(config.max_frame_bytes));
+            let ws =
+                WebSocketStream::from_partially_read(tls, request.leftover, Role::Server, Some(ws_config))
+                    .await;
+            return Some((ws, request.room));
+        }
+        Ok(request) => Refusal::status(409, "room full", Some(&request.path)),
+        Err(refusal) => refusal,
+    };
+    match refusal {
+        Refusal::Closed(why) => info!(reason = %why, "upgrade not completed"),
+        Refusal::Status { status, reason, path } => {
+            shared.metrics.upgrade_refused(status);
+            info!(status, reason = %reason, path = path.as_deref().unwrap_or("-"), "upgrade refused");
+            let _ = time::timeout(config.handshake_timeout, async {
+                let _ = upgrade::refuse(&mut tls, status, &reason).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            })
+            .await;
+        }
+    }
+    None
+}
+
+/// A connected peer after the upgrade.
+struct Peer {
+    shared: Arc<Shared>,
+    identity: PeerIdentity,
+    room_id: RoomId,
+    mailbox: Mailbox,
+}
+
+impl Peer {
+    /// The pending phase, then membership; returns why the connection ends.
+    async fn serve(&self, mut stream: WsStream) -> Close {
+        let hello = match self.await_hello(&mut stream).await {
+            Ok(hello) => hello,
+            Err(close) => return close,
+        };
+        let relay_done = tokio_util::sync::CancellationToken::new();
+        let member = Member {
+            mailbox: self.mailbox.clone(),
+            fingerprint: self.identity.fingerprint,
+            hello: hello.0.clone(),
+            name: hello.1.clone(),
+            relay_done: relay_done.clone(),
+        };
+        let joined = match self.shared.registry.join(&self.room_id, member) {
+            Ok(joined) => joined,
+            Err(_) => return Close::RoomFull,
+        };
+        let room = Arc::clone(&joined.room);
+        self.announce(joined, &hello.0, &hello.1).await;
+        let close = self.relay(&room, &mut stream).await;
+        relay_done.cancel();
+        self.leave(&room, &hello.1, &close).await;
+        close
+    }
+
+    /// Waits for the first data frame, which must be a valid `CONN:HELLO`.
+    async fn await_hello(&self, stream: &mut WsStream) -> Result<(Message, PeerName), Close> {
+        let shutdown = &self.shared.shutdown;
+        let killed = self.mailbox.killed();
+        let deadline = time::sleep(self.shared.config.hello_timeout);
+        tokio::pin!(deadline);
+        loop {
+            let frame = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Err(Close::Shutdown),
+                () = killed.cancelled() => return Err(self.mailbox.kill_reason().unwrap_or(Close::Shutdown)),
+                () = &mut deadline => return Err(Close::NoHello),
+                frame = stream.next() => frame,
+            };
+            let message = match frame {
+                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(_))) | None => return Err(Close::PeerClosed),
+                Some(Err(e)) => return Err(self.read_error(e)),
+            };
+            let payload: &[u8] = match &message {
+                Message::Text(text) => text.as_bytes(),
+                Message::Binary(bytes) => bytes,
+                _ => &[],
+            };
+            let envelope = Envelope::from_slice(payload).map_err(|e| Close::BadHello(e.to_string()))?;
+            let Kind::Hello(hello) = envelope.kind else {
+                return Err(Close::BadHello(format!(
+                    "expected CONN:HELLO first, got {}",
+                    envelope.message_type()
+                )));
+            };
+            let name = PeerName { class: hello.peer_class, id: hello.peer_id };
+            Span::current().record("peer_id", tracing::field::debug(&name.id));
+            return Ok((message, name));
+        }
+    }
+
+    /// After a join: retire a replaced member, then tell the others (PEER-LEFT for the replaced
+    /// one first, then the newcomer's HELLO).
+    async fn announce(&self, joined: Joined, hello: &Message, name: &PeerName) {
+        Metrics::inc(&self.shared.metrics.joins);
+        if let Some(replaced) = joined.replaced {
+            info!(old_peer = ?replaced.name.id, "replacing the member with the same certificate");
+            replaced.mailbox.kill(Close::Replaced);
+            // Its in-flight frames must reach the others before they learn it left.
+            let wait = self.shared.config.slow_consumer_timeout * 2;
+            let _ = time::timeout(wait, replaced.relay_done.cancelled()).await;
+            let left = self.peer_left(&replaced.name, "replaced");
+            for other in &joined.others {
+                self.deliver(other, left.clone()).await;
+            }
+        }
+        for other in &joined.others {
+            self.deliver(other, hello.clone()).await;
+        }
+        info!(
+            peer_class = ?name.class,
+            peer_id = ?name.id,
+            members = joined.members,
+            held_delivered = joined.held_delivered,
+            "joined room"
+        );
+    }
+
+    /// Relays the member's frames until the connection ends.
+    async fn relay(&self, room: &Arc<Room>, stream: &mut WsStream) -> Close {
+        let config = &self.shared.config;
+        let idle_limit = config.ping_interval + config.pong_timeout;
+        let idle = time::sleep(idle_limit);
+        tokio::pin!(idle);
+        let mut expiry = room.next_expiry();
+        loop {
+            let frame = tokio::select! {
+                biased;
+                () = self.shared.shutdown.cancelled() => return Close::Shutdown,
+                () = self.mailbox.killed().cancelled() => return self.mailbox.kill_reason().unwrap_or(Close::Shutdown),
+                () = time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                    self.expire_held(room).await;
+                    expiry = room.next_expiry();
+                    continue;
+                }
+                () = &mut idle => return Close::KeepaliveTimeout,
+                frame = stream.next() => frame,
+            };
+            idle.as_mut().reset(Instant::now() + idle_limit);
+            match frame {
+                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                    self.relay_frame(room, message).await;
+                    expiry = room.next_expiry();
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_))) | None => return Close::PeerClosed,
+                Some(Err(e)) => return self.read_error(e),
+            }
+        }
+    }
+
+    async fn relay_frame(&self, room: &Room, message: Message) {
+        let (requires_response, message_id, message_type) = match &message {
+            Message::Text(text) => match Header::parse(text.as_str()) {
+                Ok(header) => (
+                    header.requires_response,
+                    header.message_id.map(MessageId::into_owned),
+                    Some(header.message_type.into_owned()),
+                ),
+                Err(e) => {
+                    debug!(error = %e, len = message.len(), "invalid envelope");
+                    let reply = self.conn_error(400, &e.to_string(), lenient_id(text.as_str()));
+                    self.reply(reply).await;
+                    return;
+                }
+            },
+            _ => (false, None, None),
+        };
+        let limits = HoldLimits {
+            max_messages: self.shared.config.hold_max_messages,
+            max_bytes: self.shared.config.hold_max_bytes,
+            max_age: self.shared.config.hold_max_age,
+        };
+        match room.route(self.mailbox.conn(), &message, requires_response, message_id.clone(), limits) {
+            Route::Deliver(targets) => {
+                let len = message.len() as u64;
+                for target in &targets {
+                    self.deliver(target, message.clone()).await;
+                }
+                let metrics = &self.shared.metrics;
+                Metrics::add(&metrics.frames_relayed, targets.len() as u64);
+                Metrics::add(&metrics.bytes_relayed, len * targets.len() as u64);
+                debug!(len, receivers = targets.len(), "relayed");
+            }
+            Route::Held => {
+                Metrics::inc(&self.shared.metrics.held);
+                debug!(len = message.len(), "held: no other member yet");
+            }
+            Route::HoldFull => {
+                Metrics::inc(&self.shared.metrics.held_refused);
+                let reply = self.conn_error(503, "no peer connected and the hold buffer is full", message_id);
+                self.reply(reply).await;
+            }
+            Route::Alone => {
+                let reason = "no peer connected";
+                let reply = if message_type.as_deref() == Some(micronets_message::REST_REQUEST) {
+                    let response = RestResponse {
+                        status_code: 503,
+                        reason_phrase: Some(reason.to_owned()),
+                        headers: Vec::new(),
+                        content: micronets_message::Content::none(),
+                    };
+                    self.proxy_message(Kind::RestResponse(response), message_id)
+                } else {
+                    self.conn_error(503, reason, message_id)
+                };
+                self.reply(reply).await;
+            }
+            Route::NotMember => {}
+        }
+    }
+
+    /// Tells the sender of each expired held message that it was never delivered.
+    async fn expire_held(&self, room: &Room) {
+        for held in room.expire_held(Instant::now()) {
+            Metrics::inc(&self.shared.metrics.held_refused);
+            let age = self.shared.config.hold_max_age;
+            info!(len = held.frame.len(), "held message expired: no peer joined in time");
+            let reply =
+                self.conn_error(503, &format!("no peer joined within {}s", age.as_secs()), held.message_id);
+            self.reply(reply).await;
+        }
+    }
+
+    /// Leaves the room and tells the remaining members.
+    async fn leave(&self, room: &Arc<Room>, name: &PeerName, close: &Close) {
+        let left = self.shared.registry.leave(room, self.mailbox.conn());
+        if left.discarded > 0 {
+            Metrics::add(&self.shared.metrics.held_discarded, left.discarded as u64);
+            warn!(discarded = left.discarded, "sender left before any peer joined: held messages discarded");
+        }
+        if !left.was_member {
+            return;
+        }
+        let reason = match close {
+            Close::PeerClosed => "closed".to_owned(),
+            other => other.reason(),
+        };
+        let message = self.peer_left(name, &reason);
+        for other in &left.others {
+            self.deliver(other, message.clone()).await;
+        }
+    }
+
+    /// Delivers to another peer; closes it with 1013 when it does not read in time.
+    async fn deliver(&self, target: &Mailbox, message: Message) {
+        if target.deliver(message, self.shared.config.slow_consumer_timeout).await == Delivery::Slow {
+            Metrics::inc(&self.shared.metrics.slow_consumers);
+            warn!(receiver = target.conn().0, "slow consumer: closing it with 1013");
+            target.kill(Close::SlowConsumer);
+        }
+    }
+
+    /// Queues a proxy-originated reply to this peer.
+    async fn reply(&self, message: Message) {
+        Metrics::inc(&self.shared.metrics.errors_sent);
+        self.deliver(&self.mailbox, message).await;
+    }
+
+    fn proxy_message(&self, kind: Kind, in_response_to: Option<MessageId<'static>>) -> Message {
+        let id = self.shared.next_message_id.fetch_add(1, Ordering::Relaxed);
+        Message::text(Envelope::new(kind).with_id(id).in_response_to(in_response_to).to_json())
+    }
+
+    fn conn_error(&self, status: u16, reason: &str, in_response_to: Option<MessageId<'static>>) -> Message {
+        let error = ConnError { status_code: status, reason_phrase: Some(reason.to_owned()) };
+        self.proxy_message(Kind::Error(error), in_response_to)
+    }
+
+    fn peer_left(&self, name: &PeerName, reason: &str) -> Message {
+        let left = PeerLeft {
+            peer_class: name.class.clone(),
+            peer_id: name.id.clone(),
+            reason: Some(reason.to_owned()),
+        };
+        self.proxy_message(Kind::PeerLeft(left), None)
+    }
+
+    fn read_error(&self, error: WsError) -> Close {
+        match error {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                Close::TooBig(self.shared.config.max_frame_bytes)
+            }
+            WsError::Capacity(e) => Close::Protocol(e.to_string()),
+            WsError::Utf8(_) => Close::InvalidUtf8,
+            WsError::Protocol(e) => Close::Protocol(e.to_string()),
+            WsError::ConnectionClosed | WsError::AlreadyClosed => Close::PeerClosed,
+            other => Close::Transport(other.to_string()),
+        }
+    }
+}
+
+/// The `messageId` of a text frame whose header did not parse, when it can still be read:
+/// a `CONN:ERROR` should say which message it is about.
+fn lenient_id(text: &str) -> Option<MessageId<'static>> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    match value.get("message")?.get("messageId")? {
+        serde_json::Value::String(s) => Some(MessageId::from(s.as_str())),
+        serde_json::Value::Number(n) => n.as_i64().map(MessageId::from),
+        _ => None,
+    }
+}

@@ -1,0 +1,167 @@
+//! Errors of the proxy: start-up failures ([`Error`]) and the reasons a connection ends
+//! ([`Close`]), each with the close code it sends.
+
+use std::path::PathBuf;
+
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// A failure to start (or keep) serving: configuration, TLS material, the listener.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration value is invalid; names the key.
+    #[error("config key {key}: {reason}")]
+    Config {
+        /// The TOML key, e.g. `limits.max_frame_bytes`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The configuration file cannot be read or parsed.
+    #[error("config file {}: {reason}", path.display())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// The read or TOML error.
+        reason: String,
+    },
+    /// TLS material cannot be loaded; names the file.
+    #[error("{}: {reason}", path.display())]
+    Tls {
+        /// The certificate, key or CA file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Creating the development PKI failed.
+    #[error("dev PKI: {0}")]
+    DevPki(#[from] micronets_certgen::Error),
+    /// The listener failed in a way that stops the server.
+    #[error("listener: {0}")]
+    Listener(#[source] std::io::Error),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Why a WebSocket connection is closed by the proxy, or how it ended.
+///
+/// Every variant maps to a close code in [`Close::close_code`]; adding one forces that
+/// decision (design.md section 5, "Close codes").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Close {
+    /// The peer closed the connection (close frame or EOF).
+    PeerClosed,
+    /// The transport failed (reset, TLS error).
+    Transport(String),
+    /// The proxy is shutting down.
+    Shutdown,
+    /// No frame arrived within ping_interval + pong_timeout.
+    KeepaliveTimeout,
+    /// No `CONN:HELLO` within `hello_timeout`.
+    NoHello,
+    /// The first frame was not a valid `CONN:HELLO`.
+    BadHello(String),
+    /// The room was full when the HELLO arrived.
+    RoomFull,
+    /// A newer connection with the same certificate joined the room.
+    Replaced,
+    /// A frame over `max_frame_bytes`.
+    TooBig(usize),
+    /// A text frame that is not UTF-8.
+    InvalidUtf8,
+    /// The peer broke the WebSocket protocol.
+    Protocol(String),
+    /// The peer did not read its frames for `slow_consumer_timeout`.
+    SlowConsumer,
+    /// Our fault.
+    Internal(String),
+}
+
+impl Close {
+    /// The WebSocket close code for this reason.
+    #[must_use]
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            Close::PeerClosed | Close::Transport(_) => CloseCode::Normal,
+            Close::Shutdown | Close::KeepaliveTimeout => CloseCode::Away,
+            Close::NoHello | Close::BadHello(_) | Close::RoomFull | Close::Replaced => CloseCode::Policy,
+            Close::TooBig(_) => CloseCode::Size,
+            Close::InvalidUtf8 => CloseCode::Invalid,
+            Close::Protocol(_) => CloseCode::Protocol,
+            Close::SlowConsumer => CloseCode::Again,
+            Close::Internal(_) => CloseCode::Error,
+        }
+    }
+
+    /// The close frame's reason text (at most 123 bytes, the frame's limit).
+    #[must_use]
+    pub fn reason(&self) -> String {
+        let text = match self {
+            Close::PeerClosed => "closed by peer".to_owned(),
+            Close::Transport(e) => format!("transport error: {e}"),
+            Close::Shutdown => "server shutting down".to_owned(),
+            Close::KeepaliveTimeout => "keepalive timeout".to_owned(),
+            Close::NoHello => "no CONN:HELLO received in time".to_owned(),
+            Close::BadHello(why) => format!("invalid CONN:HELLO: {why}"),
+            Close::RoomFull => "room full".to_owned(),
+            Close::Replaced => "replaced by a newer connection".to_owned(),
+            Close::TooBig(limit) => format!("frame exceeds {limit} bytes"),
+            Close::InvalidUtf8 => "text frame is not valid UTF-8".to_owned(),
+            Close::Protocol(e) => format!("protocol error: {e}"),
+            Close::SlowConsumer => "slow consumer: frames not read in time".to_owned(),
+            Close::Internal(e) => format!("internal error: {e}"),
+        };
+        truncate_utf8(text, 123)
+    }
+
+    /// Whether the peer caused this, as opposed to the proxy or the network.
+    #[must_use]
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(
+            self,
+            Close::NoHello
+                | Close::BadHello(_)
+                | Close::TooBig(_)
+                | Close::InvalidUtf8
+                | Close::Protocol(_)
+                | Close::SlowConsumer
+                | Close::KeepaliveTimeout
+        )
+    }
+}
+
+fn truncate_utf8(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_follow_the_design() {
+        assert_eq!(u16::from(Close::Shutdown.close_code()), 1001);
+        assert_eq!(u16::from(Close::KeepaliveTimeout.close_code()), 1001);
+        assert_eq!(u16::from(Close::InvalidUtf8.close_code()), 1007);
+        assert_eq!(u16::from(Close::NoHello.close_code()), 1008);
+        assert_eq!(u16::from(Close::RoomFull.close_code()), 1008);
+        assert_eq!(u16::from(Close::Replaced.close_code()), 1008);
+        assert_eq!(u16::from(Close::TooBig(1).close_code()), 1009);
+        assert_eq!(u16::from(Close::Internal(String::new()).close_code()), 1011);
+        assert_eq!(u16::from(Close::SlowConsumer.close_code()), 1013);
+    }
+
+    #[test]
+    fn reasons_fit_in_a_close_frame() {
+        let long = Close::BadHello("é".repeat(200));
+        assert!(long.reason().len() <= 123);
+        assert_eq!(Close::Replaced.reason(), "replaced by a newer connection");
+    }
+}

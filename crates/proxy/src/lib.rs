@@ -1,0 +1,106 @@
+//! The Micronets WebSocket relay proxy.
+//!
+//! Peers connect with mutual TLS to `wss://host:5050/micronets/v1/ws-proxy/<room-id>`, send a
+//! `CONN:HELLO`, and from then on every frame they send is relayed, byte for byte, to the other
+//! members of their room (design.md sections 4-5). This crate is the whole daemon but the
+//! binary's argument parsing: the binary binds the listener and chooses the shutdown signal,
+//! and hands both to [`run`] (the mini-redis shape).
+//!
+//! Main pieces: [`config`] (file + overrides -> validated [`Config`]), [`tls`] (the mTLS server
+//! configuration), `upgrade` (path -> [`RoomId`], refusals before the 101), `connection` (one
+//! peer from TLS to close), `registry`/`room` (membership, the hold buffer), `relay` (each peer's
+//! bounded queue and writer), `listener` (accept loop and drain).
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+mod connection;
+mod error;
+pub mod identity;
+mod listener;
+pub mod metrics;
+mod registry;
+mod relay;
+mod room;
+pub mod shutdown;
+pub mod tls;
+mod upgrade;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, FileConfig, LogFormat, Overrides};
+pub use error::{Close, Error, Result};
+pub use metrics::Metrics;
+pub use room::RoomId;
+
+/// State every connection shares.
+struct Shared {
+    config: Config,
+    tls: TlsAcceptor,
+    registry: registry::Registry,
+    metrics: Arc<Metrics>,
+    /// `messageId` of the next proxy-originated message.
+    next_message_id: AtomicI64,
+    /// Cancelled when the server starts draining.
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// A configured proxy, ready to serve on a listener.
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// Loads the TLS material and prepares the proxy.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] naming the file that cannot be used.
+    pub fn new(config: Config) -> Result<Self> {
+        let tls = TlsAcceptor::from(tls::server_config(&config)?);
+        let shared = Shared {
+            registry: registry::Registry::new(config.max_peers),
+            config,
+            tls,
+            metrics: Arc::new(Metrics::default()),
+            next_message_id: AtomicI64::new(1),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        };
+        Ok(Proxy { shared: Arc::new(shared) })
+    }
+
+    /// The proxy's counters.
+    #[must_use]
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    /// Rooms currently open.
+    #[must_use]
+    pub fn rooms(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// Serves until `shutdown` completes, then closes every connection with 1001 and waits for
+    /// them at most the configured grace period.
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        listener::serve(Arc::clone(&self.shared), listener, shutdown).await;
+    }
+}
+
+/// Serves `config` on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// [`Error::Tls`] when the TLS material cannot be loaded.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    Proxy::new(config)?.serve(listener, shutdown).await;
+    Ok(())
+}

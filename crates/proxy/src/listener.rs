@@ -1,0 +1,75 @@
+//! The accept loop: admits connections under `max_connections`, spawns one task each, and on
+//! shutdown stops accepting and drains within the grace period.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::Shared;
+use crate::metrics::Metrics;
+
+/// Pause after an accept error that is not about one connection (EMFILE, ENOBUFS, ...).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(pair) => pair,
+            Err(e) if is_per_connection(&e) => continue,
+            Err(e) => {
+                error!(error = %e, "accept failed; retrying");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            Metrics::inc(&shared.metrics.connections_refused);
+            warn!(peer = %addr, limit = shared.config.max_connections, "connection refused: max_connections reached");
+            drop(tcp);
+            continue;
+        };
+        Metrics::inc(&shared.metrics.connections_accepted);
+        let _ = tcp.set_nodelay(true);
+        let span = info_span!(
+            "conn",
+            peer = %addr,
+            subject = tracing::field::Empty,
+            fingerprint = tracing::field::Empty,
+            room = tracing::field::Empty,
+            peer_id = tracing::field::Empty,
+        );
+        let task = crate::connection::run(Arc::clone(&shared), tcp, permit);
+        shared.tracker.spawn(task.instrument(span));
+    }
+    drop(listener);
+    let open = shared.tracker.len();
+    info!(
+        open,
+        grace_secs = shared.config.shutdown_grace.as_secs_f64(),
+        "shutting down: closing connections"
+    );
+    shared.shutdown.cancel();
+    shared.tracker.close();
+    if tokio::time::timeout(shared.config.shutdown_grace, shared.tracker.wait()).await.is_err() {
+        warn!(remaining = shared.tracker.len(), "grace period over: cutting off the remaining connections");
+    } else {
+        info!("all connections closed");
+    }
+}
+
+/// Errors that concern one connection only, after which accepting goes on at once.
+fn is_per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+}

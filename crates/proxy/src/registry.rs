@@ -1,0 +1,143 @@
+//! The registry of rooms: joining, leaving, and the capacity check made before the upgrade.
+//!
+//! Lock order is always map shard, then room: `join` clones the room out of the map and drops
+//! the shard guard before locking the room; `leave` removes an empty room with `remove_if`,
+//! whose check (under the room lock) and removal are atomic against a concurrent join, which
+//! finds the room marked closed and retries with a fresh one.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::identity::Fingerprint;
+use crate::relay::{ConnId, Mailbox};
+use crate::room::{Member, PeerName, Room, RoomId};
+
+/// All rooms of this node.
+pub(crate) struct Registry {
+    rooms: DashMap<RoomId, Arc<Room>>,
+    max_peers: usize,
+}
+
+/// What a successful join leaves the newcomer to do.
+pub(crate) struct Joined {
+    pub(crate) room: Arc<Room>,
+    /// The members that were there before (minus a replaced one), to receive the newcomer's
+    /// HELLO.
+    pub(crate) others: Vec<Mailbox>,
+    /// The member with the same certificate that the newcomer replaced.
+    pub(crate) replaced: Option<Replaced>,
+    /// How many held messages the newcomer was given.
+    pub(crate) held_delivered: usize,
+    /// Members after the join.
+    pub(crate) members: usize,
+}
+
+/// A member replaced by a newer connection with the same certificate.
+pub(crate) struct Replaced {
+    pub(crate) mailbox: Mailbox,
+    pub(crate) name: PeerName,
+    pub(crate) relay_done: tokio_util::sync::CancellationToken,
+}
+
+/// What a leave left behind.
+pub(crate) struct Left {
+    /// The remaining members, to be told; empty when the leaver was not a member any more.
+    pub(crate) others: Vec<Mailbox>,
+    /// Whether the leaver was still a member (not replaced).
+    pub(crate) was_member: bool,
+    /// Held messages discarded because the room emptied.
+    pub(crate) discarded: usize,
+}
+
+impl Registry {
+    pub(crate) fn new(max_peers: usize) -> Self {
+        Registry { rooms: DashMap::new(), max_peers }
+    }
+
+    /// Rooms in existence.
+    pub(crate) fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Whether a newcomer with this certificate would find a place in the room now: the room
+    /// has fewer members than `max_peers`, or one of them has the same certificate.
+    pub(crate) fn has_space(&self, id: &RoomId, fingerprint: &Fingerprint) -> bool {
+        let Some(room) = self.rooms.get(id).map(|r| Arc::clone(r.value())) else { return true };
+        let state = room.lock();
+        state.members.len() < self.max_peers || state.members.iter().any(|m| m.fingerprint == *fingerprint)
+    }
+
+    /// Makes `member` a member of room `id` (creating it), replacing a member with the same
+    /// certificate. The newcomer's mailbox receives, before anything else, the HELLOs of the
+    /// members already there in join order, then the messages held for it.
+    ///
+    /// # Errors
+    /// `Err(member)` when the room is full.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn join(&self, id: &RoomId, member: Member) -> Result<Joined, Member> {
+        loop {
+            let room = Arc::clone(
+                self.rooms.entry(id.clone()).or_insert_with(|| Arc::new(Room::new(id.clone()))).value(),
+            );
+            let mut state = room.lock();
+            if state.closed {
+                continue;
+            }
+            let same_cert = state.members.iter().position(|m| m.fingerprint == member.fingerprint);
+            if state.members.len() - usize::from(same_cert.is_some()) >= self.max_peers {
+                return Err(member);
+            }
+            let replaced = same_cert.map(|i| state.members.remove(i)).map(|old| Replaced {
+                mailbox: old.mailbox,
+                name: old.name,
+                relay_done: old.relay_done,
+            });
+            for existing in &state.members {
+                member.mailbox.push_initial(existing.hello.clone());
+            }
+            let held = std::mem::take(&mut state.held);
+            state.held_bytes = 0;
+            let held_delivered = held.len();
+            for message in held {
+                member.mailbox.push_initial(message.frame);
+            }
+            let others = state.members.iter().map(|m| m.mailbox.clone()).collect();
+            state.members.push(member);
+            let members = state.members.len();
+            drop(state);
+            return Ok(Joined { room, others, replaced, held_delivered, members });
+        }
+    }
+
+    /// Removes connection `conn` from `room`, and the room from the registry when it is empty.
+    pub(crate) fn leave(&self, room: &Arc<Room>, conn: ConnId) -> Left {
+        let mut state = room.lock();
+        let position = state.members.iter().position(|m| m.mailbox.conn() == conn);
+        let was_member = position.is_some();
+        if let Some(i) = position {
+            state.members.remove(i);
+        }
+        let others: Vec<Mailbox> =
+            if was_member { state.members.iter().map(|m| m.mailbox.clone()).collect() } else { Vec::new() };
+        let mut discarded = 0;
+        let empty = state.members.is_empty();
+        if empty {
+            discarded = state.held.len();
+            state.held.clear();
+            state.held_bytes = 0;
+        }
+        drop(state);
+        if empty {
+            self.rooms.remove_if(room.id(), |_, r| {
+                let mut state = r.lock();
+                let remove = Arc::ptr_eq(r, room) && state.members.is_empty();
+                if remove {
+                    state.closed = true;
+                }
+                remove
+            });
+        }
+        Left { others, was_member, discarded }
+    }
+}

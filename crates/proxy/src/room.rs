@@ -1,0 +1,228 @@
+//! Rooms: the peers that share a path, and what is held for a peer that is alone.
+//!
+//! A room's state sits behind a `std::sync::Mutex` held only for short, synchronous sections
+//! that clone out what they need (mailboxes, frames); every await happens after the lock is
+//! released, so a slow peer can never stall the room's lock.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use micronets_message::MessageId;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::Fingerprint;
+use crate::relay::{ConnId, Mailbox};
+
+/// A room id: the raw path after the prefix (design.md section 5).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct RoomId(Arc<str>);
+
+impl RoomId {
+    /// Validates a room id: 1-256 bytes of `[A-Za-z0-9._~:@-]` in one or more `/`-separated
+    /// segments, none empty, `.` or `..`. Percent-encoding is refused, not decoded, so one room
+    /// has exactly one spelling.
+    ///
+    /// # Errors
+    /// What is wrong, for the 404 response and the log.
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        if raw.is_empty() {
+            return Err("empty room id");
+        }
+        if raw.len() > 256 {
+            return Err("room id longer than 256 bytes");
+        }
+        for segment in raw.split('/') {
+            if segment.is_empty() {
+                return Err("room id has an empty segment");
+            }
+            if segment == "." || segment == ".." {
+                return Err("room id has a '.' or '..' segment");
+            }
+            let allowed =
+                |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b':' | b'@' | b'-');
+            if !segment.bytes().all(allowed) {
+                return Err("room id may only hold letters, digits and . _ ~ : @ - /");
+            }
+        }
+        Ok(RoomId(Arc::from(raw)))
+    }
+
+    /// The id as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// What a peer said about itself in its HELLO.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PeerName {
+    pub(crate) class: Option<String>,
+    pub(crate) id: Option<String>,
+}
+
+/// A joined peer.
+pub(crate) struct Member {
+    pub(crate) mailbox: Mailbox,
+    pub(crate) fingerprint: Fingerprint,
+    /// The HELLO frame exactly as the peer sent it, given to every later member.
+    pub(crate) hello: Message,
+    pub(crate) name: PeerName,
+    /// Cancelled when this member's connection has stopped relaying frames.
+    pub(crate) relay_done: CancellationToken,
+}
+
+/// A message held for a member alone in its room.
+pub(crate) struct Held {
+    pub(crate) frame: Message,
+    pub(crate) message_id: Option<MessageId<'static>>,
+    pub(crate) expires: Instant,
+}
+
+/// Where a member's frame goes.
+pub(crate) enum Route {
+    /// To these members.
+    Deliver(Vec<Mailbox>),
+    /// Held for the next member.
+    Held,
+    /// Alone, and the hold buffer cannot take it.
+    HoldFull,
+    /// Alone, and the frame asks for a response: answer 503 at once.
+    Alone,
+    /// The sender is no longer a member (it was replaced): relay nothing.
+    NotMember,
+}
+
+/// Limits of the hold buffer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HoldLimits {
+    pub(crate) max_messages: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) max_age: std::time::Duration,
+}
+
+pub(crate) struct Room {
+    id: RoomId,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) members: Vec<Member>,
+    pub(crate) held: VecDeque<Held>,
+    pub(crate) held_bytes: usize,
+    /// Set when the room leaves the registry; a joiner that finds it set retries.
+    pub(crate) closed: bool,
+}
+
+impl Room {
+    pub(crate) fn new(id: RoomId) -> Self {
+        Room { id, state: Mutex::new(State::default()) }
+    }
+
+    pub(crate) fn id(&self) -> &RoomId {
+        &self.id
+    }
+
+    /// The state, even if a panic elsewhere poisoned the lock: the state is kept consistent
+    /// by every critical section on its own.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides where a frame from `sender` goes; holds it when the sender is alone.
+    pub(crate) fn route(
+        &self,
+        sender: ConnId,
+        frame: &Message,
+        requires_response: bool,
+        message_id: Option<MessageId<'static>>,
+        limits: HoldLimits,
+    ) -> Route {
+        let mut state = self.lock();
+        if !state.members.iter().any(|m| m.mailbox.conn() == sender) {
+            return Route::NotMember;
+        }
+        let others: Vec<Mailbox> =
+            state.members.iter().filter(|m| m.mailbox.conn() != sender).map(|m| m.mailbox.clone()).collect();
+        if !others.is_empty() {
+            return Route::Deliver(others);
+        }
+        if requires_response {
+            return Route::Alone;
+        }
+        if state.held.len() >= limits.max_messages || state.held_bytes + frame.len() > limits.max_bytes {
+            return Route::HoldFull;
+        }
+        state.held_bytes += frame.len();
+        state.held.push_back(Held {
+            frame: frame.clone(),
+            message_id,
+            expires: Instant::now() + limits.max_age,
+        });
+        Route::Held
+    }
+
+    /// When the oldest held message expires.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        self.lock().held.front().map(|h| h.expires)
+    }
+
+    /// Removes and returns the held messages that expired by `now`.
+    pub(crate) fn expire_held(&self, now: Instant) -> Vec<Held> {
+        let mut state = self.lock();
+        let mut expired = Vec::new();
+        while state.held.front().is_some_and(|h| h.expires <= now) {
+            if let Some(held) = state.held.pop_front() {
+                state.held_bytes -= held.frame.len();
+                expired.push(held);
+            }
+        }
+        expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_id_rules() {
+        for ok in ["gw", "gw/mock-gw", "micronets-dhcp-0001", "a.b_c~d:e@f-g", "a/b/c", &"x".repeat(256)] {
+            assert!(RoomId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "/",
+            "a//b",
+            "a/",
+            "/a",
+            ".",
+            "a/../b",
+            "a/./b",
+            "a%2Fb",
+            "a b",
+            "é",
+            "a?b",
+            &"x".repeat(257),
+        ] {
+            assert!(RoomId::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(RoomId::parse("gw/1").unwrap().to_string(), "gw/1");
+    }
+}

@@ -1,0 +1,97 @@
+//! The mutual-TLS server configuration, and naming why a handshake failed.
+//!
+//! Client certificates are mandatory and verified by webpki against the configured CA bundles:
+//! TLS 1.2 and 1.3 only, one crypto provider (aws-lc-rs). The server's PEM may be the original
+//! scripts' pkeycert (certificate, `EC PARAMETERS`, SEC1 key): non-key blocks are skipped.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::Config;
+use crate::{Error, Result};
+
+fn tls_error(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Tls { path: path.to_owned(), reason: reason.into() }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let bytes = std::fs::read(path).map_err(|e| tls_error(path, e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(path, format!("invalid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(tls_error(path, "no certificate found"));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
+    let bytes = std::fs::read(path).map_err(|e| tls_error(path, e.to_string()))?;
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|_| tls_error(path, "no private key found (expected PKCS#8, SEC1 or PKCS#1 PEM)"))
+}
+
+/// Builds the server's TLS configuration from the configured files.
+///
+/// # Errors
+/// [`Error::Tls`] naming the file that is missing, unreadable, holds no certificate or key,
+/// holds a key that does not match the certificate, or a CA that webpki refuses.
+pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = RootCertStore::empty();
+    for path in &config.client_ca {
+        for cert in read_certs(path)? {
+            roots.add(cert).map_err(|e| tls_error(path, format!("unusable CA certificate: {e}")))?;
+        }
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| tls_error(&config.client_ca[0], format!("cannot verify clients with this CA: {e}")))?;
+
+    let chain = read_certs(&config.server_cert)?;
+    let key_path = config.server_key.as_deref().unwrap_or(&config.server_cert);
+    let key = read_key(key_path)?;
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| tls_error(&config.server_cert, e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls_error(key_path, format!("server certificate and key do not go together: {e}")))?;
+    Ok(Arc::new(server))
+}
+
+/// Why a TLS handshake failed, as a short stable label (for logs and metrics) and a detail.
+#[must_use]
+pub fn handshake_failure(error: &std::io::Error) -> (&'static str, String) {
+    use rustls::{CertificateError, Error as TlsError};
+    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<TlsError>()) else {
+        let label = match error.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            std::io::ErrorKind::ConnectionReset => "reset",
+            _ => "io",
+        };
+        return (label, error.to_string());
+    };
+    let label = match tls {
+        TlsError::NoCertificatesPresented => "no_client_certificate",
+        TlsError::InvalidCertificate(cert) => match cert {
+            CertificateError::UnknownIssuer => "unknown_ca",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => "not_yet_valid",
+            CertificateError::Revoked => "revoked",
+            CertificateError::BadSignature => "bad_signature",
+            _ => "bad_certificate",
+        },
+        TlsError::PeerIncompatible(_) => "incompatible",
+        TlsError::AlertReceived(_) => "alert_received",
+        TlsError::InappropriateMessage { .. } | TlsError::InappropriateHandshakeMessage { .. } => "protocol",
+        TlsError::InvalidMessage(_) => "invalid_message",
+        _ => "other",
+    };
+    (label, tls.to_string())
+}
