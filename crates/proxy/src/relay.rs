@@ -198,8 +198,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_channel::mpsc as fmpsc;
     use futures_util::StreamExt;
-    use futures_util::channel::mpsc as fmpsc;
 
     fn text(s: &str) -> Message {
         Message::text(s)

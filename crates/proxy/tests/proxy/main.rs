@@ -1,0 +1,7 @@
+//! The proxy in-process on 127.0.0.1:0, with a PKI made in a temp dir and real mTLS WebSocket
+//! clients.
+
+mod handshake;
+mod relay;
+mod rooms;
+mod support;

@@ -1,0 +1,352 @@
+//! Test harness: PKI, a running proxy, and a WebSocket client that speaks mTLS.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use micronets_certgen::dev::{self, DevPki};
+use micronets_certgen::{Authority, KeyType, LeafSpec, Usage};
+use micronets_proxy::{FileConfig, Metrics, Overrides, Proxy};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Every await in a test is bounded by this.
+pub(crate) const WAIT: Duration = Duration::from_secs(5);
+pub(crate) const PREFIX: &str = "/micronets/v1/ws-proxy/";
+
+/// Awaits `f` for at most [`WAIT`], failing the test with `what` otherwise.
+#[track_caller]
+pub(crate) fn within<F: std::future::Future>(
+    what: &str,
+    f: F,
+) -> impl std::future::Future<Output = F::Output> {
+    let what = what.to_owned();
+    async move { tokio::time::timeout(WAIT, f).await.unwrap_or_else(|_| panic!("timed out: {what}")) }
+}
+
+/// A dev PKI in a temp dir, and more identities on demand.
+pub(crate) struct Pki {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) dev: DevPki,
+}
+
+impl Pki {
+    pub(crate) fn new() -> Arc<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = DevPki::new(dir.path().join("dev"));
+        dev::ensure(&dev).unwrap();
+        Arc::new(Pki { dir, dev })
+    }
+
+    /// The pkeycert of a client identity: a dev one (`manager`, `gateway`, `test-client`) or
+    /// one issued now under the dev root with `name` as CN.
+    pub(crate) fn client(&self, name: &str) -> PathBuf {
+        if let Some(identity) = dev::CLIENTS.iter().find(|c| c.name == name) {
+            return self.dev.pkeycert(identity);
+        }
+        let base = self.dir.path().join(name);
+        let path = micronets_certgen::files::with_suffix(&base, ".pkeycert.pem");
+        if !path.exists() {
+            let root_key = self.dev.file(dev::ROOT, ".key.pem");
+            let ca = Authority::load(&self.dev.root_cert(), &root_key).unwrap();
+            let issued = ca
+                .issue_leaf(&LeafSpec {
+                    org: "Test".into(),
+                    common_name: name.into(),
+                    days: 30,
+                    key_type: KeyType::P256,
+                    usage: Usage::Client,
+                    dns_names: vec![],
+                    ip_addresses: vec![],
+                })
+                .unwrap();
+            micronets_certgen::files::write_issued(&base, &issued, true, true).unwrap();
+        }
+        path
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A proxy serving in this process.
+pub(crate) struct TestProxy {
+    pub(crate) addr: SocketAddr,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) pki: Arc<Pki>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts a proxy with the dev PKI and `extra` TOML (sections other than listen and tls).
+pub(crate) async fn start(pki: &Arc<Pki>, extra: &str) -> TestProxy {
+    start_with(pki, &pki.dev.pkeycert(&dev::PROXY), extra).await
+}
+
+/// Starts a proxy with a given server certificate file.
+pub(crate) async fn start_with(pki: &Arc<Pki>, server_cert: &Path, extra: &str) -> TestProxy {
+    let toml = format!(
+        "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = {:?}\nclient_ca = {:?}\n{extra}",
+        server_cert.display().to_string(),
+        pki.dev.root_cert().display().to_string(),
+    );
+    start_toml(pki, &toml).await
+}
+
+/// Starts a proxy from a whole TOML configuration.
+pub(crate) async fn start_toml(pki: &Arc<Pki>, toml: &str) -> TestProxy {
+    // The proxy's log, captured per test and shown when one fails.
+    let _ = tracing_subscriber::fmt().with_env_filter("micronets_proxy=debug").with_test_writer().try_init();
+    let config = FileConfig::parse(toml).unwrap().into_config(&Overrides::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = Proxy::new(config).unwrap();
+    let metrics = proxy.metrics();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        proxy
+            .serve(listener, async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    TestProxy { addr, metrics, pki: Arc::clone(pki), stop: Some(stop), task: Some(task) }
+}
+
+impl TestProxy {
+    /// Connects as `identity` to `room` (completing TLS and the upgrade).
+    pub(crate) async fn connect(&self, identity: &str, room: &str) -> Client {
+        let cert = self.pki.client(identity);
+        within(
+            "connect",
+            Client::connect(self.addr, &self.pki.dev.root_cert(), &cert, &format!("{PREFIX}{room}")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connect as {identity} to {room}: {e}"))
+    }
+
+    /// Connects and sends a HELLO with `peer_id`, returning the client and the HELLO text.
+    pub(crate) async fn join(&self, identity: &str, room: &str, peer_id: &str) -> (Client, String) {
+        let mut client = self.connect(identity, room).await;
+        let hello = client.hello(peer_id).await;
+        (client, hello)
+    }
+
+    /// Sends `raw` over a mutual-TLS connection and returns the whole HTTP response.
+    pub(crate) async fn raw_request(&self, identity: &str, raw: &str) -> String {
+        let cert = self.pki.client(identity);
+        let mut tls = tls_connect(self.addr, &self.pki.dev.root_cert(), Some(&cert)).await.unwrap();
+        tls.write_all(raw.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let _ = within("raw response", tls.read_to_end(&mut response)).await;
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    /// Stops the proxy and waits for it to drain.
+    pub(crate) async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            within("proxy drain", task).await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub(crate) fn client_tls(ca: &Path, cert: Option<&Path>) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match cert {
+        Some(cert) => {
+            let chain: Vec<_> = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+            let key = PrivateKeyDer::from_pem_file(cert).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(config)
+}
+
+/// A client configuration that verifies the chain but not the server's name, as the original
+/// clients did (`check_hostname=False`).
+pub(crate) fn client_tls_no_name_check(ca: &Path, cert: &Path) -> Arc<rustls::ClientConfig> {
+    #[derive(Debug)]
+    struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+    impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+                | Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForNameContext { .. },
+                )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+                other => other,
+            }
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
+    let chain: Vec<_> = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(cert).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    Arc::new(config)
+}
+
+/// Opens a TLS connection and completes the handshake, including the client-certificate
+/// verdict (with TLS 1.3 that arrives after the client's handshake is done, so we wait for
+/// the server's first bytes or its alert).
+pub(crate) async fn tls_connect(
+    addr: SocketAddr,
+    ca: &Path,
+    cert: Option<&Path>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    let connector = TlsConnector::from(client_tls(ca, cert));
+    connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
+/// A WebSocket peer.
+pub(crate) struct Client {
+    pub(crate) ws: WebSocketStream<TlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub(crate) async fn connect(
+        addr: SocketAddr,
+        ca: &Path,
+        cert: &Path,
+        path: &str,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let tls = tls_connect(addr, ca, Some(cert)).await?;
+        let url = format!("wss://localhost:{}{path}", addr.port());
+        let (ws, _) = tokio_tungstenite::client_async(url, tls).await?;
+        Ok(Client { ws })
+    }
+
+    pub(crate) async fn send(&mut self, message: Message) {
+        within("send", self.ws.send(message)).await.unwrap();
+    }
+
+    pub(crate) async fn send_text(&mut self, text: &str) {
+        self.send(Message::text(text)).await;
+    }
+
+    /// Sends a HELLO the way the original test client does; returns its text.
+    pub(crate) async fn hello(&mut self, peer_id: &str) -> String {
+        let text = format!(
+            r#"{{"message": {{"messageId": 0, "messageType": "CONN:HELLO", "requiresResponse": false, "peerClass": "test", "peerId": "{peer_id}"}}}}"#
+        );
+        self.send_text(&text).await;
+        text
+    }
+
+    /// The next data or close frame (pings and pongs are skipped).
+    pub(crate) async fn recv(&mut self) -> Message {
+        within("receive", async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(message)) => return message,
+                    Some(Err(e)) => panic!("receive failed: {e}"),
+                    None => panic!("connection ended without a close frame"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next frame, which must be text; returned as text.
+    pub(crate) async fn recv_text(&mut self) -> String {
+        match self.recv().await {
+            Message::Text(text) => text.as_str().to_owned(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame as JSON `message` object.
+    pub(crate) async fn recv_message(&mut self) -> Value {
+        let text = self.recv_text().await;
+        let value: Value = serde_json::from_str(&text).unwrap();
+        value["message"].clone()
+    }
+
+    /// Reads until the close frame; returns its code and reason.
+    pub(crate) async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.recv().await {
+                Message::Close(Some(frame)) => {
+                    return (u16::from(frame.code), frame.reason.as_str().to_owned());
+                }
+                Message::Close(None) => return (1005, String::new()),
+                _ => continue,
+            }
+        }
+    }
+
+    pub(crate) async fn close(mut self) {
+        let _ = within("close", self.ws.close(None)).await;
+    }
+}
