@@ -117,7 +117,9 @@ fn prepare(cli: &Cli) -> anyhow::Result<(Proxy, micronets_proxy::Config)> {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
             .with_context(|| format!("config key log.level: invalid filter {:?}", config.log_level))?;
-        let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let builder =
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
         match config.log_format {
             LogFormat::Json => builder.json().init(),
             LogFormat::Text => builder.init(),

@@ -1,4 +1,8 @@
 //! End-to-end tests: the real binaries, driven as a user would.
 
 mod certgen;
+mod proxy;
+#[path = "../crates/proxy/tests/proxy/support.rs"]
+#[allow(dead_code)]
+mod proxy_support;
 mod support;

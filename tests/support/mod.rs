@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 pub(crate) fn bin(name: &str) -> PathBuf {
     match name {
         "certgen" => PathBuf::from(env!("CARGO_BIN_EXE_certgen")),
+        "ws-proxy" => PathBuf::from(env!("CARGO_BIN_EXE_ws-proxy")),
         other => panic!("unknown binary {other}"),
     }
 }
@@ -91,4 +92,104 @@ pub(crate) fn openssl(dir: &Path, args: &[&str]) -> Run {
 pub(crate) fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+/// A `ws-proxy` child process, killed (by PID) when dropped.
+pub(crate) struct ProxyProcess {
+    child: std::process::Child,
+    pub(crate) addr: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ProxyProcess {
+    /// Starts `ws-proxy` with `args` in `dir` and waits for its `listening on` line.
+    #[track_caller]
+    pub(crate) fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ProxyProcess {
+        let mut child = Command::new(bin("ws-proxy"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start ws-proxy");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, lines) = std::sync::mpsc::channel();
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut process = ProxyProcess { child, addr: "0.0.0.0:0".parse().unwrap(), log, lines };
+        let line = process.wait_for("listening on ");
+        let after = line.rsplit("listening on ").next().unwrap();
+        let addr: String =
+            after.chars().take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c)).collect();
+        process.addr = addr.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"));
+        process
+    }
+
+    /// Waits (at most 10 s) for a stderr line containing `needle`; returns it.
+    #[track_caller]
+    pub(crate) fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no stderr line with {needle:?}\n--- ws-proxy stderr\n{}", self.log()),
+            }
+        }
+    }
+
+    /// Everything the proxy wrote to stderr so far.
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`) to the proxy.
+    pub(crate) fn signal(&self, name: &str) {
+        let status =
+            Command::new("kill").args([&format!("-{name}"), &self.pid().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (at most 15 s) for the proxy to exit; returns its exit code.
+    #[track_caller]
+    pub(crate) fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(std::time::Instant::now() < deadline, "ws-proxy did not exit\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+    pub(crate) fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

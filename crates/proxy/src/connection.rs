@@ -36,45 +36,16 @@ const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Serves one accepted TCP connection to its end. The permit is the connection's place under
 /// `max_connections`, given back when this returns.
 pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, _permit: OwnedSemaphorePermit) {
+    let established = tokio::select! {
+        biased;
+        () = shared.shutdown.cancelled() => {
+            debug!("shutting down: connection dropped before the upgrade");
+            None
+        }
+        established = establish(&shared, tcp) => established,
+    };
+    let Some((ws, identity, room_id)) = established else { return };
     let config = &shared.config;
-    let deadline = Instant::now() + config.handshake_timeout;
-    let tls = match time::timeout_at(deadline, shared.tls.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            let (label, detail) = crate::tls::handshake_failure(&e);
-            shared.metrics.handshake_failed(label);
-            info!(reason = label, detail = %detail, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            shared.metrics.handshake_failed("timeout");
-            info!(reason = "timeout", "TLS handshake not completed within handshake_timeout");
-            return;
-        }
-    };
-    let identity = match tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| PeerIdentity::from_der(c))
-    {
-        Some(Ok(identity)) => identity,
-        Some(Err(e)) => {
-            warn!(error = %e, "verified client certificate cannot be parsed");
-            return;
-        }
-        None => {
-            warn!("handshake completed without a client certificate");
-            return;
-        }
-    };
-    Span::current().record("subject", tracing::field::display(&identity.subject));
-    Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
-
-    let Some((ws, room_id)) = upgrade(&shared, tls, &identity, deadline).await else { return };
-    Span::current().record("room", tracing::field::display(&room_id));
-
     let conn = ConnId::next();
     let reserve = config.max_peers + config.hold_max_messages;
     let (mailbox, inbox) = Mailbox::new(conn, config.queue_frames, reserve, config.queue_bytes);
@@ -93,6 +64,42 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, _permit: OwnedSemap
         ref c if c.is_peer_fault() => info!(code, reason = %close.reason(), "connection closed by the proxy"),
         _ => info!(code, reason = %close.reason(), "connection closed"),
     }
+}
+
+/// TLS handshake, identity and upgrade, all within `handshake_timeout`.
+async fn establish(shared: &Shared, tcp: TcpStream) -> Option<(Ws, PeerIdentity, RoomId)> {
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let tls = match time::timeout_at(deadline, shared.tls.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let (label, detail) = crate::tls::handshake_failure(&e);
+            shared.metrics.handshake_failed(label);
+            info!(reason = label, detail = %detail, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            shared.metrics.handshake_failed("timeout");
+            info!(reason = "timeout", "TLS handshake not completed within handshake_timeout");
+            return None;
+        }
+    };
+    let certificate = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let identity = match certificate.map(|c| PeerIdentity::from_der(c)) {
+        Some(Ok(identity)) => identity,
+        Some(Err(e)) => {
+            warn!(error = %e, "verified client certificate cannot be parsed");
+            return None;
+        }
+        None => {
+            warn!("handshake completed without a client certificate");
+            return None;
+        }
+    };
+    Span::current().record("subject", tracing::field::display(&identity.subject));
+    Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
+    let (ws, room_id) = upgrade(shared, tls, &identity, deadline).await?;
+    Span::current().record("room", tracing::field::display(&room_id));
+    Some((ws, identity, room_id))
 }
 
 /// Reads the upgrade request within the handshake deadline and answers it: a refusal (logged,
