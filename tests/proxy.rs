@@ -170,3 +170,71 @@ async fn memory_stays_bounded_when_a_peer_stops_reading() {
     assert!(peak_kib < BOUND_KIB, "peak RSS {peak_kib} KiB exceeds {BOUND_KIB} KiB\n{}", proxy.log());
     assert!(proxy.log().contains("slow consumer"), "{}", proxy.log());
 }
+
+/// SIGTERM starts a drain; a second signal during it exits at once with 128 + the signal.
+/// The drain is kept busy by a peer whose socket is full: its close frame cannot be written.
+#[tokio::test]
+async fn a_second_signal_cuts_the_drain_short() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    run_bin(dir, "certgen", &["dev"]).success();
+    let config = "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = \"certs/dev/micronets-ws-proxy.pkeycert.pem\"\nclient_ca = \"certs/dev/micronets-ws-root.cert.pem\"\n[limits]\nslow_consumer_timeout = \"60s\"\n[shutdown]\ngrace = \"60s\"\n";
+    std::fs::write(dir.join("p.toml"), config).unwrap();
+    let mut proxy = ProxyProcess::start(dir, &["--config", "p.toml"], &[]);
+    let (mut sender, _stalled) = pair(&proxy, dir).await;
+    // Fill the stalled peer's queue and socket buffers; the last sends block on it.
+    let chunk = "q".repeat(60_000);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        loop {
+            sender
+                .send_text(&format!(
+                    r#"{{"message": {{"messageType": "EVENT:fill", "messageBody": "{chunk}"}}}}"#
+                ))
+                .await;
+        }
+    })
+    .await;
+    proxy.signal("TERM");
+    proxy.wait_for("stop signal received");
+    proxy.signal("INT");
+    assert_eq!(proxy.wait_exit(), Some(130), "{}", proxy.log());
+}
+
+/// TLS 1.2 and 1.3 are served; older versions are refused.
+#[test]
+fn only_tls_1_2_and_1_3_are_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let proxy = ProxyProcess::start(dir, &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let connect = proxy.addr.to_string();
+    let s_client = |version: &str| {
+        let mut args = vec![
+            "s_client",
+            "-connect",
+            &connect,
+            version,
+            "-CAfile",
+            "certs/dev/micronets-ws-root.cert.pem",
+        ];
+        args.extend([
+            "-cert",
+            "certs/dev/micronets-manager.cert.pem",
+            "-key",
+            "certs/dev/micronets-manager.key.pem",
+        ]);
+        if version == "-tls1_1" {
+            args.extend(["-cipher", "DEFAULT@SECLEVEL=0"]);
+        }
+        crate::support::run_in(dir, Path::new("openssl"), &args)
+    };
+    for (flag, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let out = s_client(flag).stdout();
+        assert!(
+            out.contains(&format!("Protocol  : {name}")) || out.contains(&format!("New, {name},")),
+            "{flag}\n{out}"
+        );
+        assert!(out.contains("Verify return code: 0 (ok)"), "{flag}\n{out}");
+    }
+    let old = s_client("-tls1_1").stdout();
+    assert!(old.contains("no peer certificate available"), "TLS 1.1 must be refused\n{old}");
+}
