@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use micronets_certgen::dev::{CLIENTS, DevPki};
-use micronets_proxy::{FileConfig, LogFormat, Overrides, Proxy, config, shutdown};
+use micronets_proxy::{FileConfig, Overrides, Proxy, config};
 
 #[derive(Parser)]
 #[command(
@@ -23,30 +23,8 @@ struct Cli {
     /// Development mode: create certs/dev if needed and serve on 127.0.0.1:5050.
     #[arg(long)]
     dev: bool,
-    /// Listen address (overrides listen.bind), e.g. 127.0.0.1:0.
-    #[arg(long)]
-    bind: Option<String>,
-    /// Log format (overrides log.format): text or json.
-    #[arg(long, value_parser = ["text", "json"])]
-    log_format: Option<String>,
-    /// Server certificate and key (original flag -sc).
-    #[arg(long, env = "MICRONETS_WSPROXY_SERVER_CERT")]
-    server_cert: Option<PathBuf>,
-    /// CA bundle for client certificates (original flag -cac).
-    #[arg(long, env = "MICRONETS_WSPROXY_CA_CERT")]
-    ca_certs: Option<PathBuf>,
-    /// Directory of CA bundles (original flag -cap).
-    #[arg(long, env = "MICRONETS_WSPROXY_CA_PATH")]
-    ca_path: Option<PathBuf>,
-    /// Listen address without port (original flag -a).
-    #[arg(short = 'a', long)]
-    bind_address: Option<String>,
-    /// Listen port (original flag -p).
-    #[arg(short = 'p', long)]
-    bind_port: Option<u16>,
-    /// URL path prefix (original flag -sp).
-    #[arg(long)]
-    url_path_prefix: Option<String>,
+    #[command(flatten)]
+    overrides: Overrides,
 }
 
 #[derive(Subcommand)]
@@ -99,31 +77,9 @@ fn prepare(cli: &Cli) -> anyhow::Result<(Proxy, micronets_proxy::Config)> {
         }
         (None, None, false) => (FileConfig::default(), false),
     };
-    let overrides = Overrides {
-        bind: cli.bind.clone(),
-        bind_address: cli.bind_address.clone(),
-        bind_port: cli.bind_port,
-        path_prefix: cli.url_path_prefix.clone(),
-        server_cert: cli.server_cert.clone(),
-        client_ca: cli.ca_certs.clone(),
-        ca_dir: cli.ca_path.clone(),
-        log_format: cli
-            .log_format
-            .as_deref()
-            .map(|f| if f == "json" { LogFormat::Json } else { LogFormat::Text }),
-    };
-    let config = file.into_config(&overrides)?;
+    let config = file.into_config(&cli.overrides)?;
     if !checking {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
-            .with_context(|| format!("config key log.level: invalid filter {:?}", config.log_level))?;
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let builder =
-            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
-        match config.log_format {
-            LogFormat::Json => builder.json().init(),
-            LogFormat::Text => builder.init(),
-        }
+        micronets_proxy::logging::init(config.log_format, &config.log_level)?;
     }
     Ok((Proxy::new(config.clone())?, config))
 }
@@ -147,18 +103,8 @@ async fn serve(proxy: Proxy, config: micronets_proxy::Config, dev: bool) -> Exit
             );
         }
     }
-    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-    let stop = async move {
-        let signal = shutdown::signal().await;
-        tracing::info!(?signal, "stop signal received: draining (a second signal exits at once)");
-        let _ = first_tx.send(());
-    };
-    let second = async move {
-        let _ = first_rx.await;
-        shutdown::signal().await.map_or(1, shutdown::Signal::exit_code)
-    };
-    tokio::select! {
-        () = proxy.serve(listener, stop) => ExitCode::SUCCESS,
-        code = second => ExitCode::from(code),
+    match proxy.serve_until_signalled(listener).await {
+        None => ExitCode::SUCCESS,
+        Some(signal) => ExitCode::from(signal.exit_code()),
     }
 }

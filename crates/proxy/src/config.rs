@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::{Error, Result};
 
 /// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -202,25 +202,34 @@ impl Default for LogSection {
 }
 
 /// Values from the command line (and the original's environment variables) that override the
-/// file. `None` leaves the file's value.
-#[derive(Clone, Debug, Default)]
+/// file; `None` leaves the file's value. The binary parses them with clap, so the flags are
+/// declared once, here.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
-    /// `--bind`.
+    /// Listen address (overrides listen.bind), e.g. 127.0.0.1:0.
+    #[arg(long)]
     pub bind: Option<String>,
-    /// `--bind-address` (original flag): the address part of `listen.bind`.
-    pub bind_address: Option<String>,
-    /// `--bind-port` (original flag): the port part of `listen.bind`.
-    pub bind_port: Option<u16>,
-    /// `--url-path-prefix` (original flag).
-    pub path_prefix: Option<String>,
-    /// `--server-cert` (original flag).
-    pub server_cert: Option<PathBuf>,
-    /// `--ca-certs` (original flag).
-    pub client_ca: Option<PathBuf>,
-    /// `--ca-path` (original flag): every file in this directory is a CA bundle.
-    pub ca_dir: Option<PathBuf>,
-    /// `--log-format`.
+    /// Log format (overrides log.format).
+    #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Server certificate and key (original flag -sc).
+    #[arg(long, env = "MICRONETS_WSPROXY_SERVER_CERT")]
+    pub server_cert: Option<PathBuf>,
+    /// CA bundle for client certificates (original flag -cac).
+    #[arg(long = "ca-certs", env = "MICRONETS_WSPROXY_CA_CERT")]
+    pub client_ca: Option<PathBuf>,
+    /// Directory whose files are CA bundles (original flag -cap).
+    #[arg(long = "ca-path", env = "MICRONETS_WSPROXY_CA_PATH")]
+    pub ca_dir: Option<PathBuf>,
+    /// Listen address without port (original flag -a).
+    #[arg(short = 'a', long)]
+    pub bind_address: Option<String>,
+    /// Listen port (original flag -p).
+    #[arg(short = 'p', long)]
+    pub bind_port: Option<u16>,
+    /// URL path prefix (original flag -sp).
+    #[arg(long = "url-path-prefix")]
+    pub path_prefix: Option<String>,
 }
 
 impl FileConfig {
@@ -431,6 +440,14 @@ mod tests {
         assert!(err.contains("unknown field `bogus`"), "{err}");
         let err = config("[limits]\nmax_frame_bytes = \"big\"\n").unwrap_err().to_string();
         assert!(err.contains("max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_documented_example_is_valid_and_matches_the_defaults() {
+        let example = FileConfig::parse(include_str!("../../../docs/ws-proxy.example.toml")).unwrap();
+        let example = example.into_config(&Overrides::default()).unwrap();
+        let defaults = FileConfig::default().into_config(&Overrides::default()).unwrap();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
     }
 
     #[test]

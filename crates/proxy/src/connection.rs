@@ -369,6 +369,7 @@ impl Peer {
         }
         let reason = match close {
             Close::PeerClosed => "closed".to_owned(),
+            Close::Transport(_) => "connection lost".to_owned(),
             other => other.reason(),
         };
         let message = self.peer_left(name, &reason);

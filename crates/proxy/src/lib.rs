@@ -18,6 +18,7 @@ mod connection;
 mod error;
 pub mod identity;
 mod listener;
+pub mod logging;
 pub mod metrics;
 mod registry;
 mod relay;
@@ -87,6 +88,33 @@ impl Proxy {
     #[must_use]
     pub fn rooms(&self) -> usize {
         self.shared.registry.len()
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains. Returns `None` after a complete drain, or
+    /// the second signal that cut the drain short.
+    pub async fn serve_until_signalled(&self, listener: TcpListener) -> Option<shutdown::Signal> {
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let stop = async move {
+            match shutdown::signal().await {
+                Ok(signal) => {
+                    tracing::info!(?signal, "stop signal received: draining (a second signal exits at once)")
+                }
+                Err(e) => {
+                    // Without handlers the default action (exit) applies; never stop on our own.
+                    tracing::error!(error = %e, "cannot install signal handlers");
+                    std::future::pending::<()>().await;
+                }
+            }
+            let _ = first_tx.send(());
+        };
+        let second = async move {
+            let _ = first_rx.await;
+            shutdown::signal().await.ok()
+        };
+        tokio::select! {
+            () = self.serve(listener, stop) => None,
+            signal = second => signal,
+        }
     }
 
     /// Serves until `shutdown` completes, then closes every connection with 1001 and waits for
