@@ -285,13 +285,11 @@ impl Peer {
     }
 
     async fn relay_frame(&self, room: &Room, message: Message) {
-        let (requires_response, message_id, message_type) = match &message {
+        // The header borrows from the frame; ids are copied only when a reply or the hold
+        // buffer needs them, so relaying allocates nothing for them.
+        let header = match &message {
             Message::Text(text) => match Header::parse(text.as_str()) {
-                Ok(header) => (
-                    header.requires_response,
-                    header.message_id.map(MessageId::into_owned),
-                    Some(header.message_type.into_owned()),
-                ),
+                Ok(header) => Some(header),
                 Err(e) => {
                     debug!(error = %e, len = message.len(), "invalid envelope");
                     let reply = self.conn_error(400, &e.to_string(), lenient_id(text.as_str()));
@@ -299,14 +297,16 @@ impl Peer {
                     return;
                 }
             },
-            _ => (false, None, None),
+            _ => None,
         };
+        let requires_response = header.as_ref().is_some_and(|h| h.requires_response);
+        let message_id = || header.as_ref().and_then(|h| h.message_id.as_ref()).map(MessageId::to_owned_id);
         let limits = HoldLimits {
             max_messages: self.shared.config.hold_max_messages,
             max_bytes: self.shared.config.hold_max_bytes,
             max_age: self.shared.config.hold_max_age,
         };
-        match room.route(self.mailbox.conn(), &message, requires_response, message_id.clone(), limits) {
+        match room.route(self.mailbox.conn(), &message, requires_response, message_id, limits) {
             Route::Deliver(targets) => {
                 let len = message.len() as u64;
                 for target in &targets {
@@ -323,21 +323,24 @@ impl Peer {
             }
             Route::HoldFull => {
                 Metrics::inc(&self.shared.metrics.held_refused);
-                let reply = self.conn_error(503, "no peer connected and the hold buffer is full", message_id);
+                let reply =
+                    self.conn_error(503, "no peer connected and the hold buffer is full", message_id());
                 self.reply(reply).await;
             }
             Route::Alone => {
                 let reason = "no peer connected";
-                let reply = if message_type.as_deref() == Some(micronets_message::REST_REQUEST) {
+                let is_request =
+                    header.as_ref().is_some_and(|h| h.message_type == micronets_message::REST_REQUEST);
+                let reply = if is_request {
                     let response = RestResponse {
                         status_code: 503,
                         reason_phrase: Some(reason.to_owned()),
                         headers: Vec::new(),
                         content: micronets_message::Content::none(),
                     };
-                    self.proxy_message(Kind::RestResponse(response), message_id)
+                    self.proxy_message(Kind::RestResponse(response), message_id())
                 } else {
-                    self.conn_error(503, reason, message_id)
+                    self.conn_error(503, reason, message_id())
                 };
                 self.reply(reply).await;
             }

@@ -146,12 +146,13 @@ impl Room {
     }
 
     /// Decides where a frame from `sender` goes; holds it when the sender is alone.
+    /// `message_id` is called only when the frame is held.
     pub(crate) fn route(
         &self,
         sender: ConnId,
         frame: &Message,
         requires_response: bool,
-        message_id: Option<MessageId<'static>>,
+        message_id: impl FnOnce() -> Option<MessageId<'static>>,
         limits: HoldLimits,
     ) -> Route {
         let mut state = self.lock();
@@ -170,6 +171,7 @@ impl Room {
             return Route::HoldFull;
         }
         state.held_bytes += frame.len();
+        let message_id = message_id();
         state.held.push_back(Held {
             frame: frame.clone(),
             message_id,

@@ -248,3 +248,18 @@ async fn shutdown_closes_members_with_1001() {
     assert_eq!(cb.0, 1001);
     assert_eq!(cp.0, 1001);
 }
+
+#[tokio::test]
+async fn a_websocket_protocol_violation_closes_with_1002() {
+    use tokio::io::AsyncWriteExt;
+    let pki = Pki::new();
+    let proxy = start(&pki, "").await;
+    let (mut a, mut b) = pair(&proxy, "r").await;
+    // A masked frame with the reserved opcode 0x3, written under the WebSocket library.
+    within("raw write", a.ws.get_mut().write_all(&[0x83, 0x80, 1, 2, 3, 4])).await.unwrap();
+    let (code, reason) = a.expect_close().await;
+    assert_eq!(code, 1002, "{reason}");
+    assert!(reason.starts_with("protocol error"), "{reason}");
+    assert_eq!(b.recv_message().await["messageType"], "CONN:PEER-LEFT");
+    proxy.stop().await;
+}
