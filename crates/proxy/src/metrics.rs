@@ -28,8 +28,31 @@ pub struct Metrics {
     pub held_refused: AtomicU64,
     /// Held messages discarded because their sender left before anyone joined.
     pub held_discarded: AtomicU64,
-    handshake_failures: Mutex<BTreeMap<&'static str, u64>>,
-    upgrade_refusals: Mutex<BTreeMap<u16, u64>>,
+    handshake_failures: Tally<&'static str>,
+    upgrade_refusals: Tally<u16>,
+}
+
+/// Counters by label, for events rare enough that a lock costs nothing (refusals, failures).
+#[derive(Debug)]
+struct Tally<K>(Mutex<BTreeMap<K, u64>>);
+
+impl<K> Default for Tally<K> {
+    fn default() -> Self {
+        Tally(Mutex::new(BTreeMap::new()))
+    }
+}
+
+impl<K: Ord> Tally<K> {
+    fn inc(&self, key: K) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(key).or_default() += 1;
+    }
+
+    fn get<Q: Ord + ?Sized>(&self, key: &Q) -> u64
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(key).copied().unwrap_or(0)
+    }
 }
 
 impl Metrics {
@@ -51,35 +74,23 @@ impl Metrics {
 
     /// Counts a failed TLS handshake by reason label.
     pub fn handshake_failed(&self, reason: &'static str) {
-        *self
-            .handshake_failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(reason)
-            .or_default() += 1;
+        self.handshake_failures.inc(reason);
     }
 
     /// Failed TLS handshakes with this reason label.
     #[must_use]
     pub fn handshake_failures(&self, reason: &str) -> u64 {
-        let map = self.handshake_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(reason).copied().unwrap_or(0)
+        self.handshake_failures.get(reason)
     }
 
     /// Counts an upgrade refused with an HTTP status.
     pub fn upgrade_refused(&self, status: u16) {
-        *self
-            .upgrade_refusals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(status)
-            .or_default() += 1;
+        self.upgrade_refusals.inc(status);
     }
 
     /// Upgrades refused with this HTTP status.
     #[must_use]
     pub fn upgrade_refusals(&self, status: u16) -> u64 {
-        let map = self.upgrade_refusals.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(&status).copied().unwrap_or(0)
+        self.upgrade_refusals.get(&status)
     }
 }

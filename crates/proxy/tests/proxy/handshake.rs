@@ -99,10 +99,9 @@ async fn bad_client_certificates_fail_the_handshake_and_are_counted() {
     eventually("expired counter", || proxy.metrics.handshake_failures("expired") == 1).await;
 
     // The honest peers are not affected.
-    let (mut a, hello_a) = proxy.join("manager", "r", "a").await;
-    let (mut b, _) = proxy.join("gateway", "r", "b").await;
-    assert_eq!(b.recv_text().await, hello_a);
-    a.recv_text().await;
+    let (mut a, mut b) = crate::support::pair(&proxy, "r").await;
+    a.send_text(r#"{"message": {"messageType": "EVENT:fine"}}"#).await;
+    assert!(b.recv_text().await.contains("EVENT:fine"));
     proxy.stop().await;
 }
 
@@ -179,9 +178,7 @@ async fn bad_paths_and_plain_requests_get_http_errors() {
 async fn a_full_room_answers_409_before_the_upgrade() {
     let pki = Pki::new();
     let proxy = start(&pki, "").await;
-    let (_a, _) = proxy.join("manager", "pair", "a").await;
-    let (mut b, _) = proxy.join("gateway", "pair", "b").await;
-    b.recv_text().await;
+    let (_a, _b) = crate::support::pair(&proxy, "pair").await;
     let request = "GET /micronets/v1/ws-proxy/pair HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     let response = proxy.raw_request("test-client", request).await;
     assert!(response.starts_with("HTTP/1.1 409 Conflict"), "{response}");

@@ -5,15 +5,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::support::{Client, Pki, TestProxy, start, within};
-
-async fn pair(proxy: &TestProxy, room: &str) -> (Client, Client) {
-    let (mut a, _) = proxy.join("manager", room, "a").await;
-    let (mut b, _) = proxy.join("gateway", room, "b").await;
-    a.recv_text().await;
-    b.recv_text().await;
-    (a, b)
-}
+use crate::support::{Client, Pki, pair, start, within};
 
 #[tokio::test]
 async fn frames_are_relayed_byte_for_byte_and_never_echoed() {

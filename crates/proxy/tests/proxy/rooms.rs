@@ -3,7 +3,7 @@
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Pki, start};
+use crate::support::{Pki, pair, start};
 
 #[tokio::test]
 async fn a_pair_exchanges_hellos_verbatim() {
@@ -84,10 +84,7 @@ async fn a_same_certificate_newcomer_replaces_the_old_member() {
 async fn a_leaving_member_is_announced_and_the_other_stays() {
     let pki = Pki::new();
     let proxy = start(&pki, "").await;
-    let (mut a, _) = proxy.join("manager", "r", "a").await;
-    let (mut b, _) = proxy.join("gateway", "r", "b").await;
-    a.recv_text().await;
-    b.recv_text().await;
+    let (mut a, b) = pair(&proxy, "r").await;
     b.close().await;
     let left = a.recv_message().await;
     assert_eq!(left["messageType"], "CONN:PEER-LEFT");

@@ -163,6 +163,15 @@ impl TestProxy {
     }
 }
 
+/// A manager (`a`) and a gateway (`b`) in `room`, past the HELLO exchange.
+pub(crate) async fn pair(proxy: &TestProxy, room: &str) -> (Client, Client) {
+    let (mut a, _) = proxy.join("manager", room, "a").await;
+    let (mut b, _) = proxy.join("gateway", room, "b").await;
+    a.recv_text().await;
+    b.recv_text().await;
+    (a, b)
+}
+
 impl Drop for TestProxy {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
