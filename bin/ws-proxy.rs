@@ -6,7 +6,13 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use micronets_certgen::dev::{CLIENTS, DevPki};
-use micronets_proxy::{FileConfig, Overrides, Proxy, config};
+use micronets_proxy::{FileConfig, Overrides, Proxy};
+
+mod legacy_args;
+
+/// The original proxy's flags that are not single letters.
+const LEGACY: [(&str, &str); 4] =
+    [("-sc", "--server-cert"), ("-cac", "--ca-certs"), ("-cap", "--ca-path"), ("-sp", "--url-path-prefix")];
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +43,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(config::expand_legacy_flags(std::env::args_os())) {
+    let cli = match Cli::try_parse_from(legacy_args::expand(std::env::args_os(), &LEGACY)) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

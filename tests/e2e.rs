@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binaries, driven as a user would.
 
 mod certgen;
+mod client;
 mod proxy;
 #[path = "../crates/proxy/tests/proxy/support.rs"]
 #[allow(dead_code)]

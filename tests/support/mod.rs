@@ -9,6 +9,7 @@ pub(crate) fn bin(name: &str) -> PathBuf {
     match name {
         "certgen" => PathBuf::from(env!("CARGO_BIN_EXE_certgen")),
         "ws-proxy" => PathBuf::from(env!("CARGO_BIN_EXE_ws-proxy")),
+        "ws-client" => PathBuf::from(env!("CARGO_BIN_EXE_ws-client")),
         other => panic!("unknown binary {other}"),
     }
 }
@@ -94,28 +95,38 @@ pub(crate) fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
 }
 
-/// A `ws-proxy` child process, killed (by PID) when dropped.
-pub(crate) struct ProxyProcess {
+/// A child process of ours (ws-proxy, ws-client), killed (by PID) when dropped.
+pub(crate) struct Daemon {
     child: std::process::Child,
     pub(crate) addr: std::net::SocketAddr,
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
-impl ProxyProcess {
+/// The ws-proxy daemon.
+pub(crate) type ProxyProcess = Daemon;
+
+impl Daemon {
     /// Starts `ws-proxy` with `args` in `dir` and waits for its `listening on` line.
     #[track_caller]
-    pub(crate) fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> ProxyProcess {
-        let mut child = Command::new(bin("ws-proxy"))
+    pub(crate) fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn("ws-proxy", dir, args, env, "listening on ")
+    }
+
+    /// Starts one of our binaries and waits for a stderr line containing `ready`; when that
+    /// line says `listening on <addr>`, `addr` is that address.
+    #[track_caller]
+    pub(crate) fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)], ready: &str) -> Daemon {
+        let mut child = Command::new(bin(name))
             .args(args)
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("cannot start ws-proxy");
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stderr = child.stderr.take().expect("stderr is piped");
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, lines) = std::sync::mpsc::channel();
@@ -127,13 +138,46 @@ impl ProxyProcess {
                 let _ = tx.send(line);
             }
         });
-        let mut process = ProxyProcess { child, addr: "0.0.0.0:0".parse().unwrap(), log, lines };
-        let line = process.wait_for("listening on ");
-        let after = line.rsplit("listening on ").next().unwrap();
-        let addr: String =
-            after.chars().take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c)).collect();
-        process.addr = addr.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"));
+        let mut process = Daemon { child, addr: "0.0.0.0:0".parse().unwrap(), log, lines };
+        let line = process.wait_for(ready);
+        if let Some(after) = line.split("listening on ").nth(1) {
+            let addr: String =
+                after.chars().take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c)).collect();
+            process.addr = addr.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"));
+        }
         process
+    }
+
+    /// Writes a line to the child's stdin.
+    pub(crate) fn type_line(&mut self, line: &str) {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().expect("stdin is piped");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Closes the child's stdin (end of input).
+    pub(crate) fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    /// The next line the child writes to stdout (at most 10 s).
+    #[track_caller]
+    pub(crate) fn stdout_line(&mut self) -> String {
+        use std::io::BufRead as _;
+        let stdout = self.child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send((line, reader.into_inner()));
+        });
+        let (line, stdout) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no stdout line\n--- stderr\n{}", self.log()));
+        self.child.stdout = Some(stdout);
+        line
     }
 
     /// Waits (at most 10 s) for a stderr line containing `needle`; returns it.
@@ -145,7 +189,7 @@ impl ProxyProcess {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("no stderr line with {needle:?}\n--- ws-proxy stderr\n{}", self.log()),
+                Err(_) => panic!("no stderr line with {needle:?}\n--- stderr\n{}", self.log()),
             }
         }
     }
@@ -159,14 +203,14 @@ impl ProxyProcess {
         self.child.id()
     }
 
-    /// Sends a signal by name (`TERM`, `INT`) to the proxy.
+    /// Sends a signal by name (`TERM`, `INT`) to the child.
     pub(crate) fn signal(&self, name: &str) {
         let status =
             Command::new("kill").args([&format!("-{name}"), &self.pid().to_string()]).status().unwrap();
         assert!(status.success());
     }
 
-    /// Waits (at most 15 s) for the proxy to exit; returns its exit code.
+    /// Waits (at most 15 s) for the child to exit; returns its exit code.
     #[track_caller]
     pub(crate) fn wait_exit(&mut self) -> Option<i32> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -174,7 +218,7 @@ impl ProxyProcess {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(std::time::Instant::now() < deadline, "ws-proxy did not exit\n{}", self.log());
+            assert!(std::time::Instant::now() < deadline, "the child did not exit\n{}", self.log());
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
@@ -187,7 +231,7 @@ impl ProxyProcess {
     }
 }
 
-impl Drop for ProxyProcess {
+impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -361,23 +361,6 @@ fn ca_dir_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The original proxy's multi-letter short flags (`-sc`, `-cac`, ...), which argument parsers
-/// read as bundles of one-letter flags, rewritten to their long forms.
-pub fn expand_legacy_flags<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Vec<std::ffi::OsString> {
-    const LEGACY: [(&str, &str); 4] = [
-        ("-sc", "--server-cert"),
-        ("-cac", "--ca-certs"),
-        ("-cap", "--ca-path"),
-        ("-sp", "--url-path-prefix"),
-    ];
-    args.into_iter()
-        .map(|arg| match LEGACY.iter().find(|(short, _)| arg.to_str() == Some(short)) {
-            Some((_, long)) => std::ffi::OsString::from(long),
-            None => arg,
-        })
-        .collect()
-}
-
 /// Parses `"10s"`, `"250ms"`, `"2m"`, `"1h"`: a whole number and a unit.
 ///
 /// # Errors

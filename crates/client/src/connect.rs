@@ -1,0 +1,191 @@
+//! Opening the WebSocket: TCP (directly or through an HTTP CONNECT proxy), TLS, the upgrade
+//! with extra headers.
+
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::tls::{TlsOptions, client_config};
+use crate::{Error, Result};
+
+/// The WebSocket this crate speaks over.
+pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+/// Everything needed to reach the relay.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// `wss://host:port/micronets/v1/ws-proxy/<room>`.
+    pub url: String,
+    /// Certificates and verification.
+    pub tls: TlsOptions,
+    /// An HTTP proxy to tunnel through with CONNECT (`http://host:port`); see
+    /// [`proxy_from_env`].
+    pub via: Option<String>,
+    /// Extra headers for the upgrade request (`Authorization: Bearer ...`).
+    pub headers: Vec<(String, String)>,
+    /// Deadline for TCP, CONNECT, TLS and the upgrade together.
+    pub timeout: Duration,
+    /// Largest frame accepted from the relay.
+    pub max_frame_bytes: usize,
+}
+
+/// The target of a `wss://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    /// Port (443 when the URL has none).
+    pub port: u16,
+}
+
+impl Target {
+    /// Reads the host and port of a `wss://` URL.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for anything but a `wss://host[:port]/path` URL.
+    pub fn of_url(url: &str) -> Result<Self> {
+        let uri: http::Uri = url.parse().map_err(|e| Error::Invalid(format!("invalid URL {url:?}: {e}")))?;
+        if uri.scheme_str() != Some("wss") {
+            return Err(Error::Invalid(format!(
+                "invalid URL {url:?}: only wss:// is supported (the relay requires TLS)"
+            )));
+        }
+        let host = uri.host().ok_or_else(|| Error::Invalid(format!("invalid URL {url:?}: no host")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        Ok(Target { host, port: uri.port_u16().unwrap_or(443) })
+    }
+
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The CONNECT proxy for `host` from `HTTPS_PROXY` (or `https_proxy`), unless `NO_PROXY`
+/// (or `no_proxy`) lists the host, one of its parent domains, or `*`.
+#[must_use]
+pub fn proxy_from_env(host: &str) -> Option<String> {
+    let var = |names: [&str; 2]| names.iter().find_map(|n| std::env::var(n).ok()).filter(|v| !v.is_empty());
+    let proxy = var(["HTTPS_PROXY", "https_proxy"])?;
+    let no_proxy = var(["NO_PROXY", "no_proxy"]).unwrap_or_default();
+    let bypass = no_proxy.split(',').map(str::trim).filter(|e| !e.is_empty()).any(|entry| {
+        let entry = entry.trim_start_matches('.');
+        entry == "*"
+            || host.eq_ignore_ascii_case(entry)
+            || host.to_ascii_lowercase().ends_with(&format!(".{}", entry.to_ascii_lowercase()))
+    });
+    (!bypass).then_some(proxy)
+}
+
+/// Connects to the relay and completes the WebSocket upgrade.
+///
+/// # Errors
+/// [`Error::Connect`] for TCP, proxy and TLS failures, [`Error::BadHandshake`] when the relay
+/// answers the upgrade with another status (404 wrong path, 409 room full, ...),
+/// [`Error::Timeout`] past `options.timeout`.
+pub async fn connect(options: &ConnectOptions) -> Result<Ws> {
+    let target = Target::of_url(&options.url)?;
+    let mut request = options.url.as_str().into_client_request()?;
+    for (name, value) in &options.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| Error::Invalid(format!("invalid header name {name:?}")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| Error::Invalid(format!("invalid value for header {name}")))?;
+        request.headers_mut().append(name, value);
+    }
+    let tls_config = client_config(&options.tls)?;
+    let attempt = async {
+        let tcp = match &options.via {
+            Some(proxy) => tunnel(proxy, &target).await?,
+            None => TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map_err(|e| Error::Connect { target: target.authority(), reason: e.to_string() })?,
+        };
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(target.host.clone())
+            .map_err(|_| Error::Invalid(format!("invalid host name {:?}", target.host)))?;
+        let tls = TlsConnector::from(tls_config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| Error::Connect { target: target.authority(), reason: format!("TLS: {e}") })?;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(options.max_frame_bytes))
+            .max_frame_size(Some(options.max_frame_bytes));
+        match tokio_tungstenite::client_async_with_config(request, tls, Some(config)).await {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                Err(Error::BadHandshake {
+                    status: response.status().as_u16(),
+                    body: body.trim().chars().take(200).collect(),
+                })
+            }
+            Err(e) => Err(Error::Connect { target: target.authority(), reason: e.to_string() }),
+        }
+    };
+    tokio::time::timeout(options.timeout, attempt).await.map_err(|_| Error::Timeout(options.timeout))?
+}
+
+/// Opens a TCP connection to `target` through an HTTP proxy with CONNECT.
+async fn tunnel(proxy: &str, target: &Target) -> Result<TcpStream> {
+    let uri: http::Uri =
+        proxy.parse().map_err(|e| Error::Invalid(format!("invalid proxy URL {proxy:?}: {e}")))?;
+    if uri.scheme_str().is_some_and(|s| s != "http") {
+        return Err(Error::Invalid(format!(
+            "invalid proxy URL {proxy:?}: only http:// proxies are supported"
+        )));
+    }
+    let host = uri.host().ok_or_else(|| Error::Invalid(format!("invalid proxy URL {proxy:?}: no host")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let failed = |reason: String| Error::Connect { target: format!("proxy {proxy}"), reason };
+    let mut tcp = TcpStream::connect((host, port)).await.map_err(|e| failed(e.to_string()))?;
+    let authority = target.authority();
+    let request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.map_err(|e| failed(e.to_string()))?;
+    // Read the response head byte by byte: nothing past it may be consumed, since the TLS
+    // handshake follows on the same connection.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 8192 {
+            return Err(failed("CONNECT response head too long".into()));
+        }
+        let byte = tcp.read_u8().await.map_err(|e| failed(format!("CONNECT: {e}")))?;
+        head.push(byte);
+    }
+    let status_line = String::from_utf8_lossy(&head);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    let status = status_line.split_whitespace().nth(1).unwrap_or_default();
+    if status != "200" {
+        return Err(failed(format!("CONNECT refused: {status_line}")));
+    }
+    Ok(tcp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            Target::of_url("wss://proxy:5050/micronets/v1/ws-proxy/gw").unwrap(),
+            Target { host: "proxy".into(), port: 5050 }
+        );
+        assert_eq!(Target::of_url("wss://[::1]/x").unwrap(), Target { host: "::1".into(), port: 443 });
+        assert_eq!(Target { host: "::1".into(), port: 5 }.authority(), "[::1]:5");
+        assert!(Target::of_url("ws://proxy/x").is_err());
+        assert!(Target::of_url("not a url").is_err());
+    }
+}

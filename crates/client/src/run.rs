@@ -1,0 +1,200 @@
+//! What `ws-client` does: connect (retrying when asked), start a session, run the console, the
+//! HTTP bridge and the forwarder on it, and reconnect when it ends (when asked).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use micronets_message::Hello;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::bridge::{self, BridgeOptions};
+use crate::connect::{ConnectOptions, connect};
+use crate::console::{self, Line};
+use crate::forward::Forwarder;
+use crate::session::{Incoming, Session};
+use crate::{Error, Result};
+
+/// Retry policy for connecting.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    /// Reconnect after a failure or a lost connection (capped exponential backoff with jitter).
+    pub reconnect: bool,
+    /// Give up at once when the relay answers the upgrade with a non-101 status.
+    pub stop_on_bad_handshake: bool,
+    /// First delay.
+    pub initial: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+/// Everything `ws-client` was asked to do.
+pub struct RunOptions {
+    /// How to reach the relay.
+    pub connect: ConnectOptions,
+    /// Our HELLO.
+    pub hello: Hello,
+    /// Serve an HTTP bridge on this address.
+    pub bridge: Option<(SocketAddr, BridgeOptions)>,
+    /// Serve incoming requests with this forwarder.
+    pub forward: Option<Arc<Forwarder>>,
+    /// Retry policy.
+    pub retry: Retry,
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `quit`, end of input, or a normal close by the relay.
+    Clean,
+    /// The connection failed or was lost (after the retries allowed).
+    Failed,
+}
+
+/// Runs until `quit`, end of input (when neither bridge nor forwarder is running), or the end
+/// of the connection (without `reconnect`). Console lines come from `input`; received frames are
+/// written to `output`, one JSON line each.
+///
+/// # Errors
+/// [`Error::Connect`] and friends when binding the bridge fails.
+pub async fn run<I, O>(options: RunOptions, input: I, mut output: O) -> Result<Outcome>
+where
+    I: AsyncBufRead + Unpin + Send + 'static,
+    O: AsyncWrite + Unpin,
+{
+    let bridge = match options.bridge {
+        Some((addr, bridge_options)) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| Error::Connect {
+                target: addr.to_string(),
+                reason: format!("cannot listen: {e}"),
+            })?;
+            let local = listener.local_addr().map_or(addr, |a| a);
+            info!("HTTP bridge listening on {local}");
+            Some((Arc::new(listener), bridge_options))
+        }
+        None => None,
+    };
+    let serving = bridge.is_some() || options.forward.is_some();
+    let handler = options.forward.clone().map(Forwarder::handler);
+    let (lines_tx, mut lines) = mpsc::channel::<String>(16);
+    tokio::spawn(read_lines(input, lines_tx));
+    let mut input_open = true;
+    let mut delay = options.retry.initial;
+    loop {
+        let ws = match connect(&options.connect).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                let fatal = matches!(e, Error::BadHandshake { .. }) && options.retry.stop_on_bad_handshake;
+                if !options.retry.reconnect || fatal || matches!(e, Error::Tls { .. } | Error::Invalid(_)) {
+                    error!("{e}");
+                    return Ok(Outcome::Failed);
+                }
+                let wait = jitter(delay);
+                warn!(retry_in = ?wait, "{e}");
+                tokio::time::sleep(wait).await;
+                delay = (delay * 2).min(options.retry.max);
+                continue;
+            }
+        };
+        delay = options.retry.initial;
+        let (incoming_tx, mut incoming) = mpsc::channel::<Incoming>(64);
+        let session =
+            Arc::new(Session::start(ws, options.hello.clone(), handler.clone(), Some(incoming_tx)).await?);
+        info!(url = %options.connect.url, "connected; HELLO sent, waiting for the peer's HELLO");
+        let bridge_task = bridge.clone().map(|(listener, bridge_options)| {
+            let session = Arc::clone(&session);
+            tokio::spawn(async move { bridge::serve(&listener, session, bridge_options).await })
+        });
+        let alone_report = tokio::spawn(report_while_alone(Arc::clone(&session)));
+        let stop = loop {
+            tokio::select! {
+                frame = incoming.recv() => match frame {
+                    Some(frame) => {
+                        let line = console::render(&frame);
+                        let _ = output.write_all(format!("{line}\n").as_bytes()).await;
+                        let _ = output.flush().await;
+                    }
+                    None => break Stop::Ended(session.ended().await),
+                },
+                line = lines.recv(), if input_open => match line {
+                    Some(line) => match console::parse_line(&line, || session.next_id()) {
+                        Ok(Line::Send(text)) => {
+                            if session.send_text(text).await.is_err() {
+                                warn!("not sent: the connection is closed");
+                            }
+                        }
+                        Ok(Line::Quit) => break Stop::Quit,
+                        Ok(Line::Nothing) => {}
+                        Err(why) => warn!("{why}"),
+                    },
+                    // End of input ends a console session; a bridge or forwarder keeps serving.
+                    None if serving => input_open = false,
+                    None => break Stop::Quit,
+                },
+            }
+        };
+        alone_report.abort();
+        if let Some(task) = bridge_task {
+            task.abort();
+        }
+        match stop {
+            Stop::Quit => {
+                session.close().await;
+                return Ok(Outcome::Clean);
+            }
+            Stop::Ended(ended) => {
+                info!(code = ?ended.code, reason = %ended.reason, "connection to the relay ended");
+                if !options.retry.reconnect {
+                    return Ok(if ended.is_clean() { Outcome::Clean } else { Outcome::Failed });
+                }
+            }
+        }
+        let wait = jitter(delay);
+        info!(retry_in = ?wait, "reconnecting");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Why a session's loop stopped.
+enum Stop {
+    /// `quit` or the end of the console's input.
+    Quit,
+    /// The connection ended.
+    Ended(crate::session::Ended),
+}
+
+/// Logs, every 10 s, that no peer has said HELLO yet.
+async fn report_while_alone(session: Arc<Session>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            hello = session.peer_hello() => {
+                if let Some(hello) = hello {
+                    info!(peer_class = ?hello.peer_class, peer_id = ?hello.peer_id, "peer present");
+                }
+                return;
+            }
+            _ = ticker.tick() => info!("no peer in the room yet; requests get 503 until one joins"),
+        }
+    }
+}
+
+async fn read_lines<I: AsyncBufRead + Unpin>(input: I, tx: mpsc::Sender<String>) {
+    let mut lines = input.lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if tx.send(line).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A random delay between half of `delay` and `delay`, so a fleet does not reconnect in step.
+fn jitter(delay: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let fraction = if aws_lc_rs::rand::fill(&mut byte).is_ok() { f64::from(byte[0]) / 255.0 } else { 1.0 };
+    delay.mul_f64(0.5 + fraction / 2.0)
+}

@@ -1,0 +1,323 @@
+//! A session with the relay: the HELLO exchange, requests matched to their responses, incoming
+//! requests served by a handler, everything else handed to the caller.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use micronets_message::{Content, Envelope, Hello, Kind, MessageId, RestRequest, RestResponse};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tracing::{debug, info, warn};
+
+use crate::connect::Ws;
+use crate::{Error, Result};
+
+/// Serves a `REST:REQUEST` received from the peer.
+pub type Handler =
+    Arc<dyn Fn(RestRequest) -> Pin<Box<dyn Future<Output = RestResponse> + Send>> + Send + Sync>;
+
+/// A frame from the relay that no request was waiting for.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    /// A text frame, with its envelope when it parses.
+    Text(String, Option<Box<Envelope>>),
+    /// A binary frame.
+    Binary(Bytes),
+}
+
+enum Reply {
+    Response(Box<RestResponse>),
+    Refused { status: u16, reason: String },
+}
+
+type Pending = Arc<Mutex<HashMap<MessageId<'static>, oneshot::Sender<Reply>>>>;
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// The relay's close code, when it sent a close frame.
+    pub code: Option<u16>,
+    /// What happened, for a human.
+    pub reason: String,
+}
+
+impl Ended {
+    /// A normal close (1000) by the relay.
+    #[must_use]
+    pub fn is_clean(&self) -> bool {
+        self.code == Some(1000)
+    }
+}
+
+/// A live session. Dropping it closes the connection without a close frame; prefer
+/// [`Session::close`].
+pub struct Session {
+    out: mpsc::Sender<Message>,
+    pending: Pending,
+    next_id: Arc<AtomicI64>,
+    peer: watch::Receiver<Option<Hello>>,
+    ended: watch::Receiver<Option<Ended>>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+impl Session {
+    /// Sends our HELLO (`messageId` 0) and starts serving the connection. Incoming requests go
+    /// to `handler`, or are answered 501 without one; frames nobody waits for go to
+    /// `incoming`, or are logged without it.
+    ///
+    /// # Errors
+    /// [`Error::WebSocket`] when the HELLO cannot be sent.
+    pub async fn start(
+        mut ws: Ws,
+        hello: Hello,
+        handler: Option<Handler>,
+        incoming: Option<mpsc::Sender<Incoming>>,
+    ) -> Result<Session> {
+        let hello = Envelope::new(Kind::Hello(hello)).with_id(0);
+        ws.send(Message::text(hello.to_json())).await?;
+        let (sink, stream) = ws.split();
+        let (out, out_rx) = mpsc::channel(256);
+        let pending: Pending = Arc::default();
+        let next_id = Arc::new(AtomicI64::new(1));
+        let (peer_tx, peer) = watch::channel(None);
+        let (ended_tx, ended) = watch::channel(None);
+        let writer = tokio::spawn(write_loop(sink, out_rx));
+        let reader = Reader {
+            out: out.clone(),
+            pending: Arc::clone(&pending),
+            next_id: Arc::clone(&next_id),
+            handler,
+            incoming,
+            peer: peer_tx,
+        };
+        let reader = tokio::spawn(async move {
+            let why = reader.run(stream).await;
+            let _ = ended_tx.send(Some(why));
+        });
+        Ok(Session { out, pending, next_id, peer, ended, reader, writer })
+    }
+
+    /// A fresh integer `messageId` (they start at 1; the HELLO had 0).
+    pub fn next_id(&self) -> i64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Waits for the peer's HELLO; `None` if the connection ends first.
+    pub async fn peer_hello(&self) -> Option<Hello> {
+        let mut peer = self.peer.clone();
+        peer.wait_for(Option::is_some).await.ok().and_then(|h| h.clone())
+    }
+
+    /// Resolves when the connection has ended, with how.
+    pub async fn ended(&self) -> Ended {
+        let mut ended = self.ended.clone();
+        let lost = || Ended { code: None, reason: "connection ended".into() };
+        ended.wait_for(Option::is_some).await.ok().and_then(|w| w.clone()).unwrap_or_else(lost)
+    }
+
+    /// Sends a text frame as it is.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the connection has ended.
+    pub async fn send_text(&self, text: String) -> Result<()> {
+        self.out.send(Message::text(text)).await.map_err(|_| Error::Closed)
+    }
+
+    /// Sends an envelope.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the connection has ended.
+    pub async fn send(&self, envelope: &Envelope) -> Result<()> {
+        self.send_text(envelope.to_json()).await
+    }
+
+    /// Sends `request` and waits at most `timeout` for the matching `REST:RESPONSE`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::Closed`], or [`Error::Refused`] when the answer is a
+    /// `CONN:ERROR`. A `REST:RESPONSE` with any status (including the relay's 503 when no peer
+    /// is connected) is a success.
+    pub async fn request(&self, request: RestRequest, timeout: Duration) -> Result<RestResponse> {
+        let id = MessageId::Int(self.next_id());
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(id.clone(), tx);
+        let envelope = Envelope::new(Kind::RestRequest(request)).with_id(id.clone()).requiring_response(true);
+        if let Err(e) = self.send(&envelope).await {
+            lock(&self.pending).remove(&id);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Reply::Response(response))) => Ok(*response),
+            Ok(Ok(Reply::Refused { status, reason })) => Err(Error::Refused { status, reason }),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => {
+                lock(&self.pending).remove(&id);
+                Err(Error::Timeout(timeout))
+            }
+        }
+    }
+
+    /// Closes the connection with 1000 and waits (at most 5 s) for the relay to close too.
+    pub async fn close(&self) {
+        let frame = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+        let _ = self.out.send(Message::Close(Some(frame))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.ended()).await;
+    }
+}
+
+/// A random peer id: 16 hex digits.
+#[must_use]
+pub fn random_peer_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    mut out: mpsc::Receiver<Message>,
+) {
+    while let Some(message) = out.recv().await {
+        let closing = matches!(message, Message::Close(_));
+        if sink.send(message).await.is_err() || closing {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+struct Reader {
+    out: mpsc::Sender<Message>,
+    pending: Pending,
+    next_id: Arc<AtomicI64>,
+    handler: Option<Handler>,
+    incoming: Option<mpsc::Sender<Incoming>>,
+    peer: watch::Sender<Option<Hello>>,
+}
+
+impl Reader {
+    /// Reads until the connection ends; returns how it ended.
+    async fn run(self, mut stream: futures_util::stream::SplitStream<Ws>) -> Ended {
+        let ended = loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                Some(Ok(Message::Binary(bytes))) => self.hand_over(Incoming::Binary(bytes)).await,
+                Some(Ok(Message::Close(frame))) => {
+                    break match frame {
+                        Some(f) => {
+                            Ended { code: Some(u16::from(f.code)), reason: f.reason.as_str().to_owned() }
+                        }
+                        None => Ended { code: None, reason: "closed without a code".into() },
+                    };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Ended { code: None, reason: format!("connection failed: {e}") },
+                None => break Ended { code: None, reason: "connection ended".into() },
+            }
+        };
+        // Whoever still waits for an answer learns the connection is gone.
+        lock(&self.pending).clear();
+        ended
+    }
+
+    async fn on_text(&self, text: &str) {
+        let envelope = match Envelope::parse(text) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                debug!(error = %e, "frame is not a valid envelope");
+                return self.hand_over(Incoming::Text(text.to_owned(), None)).await;
+            }
+        };
+        let answer = |reply| match &envelope.in_response_to {
+            Some(id) => lock(&self.pending).remove(id).map(|tx| {
+                // The requester may have timed out meanwhile; then nobody is left to tell.
+                let _ = tx.send(reply);
+            }),
+            None => None,
+        };
+        match &envelope.kind {
+            Kind::RestResponse(response) => {
+                if answer(Reply::Response(Box::new(response.clone()))).is_none() {
+                    warn!(in_response_to = ?envelope.in_response_to, "REST:RESPONSE for no pending request: ignored");
+                }
+            }
+            Kind::Error(error) => {
+                let refused = Reply::Refused {
+                    status: error.status_code,
+                    reason: error.reason_phrase.clone().unwrap_or_default(),
+                };
+                if answer(refused).is_none() {
+                    self.hand_over(Incoming::Text(text.to_owned(), Some(Box::new(envelope)))).await;
+                }
+            }
+            Kind::RestRequest(request) => self.serve(request.clone(), envelope.message_id.clone()),
+            Kind::Hello(hello) => {
+                let _ = self.peer.send(Some(hello.clone()));
+                info!(peer_class = ?hello.peer_class, peer_id = ?hello.peer_id, "peer HELLO received");
+                self.hand_over(Incoming::Text(text.to_owned(), Some(Box::new(envelope)))).await;
+            }
+            _ => self.hand_over(Incoming::Text(text.to_owned(), Some(Box::new(envelope)))).await,
+        }
+    }
+
+    /// Answers a request from the peer, concurrently with everything else.
+    fn serve(&self, request: RestRequest, id: Option<MessageId<'static>>) {
+        let handler = self.handler.clone();
+        let out = self.out.clone();
+        let reply_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            debug!(method = %request.method, path = %request.path, "serving REST:REQUEST");
+            let response = match handler {
+                Some(handler) => handler(request).await,
+                None => RestResponse {
+                    status_code: 501,
+                    reason_phrase: Some(
+                        "this peer does not serve requests (ws-client without --forward-to)".into(),
+                    ),
+                    headers: Vec::new(),
+                    content: Content::none(),
+                },
+            };
+            let envelope = Envelope::new(Kind::RestResponse(response)).with_id(reply_id).in_response_to(id);
+            let _ = out.send(Message::text(envelope.to_json())).await;
+        });
+    }
+
+    async fn hand_over(&self, incoming: Incoming) {
+        match &self.incoming {
+            Some(tx) => {
+                let _ = tx.send(incoming).await;
+            }
+            None => match &incoming {
+                Incoming::Text(_, Some(envelope)) => {
+                    info!(message_type = %envelope.message_type(), "received")
+                }
+                Incoming::Text(text, None) => {
+                    info!(len = text.len(), "received a frame that is not an envelope")
+                }
+                Incoming::Binary(bytes) => info!(len = bytes.len(), "received a binary frame"),
+            },
+        }
+    }
+}

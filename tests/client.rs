@@ -1,0 +1,366 @@
+//! The REST tunnel end to end: an HTTP client -> `ws-client` bridge -> `ws-proxy` ->
+//! `ws-client --forward-to` -> a local HTTP service written here, and back.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::support::{Daemon, run_bin};
+
+const ROOM: &str = "/micronets/v1/ws-proxy/gw/gateway";
+
+/// The device's REST API: echoes the request as JSON; `/binary` answers PNG bytes, DELETE 204,
+/// POST 201, `/slow` never answers. Every response carries `X-Device: mock-gw`.
+async fn device(
+    request: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let header = |name: &str| parts.headers.get(name).and_then(|h| h.to_str().ok()).map(str::to_owned);
+    let response = http::Response::builder().header("X-Device", "mock-gw");
+    let response = match (parts.method.as_str(), parts.uri.path()) {
+        (_, "/slow") => return std::future::pending().await,
+        (_, "/binary") => response
+            .header("Content-Type", "image/png")
+            .body(Full::new(Bytes::from_static(&[0x89, b'P', 0, 0xff]))),
+        ("DELETE", _) => response.status(204).body(Full::new(Bytes::new())),
+        (method, _) => {
+            let echo = serde_json::json!({
+                "method": method,
+                "path": parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                "host": header("host"),
+                "contentType": header("content-type"),
+                "body": String::from_utf8_lossy(&body),
+            });
+            response
+                .status(if method == "POST" { 201 } else { 200 })
+                .header("Content-Type", "application/json")
+                .body(Full::new(Bytes::from(echo.to_string())))
+        }
+    };
+    Ok(response.unwrap())
+}
+
+/// Serves [`device`] on a free loopback port.
+async fn start_device() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service_fn(device)),
+            );
+        }
+    });
+    addr
+}
+
+struct Tunnel {
+    _dir: tempfile::TempDir,
+    proxy: Daemon,
+    _gateway: Option<Daemon>,
+    bridge: Daemon,
+}
+
+fn client_args<'a>(dir: &'a Path, who: &str, url: &'a str) -> Vec<String> {
+    let dev = dir.join("certs/dev");
+    vec![
+        "--client-cert".into(),
+        dev.join(format!("micronets-{who}.pkeycert.pem")).display().to_string(),
+        "--ca-cert".into(),
+        dev.join("micronets-ws-root.cert.pem").display().to_string(),
+        url.into(),
+    ]
+}
+
+fn spawn_client(dir: &Path, args: Vec<String>, ready: &str) -> Daemon {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Daemon::spawn("ws-client", dir, &args, &[], ready)
+}
+
+/// Proxy, optionally a gateway forwarding to `device`, and a bridge; returns when all are up
+/// (and, with a gateway, once the two peers have exchanged HELLOs).
+fn tunnel(device: Option<SocketAddr>, extra_gateway: &[&str], extra_bridge: &[&str]) -> Tunnel {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let url = format!("wss://localhost:{}{ROOM}", proxy.addr.port());
+    let gateway = device.map(|device| {
+        let mut args = client_args(dir.path(), "gateway", &url);
+        args.extend(["--peer-class".into(), "micronets-gateway-service".into()]);
+        args.extend(["--forward-to".into(), format!("http://{device}")]);
+        args.extend(extra_gateway.iter().map(|s| (*s).to_owned()));
+        spawn_client(dir.path(), args, "HELLO sent")
+    });
+    let mut args = client_args(dir.path(), "manager", &url);
+    args.extend(["-p".into(), "0".into()]);
+    args.extend(extra_bridge.iter().map(|s| (*s).to_owned()));
+    let mut bridge = spawn_client(dir.path(), args, "bridge listening on");
+    if gateway.is_some() {
+        bridge.wait_for("peer HELLO received");
+    } else {
+        bridge.wait_for("HELLO sent");
+    }
+    Tunnel { _dir: dir, proxy, _gateway: gateway, bridge }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request through the bridge; returns status, headers and body.
+async fn call(
+    client: &HttpClient,
+    bridge: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> (u16, http::HeaderMap, Bytes) {
+    let mut builder = http::Request::builder().method(method).uri(format!("http://{bridge}{path}"));
+    if let Some(media) = content_type {
+        builder = builder.header("Content-Type", media);
+    }
+    let request = builder.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), client.request(request))
+        .await
+        .expect("no HTTP response within 10 s")
+        .expect("HTTP request failed");
+    let (parts, body) = response.into_parts();
+    (parts.status.as_u16(), parts.headers, body.collect().await.unwrap().to_bytes())
+}
+
+fn json(bytes: &Bytes) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
+}
+
+// The children are awaited with blocking reads, so the test's own servers need other threads.
+#[tokio::test(flavor = "multi_thread")]
+async fn rest_calls_travel_the_tunnel_both_ways() {
+    let device = start_device().await;
+    let t = tunnel(Some(device), &[], &[]);
+    let client = http_client();
+    let bridge = t.bridge.addr;
+
+    let (status, headers, body) =
+        call(&client, bridge, "GET", "/micronets/v1/dhcp/subnets?subnet=a%20b&x=1", None, b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-device"], "mock-gw", "a custom response header arrives");
+    assert_eq!(headers["content-length"], body.len().to_string().as_str());
+    let echo = json(&body);
+    assert_eq!(echo["path"], "/micronets/v1/dhcp/subnets?subnet=a%20b&x=1");
+    assert_eq!(echo["host"], device.to_string(), "Host is the forward target");
+
+    let subnet = r#"{"subnetId": "mocksubnet007", "ipv4Network": {"network": "192.168.1.0"}}"#;
+    let (status, headers, body) = call(
+        &client,
+        bridge,
+        "POST",
+        "/micronets/v1/dhcp/subnets",
+        Some("application/json"),
+        subnet.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(headers["content-type"], "application/json");
+    let echo = json(&body);
+    assert_eq!(echo["contentType"], "application/json");
+    assert_eq!(json(&Bytes::from(echo["body"].as_str().unwrap().to_owned())), json(&Bytes::from(subnet)));
+
+    let (status, _, body) =
+        call(&client, bridge, "PUT", "/notes/1", Some("text/plain; charset=utf-8"), "héllo wörld".as_bytes())
+            .await;
+    assert_eq!(status, 200);
+    let echo = json(&body);
+    assert_eq!(echo["body"], "héllo wörld");
+    assert_eq!(echo["contentType"], "text/plain; charset=utf-8");
+
+    let (status, headers, body) =
+        call(&client, bridge, "DELETE", "/micronets/v1/dhcp/subnets/mocksubnet007", None, b"").await;
+    assert_eq!((status, body.len()), (204, 0));
+    assert_eq!(headers["x-device"], "mock-gw");
+
+    let (status, headers, body) =
+        call(&client, bridge, "HEAD", "/micronets/v1/dhcp/subnets", None, b"").await;
+    assert_eq!(status, 200);
+    assert!(body.is_empty());
+    assert_eq!(headers["x-device"], "mock-gw");
+
+    let (status, headers, body) = call(&client, bridge, "GET", "/binary", None, b"").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "image/png");
+    assert_eq!(&body[..], &[0x89, b'P', 0, 0xff], "binary bodies arrive intact");
+
+    let upload: Vec<u8> = (0..=255u8).collect();
+    let (status, _, body) =
+        call(&client, bridge, "POST", "/upload", Some("application/octet-stream"), &upload).await;
+    assert_eq!(status, 201);
+    assert_eq!(json(&body)["contentType"], "application/octet-stream");
+    drop(t.proxy);
+}
+
+// The children are awaited with blocking reads, so the test's own servers need other threads.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_concurrent_requests_each_get_their_own_answer() {
+    let device = start_device().await;
+    let t = tunnel(Some(device), &[], &[]);
+    let client = http_client();
+    let bridge = t.bridge.addr;
+    let calls = (0..50).map(|i| {
+        let client = client.clone();
+        async move {
+            let (status, _, body) =
+                call(&client, bridge, "GET", &format!("/item/{i}?n={i}"), None, b"").await;
+            (i, status, json(&body)["path"].as_str().unwrap().to_owned())
+        }
+    });
+    for (i, status, path) in futures_util::future::join_all(calls).await {
+        assert_eq!(status, 200);
+        assert_eq!(path, format!("/item/{i}?n={i}"), "request {i} got its own answer");
+    }
+}
+
+// The children are awaited with blocking reads, so the test's own servers need other threads.
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_map_to_503_502_and_504() {
+    let client = http_client();
+    // No gateway in the room: the proxy answers 503, which passes through.
+    let alone = tunnel(None, &[], &[]);
+    let (status, _, body) = call(&client, alone.bridge.addr, "GET", "/x", None, b"").await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    drop(alone);
+
+    // The gateway's local service is down: 502.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let down = tunnel(Some(closed), &[], &[]);
+    let (status, _, body) = call(&client, down.bridge.addr, "GET", "/x", None, b"").await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    drop(down);
+
+    // The local service never answers: the gateway gives up first, 504.
+    let device = start_device().await;
+    let slow = tunnel(Some(device), &["--forward-timeout", "300ms"], &["--request-timeout", "5s"]);
+    let (status, _, _) = call(&client, slow.bridge.addr, "GET", "/slow", None, b"").await;
+    assert_eq!(status, 504);
+}
+
+// The children are awaited with blocking reads, so the test's own servers need other threads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_gateway_gives_504() {
+    let client = http_client();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let url = format!("wss://localhost:{}{ROOM}", proxy.addr.port());
+    // A peer that says HELLO and then never answers anything.
+    let dev = dir.path().join("certs/dev");
+    let mut silent = crate::proxy_support::Client::connect(
+        proxy.addr,
+        &dev.join("micronets-ws-root.cert.pem"),
+        &dev.join("micronets-gateway.pkeycert.pem"),
+        ROOM,
+    )
+    .await
+    .unwrap();
+    silent.hello("silent").await;
+    let mut args = client_args(dir.path(), "manager", &url);
+    args.extend(["-p", "0", "--request-timeout", "300ms"].map(String::from));
+    let mut bridge = spawn_client(dir.path(), args, "bridge listening on");
+    bridge.wait_for("peer HELLO received");
+    let (status, _, _) = call(&client, bridge.addr, "GET", "/x", None, b"").await;
+    assert_eq!(status, 504);
+    assert!(silent.recv_text().await.contains("CONN:HELLO"));
+    assert!(silent.recv_text().await.contains("REST:REQUEST"), "the request did reach the gateway");
+}
+
+// The children are awaited with blocking reads, so the test's own servers need other threads.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_sends_prints_and_quits() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let url = format!("wss://localhost:{}{ROOM}", proxy.addr.port());
+    let mut a = spawn_client(dir.path(), client_args(dir.path(), "manager", &url), "HELLO sent");
+    let mut args = client_args(dir.path(), "gateway", &url);
+    args.extend(["--peer-id", "gw-1"].map(String::from));
+    let mut b = spawn_client(dir.path(), args, "HELLO sent");
+    let hello = a.stdout_line();
+    assert!(hello.contains("\"peerId\":\"gw-1\""), "{hello}");
+    b.stdout_line();
+
+    a.type_line(r#"event leaseAcquired {"macAddress": "b8:27:eb:00:00:01"}"#);
+    let event: serde_json::Value = serde_json::from_str(&b.stdout_line()).unwrap();
+    assert_eq!(event["message"]["messageType"], "EVENT:leaseAcquired");
+    assert_eq!(event["message"]["messageBody"]["macAddress"], "b8:27:eb:00:00:01");
+    b.type_line(r#"{"message": {"messageId": 77, "messageType": "EVENT:raw"}}"#);
+    assert_eq!(a.stdout_line().trim(), r#"{"message": {"messageId": 77, "messageType": "EVENT:raw"}}"#);
+    a.type_line("this is not an envelope");
+    a.wait_for("not sent");
+
+    a.type_line("quit");
+    assert_eq!(a.wait_exit(), Some(0));
+    let left: serde_json::Value = serde_json::from_str(&b.stdout_line()).unwrap();
+    assert_eq!(left["message"]["messageType"], "CONN:PEER-LEFT");
+    b.close_stdin();
+    assert_eq!(b.wait_exit(), Some(0));
+}
+
+// The children are awaited with blocking reads, so the test's own servers need other threads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_upgrade_is_reported_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let url = format!("wss://localhost:{}/wrong/path", proxy.addr.port());
+    let args = client_args(dir.path(), "manager", &url);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_bin(dir.path(), "ws-client", &args).code(1).stderr_has("HTTP 404").stderr_has("path must start with");
+    run_bin(dir.path(), "ws-client", &["http://x/"]).code(64).stderr_has("only wss://");
+}
+
+/// An HTTP CONNECT proxy written here: accepts one tunnel, records the request line, and
+/// splices bytes both ways.
+async fn connect_proxy() -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen_tx, seen) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut client, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(client.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap();
+        let target = head.split_whitespace().nth(1).unwrap().to_owned();
+        let _ = seen_tx.send(head.lines().next().unwrap().to_owned());
+        let mut upstream = tokio::net::TcpStream::connect(target).await.unwrap();
+        client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+    (addr, seen)
+}
+
+// The children are awaited with blocking reads, so the test's own servers need other threads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_through_an_http_connect_proxy_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let (via, seen) = connect_proxy().await;
+    let url = format!("wss://localhost:{}{ROOM}", proxy.addr.port());
+    let mut args = client_args(dir.path(), "manager", &url);
+    args.extend(["--via".into(), format!("http://{via}")]);
+    let mut tunneled = spawn_client(dir.path(), args, "HELLO sent");
+    let request_line = tokio::time::timeout(std::time::Duration::from_secs(10), seen).await.unwrap().unwrap();
+    assert_eq!(request_line, format!("CONNECT localhost:{} HTTP/1.1", proxy.addr.port()));
+    let mut peer = spawn_client(dir.path(), client_args(dir.path(), "gateway", &url), "HELLO sent");
+    assert!(tunneled.stdout_line().contains("CONN:HELLO"));
+    assert!(peer.stdout_line().contains("CONN:HELLO"));
+}
