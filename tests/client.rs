@@ -364,3 +364,113 @@ async fn a_connection_through_an_http_connect_proxy_works() {
     assert!(tunneled.stdout_line().contains("CONN:HELLO"));
     assert!(peer.stdout_line().contains("CONN:HELLO"));
 }
+
+// The children are awaited with blocking reads, so the test's own servers need other threads.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_reconnects_after_the_proxy_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let port = proxy.addr.port();
+    let url = format!("wss://localhost:{port}{ROOM}");
+    let mut args = client_args(dir.path(), "manager", &url);
+    args.push("--reconnect".into());
+    let mut client = spawn_client(dir.path(), args, "HELLO sent");
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(), Some(0));
+    client.wait_for("reconnecting");
+    let bind = format!("127.0.0.1:{port}");
+    let _proxy = Daemon::start(dir.path(), &["--dev", "--bind", &bind], &[]);
+    client.wait_for("HELLO sent");
+    let _peer = spawn_client(dir.path(), client_args(dir.path(), "gateway", &url), "HELLO sent");
+    assert!(client.stdout_line().contains("CONN:HELLO"), "the reconnected client is in the room again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_handshake_stops_retries_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let url = format!("wss://localhost:{}/not/the/prefix", proxy.addr.port());
+    let mut args = client_args(dir.path(), "manager", &url);
+    args.extend(["--reconnect", "--no-retry-bad-handshake"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_bin(dir.path(), "ws-client", &args).code(1).stderr_has("HTTP 404");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_verification_options() {
+    let dir = tempfile::tempdir().unwrap();
+    run_bin(dir.path(), "certgen", &["dev"]).success();
+    // A proxy certificate without any SAN, like the original deployment's.
+    let ca = [
+        "--ca-certfile",
+        "certs/dev/micronets-ws-root.cert.pem",
+        "--ca-keyfile",
+        "certs/dev/micronets-ws-root.key.pem",
+    ];
+    let mut leaf =
+        vec!["leaf", "--cert-basename", "nosan", "--subject-org-name", "Proxy", "--usage", "server"];
+    leaf.extend(ca);
+    run_bin(dir.path(), "certgen", &leaf).success();
+    let proxy = Daemon::start(
+        dir.path(),
+        &[
+            "--server-cert",
+            "nosan.pkeycert.pem",
+            "--ca-certs",
+            "certs/dev/micronets-ws-root.cert.pem",
+            "--bind",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    let url = format!("wss://localhost:{}{ROOM}", proxy.addr.port());
+    let strict = client_args(dir.path(), "manager", &url);
+    let strict: Vec<&str> = strict.iter().map(String::as_str).collect();
+    run_bin(dir.path(), "ws-client", &strict).code(1).stderr_has("not valid for");
+    let mut lenient = client_args(dir.path(), "manager", &url);
+    lenient.push("--skip-hostname-check".into());
+    spawn_client(dir.path(), lenient, "HELLO sent");
+
+    // A CA that did not issue the proxy's certificate: refused, unless --insecure.
+    root_other(dir.path());
+    let mut wrong_ca = client_args(dir.path(), "manager", &url);
+    wrong_ca[3] = "other.cert.pem".into();
+    let args: Vec<&str> = wrong_ca.iter().map(String::as_str).collect();
+    run_bin(dir.path(), "ws-client", &args).code(1).stderr_has("UnknownIssuer");
+    wrong_ca.push("--insecure".into());
+    let insecure = spawn_client(dir.path(), wrong_ca, "HELLO sent");
+    assert!(insecure.log().contains("NOT verified"), "--insecure warns loudly");
+
+    // Without --ca-cert the system trust store is used, which does not know the private root.
+    let cert = dir.path().join("certs/dev/micronets-manager.pkeycert.pem").display().to_string();
+    let run = run_bin(dir.path(), "ws-client", &["--client-cert", &cert, &url]).code(1);
+    assert!(
+        run.stderr().contains("UnknownIssuer") || run.stderr().contains("no CA certificates"),
+        "{}",
+        run.stderr()
+    );
+}
+
+fn root_other(dir: &Path) {
+    run_bin(dir, "certgen", &["root", "--cert-basename", "other", "--subject-org-name", "Other"]).success();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_proxy_from_the_environment_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let (via, seen) = connect_proxy().await;
+    let url = format!("wss://localhost:{}{ROOM}", proxy.addr.port());
+    let args = client_args(dir.path(), "manager", &url);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let via = format!("http://{via}");
+    let _client = Daemon::spawn(
+        "ws-client",
+        dir.path(),
+        &args,
+        &[("HTTPS_PROXY", via.as_str()), ("NO_PROXY", "")],
+        "HELLO sent",
+    );
+    let request_line = tokio::time::timeout(std::time::Duration::from_secs(10), seen).await.unwrap().unwrap();
+    assert!(request_line.starts_with("CONNECT localhost:"), "{request_line}");
+}

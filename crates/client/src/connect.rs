@@ -76,15 +76,19 @@ impl Target {
 /// (or `no_proxy`) lists the host, one of its parent domains, or `*`.
 #[must_use]
 pub fn proxy_from_env(host: &str) -> Option<String> {
-    let var = |names: [&str; 2]| names.iter().find_map(|n| std::env::var(n).ok()).filter(|v| !v.is_empty());
-    let proxy = var(["HTTPS_PROXY", "https_proxy"])?;
-    let no_proxy = var(["NO_PROXY", "no_proxy"]).unwrap_or_default();
-    let bypass = no_proxy.split(',').map(str::trim).filter(|e| !e.is_empty()).any(|entry| {
-        let entry = entry.trim_start_matches('.');
-        entry == "*"
-            || host.eq_ignore_ascii_case(entry)
-            || host.to_ascii_lowercase().ends_with(&format!(".{}", entry.to_ascii_lowercase()))
-    });
+    proxy_for(host, |name| std::env::var(name).ok())
+}
+
+/// [`proxy_from_env`] over any variable lookup.
+fn proxy_for(host: &str, var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let first = |names: [&str; 2]| names.iter().find_map(|n| var(n)).filter(|v| !v.is_empty());
+    let proxy = first(["HTTPS_PROXY", "https_proxy"])?;
+    let no_proxy = first(["NO_PROXY", "no_proxy"]).unwrap_or_default();
+    let host = host.to_ascii_lowercase();
+    let bypass =
+        no_proxy.split(',').map(|e| e.trim().trim_start_matches('.').to_ascii_lowercase()).any(|entry| {
+            !entry.is_empty() && (entry == "*" || host == entry || host.ends_with(&format!(".{entry}")))
+        });
     (!bypass).then_some(proxy)
 }
 
@@ -119,11 +123,20 @@ pub async fn connect(options: &ConnectOptions) -> Result<Ws> {
             .connect(name, tcp)
             .await
             .map_err(|e| Error::Connect { target: target.authority(), reason: format!("TLS: {e}") })?;
+        tracing::trace!(
+            url = %options.url,
+            headers = ?request.headers().keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            tls = ?tls.get_ref().1.protocol_version(),
+            "sending the upgrade request"
+        );
         let config = WebSocketConfig::default()
             .max_message_size(Some(options.max_frame_bytes))
             .max_frame_size(Some(options.max_frame_bytes));
         match tokio_tungstenite::client_async_with_config(request, tls, Some(config)).await {
-            Ok((ws, _)) => Ok(ws),
+            Ok((ws, response)) => {
+                tracing::trace!(status = response.status().as_u16(), "upgrade accepted");
+                Ok(ws)
+            }
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
                 Err(Error::BadHandshake {
@@ -187,5 +200,24 @@ mod tests {
         assert_eq!(Target { host: "::1".into(), port: 5 }.authority(), "[::1]:5");
         assert!(Target::of_url("ws://proxy/x").is_err());
         assert!(Target::of_url("not a url").is_err());
+    }
+
+    #[test]
+    fn proxies_from_the_environment() {
+        let env = |proxy: &'static str, no_proxy: &'static str| {
+            move |name: &str| match name {
+                "HTTPS_PROXY" => Some(proxy.to_owned()),
+                "NO_PROXY" => Some(no_proxy.to_owned()),
+                _ => None,
+            }
+        };
+        let via = Some("http://squid:3128".to_owned());
+        assert_eq!(proxy_for("relay.example.net", env("http://squid:3128", "")), via);
+        assert_eq!(proxy_for("relay.example.net", env("http://squid:3128", "localhost, .example.net")), None);
+        assert_eq!(proxy_for("RELAY.EXAMPLE.NET", env("http://squid:3128", "example.net")), None);
+        assert_eq!(proxy_for("notexample.net", env("http://squid:3128", "example.net")), via);
+        assert_eq!(proxy_for("anything", env("http://squid:3128", "*")), None);
+        assert_eq!(proxy_for("anything", env("", "")), None);
+        assert_eq!(proxy_for("anything", |_| None), None);
     }
 }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::connect::Ws;
 use crate::{Error, Result};
@@ -190,6 +190,28 @@ pub fn random_peer_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Logs a frame at trace level: its kind, size and envelope header, never its body.
+fn trace_frame(direction: &str, message: &Message) {
+    if !tracing::enabled!(tracing::Level::TRACE) {
+        return;
+    }
+    match message {
+        Message::Text(text) => match micronets_message::Header::parse(text.as_str()) {
+            Ok(h) => {
+                trace!(direction, len = text.len(), message_type = %h.message_type, message_id = ?h.message_id, "text frame")
+            }
+            Err(_) => trace!(direction, len = text.len(), "text frame (not an envelope)"),
+        },
+        Message::Binary(bytes) => trace!(direction, len = bytes.len(), "binary frame"),
+        Message::Ping(_) => trace!(direction, "ping"),
+        Message::Pong(_) => trace!(direction, "pong"),
+        Message::Close(frame) => {
+            trace!(direction, code = ?frame.as_ref().map(|f| u16::from(f.code)), "close")
+        }
+        Message::Frame(_) => trace!(direction, "raw frame"),
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -199,6 +221,7 @@ async fn write_loop(
     mut out: mpsc::Receiver<Message>,
 ) {
     while let Some(message) = out.recv().await {
+        trace_frame("out", &message);
         let closing = matches!(message, Message::Close(_));
         if sink.send(message).await.is_err() || closing {
             break;
@@ -220,7 +243,11 @@ impl Reader {
     /// Reads until the connection ends; returns how it ended.
     async fn run(self, mut stream: futures_util::stream::SplitStream<Ws>) -> Ended {
         let ended = loop {
-            match stream.next().await {
+            let frame = stream.next().await;
+            if let Some(Ok(message)) = &frame {
+                trace_frame("in", message);
+            }
+            match frame {
                 Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
                 Some(Ok(Message::Binary(bytes))) => self.hand_over(Incoming::Binary(bytes)).await,
                 Some(Ok(Message::Close(frame))) => {
