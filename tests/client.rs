@@ -305,6 +305,11 @@ async fn the_console_sends_prints_and_quits() {
     assert_eq!(a.stdout_line().trim(), r#"{"message": {"messageId": 77, "messageType": "EVENT:raw"}}"#);
     a.type_line("this is not an envelope");
     a.wait_for("not sent");
+    // A response nobody asked for is logged and ignored, not printed.
+    b.type_line(r#"{"message": {"messageId": 78, "messageType": "REST:RESPONSE", "inResponseTo": 999, "statusCode": 200}}"#);
+    a.wait_for("REST:RESPONSE for no pending request");
+    b.type_line(r#"{"message": {"messageId": 79, "messageType": "EVENT:after"}}"#);
+    assert!(a.stdout_line().contains("EVENT:after"), "the ignored response was not printed");
 
     a.type_line("quit");
     assert_eq!(a.wait_exit(), Some(0));
@@ -320,7 +325,10 @@ async fn a_refused_upgrade_is_reported_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
     let url = format!("wss://localhost:{}/wrong/path", proxy.addr.port());
-    let args = client_args(dir.path(), "manager", &url);
+    // The original test client's short flags.
+    let mut args = client_args(dir.path(), "manager", &url);
+    args[0] = "-cc".into();
+    args[2] = "-ca".into();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     run_bin(dir.path(), "ws-client", &args).code(1).stderr_has("HTTP 404").stderr_has("path must start with");
     run_bin(dir.path(), "ws-client", &["http://x/"]).code(64).stderr_has("only wss://");

@@ -12,6 +12,8 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
 #[tokio::test]
+// The upgrade callback's signature (and its large error type) is tungstenite's.
+#[allow(clippy::result_large_err)]
 async fn extra_headers_travel_with_the_upgrade_request() {
     let dir = tempfile::tempdir().unwrap();
     let pki = DevPki::new(dir.path());
