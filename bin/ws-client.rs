@@ -96,12 +96,9 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(legacy_args::expand(std::env::args_os(), &LEGACY)) {
+    let cli: Cli = match legacy_args::parse(&LEGACY) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(64) } else { ExitCode::SUCCESS };
-        }
+        Err(code) => return code,
     };
     let filter = if cli.trace { "micronets_client=trace,info" } else { "info" };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

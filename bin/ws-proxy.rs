@@ -43,12 +43,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(legacy_args::expand(std::env::args_os(), &LEGACY)) {
+    let cli: Cli = match legacy_args::parse(&LEGACY) {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(64) } else { ExitCode::SUCCESS };
-        }
+        Err(code) => return code,
     };
     let (proxy, config) = match prepare(&cli) {
         Ok(ready) => ready,

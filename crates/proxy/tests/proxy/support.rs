@@ -9,8 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use micronets_certgen::dev::{self, DevPki};
 use micronets_certgen::{Authority, KeyType, LeafSpec, Usage};
 use micronets_proxy::{FileConfig, Metrics, Overrides, Proxy};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -180,88 +179,25 @@ impl Drop for TestProxy {
     }
 }
 
+/// The client side's TLS configuration, from the client library.
 pub(crate) fn client_tls(ca: &Path, cert: Option<&Path>) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match cert {
-        Some(cert) => {
-            let chain: Vec<_> = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
-            let key = PrivateKeyDer::from_pem_file(cert).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    Arc::new(config)
+    tls_options(ca, cert, false)
 }
 
 /// A client configuration that verifies the chain but not the server's name, as the original
 /// clients did (`check_hostname=False`).
 pub(crate) fn client_tls_no_name_check(ca: &Path, cert: &Path) -> Arc<rustls::ClientConfig> {
-    #[derive(Debug)]
-    struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
-    impl rustls::client::danger::ServerCertVerifier for ChainOnly {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            intermediates: &[CertificateDer<'_>],
-            server_name: &ServerName<'_>,
-            ocsp: &[u8],
-            now: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-                | Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::NotValidForNameContext { .. },
-                )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
-                other => other,
-            }
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            self.0.verify_tls12_signature(message, cert, dss)
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            self.0.verify_tls13_signature(message, cert, dss)
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.supported_verify_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let verifier =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .unwrap();
-    let chain: Vec<_> = CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
-    let key = PrivateKeyDer::from_pem_file(cert).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier)))
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    Arc::new(config)
+    tls_options(ca, Some(cert), true)
+}
+
+fn tls_options(ca: &Path, cert: Option<&Path>, skip_hostname_check: bool) -> Arc<rustls::ClientConfig> {
+    let options = micronets_client::tls::TlsOptions {
+        client_cert: cert.map(Path::to_owned),
+        ca_cert: Some(ca.to_owned()),
+        skip_hostname_check,
+        ..Default::default()
+    };
+    micronets_client::tls::client_config(&options).unwrap()
 }
 
 /// Opens a TLS connection and completes the handshake, including the client-certificate
