@@ -123,7 +123,7 @@ async fn upgrade(
                 return None;
             }
             let ws_config = WebSocketConfig::default()
-                .read_buffer_size(16 * 1024)
+                .read_buffer_size(4 * 1024)
                 .write_buffer_size(64 * 1024)
                 .max_write_buffer_size(2 * config.max_frame_bytes + 64 * 1024)
                 .max_message_size(Some(config.max_frame_bytes))

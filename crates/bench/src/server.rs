@@ -1,0 +1,38 @@
+//! What the server under test spent: CPU time and memory, read from `/proc/<pid>`.
+
+use anyhow::{Context, Result};
+
+/// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on Linux for every architecture
+/// the project targets).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// A sample of the server's counters.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sample {
+    /// User + system CPU time, in seconds.
+    pub(crate) cpu_seconds: f64,
+    /// Resident set size, in bytes.
+    pub(crate) rss_bytes: u64,
+}
+
+/// Reads the server's counters; `None` when no pid was given.
+pub(crate) fn sample(pid: Option<u32>) -> Result<Option<Sample>> {
+    let Some(pid) = pid else { return Ok(None) };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis are
+    // space-separated, utime and stime being the 14th and 15th of the whole line.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks =
+        |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).context("malformed /proc/<pid>/stat");
+    let cpu_seconds = (ticks(11)? + ticks(12)?) as f64 / TICKS_PER_SECOND;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .context("no VmRSS in /proc/<pid>/status")?;
+    Ok(Some(Sample { cpu_seconds, rss_bytes: rss_kib * 1024 }))
+}
