@@ -11,6 +11,7 @@ mod peers;
 mod scenarios;
 mod server;
 mod stats;
+mod transport;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,13 @@ struct Cli {
     /// One JSON object per run on stdout.
     #[arg(long)]
     json: bool,
+    /// Also run the scenario through the floor forwarder at this address (see `floor-server`),
+    /// and report the relay's cost as a ratio to it.
+    #[arg(long)]
+    floor: Option<std::net::SocketAddr>,
+    /// The floor's process id, for its CPU time.
+    #[arg(long)]
+    floor_pid: Option<u32>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -84,6 +92,12 @@ enum Scenario {
         #[arg(long, default_value_t = 4096)]
         size: usize,
     },
+    /// Serve the floor: a bare mutual-TLS forwarder with the PKI's proxy certificate (no
+    /// WebSocket, no envelope), to compare the relay with.
+    FloorServer {
+        #[arg(long, default_value = "127.0.0.1:5051")]
+        bind: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +105,15 @@ fn main() -> ExitCode {
     let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
         return ExitCode::from(1);
     };
+    if let Scenario::FloorServer { bind } = cli.scenario {
+        return match runtime.block_on(transport::floor_server(bind, &cli.pki)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ws-bench: floor: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match runtime.block_on(scenarios::run(&cli)) {
         Ok(report) => {
             report.print(cli.json);

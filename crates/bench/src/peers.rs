@@ -28,6 +28,11 @@ impl Identities {
         Ok(Identities { root_cert, authority, dir })
     }
 
+    /// The root certificate every peer trusts.
+    pub(crate) fn root_cert(&self) -> PathBuf {
+        self.root_cert.clone()
+    }
+
     /// The pkeycert of identity `n` (one certificate per peer of a room: the relay replaces a
     /// member when the same certificate joins again).
     pub(crate) fn cert(&self, n: usize) -> Result<PathBuf> {

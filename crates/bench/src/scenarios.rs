@@ -5,15 +5,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use futures_util::stream::{SplitSink, SplitStream};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use micronets_client::connect::Ws;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::peers::{Identities, expect, hello, pair};
+use crate::peers::{Identities, expect, hello};
 use crate::stats::{Delivery, Percentiles, SequenceCheck};
+use crate::transport::{Conn, FrameSink, FrameStream, Target, ws_conn};
 use crate::{Cli, Scenario, frame, server};
 
 /// One run's figures.
@@ -41,9 +41,28 @@ pub(crate) struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     server_rss_peak_bytes: Option<u64>,
     delivery: Delivery,
+    /// The same scenario through the floor, in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    floor: Option<Box<Report>>,
+    /// Server CPU per message or handshake, relay / floor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_ratio_to_floor: Option<f64>,
+    /// p99 latency, relay / floor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p99_ratio_to_floor: Option<f64>,
 }
 
 impl Report {
+    fn with_floor(mut self, floor: Report) -> Self {
+        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b);
+        self.cpu_ratio_to_floor = ratio(self.server_cpu_us_per_message, floor.server_cpu_us_per_message)
+            .or(ratio(self.server_cpu_us_per_handshake, floor.server_cpu_us_per_handshake));
+        self.p99_ratio_to_floor = ratio(self.latency_us.map(|l| l.p99), floor.latency_us.map(|l| l.p99));
+        self.delivery.add(&floor.delivery);
+        self.floor = Some(Box::new(floor));
+        self
+    }
+
     pub(crate) fn delivery_ok(&self) -> bool {
         self.delivery.is_perfect()
     }
@@ -53,6 +72,20 @@ impl Report {
             println!("{}", serde_json::to_string(self).unwrap_or_default());
             return;
         }
+        self.print_text();
+        if let Some(floor) = &self.floor {
+            println!("floor (bare mTLS forwarder, same scenario):");
+            floor.print_text();
+            if let Some(r) = self.cpu_ratio_to_floor {
+                println!("  relay / floor      {r:.2}x server CPU");
+            }
+            if let Some(r) = self.p99_ratio_to_floor {
+                println!("  relay / floor      {r:.2}x p99 latency");
+            }
+        }
+    }
+
+    fn print_text(&self) {
         println!("{} {}", self.scenario, self.params);
         println!("  elapsed            {:.3} s", self.elapsed_s);
         let line = |name: &str, value: Option<f64>, unit: &str| {
@@ -82,15 +115,27 @@ impl Report {
     }
 }
 
-/// Runs the scenario chosen on the command line.
+/// Runs the scenario chosen on the command line against the relay and, when a floor is given
+/// and the scenario applies to it, against the floor too.
 pub(crate) async fn run(cli: &Cli) -> Result<Report> {
     let ids = Identities::new(&cli.pki)?;
-    let pid = cli.server_pid;
-    match cli.scenario.clone() {
+    let relay = run_on(&ids, &Target::Relay(cli.url.clone()), &cli.scenario, cli.server_pid).await?;
+    let floor_applies = matches!(cli.scenario, Scenario::Pairs { .. } | Scenario::Connect { .. });
+    match cli.floor {
+        Some(addr) if floor_applies => {
+            let floor = run_on(&ids, &Target::Floor(addr), &cli.scenario, cli.floor_pid).await?;
+            Ok(relay.with_floor(floor))
+        }
+        _ => Ok(relay),
+    }
+}
+
+async fn run_on(ids: &Identities, target: &Target, scenario: &Scenario, pid: Option<u32>) -> Result<Report> {
+    match scenario.clone() {
         Scenario::Pairs { rooms, messages, size, window, ping_pong } => {
             check_size(size)?;
             let params = serde_json::json!({"rooms": rooms, "messages": messages, "size": size, "window": window, "ping_pong": ping_pong});
-            let peers = connect_pairs(&ids, &cli.url, "pairs", rooms).await?;
+            let peers = connect_pairs(ids, target, "pairs", rooms).await?;
             let before = server::sample(pid)?;
             let started = Instant::now();
             let results = futures_util::future::try_join_all(peers.into_iter().map(|(a, b)| async move {
@@ -106,12 +151,13 @@ pub(crate) async fn run(cli: &Cli) -> Result<Report> {
             Ok(throughput_report("pairs", params, elapsed, size, results, before, after))
         }
         Scenario::Fanout { receivers, messages, size, window } => {
+            let Target::Relay(url) = target else { bail!("fanout needs the relay") };
             check_size(size)?;
             let params = serde_json::json!({"receivers": receivers, "messages": messages, "size": size, "window": window});
-            let (sender, receivers_ws) = connect_fanout(&ids, &cli.url, receivers).await?;
+            let (sender, receivers_conns) = connect_fanout(ids, url, receivers).await?;
             let before = server::sample(pid)?;
             let started = Instant::now();
-            let result = fanout(sender, receivers_ws, messages, size, window).await?;
+            let result = fanout(sender, receivers_conns, messages, size, window).await?;
             let elapsed = started.elapsed();
             let after = server::sample(pid)?;
             Ok(throughput_report("fanout", params, elapsed, size, vec![result], before, after))
@@ -120,13 +166,10 @@ pub(crate) async fn run(cli: &Cli) -> Result<Report> {
             let params = serde_json::json!({"count": count, "concurrency": concurrency});
             let before = server::sample(pid)?;
             let started = Instant::now();
-            let ids = &ids;
-            let url = cli.url.as_str();
             let attempts = futures_util::stream::iter(0..count)
                 .map(|i| async move {
-                    let mut ws = ids.connect(url, &format!("bench/connect/{i}"), 0).await?;
-                    hello(&mut ws, "c").await?;
-                    ws.close(None).await?;
+                    let mut conn = target.connect(ids, &format!("bench/connect/{i}"), 0).await?;
+                    conn.sink.close().await?;
                     anyhow::Ok(())
                 })
                 .buffer_unordered(concurrency.max(1));
@@ -145,8 +188,12 @@ pub(crate) async fn run(cli: &Cli) -> Result<Report> {
                 ..Report::default()
             })
         }
-        Scenario::Idle { count } => idle(&ids, &cli.url, count, pid).await,
-        Scenario::Slow { rooms, messages, size } => slow(&ids, &cli.url, rooms, messages, size, pid).await,
+        Scenario::Idle { count } => {
+            let Target::Relay(url) = target else { bail!("idle needs the relay") };
+            idle(ids, url, count, pid).await
+        }
+        Scenario::Slow { rooms, messages, size } => slow(ids, target, rooms, messages, size, pid).await,
+        Scenario::FloorServer { .. } => bail!("floor-server is not a scenario"),
     }
 }
 
@@ -197,15 +244,20 @@ fn throughput_report(
     }
 }
 
-async fn connect_pairs(ids: &Identities, url: &str, tag: &str, rooms: usize) -> Result<Vec<(Ws, Ws)>> {
+async fn connect_pairs(
+    ids: &Identities,
+    target: &Target,
+    tag: &str,
+    rooms: usize,
+) -> Result<Vec<(Conn, Conn)>> {
     let mut pairs = Vec::with_capacity(rooms);
     for room in 0..rooms {
-        pairs.push(pair(ids, url, &format!("bench/{tag}/{room}")).await?);
+        pairs.push(target.pair(ids, &format!("bench/{tag}/{room}")).await?);
     }
     Ok(pairs)
 }
 
-async fn connect_fanout(ids: &Identities, url: &str, receivers: usize) -> Result<(Ws, Vec<Ws>)> {
+async fn connect_fanout(ids: &Identities, url: &str, receivers: usize) -> Result<(Conn, Vec<Conn>)> {
     let room = "bench/fanout";
     let mut sender = ids.connect(url, room, 0).await?;
     hello(&mut sender, "sender").await?;
@@ -221,7 +273,7 @@ async fn connect_fanout(ids: &Identities, url: &str, receivers: usize) -> Result
             expect(ws, "CONN:HELLO").await?;
         }
     }
-    Ok((sender, list))
+    Ok((ws_conn(sender), list.into_iter().map(ws_conn).collect()))
 }
 
 /// What a sender and its receivers share: the stream's shape, each receiver's progress, and
@@ -254,7 +306,7 @@ impl Flow {
     }
 
     /// Sends every message, with at most `window` not yet received by every receiver.
-    async fn send(&self, mut sink: SplitSink<Ws, Message>) -> Result<()> {
+    async fn send(&self, mut sink: FrameSink) -> Result<()> {
         for seq in 0..self.messages {
             if seq - self.slowest().min(seq) >= self.window {
                 sink.flush().await?;
@@ -263,24 +315,21 @@ impl Flow {
                 }
             }
             self.sent_at[seq as usize].store(self.clock.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            sink.feed(Message::text(frame::make(seq, self.size))).await?;
+            sink.feed(Bytes::from(frame::make(seq, self.size))).await?;
         }
         sink.flush().await?;
         Ok(())
     }
 
     /// Receiver `index` takes every message, checking each and timing it.
-    async fn receive(&self, mut stream: SplitStream<Ws>, index: usize) -> Result<RoomResult> {
+    async fn receive(&self, mut stream: FrameStream, index: usize) -> Result<RoomResult> {
         let mut check = SequenceCheck::default();
         let mut latencies = Vec::with_capacity(self.messages as usize);
         let mut count = 0;
         while count < self.messages {
             let bytes = match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
-                Ok(Some(Ok(Message::Text(text)))) => text.as_bytes().to_vec(),
-                Ok(Some(Ok(Message::Binary(bytes)))) => bytes.to_vec(),
-                Ok(Some(Ok(Message::Close(frame)))) => bail!("closed after {count} messages: {frame:?}"),
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(e))) => bail!("after {count} messages: {e}"),
+                Ok(Some(Ok(bytes))) => bytes,
+                Ok(Some(Err(e))) => bail!("after {count} messages: {e:#}"),
                 Ok(None) => bail!("connection ended after {count} messages"),
                 Err(_) => bail!("nothing received for 30 s after {count} messages"),
             };
@@ -302,27 +351,24 @@ impl Flow {
     }
 }
 
-async fn stream_room(a: Ws, b: Ws, messages: u64, size: usize, window: u64) -> Result<RoomResult> {
-    let (sink, _a_stream) = a.split();
-    let (_b_sink, stream) = b.split();
+async fn stream_room(a: Conn, b: Conn, messages: u64, size: usize, window: u64) -> Result<RoomResult> {
     let flow = Flow::new(messages, size, window, 1);
-    let ((), result) = tokio::try_join!(flow.send(sink), flow.receive(stream, 0))?;
+    let ((), result) = tokio::try_join!(flow.send(a.sink), flow.receive(b.stream, 0))?;
     Ok(result)
 }
 
 async fn fanout(
-    sender: Ws,
-    receivers: Vec<Ws>,
+    sender: Conn,
+    receivers: Vec<Conn>,
     messages: u64,
     size: usize,
     window: u64,
 ) -> Result<RoomResult> {
-    let (sink, _) = sender.split();
     let flow = Flow::new(messages, size, window, receivers.len());
     let receive = futures_util::future::try_join_all(
-        receivers.into_iter().enumerate().map(|(i, ws)| flow.receive(ws.split().1, i)),
+        receivers.into_iter().enumerate().map(|(i, conn)| flow.receive(conn.stream, i)),
     );
-    let ((), results) = tokio::try_join!(flow.send(sink), receive)?;
+    let ((), results) = tokio::try_join!(flow.send(sender.sink), receive)?;
     let mut merged = RoomResult { delivery: Delivery::default(), latencies_us: Vec::new() };
     for result in results {
         merged.delivery.add(&result.delivery);
@@ -332,28 +378,29 @@ async fn fanout(
 }
 
 /// A sends, B echoes, A times each round trip; one message in flight.
-async fn ping_pong_room(mut a: Ws, mut b: Ws, messages: u64, size: usize) -> Result<RoomResult> {
+async fn ping_pong_room(a: Conn, b: Conn, messages: u64, size: usize) -> Result<RoomResult> {
+    let Conn { sink: mut b_sink, stream: mut b_stream } = b;
     let echo = async move {
         for _ in 0..messages {
-            match b.next().await {
-                Some(Ok(message @ Message::Text(_))) => b.send(message).await?,
-                other => bail!("echo side: {other:?}"),
+            match b_stream.next().await {
+                Some(Ok(bytes)) => b_sink.send(bytes).await?,
+                Some(Err(e)) => bail!("echo side: {e:#}"),
+                None => bail!("echo side: connection ended"),
             }
         }
         anyhow::Ok(())
     };
+    let Conn { sink: mut a_sink, stream: mut a_stream } = a;
     let time = async move {
         let mut check = SequenceCheck::default();
         let mut rtts = Vec::with_capacity(messages as usize);
         for seq in 0..messages {
             let started = Instant::now();
-            a.send(Message::text(frame::make(seq, size))).await?;
-            let bytes = loop {
-                match a.next().await {
-                    Some(Ok(Message::Text(text))) => break text.as_bytes().to_vec(),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    other => bail!("ping side: {other:?}"),
-                }
+            a_sink.send(Bytes::from(frame::make(seq, size))).await?;
+            let bytes = match a_stream.next().await {
+                Some(Ok(bytes)) => bytes,
+                Some(Err(e)) => bail!("ping side: {e:#}"),
+                None => bail!("ping side: connection ended"),
             };
             rtts.push(started.elapsed().as_secs_f64() * 1e6);
             match frame::check(&bytes, size) {
@@ -370,7 +417,7 @@ async fn ping_pong_room(mut a: Ws, mut b: Ws, messages: u64, size: usize) -> Res
 async fn idle(ids: &Identities, url: &str, count: usize, pid: Option<u32>) -> Result<Report> {
     let before = server::sample(pid)?;
     let started = Instant::now();
-    let connections: Vec<Result<Ws>> = futures_util::stream::iter(0..count)
+    let connections: Vec<Result<micronets_client::connect::Ws>> = futures_util::stream::iter(0..count)
         .map(|i| async move {
             let mut ws = ids.connect(url, &format!("bench/idle/{i}"), 0).await?;
             hello(&mut ws, "idle").await?;
@@ -403,7 +450,7 @@ async fn idle(ids: &Identities, url: &str, count: usize, pid: Option<u32>) -> Re
 
 async fn slow(
     ids: &Identities,
-    url: &str,
+    target: &Target,
     rooms: usize,
     messages: u64,
     size: usize,
@@ -412,7 +459,7 @@ async fn slow(
     check_size(size)?;
     let window = 64;
     let run_rooms = |tag: &'static str| async move {
-        let peers = connect_pairs(ids, url, tag, rooms).await?;
+        let peers = connect_pairs(ids, target, tag, rooms).await?;
         let started = Instant::now();
         let results = futures_util::future::try_join_all(
             peers.into_iter().map(|(a, b)| stream_room(a, b, messages, size, window)),
@@ -423,15 +470,15 @@ async fn slow(
     let (alone, alone_results) = run_rooms("slow-baseline").await?;
 
     // A room whose receiver never reads, fed as fast as the relay takes it.
-    let (stalled_sender, _stalled_receiver) = pair(ids, url, "bench/slow/stalled").await?;
+    let (stalled_sender, _stalled_receiver) = target.pair(ids, "bench/slow/stalled").await?;
     let stop = Arc::new(AtomicBool::new(false));
     let flood_stop = Arc::clone(&stop);
     let flood = tokio::spawn(async move {
-        let (mut sink, mut stream) = stalled_sender.split();
+        let Conn { mut sink, mut stream } = stalled_sender;
         let drain = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
         let mut seq = 0;
         while !flood_stop.load(Ordering::Relaxed) {
-            if sink.send(Message::text(frame::make(seq, size))).await.is_err() {
+            if sink.send(Bytes::from(frame::make(seq, size))).await.is_err() {
                 break;
             }
             seq += 1;
