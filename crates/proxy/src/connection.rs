@@ -256,16 +256,32 @@ impl Peer {
         let config = &self.shared.config;
         let idle_limit = config.ping_interval + config.pong_timeout;
         let idle = time::sleep(idle_limit);
-        tokio::pin!(idle);
-        let mut expiry = room.next_expiry();
+        // Futures made once for the whole loop: `select!` builds every branch's future on each
+        // iteration, even a disabled one, and a cancellation future registers a waiter.
+        let shutdown = self.shared.shutdown.cancelled();
+        let killed = self.mailbox.killed().cancelled();
+        let hold_timer = time::sleep_until(Instant::now());
+        tokio::pin!(idle, shutdown, killed, hold_timer);
+        let mut holding = false;
+        let arm_hold_timer =
+            |timer: std::pin::Pin<&mut time::Sleep>, holding: &mut bool| match room.next_expiry() {
+                Some(at) => {
+                    timer.reset(at);
+                    *holding = true;
+                }
+                None => *holding = false,
+            };
+        arm_hold_timer(hold_timer.as_mut(), &mut holding);
+        // Reused for every frame: the members a frame goes to.
+        let mut targets = Vec::new();
         loop {
             let frame = tokio::select! {
                 biased;
-                () = self.shared.shutdown.cancelled() => return Close::Shutdown,
-                () = self.mailbox.killed().cancelled() => return self.mailbox.kill_reason().unwrap_or(Close::Shutdown),
-                () = time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                () = &mut shutdown => return Close::Shutdown,
+                () = &mut killed => return self.mailbox.kill_reason().unwrap_or(Close::Shutdown),
+                () = &mut hold_timer, if holding => {
                     self.expire_held(room).await;
-                    expiry = room.next_expiry();
+                    arm_hold_timer(hold_timer.as_mut(), &mut holding);
                     continue;
                 }
                 () = &mut idle => return Close::KeepaliveTimeout,
@@ -274,8 +290,10 @@ impl Peer {
             idle.as_mut().reset(Instant::now() + idle_limit);
             match frame {
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                    self.relay_frame(room, message).await;
-                    expiry = room.next_expiry();
+                    let held = self.relay_frame(room, message, &mut targets).await;
+                    if held && !holding {
+                        arm_hold_timer(hold_timer.as_mut(), &mut holding);
+                    }
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => return Close::PeerClosed,
@@ -284,7 +302,8 @@ impl Peer {
         }
     }
 
-    async fn relay_frame(&self, room: &Room, message: Message) {
+    /// Relays one frame; returns whether it was held for a member to come.
+    async fn relay_frame(&self, room: &Room, message: Message, targets: &mut Vec<Mailbox>) -> bool {
         // The header borrows from the frame; ids are copied only when a reply or the hold
         // buffer needs them, so relaying allocates nothing for them.
         let header = match &message {
@@ -294,7 +313,7 @@ impl Peer {
                     debug!(error = %e, len = message.len(), "invalid envelope");
                     let reply = self.conn_error(400, &e.to_string(), lenient_id(text.as_str()));
                     self.reply(reply).await;
-                    return;
+                    return false;
                 }
             },
             _ => None,
@@ -306,20 +325,22 @@ impl Peer {
             max_bytes: self.shared.config.hold_max_bytes,
             max_age: self.shared.config.hold_max_age,
         };
-        match room.route(self.mailbox.conn(), &message, requires_response, message_id, limits) {
-            Route::Deliver(targets) => {
+        match room.route(self.mailbox.conn(), &message, requires_response, message_id, limits, targets) {
+            Route::Deliver => {
                 let len = message.len() as u64;
-                for target in &targets {
-                    self.deliver(target, message.clone()).await;
+                let receivers = targets.len() as u64;
+                for target in targets.drain(..) {
+                    self.deliver(&target, message.clone()).await;
                 }
                 let metrics = &self.shared.metrics;
-                Metrics::add(&metrics.frames_relayed, targets.len() as u64);
-                Metrics::add(&metrics.bytes_relayed, len * targets.len() as u64);
-                debug!(len, receivers = targets.len(), "relayed");
+                Metrics::add(&metrics.frames_relayed, receivers);
+                Metrics::add(&metrics.bytes_relayed, len * receivers);
+                debug!(len, receivers, "relayed");
             }
             Route::Held => {
                 Metrics::inc(&self.shared.metrics.held);
                 debug!(len = message.len(), "held: no other member yet");
+                return true;
             }
             Route::HoldFull => {
                 Metrics::inc(&self.shared.metrics.held_refused);
@@ -346,6 +367,7 @@ impl Peer {
             }
             Route::NotMember => {}
         }
+        false
     }
 
     /// Tells the sender of each expired held message that it was never delivered.

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 use tokio::time::{self, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -117,20 +117,35 @@ impl Mailbox {
     }
 
     /// Queues a frame, waiting at most `timeout` for room in the queue.
+    ///
+    /// The common case, a receiver that keeps up, takes neither a timer nor a clock reading:
+    /// the deadline is computed only when the byte budget or the queue is full.
     pub(crate) async fn deliver(&self, message: Message, timeout: Duration) -> Delivery {
         if self.inner.kill.is_cancelled() {
             return Delivery::Gone;
         }
-        let deadline = Instant::now() + timeout;
         let len = u32::try_from(message.len()).unwrap_or(u32::MAX).clamp(1, self.inner.budget_max);
-        let budget = match time::timeout_at(deadline, self.inner.budget.clone().acquire_many_owned(len)).await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Delivery::Gone,
-            Err(_) => return Delivery::Slow,
+        let mut deadline = None;
+        let budget = match self.inner.budget.clone().try_acquire_many_owned(len) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Delivery::Gone,
+            Err(TryAcquireError::NoPermits) => {
+                let until = *deadline.insert(Instant::now() + timeout);
+                match time::timeout_at(until, self.inner.budget.clone().acquire_many_owned(len)).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Delivery::Gone,
+                    Err(_) => return Delivery::Slow,
+                }
+            }
         };
         let item = Outbound { message, _budget: Some(budget) };
-        match self.inner.queue.send_timeout(item, deadline.saturating_duration_since(Instant::now())).await {
+        let item = match self.inner.queue.try_send(item) {
+            Ok(()) => return Delivery::Queued,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Delivery::Gone,
+            Err(mpsc::error::TrySendError::Full(item)) => item,
+        };
+        let until = deadline.unwrap_or_else(|| Instant::now() + timeout);
+        match self.inner.queue.send_timeout(item, until.saturating_duration_since(Instant::now())).await {
             Ok(()) => Delivery::Queued,
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => Delivery::Slow,
             Err(mpsc::error::SendTimeoutError::Closed(_)) => Delivery::Gone,
@@ -146,11 +161,15 @@ where
     S: Sink<Message> + Unpin,
 {
     let kill = mailbox.killed().clone();
+    // One cancellation future for the whole loop: making one per iteration registers and
+    // unregisters a waiter on every frame.
+    let killed = kill.cancelled();
+    tokio::pin!(killed);
     let mut ping = time::interval_at(Instant::now() + ping_interval, ping_interval);
     loop {
         let first = tokio::select! {
             biased;
-            () = kill.cancelled() => break,
+            () = &mut killed => break,
             item = inbox.recv() => match item {
                 Some(item) => item.message,
                 None => break,
@@ -160,7 +179,7 @@ where
         // A write in progress is abandoned only when the peer is being closed anyway.
         let written = tokio::select! {
             biased;
-            () = kill.cancelled() => break,
+            () = &mut killed => break,
             result = write_batch(&mut sink, first, &mut inbox) => result,
         };
         if written.is_err() {

@@ -96,8 +96,8 @@ pub(crate) struct Held {
 
 /// Where a member's frame goes.
 pub(crate) enum Route {
-    /// To these members.
-    Deliver(Vec<Mailbox>),
+    /// To the members put in the caller's `targets`.
+    Deliver,
     /// Held for the next member.
     Held,
     /// Alone, and the hold buffer cannot take it.
@@ -145,8 +145,9 @@ impl Room {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Decides where a frame from `sender` goes; holds it when the sender is alone.
-    /// `message_id` is called only when the frame is held.
+    /// Decides where a frame from `sender` goes (filling `targets`, which the caller reuses
+    /// from frame to frame); holds it when the sender is alone. `message_id` is called only
+    /// when the frame is held.
     pub(crate) fn route(
         &self,
         sender: ConnId,
@@ -154,15 +155,16 @@ impl Room {
         requires_response: bool,
         message_id: impl FnOnce() -> Option<MessageId<'static>>,
         limits: HoldLimits,
+        targets: &mut Vec<Mailbox>,
     ) -> Route {
         let mut state = self.lock();
         if !state.members.iter().any(|m| m.mailbox.conn() == sender) {
             return Route::NotMember;
         }
-        let others: Vec<Mailbox> =
-            state.members.iter().filter(|m| m.mailbox.conn() != sender).map(|m| m.mailbox.clone()).collect();
-        if !others.is_empty() {
-            return Route::Deliver(others);
+        targets
+            .extend(state.members.iter().filter(|m| m.mailbox.conn() != sender).map(|m| m.mailbox.clone()));
+        if !targets.is_empty() {
+            return Route::Deliver;
         }
         if requires_response {
             return Route::Alone;
