@@ -94,6 +94,11 @@ async fn floor_connect(addr: std::net::SocketAddr, ids: &Identities, room: &str,
     let mut tls =
         tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from("localhost")?, tcp).await?;
     tls.write_all(format!("{room}\n").as_bytes()).await?;
+    // The floor acknowledges with one byte once the connection is registered.
+    let ack = tokio::io::AsyncReadExt::read_u8(&mut tls)
+        .await
+        .context("the floor closed before its acknowledgement")?;
+    anyhow::ensure!(ack == b'+', "unexpected acknowledgement byte {ack:#x} from the floor");
     let framed = Framed::new(tls, LengthDelimitedCodec::new());
     let (sink, stream) = framed.split();
     let sink = sink.sink_map_err(anyhow::Error::from);
@@ -101,8 +106,9 @@ async fn floor_connect(addr: std::net::SocketAddr, ids: &Identities, room: &str,
     Ok(Conn { sink: Box::pin(sink), stream: Box::pin(stream) })
 }
 
-/// The floor: a minimal mutual-TLS forwarder. Each connection names its room on a first line;
-/// the second connection of a room is spliced to the first, bytes copied both ways. No
+/// The floor: a minimal mutual-TLS forwarder. Each connection names its room on a first line
+/// and gets one byte back (`+`) once registered; the second connection of a room is spliced to
+/// the first, bytes copied both ways. No
 /// WebSocket, no envelope: what relaying costs at the least with the same TLS.
 pub(crate) async fn floor_server(bind: std::net::SocketAddr, pki: &Path) -> Result<()> {
     let server_pem: PathBuf = pki.join("micronets-ws-proxy.pkeycert.pem");
@@ -131,6 +137,9 @@ pub(crate) async fn floor_server(bind: std::net::SocketAddr, pki: &Path) -> Resu
                 room.push(byte);
             }
             let room = String::from_utf8_lossy(&room).into_owned();
+            if tls.write_all(b"+").await.is_err() || tls.flush().await.is_err() {
+                return;
+            }
             let peer = waiting.lock().map(|mut w| w.remove(&room)).ok().flatten();
             match peer {
                 Some(mut other) => {
