@@ -84,12 +84,6 @@ impl Proxy {
         Arc::clone(&self.shared.metrics)
     }
 
-    /// Rooms currently open.
-    #[must_use]
-    pub fn rooms(&self) -> usize {
-        self.shared.registry.len()
-    }
-
     /// Serves until SIGTERM or SIGINT, then drains. Returns `None` after a complete drain, or
     /// the second signal that cut the drain short.
     pub async fn serve_until_signalled(&self, listener: TcpListener) -> Option<shutdown::Signal> {

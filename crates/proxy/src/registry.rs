@@ -55,11 +55,6 @@ impl Registry {
         Registry { rooms: DashMap::new(), max_peers }
     }
 
-    /// Rooms in existence.
-    pub(crate) fn len(&self) -> usize {
-        self.rooms.len()
-    }
-
     /// Whether a newcomer with this certificate would find a place in the room now: the room
     /// has fewer members than `max_peers`, or one of them has the same certificate.
     pub(crate) fn has_space(&self, id: &RoomId, fingerprint: &Fingerprint) -> bool {
