@@ -4,8 +4,10 @@
 //! Errors never leave this module: [`run`] logs each connection's end once, with its reason, at
 //! a level that says whose fault it was.
 
+use std::future::{Future, poll_fn};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use futures_util::StreamExt;
 use micronets_message::{ConnError, Envelope, Header, Kind, MessageId, PeerLeft, RestResponse};
@@ -23,12 +25,22 @@ use crate::identity::PeerIdentity;
 use crate::metrics::Metrics;
 use crate::registry::Joined;
 use crate::relay::{ConnId, Delivery, Mailbox, write_loop};
-use crate::room::{HoldLimits, Member, PeerName, Room, RoomId, Route};
+use crate::room::{HoldLimits, Member, PeerName, Room, RoomId, Route, Targets};
 use crate::upgrade::{self, Refusal};
 
 type Tls = tokio_rustls::server::TlsStream<TcpStream>;
 type Ws = WebSocketStream<Tls>;
 type WsStream = futures_util::stream::SplitStream<Ws>;
+type WsSink = futures_util::stream::SplitSink<Ws, Message>;
+
+/// An upgraded connection: its two halves (the WebSocket itself lives on the heap behind them,
+/// so it does not size the connection's task), the peer's identity and its room.
+struct Established {
+    sink: WsSink,
+    stream: WsStream,
+    identity: PeerIdentity,
+    room_id: RoomId,
+}
 
 /// How long the writer gets to flush the close frame after the reader has finished.
 const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -36,21 +48,20 @@ const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Serves one accepted TCP connection to its end. The permit is the connection's place under
 /// `max_connections`, given back when this returns.
 pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, _permit: OwnedSemaphorePermit) {
+    // Boxed, so the handshake's large and short-lived state (TLS, the request head) is freed
+    // once it is done instead of sizing the task that lives as long as the connection.
     let established = tokio::select! {
         biased;
         () = shared.shutdown.cancelled() => {
             debug!("shutting down: connection dropped before the upgrade");
             None
         }
-        established = establish(&shared, tcp) => established,
+        established = Box::pin(establish(&shared, tcp)) => established,
     };
-    let Some((ws, identity, room_id)) = established else { return };
+    let Some(Established { sink, stream, identity, room_id }) = established else { return };
     let config = &shared.config;
-    let conn = ConnId::next();
-    let reserve = config.max_peers + config.hold_max_messages;
-    let (mailbox, inbox) = Mailbox::new(conn, config.queue_frames, reserve, config.queue_bytes);
-    let (sink, stream) = ws.split();
-    let writer = shared.tracker.spawn(write_loop(sink, inbox, mailbox.clone(), config.ping_interval));
+    let mailbox = Mailbox::new(ConnId::next(), config.queue_frames, config.queue_bytes);
+    let writer = shared.tracker.spawn(write_loop(sink, mailbox.clone(), config.ping_interval));
     let peer = Peer { shared: Arc::clone(&shared), identity, room_id, mailbox: mailbox.clone() };
     let close = peer.serve(stream).await;
     mailbox.kill(close.clone());
@@ -67,7 +78,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, _permit: OwnedSemap
 }
 
 /// TLS handshake, identity and upgrade, all within `handshake_timeout`.
-async fn establish(shared: &Shared, tcp: TcpStream) -> Option<(Ws, PeerIdentity, RoomId)> {
+async fn establish(shared: &Shared, tcp: TcpStream) -> Option<Established> {
     let deadline = Instant::now() + shared.config.handshake_timeout;
     let tls = match time::timeout_at(deadline, shared.tls.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -99,7 +110,8 @@ async fn establish(shared: &Shared, tcp: TcpStream) -> Option<(Ws, PeerIdentity,
     Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
     let (ws, room_id) = upgrade(shared, tls, &identity, deadline).await?;
     Span::current().record("room", tracing::field::display(&room_id));
-    Some((ws, identity, room_id))
+    let (sink, stream) = ws.split();
+    Some(Established { sink, stream, identity, room_id })
 }
 
 /// Reads the upgrade request within the handshake deadline and answers it: a refusal (logged,
@@ -123,7 +135,7 @@ async fn upgrade(
                 return None;
             }
             let ws_config = WebSocketConfig::default()
-                .read_buffer_size(4 * 1024)
+                .read_buffer_size(1024)
                 .write_buffer_size(64 * 1024)
                 .max_write_buffer_size(2 * config.max_frame_bytes + 64 * 1024)
                 .max_message_size(Some(config.max_frame_bytes))
@@ -149,6 +161,15 @@ async fn upgrade(
         }
     }
     None
+}
+
+/// What wakes the relay loop.
+enum Event {
+    Frame(Option<Result<Message, WsError>>),
+    Shutdown,
+    Killed,
+    HoldExpiry,
+    Keepalive,
 }
 
 /// A connected peer after the upgrade.
@@ -252,16 +273,20 @@ impl Peer {
     }
 
     /// Relays the member's frames until the connection ends.
+    ///
+    /// Frames come first: the rarer wake-ups (shutdown, kill, the hold buffer's expiry, the
+    /// keepalive) are polled only when no frame is ready, and between frames the kill switch is
+    /// one atomic load. (`select!` would poll every branch for every frame, and a cancellation
+    /// future takes a lock each time.) A steady stream cannot starve them: the runtime's
+    /// budget makes the socket return `Pending` at least every 128 reads.
     async fn relay(&self, room: &Arc<Room>, stream: &mut WsStream) -> Close {
         let config = &self.shared.config;
         let idle_limit = config.ping_interval + config.pong_timeout;
-        let idle = time::sleep(idle_limit);
-        // Futures made once for the whole loop: `select!` builds every branch's future on each
-        // iteration, even a disabled one, and a cancellation future registers a waiter.
         let shutdown = self.shared.shutdown.cancelled();
         let killed = self.mailbox.killed().cancelled();
         let hold_timer = time::sleep_until(Instant::now());
-        tokio::pin!(idle, shutdown, killed, hold_timer);
+        let keepalive = time::sleep(idle_limit);
+        tokio::pin!(shutdown, killed, hold_timer, keepalive);
         let mut holding = false;
         let arm_hold_timer =
             |timer: std::pin::Pin<&mut time::Sleep>, holding: &mut bool| match room.next_expiry() {
@@ -272,22 +297,53 @@ impl Peer {
                 None => *holding = false,
             };
         arm_hold_timer(hold_timer.as_mut(), &mut holding);
-        // Reused for every frame: the members a frame goes to.
-        let mut targets = Vec::new();
+        // When a frame was last read: the clock is read once per wake-up that read frames, not
+        // once per frame, and the keepalive timer is moved only when it fires.
+        let mut last_frame = Instant::now();
+        let mut unclocked_frames = false;
+        let mut targets = Targets::default();
         loop {
-            let frame = tokio::select! {
-                biased;
-                () = &mut shutdown => return Close::Shutdown,
-                () = &mut killed => return self.mailbox.kill_reason().unwrap_or(Close::Shutdown),
-                () = &mut hold_timer, if holding => {
+            let event = poll_fn(|cx| {
+                if self.mailbox.is_killed() {
+                    return Poll::Ready(Event::Killed);
+                }
+                if let Poll::Ready(frame) = stream.poll_next_unpin(cx) {
+                    return Poll::Ready(Event::Frame(frame));
+                }
+                if std::mem::take(&mut unclocked_frames) {
+                    last_frame = Instant::now();
+                }
+                if shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Shutdown);
+                }
+                if killed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Killed);
+                }
+                if holding && hold_timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::HoldExpiry);
+                }
+                keepalive.as_mut().poll(cx).map(|()| Event::Keepalive)
+            })
+            .await;
+            let frame = match event {
+                Event::Frame(frame) => frame,
+                Event::Shutdown => return Close::Shutdown,
+                Event::Killed => return self.mailbox.kill_reason().unwrap_or(Close::Shutdown),
+                Event::HoldExpiry => {
                     self.expire_held(room).await;
                     arm_hold_timer(hold_timer.as_mut(), &mut holding);
                     continue;
                 }
-                () = &mut idle => return Close::KeepaliveTimeout,
-                frame = stream.next() => frame,
+                Event::Keepalive => {
+                    let deadline = last_frame + idle_limit;
+                    if deadline <= Instant::now() {
+                        return Close::KeepaliveTimeout;
+                    }
+                    keepalive.as_mut().reset(deadline);
+                    continue;
+                }
             };
-            idle.as_mut().reset(Instant::now() + idle_limit);
+            unclocked_frames = true;
             match frame {
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                     let held = self.relay_frame(room, message, &mut targets).await;
@@ -303,7 +359,7 @@ impl Peer {
     }
 
     /// Relays one frame; returns whether it was held for a member to come.
-    async fn relay_frame(&self, room: &Room, message: Message, targets: &mut Vec<Mailbox>) -> bool {
+    async fn relay_frame(&self, room: &Room, message: Message, targets: &mut Targets) -> bool {
         // The header borrows from the frame; ids are copied only when a reply or the hold
         // buffer needs them, so relaying allocates nothing for them.
         let header = match &message {
@@ -318,6 +374,11 @@ impl Peer {
             },
             _ => None,
         };
+        // The common case: the room has not changed since the last frame.
+        if let Some(receivers) = targets.current(room) {
+            self.deliver_all(receivers, message).await;
+            return false;
+        }
         let requires_response = header.as_ref().is_some_and(|h| h.requires_response);
         let message_id = || header.as_ref().and_then(|h| h.message_id.as_ref()).map(MessageId::to_owned_id);
         let limits = HoldLimits {
@@ -326,17 +387,7 @@ impl Peer {
             max_age: self.shared.config.hold_max_age,
         };
         match room.route(self.mailbox.conn(), &message, requires_response, message_id, limits, targets) {
-            Route::Deliver => {
-                let len = message.len() as u64;
-                let receivers = targets.len() as u64;
-                for target in targets.drain(..) {
-                    self.deliver(&target, message.clone()).await;
-                }
-                let metrics = &self.shared.metrics;
-                Metrics::add(&metrics.frames_relayed, receivers);
-                Metrics::add(&metrics.bytes_relayed, len * receivers);
-                debug!(len, receivers, "relayed");
-            }
+            Route::Deliver => self.deliver_all(targets.mailboxes(), message).await,
             Route::Held => {
                 Metrics::inc(&self.shared.metrics.held);
                 debug!(len = message.len(), "held: no other member yet");
@@ -401,6 +452,22 @@ impl Peer {
         for other in &left.others {
             self.deliver(other, message.clone()).await;
         }
+    }
+
+    /// Delivers a member's frame to the other members, in order.
+    async fn deliver_all(&self, receivers: &[Mailbox], message: Message) {
+        let len = message.len() as u64;
+        let count = receivers.len() as u64;
+        if let Some((last, rest)) = receivers.split_last() {
+            for target in rest {
+                self.deliver(target, message.clone()).await;
+            }
+            self.deliver(last, message).await;
+        }
+        let metrics = &self.shared.metrics;
+        Metrics::add(&metrics.frames_relayed, count);
+        Metrics::add(&metrics.bytes_relayed, len * count);
+        debug!(len, receivers = count, "relayed");
     }
 
     /// Delivers to another peer; closes it with 1013 when it does not read in time.

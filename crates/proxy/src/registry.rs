@@ -98,7 +98,14 @@ impl Registry {
                 member.mailbox.push_initial(message.frame);
             }
             let others = state.members.iter().map(|m| m.mailbox.clone()).collect();
+            // Doubling from one, not from Vec's usual four: most rooms are pairs, and every
+            // idle member's room entry counts (docs/performance.md).
+            if state.members.len() == state.members.capacity() {
+                let more = state.members.len().max(1);
+                state.members.reserve_exact(more);
+            }
             state.members.push(member);
+            room.changed();
             let members = state.members.len();
             drop(state);
             return Ok(Joined { room, others, replaced, held_delivered, members });
@@ -112,6 +119,7 @@ impl Registry {
         let was_member = position.is_some();
         if let Some(i) = position {
             state.members.remove(i);
+            room.changed();
         }
         let others: Vec<Mailbox> =
             if was_member { state.members.iter().map(|m| m.mailbox.clone()).collect() } else { Vec::new() };

@@ -1,18 +1,27 @@
 //! A peer's outbound side: its [`Mailbox`] (what other connections deliver into) and the writer
 //! task that drains it onto the WebSocket.
 //!
-//! Each peer has one bounded queue, limited both in frames and in bytes, so a peer that stops
-//! reading costs a bounded amount of memory. A sender waits at most `slow_consumer_timeout` for
-//! room in a receiver's queue; past that, the receiver is closed with 1013 and the sender goes
-//! on. Frames are queued as the original `Bytes` (a reference-counted clone), never copied or
-//! re-serialized. The writer is generic over the sink so it can be tested with channels.
+//! Each peer has one bounded queue, limited both in frames and in bytes (a frame's bytes count
+//! until it is written), so a peer that stops reading costs a bounded amount of memory. A sender
+//! waits at most `slow_consumer_timeout` for room in a receiver's queue; past that, the receiver
+//! is closed with 1013 and the sender goes on. Frames are queued as the original `Bytes` (a
+//! reference-counted clone), never copied or re-serialized.
+//!
+//! The queue is a `VecDeque` behind a short `std` mutex rather than a channel and a byte
+//! semaphore: a delivery is one lock and at most one wake-up, the writer takes everything queued
+//! under one lock, and an idle peer's queue holds no allocation at all (docs/performance.md).
+//! The writer is generic over the sink so it can be tested with channels.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use futures_util::{Sink, SinkExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
+use tokio::sync::Notify;
 use tokio::time::{self, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -23,8 +32,9 @@ use crate::error::Close;
 /// How long the writer tries to write a close frame before it gives up and drops the TCP
 /// connection.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Frames written before one flush, at most.
-const MAX_BATCH: usize = 64;
+/// A drained queue keeps at most this many slots of capacity, so a burst does not leave an idle
+/// peer holding a large buffer.
+const KEEP_CAPACITY: usize = 16;
 
 /// A connection's number, unique for the process lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -36,15 +46,6 @@ impl ConnId {
         ConnId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 }
-
-/// One queued frame, holding its share of the receiver's byte budget until it is written.
-pub(crate) struct Outbound {
-    message: Message,
-    _budget: Option<OwnedSemaphorePermit>,
-}
-
-/// The receiving end of a mailbox, owned by the writer.
-pub(crate) type Inbox = mpsc::Receiver<Outbound>;
 
 /// The outcome of a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,42 +66,80 @@ pub(crate) struct Mailbox {
 
 struct Inner {
     conn: ConnId,
-    queue: mpsc::Sender<Outbound>,
-    budget: Arc<Semaphore>,
-    budget_max: u32,
+    queue: Mutex<Queue>,
+    /// Frames the queue takes from deliveries; joins may add `reserve` more.
+    max_frames: usize,
+    /// Bytes queued or being written, at most (one larger frame is taken into an empty queue).
+    max_bytes: usize,
+    /// The writer, parked while the queue is empty.
+    writer: AtomicWaker,
+    /// Senders waiting for room.
+    space: Notify,
+    /// Set once, by [`Mailbox::kill`]; read on every delivery and every frame.
+    killed: AtomicBool,
+    /// Cancelled with `killed`, for the tasks that sleep until then.
     kill: CancellationToken,
     reason: OnceLock<Close>,
 }
 
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Message>,
+    /// Bytes of the queued frames and of the batch being written.
+    bytes: usize,
+    /// A sender found the queue full and waits on `space`.
+    wanted: bool,
+}
+
+/// What [`Mailbox::offer`] did with a frame.
+enum Offer {
+    Queued,
+    Gone,
+    Full(Message),
+}
+
 impl Mailbox {
-    /// A mailbox holding at most `frames` frames and `bytes` bytes, plus `reserve` frames for
-    /// what a newcomer is given when it joins (HELLOs and held messages, see
-    /// [`Mailbox::push_initial`]).
-    pub(crate) fn new(conn: ConnId, frames: usize, reserve: usize, bytes: usize) -> (Self, Inbox) {
-        let (queue, inbox) = mpsc::channel(frames.saturating_add(reserve).max(1));
-        let budget_max = u32::try_from(bytes).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
+    /// A mailbox taking at most `frames` frames and `bytes` bytes from deliveries.
+    pub(crate) fn new(conn: ConnId, frames: usize, bytes: usize) -> Self {
         let inner = Inner {
             conn,
-            queue,
-            budget: Arc::new(Semaphore::new(budget_max as usize)),
-            budget_max,
+            queue: Mutex::new(Queue::default()),
+            max_frames: frames.max(1),
+            max_bytes: bytes.max(1),
+            writer: AtomicWaker::new(),
+            space: Notify::new(),
+            killed: AtomicBool::new(false),
             kill: CancellationToken::new(),
             reason: OnceLock::new(),
         };
-        (Mailbox { inner: Arc::new(inner) }, inbox)
+        Mailbox { inner: Arc::new(inner) }
     }
 
     pub(crate) fn conn(&self) -> ConnId {
         self.inner.conn
     }
 
+    /// The queue, even if a panic elsewhere poisoned the lock: every critical section leaves
+    /// it consistent.
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.inner.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Closes the peer for `reason`; the first reason given wins.
     pub(crate) fn kill(&self, reason: Close) {
         let _ = self.inner.reason.set(reason);
+        self.inner.killed.store(true, Ordering::Release);
         self.inner.kill.cancel();
+        self.inner.writer.wake();
+        self.inner.space.notify_waiters();
     }
 
-    /// Cancelled once the peer is being closed.
+    /// Whether the peer is being closed: one atomic load, for the per-frame paths.
+    pub(crate) fn is_killed(&self) -> bool {
+        self.inner.killed.load(Ordering::Acquire)
+    }
+
+    /// Cancelled once the peer is being closed, for the tasks that sleep until then.
     pub(crate) fn killed(&self) -> &CancellationToken {
         &self.inner.kill
     }
@@ -110,77 +149,158 @@ impl Mailbox {
         self.inner.reason.get().cloned()
     }
 
-    /// Queues a frame without waiting and outside the byte budget: only for the frames a
-    /// newcomer receives as it joins, which the reserve was sized for.
+    /// Queues a frame without waiting and beyond the limits: only for the frames a newcomer
+    /// receives as it joins (HELLOs and held messages, bounded by `max_peers` and the hold
+    /// buffer's limits).
     pub(crate) fn push_initial(&self, message: Message) -> bool {
-        self.inner.queue.try_send(Outbound { message, _budget: None }).is_ok()
+        if self.is_killed() {
+            return false;
+        }
+        let mut queue = self.lock();
+        let wake = queue.frames.is_empty();
+        queue.bytes += message.len();
+        queue.frames.push_back(message);
+        drop(queue);
+        if wake {
+            self.inner.writer.wake();
+        }
+        true
+    }
+
+    /// Queues a frame if the limits allow; a full queue records that a sender waits.
+    fn offer(&self, message: Message) -> Offer {
+        if self.is_killed() {
+            return Offer::Gone;
+        }
+        let len = message.len();
+        let mut queue = self.lock();
+        let fits = queue.frames.len() < self.inner.max_frames
+            && (queue.bytes == 0 || queue.bytes + len <= self.inner.max_bytes);
+        if !fits {
+            queue.wanted = true;
+            return Offer::Full(message);
+        }
+        // The writer parks only on an empty queue, so only the first frame needs a wake-up.
+        let wake = queue.frames.is_empty();
+        queue.bytes += len;
+        queue.frames.push_back(message);
+        drop(queue);
+        if wake {
+            self.inner.writer.wake();
+        }
+        Offer::Queued
     }
 
     /// Queues a frame, waiting at most `timeout` for room in the queue.
     ///
-    /// The common case, a receiver that keeps up, takes neither a timer nor a clock reading:
-    /// the deadline is computed only when the byte budget or the queue is full.
+    /// The common case, a receiver that keeps up, takes one lock and neither a timer nor a
+    /// clock reading.
     pub(crate) async fn deliver(&self, message: Message, timeout: Duration) -> Delivery {
-        if self.inner.kill.is_cancelled() {
-            return Delivery::Gone;
-        }
-        let len = u32::try_from(message.len()).unwrap_or(u32::MAX).clamp(1, self.inner.budget_max);
-        let mut deadline = None;
-        let budget = match self.inner.budget.clone().try_acquire_many_owned(len) {
-            Ok(permit) => permit,
-            Err(TryAcquireError::Closed) => return Delivery::Gone,
-            Err(TryAcquireError::NoPermits) => {
-                let until = *deadline.insert(Instant::now() + timeout);
-                match time::timeout_at(until, self.inner.budget.clone().acquire_many_owned(len)).await {
-                    Ok(Ok(permit)) => permit,
-                    Ok(Err(_)) => return Delivery::Gone,
-                    Err(_) => return Delivery::Slow,
-                }
+        let mut message = match self.offer(message) {
+            Offer::Queued => return Delivery::Queued,
+            Offer::Gone => return Delivery::Gone,
+            Offer::Full(message) => message,
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let space = self.inner.space.notified();
+            tokio::pin!(space);
+            // Registered before the retry, so room made in between is not missed.
+            space.as_mut().enable();
+            message = match self.offer(message) {
+                Offer::Queued => return Delivery::Queued,
+                Offer::Gone => return Delivery::Gone,
+                Offer::Full(message) => message,
+            };
+            if time::timeout_at(deadline, space).await.is_err() {
+                return Delivery::Slow;
             }
-        };
-        let item = Outbound { message, _budget: Some(budget) };
-        let item = match self.inner.queue.try_send(item) {
-            Ok(()) => return Delivery::Queued,
-            Err(mpsc::error::TrySendError::Closed(_)) => return Delivery::Gone,
-            Err(mpsc::error::TrySendError::Full(item)) => item,
-        };
-        let until = deadline.unwrap_or_else(|| Instant::now() + timeout);
-        match self.inner.queue.send_timeout(item, until.saturating_duration_since(Instant::now())).await {
-            Ok(()) => Delivery::Queued,
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Delivery::Slow,
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => Delivery::Gone,
+        }
+    }
+
+    /// Moves everything queued into `batch` (which must be empty) and returns its size in
+    /// bytes; parks the writer when there is nothing.
+    fn poll_batch(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Message>) -> Poll<usize> {
+        let mut queue = self.lock();
+        if queue.frames.is_empty() {
+            // Under the lock: a sender that queues after this sees an empty queue and wakes us.
+            self.inner.writer.register(cx.waker());
+            return Poll::Pending;
+        }
+        std::mem::swap(&mut queue.frames, batch);
+        let bytes = queue.bytes;
+        let wanted = std::mem::take(&mut queue.wanted);
+        drop(queue);
+        if wanted {
+            self.inner.space.notify_waiters();
+        }
+        Poll::Ready(bytes)
+    }
+
+    /// Gives back the byte budget of a written batch.
+    fn written(&self, bytes: usize) {
+        let mut queue = self.lock();
+        queue.bytes = queue.bytes.saturating_sub(bytes);
+        let wanted = std::mem::take(&mut queue.wanted);
+        drop(queue);
+        if wanted {
+            self.inner.space.notify_waiters();
         }
     }
 }
 
-/// Drains `inbox` onto `sink`, batching frames before each flush and pinging every
-/// `ping_interval`, until the mailbox is killed or the sink fails; then writes the close frame
-/// for the kill reason (bounded in time) and closes the sink.
-pub(crate) async fn write_loop<S>(mut sink: S, mut inbox: Inbox, mailbox: Mailbox, ping_interval: Duration)
+/// What the writer does next.
+enum Work {
+    /// Write the batch (of this many bytes).
+    Frames(usize),
+    Ping,
+    Stop,
+}
+
+/// Drains the mailbox onto `sink`, one flush per batch, and pings every `ping_interval`,
+/// until the mailbox is killed or the sink fails; then writes the close frame for the kill
+/// reason (bounded in time) and closes the sink.
+pub(crate) async fn write_loop<S>(mut sink: S, mailbox: Mailbox, ping_interval: Duration)
 where
     S: Sink<Message> + Unpin,
 {
     let kill = mailbox.killed().clone();
-    // One cancellation future for the whole loop: making one per iteration registers and
-    // unregisters a waiter on every frame.
+    // One cancellation future for the whole loop: making one per batch registers and
+    // unregisters a waiter every time.
     let killed = kill.cancelled();
     tokio::pin!(killed);
     let mut ping = time::interval_at(Instant::now() + ping_interval, ping_interval);
+    let mut batch = VecDeque::new();
     loop {
-        let first = tokio::select! {
-            biased;
-            () = &mut killed => break,
-            item = inbox.recv() => match item {
-                Some(item) => item.message,
-                None => break,
-            },
-            _ = ping.tick() => Message::Ping(Default::default()),
-        };
+        let work = poll_fn(|cx| {
+            if mailbox.is_killed() {
+                return Poll::Ready(Work::Stop);
+            }
+            if let Poll::Ready(bytes) = mailbox.poll_batch(cx, &mut batch) {
+                return Poll::Ready(Work::Frames(bytes));
+            }
+            ping.poll_tick(cx).map(|_| Work::Ping)
+        })
+        .await;
         // A write in progress is abandoned only when the peer is being closed anyway.
-        let written = tokio::select! {
-            biased;
-            () = &mut killed => break,
-            result = write_batch(&mut sink, first, &mut inbox) => result,
+        let written = match work {
+            Work::Stop => break,
+            Work::Ping => tokio::select! {
+                biased;
+                () = &mut killed => break,
+                result = sink.send(Message::Ping(Default::default())) => result,
+            },
+            Work::Frames(bytes) => {
+                let result = tokio::select! {
+                    biased;
+                    () = &mut killed => break,
+                    result = write_batch(&mut sink, &mut batch) => result,
+                };
+                mailbox.written(bytes);
+                batch.clear();
+                batch.shrink_to(KEEP_CAPACITY);
+                result
+            }
         };
         if written.is_err() {
             mailbox.kill(Close::Transport("write failed".to_owned()));
@@ -200,20 +320,16 @@ where
     .await;
 }
 
-async fn write_batch<S>(sink: &mut S, first: Message, inbox: &mut Inbox) -> Result<(), S::Error>
+/// Feeds a batch to the sink and flushes it once.
+async fn write_batch<S>(sink: &mut S, batch: &mut VecDeque<Message>) -> Result<(), S::Error>
 where
     S: Sink<Message> + Unpin,
 {
-    sink.feed(first).await?;
-    for _ in 1..MAX_BATCH {
-        match inbox.try_recv() {
-            Ok(item) => sink.feed(item.message).await?,
-            Err(_) => break,
-        }
+    for message in batch.drain(..) {
+        sink.feed(message).await?;
     }
     sink.flush().await
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,11 +340,18 @@ mod tests {
         Message::text(s)
     }
 
+    fn writer(
+        mailbox: &Mailbox,
+        ping: Duration,
+    ) -> (tokio::task::JoinHandle<()>, fmpsc::UnboundedReceiver<Message>) {
+        let (sink, written) = fmpsc::unbounded::<Message>();
+        (tokio::spawn(write_loop(sink, mailbox.clone(), ping)), written)
+    }
+
     #[tokio::test]
     async fn frames_are_written_in_order_then_the_close_frame() {
-        let (mailbox, inbox) = Mailbox::new(ConnId(1), 8, 0, 1 << 20);
-        let (sink, mut written) = fmpsc::unbounded::<Message>();
-        let writer = tokio::spawn(write_loop(sink, inbox, mailbox.clone(), Duration::from_secs(60)));
+        let mailbox = Mailbox::new(ConnId(1), 8, 1 << 20);
+        let (writer, mut written) = writer(&mailbox, Duration::from_secs(60));
         for i in 0..5 {
             assert_eq!(mailbox.deliver(text(&i.to_string()), Duration::from_secs(1)).await, Delivery::Queued);
         }
@@ -249,7 +372,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_makes_delivery_slow_not_blocking() {
-        let (mailbox, _inbox) = Mailbox::new(ConnId(2), 2, 0, 1 << 20);
+        let mailbox = Mailbox::new(ConnId(2), 2, 1 << 20);
         let wait = Duration::from_millis(50);
         assert_eq!(mailbox.deliver(text("a"), wait).await, Delivery::Queued);
         assert_eq!(mailbox.deliver(text("b"), wait).await, Delivery::Queued);
@@ -257,25 +380,58 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_byte_budget_bounds_the_queue() {
-        let (mailbox, mut inbox) = Mailbox::new(ConnId(3), 100, 0, 4096);
+    async fn the_byte_budget_bounds_the_queue_until_frames_are_written() {
+        let mailbox = Mailbox::new(ConnId(3), 100, 4096);
         let big = Message::binary(vec![0u8; 3000]);
         let wait = Duration::from_millis(50);
         assert_eq!(mailbox.deliver(big.clone(), wait).await, Delivery::Queued);
         assert_eq!(mailbox.deliver(big.clone(), wait).await, Delivery::Slow);
-        drop(inbox.recv().await);
+        let (_writer, mut written) = writer(&mailbox, Duration::from_secs(60));
+        assert_eq!(written.next().await.map(|m| m.len()), Some(3000));
         assert_eq!(
-            mailbox.deliver(big, wait).await,
+            mailbox.deliver(big, Duration::from_secs(5)).await,
             Delivery::Queued,
             "budget returns when a frame is written"
         );
     }
 
     #[tokio::test]
+    async fn a_frame_larger_than_the_budget_goes_into_an_empty_queue() {
+        let mailbox = Mailbox::new(ConnId(4), 100, 1024);
+        let wait = Duration::from_millis(50);
+        assert_eq!(mailbox.deliver(Message::binary(vec![0u8; 4000]), wait).await, Delivery::Queued);
+        assert_eq!(mailbox.deliver(text("small"), wait).await, Delivery::Slow);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_sender_gets_in_as_soon_as_the_writer_drains() {
+        let mailbox = Mailbox::new(ConnId(5), 1, 1 << 20);
+        assert_eq!(mailbox.deliver(text("a"), Duration::from_millis(50)).await, Delivery::Queued);
+        let sender = mailbox.clone();
+        let waiting = tokio::spawn(async move { sender.deliver(text("b"), Duration::from_secs(5)).await });
+        let (_writer, mut written) = writer(&mailbox, Duration::from_secs(60));
+        assert_eq!(waiting.await.unwrap(), Delivery::Queued);
+        assert_eq!(written.next().await, Some(text("a")));
+        assert_eq!(written.next().await, Some(text("b")));
+    }
+
+    #[tokio::test]
+    async fn killing_a_receiver_releases_a_waiting_sender_at_once() {
+        let mailbox = Mailbox::new(ConnId(6), 1, 1 << 20);
+        assert_eq!(mailbox.deliver(text("a"), Duration::from_millis(50)).await, Delivery::Queued);
+        let sender = mailbox.clone();
+        let waiting = tokio::spawn(async move { sender.deliver(text("b"), Duration::from_secs(30)).await });
+        tokio::task::yield_now().await;
+        mailbox.kill(Close::SlowConsumer);
+        let outcome = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+        assert_eq!(outcome, Delivery::Gone);
+        assert!(!mailbox.push_initial(text("c")), "a killed mailbox takes nothing");
+    }
+
+    #[tokio::test]
     async fn pings_are_sent_when_idle() {
-        let (mailbox, inbox) = Mailbox::new(ConnId(4), 8, 0, 1 << 20);
-        let (sink, mut written) = fmpsc::unbounded::<Message>();
-        let writer = tokio::spawn(write_loop(sink, inbox, mailbox.clone(), Duration::from_millis(20)));
+        let mailbox = Mailbox::new(ConnId(7), 8, 1 << 20);
+        let (writer, mut written) = writer(&mailbox, Duration::from_millis(20));
         assert!(matches!(written.next().await, Some(Message::Ping(_))));
         mailbox.kill(Close::PeerClosed);
         writer.await.unwrap();

@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use micronets_message::MessageId;
@@ -119,6 +120,30 @@ pub(crate) struct HoldLimits {
 pub(crate) struct Room {
     id: RoomId,
     state: Mutex<State>,
+    /// Moves on every change of membership, under the state lock; lets a sender reuse the
+    /// receivers it looked up for its previous frame without taking the lock.
+    generation: AtomicU64,
+}
+
+/// The members a sender's frames go to, kept from frame to frame while the room's membership
+/// does not change.
+#[derive(Default)]
+pub(crate) struct Targets {
+    mailboxes: Vec<Mailbox>,
+    generation: u64,
+}
+
+impl Targets {
+    /// The receivers looked up for an earlier frame, if the room has not changed since.
+    pub(crate) fn current(&self, room: &Room) -> Option<&[Mailbox]> {
+        let unchanged = room.generation.load(Ordering::Acquire) == self.generation;
+        (unchanged && !self.mailboxes.is_empty()).then_some(&self.mailboxes)
+    }
+
+    /// The receivers from the last [`Room::route`] that returned [`Route::Deliver`].
+    pub(crate) fn mailboxes(&self) -> &[Mailbox] {
+        &self.mailboxes
+    }
 }
 
 #[derive(Default)]
@@ -132,7 +157,12 @@ pub(crate) struct State {
 
 impl Room {
     pub(crate) fn new(id: RoomId) -> Self {
-        Room { id, state: Mutex::new(State::default()) }
+        Room { id, state: Mutex::new(State::default()), generation: AtomicU64::new(0) }
+    }
+
+    /// Records a change of membership; called with the state lock held.
+    pub(crate) fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn id(&self) -> &RoomId {
@@ -145,9 +175,9 @@ impl Room {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Decides where a frame from `sender` goes (filling `targets`, which the caller reuses
-    /// from frame to frame); holds it when the sender is alone. `message_id` is called only
-    /// when the frame is held.
+    /// Decides where a frame from `sender` goes (filling `targets`, which the caller keeps
+    /// from frame to frame, see [`Targets::current`]); holds it when the sender is alone.
+    /// `message_id` is called only when the frame is held.
     pub(crate) fn route(
         &self,
         sender: ConnId,
@@ -155,15 +185,17 @@ impl Room {
         requires_response: bool,
         message_id: impl FnOnce() -> Option<MessageId<'static>>,
         limits: HoldLimits,
-        targets: &mut Vec<Mailbox>,
+        targets: &mut Targets,
     ) -> Route {
         let mut state = self.lock();
+        targets.mailboxes.clear();
+        targets.generation = self.generation.load(Ordering::Acquire);
         if !state.members.iter().any(|m| m.mailbox.conn() == sender) {
             return Route::NotMember;
         }
-        targets
-            .extend(state.members.iter().filter(|m| m.mailbox.conn() != sender).map(|m| m.mailbox.clone()));
-        if !targets.is_empty() {
+        let others = state.members.iter().filter(|m| m.mailbox.conn() != sender);
+        targets.mailboxes.extend(others.map(|m| m.mailbox.clone()));
+        if !targets.mailboxes.is_empty() {
             return Route::Deliver;
         }
         if requires_response {
