@@ -172,7 +172,8 @@ async fn memory_stays_bounded_when_a_peer_stops_reading() {
 }
 
 /// SIGTERM starts a drain; a second signal during it exits at once with 128 + the signal.
-/// The drain is kept busy by a peer whose socket is full: its close frame cannot be written.
+/// The drain is kept busy by two peers that both send and neither reads: each one's delivery
+/// waits for room in the other's full queue (up to the 60 s slow-consumer timeout).
 #[tokio::test]
 async fn a_second_signal_cuts_the_drain_short() {
     let tmp = tempfile::tempdir().unwrap();
@@ -181,23 +182,23 @@ async fn a_second_signal_cuts_the_drain_short() {
     let config = "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = \"certs/dev/micronets-ws-proxy.pkeycert.pem\"\nclient_ca = \"certs/dev/micronets-ws-root.cert.pem\"\n[limits]\nslow_consumer_timeout = \"60s\"\n[shutdown]\ngrace = \"60s\"\n";
     std::fs::write(dir.join("p.toml"), config).unwrap();
     let mut proxy = ProxyProcess::start(dir, &["--config", "p.toml"], &[]);
-    let (mut sender, _stalled) = pair(&proxy, dir).await;
-    // Fill the stalled peer's queue and socket buffers; the last sends block on it.
-    let chunk = "q".repeat(60_000);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
-        loop {
-            sender
-                .send_text(&format!(
-                    r#"{{"message": {{"messageType": "EVENT:fill", "messageBody": "{chunk}"}}}}"#
-                ))
-                .await;
-        }
-    })
-    .await;
+    let (mut a, mut b) = pair(&proxy, dir).await;
+    let frame =
+        format!(r#"{{"message": {{"messageType": "EVENT:fill", "messageBody": "{}"}}}}"#, "q".repeat(60_000));
+    // Fill both queues and socket buffers; the last sends block.
+    let both = futures_util::future::join(fill(&mut a, &frame), fill(&mut b, &frame));
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), both).await;
     proxy.signal("TERM");
     proxy.wait_for("stop signal received");
     proxy.signal("INT");
     assert_eq!(proxy.wait_exit(), Some(130), "{}", proxy.log());
+}
+
+/// Sends `frame` until the caller gives up waiting.
+async fn fill(client: &mut Client, frame: &str) {
+    loop {
+        client.send_text(frame).await;
+    }
 }
 
 /// TLS 1.2 and 1.3 are served; older versions are refused.

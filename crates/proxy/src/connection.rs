@@ -11,12 +11,11 @@ use std::task::Poll;
 
 use futures_util::StreamExt;
 use micronets_message::{ConnError, Envelope, Header, Kind, MessageId, PeerLeft, RestResponse};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{self, Instant};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use tokio_tungstenite::tungstenite::Message;
 use tracing::{Span, debug, info, warn};
 
 use crate::Shared;
@@ -27,14 +26,14 @@ use crate::registry::Joined;
 use crate::relay::{ConnId, Delivery, Mailbox, write_loop};
 use crate::room::{HoldLimits, Member, PeerName, Room, RoomId, Route, Targets};
 use crate::upgrade::{self, Refusal};
+use crate::websocket::{FrameReader, FrameWriter, ReadError};
 
 type Tls = tokio_rustls::server::TlsStream<TcpStream>;
-type Ws = WebSocketStream<Tls>;
-type WsStream = futures_util::stream::SplitStream<Ws>;
-type WsSink = futures_util::stream::SplitSink<Ws, Message>;
+type WsStream = FrameReader<ReadHalf<Tls>>;
+type WsSink = FrameWriter<WriteHalf<Tls>>;
 
-/// An upgraded connection: its two halves (the WebSocket itself lives on the heap behind them,
-/// so it does not size the connection's task), the peer's identity and its room.
+/// An upgraded connection: its two halves (the TLS stream lives on the heap behind them, so it
+/// does not size the connection's task), the peer's identity and its room.
 struct Established {
     sink: WsSink,
     stream: WsStream,
@@ -108,9 +107,8 @@ async fn establish(shared: &Shared, tcp: TcpStream) -> Option<Established> {
     };
     Span::current().record("subject", tracing::field::display(&identity.subject));
     Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
-    let (ws, room_id) = upgrade(shared, tls, &identity, deadline).await?;
+    let (sink, stream, room_id) = upgrade(shared, tls, &identity, deadline).await?;
     Span::current().record("room", tracing::field::display(&room_id));
-    let (sink, stream) = ws.split();
     Some(Established { sink, stream, identity, room_id })
 }
 
@@ -121,7 +119,7 @@ async fn upgrade(
     mut tls: Tls,
     identity: &PeerIdentity,
     deadline: Instant,
-) -> Option<(Ws, RoomId)> {
+) -> Option<(WsSink, WsStream, RoomId)> {
     let config = &shared.config;
     let request = match time::timeout_at(deadline, upgrade::read_request(&mut tls, &config.path_prefix)).await
     {
@@ -134,16 +132,9 @@ async fn upgrade(
                 debug!(error = %e, "peer left during the upgrade");
                 return None;
             }
-            let ws_config = WebSocketConfig::default()
-                .read_buffer_size(1024)
-                .write_buffer_size(64 * 1024)
-                .max_write_buffer_size(2 * config.max_frame_bytes + 64 * 1024)
-                .max_message_size(Some(config.max_frame_bytes))
-                .max_frame_size(Some(config.max_frame_bytes));
-            let ws =
-                WebSocketStream::from_partially_read(tls, request.leftover, Role::Server, Some(ws_config))
-                    .await;
-            return Some((ws, request.room));
+            let (read, write) = tokio::io::split(tls);
+            let stream = FrameReader::new(read, &request.leftover, config.max_frame_bytes);
+            return Some((FrameWriter::new(write), stream, request.room));
         }
         Ok(request) => Refusal::status(409, "room full", Some(&request.path)),
         Err(refusal) => refusal,
@@ -165,7 +156,7 @@ async fn upgrade(
 
 /// What wakes the relay loop.
 enum Event {
-    Frame(Option<Result<Message, WsError>>),
+    Frame(Option<Result<Message, ReadError>>),
     Shutdown,
     Killed,
     HoldExpiry,
@@ -223,13 +214,17 @@ impl Peer {
             };
             let message = match frame {
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Ping(payload))) => {
+                    self.mailbox.pong(payload);
+                    continue;
+                }
+                Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => return Err(Close::PeerClosed),
                 Some(Err(e)) => return Err(self.read_error(e)),
             };
             let payload: &[u8] = match &message {
                 Message::Text(text) => text.as_bytes(),
-                Message::Binary(bytes) => bytes,
+                Message::Binary(bytes) => bytes.as_ref(),
                 _ => &[],
             };
             let envelope = Envelope::from_slice(payload).map_err(|e| Close::BadHello(e.to_string()))?;
@@ -351,7 +346,8 @@ impl Peer {
                         arm_hold_timer(hold_timer.as_mut(), &mut holding);
                     }
                 }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Ping(payload))) => self.mailbox.pong(payload),
+                Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) | None => return Close::PeerClosed,
                 Some(Err(e)) => return self.read_error(e),
             }
@@ -504,16 +500,12 @@ impl Peer {
         self.proxy_message(Kind::PeerLeft(left), None)
     }
 
-    fn read_error(&self, error: WsError) -> Close {
+    fn read_error(&self, error: ReadError) -> Close {
         match error {
-            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
-                Close::TooBig(self.shared.config.max_frame_bytes)
-            }
-            WsError::Capacity(e) => Close::Protocol(e.to_string()),
-            WsError::Utf8(_) => Close::InvalidUtf8,
-            WsError::Protocol(e) => Close::Protocol(e.to_string()),
-            WsError::ConnectionClosed | WsError::AlreadyClosed => Close::PeerClosed,
-            other => Close::Transport(other.to_string()),
+            ReadError::TooBig => Close::TooBig(self.shared.config.max_frame_bytes),
+            ReadError::InvalidUtf8 => Close::InvalidUtf8,
+            ReadError::Protocol(why) => Close::Protocol(why.to_owned()),
+            ReadError::Io(e) => Close::Transport(e.to_string()),
         }
     }
 }

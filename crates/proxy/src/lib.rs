@@ -9,7 +9,7 @@
 //! Main pieces: [`config`] (file + overrides -> validated [`Config`]), [`tls`] (the mTLS server
 //! configuration), `upgrade` (path -> [`RoomId`], refusals before the 101), `connection` (one
 //! peer from TLS to close), `registry`/`room` (membership, the hold buffer), `relay` (each peer's
-//! bounded queue and writer), `listener` (accept loop and drain).
+//! bounded queue and writer), `websocket` (the framing), `listener` (accept loop and drain).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -26,6 +26,7 @@ mod room;
 pub mod shutdown;
 pub mod tls;
 mod upgrade;
+mod websocket;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -19,12 +19,14 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use futures_util::{Sink, SinkExt};
 use tokio::sync::Notify;
 use tokio::time::{self, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Close;
@@ -89,6 +91,9 @@ struct Queue {
     bytes: usize,
     /// A sender found the queue full and waits on `space`.
     wanted: bool,
+    /// The answer to the peer's latest ping, written before the next frames. Only the latest
+    /// is kept (RFC 6455 section 5.5.3), so a ping flood costs no memory.
+    pong: Option<Bytes>,
 }
 
 /// What [`Mailbox::offer`] did with a frame.
@@ -167,6 +172,17 @@ impl Mailbox {
         true
     }
 
+    /// Has the writer answer the peer's ping.
+    pub(crate) fn pong(&self, payload: Bytes) {
+        let mut queue = self.lock();
+        let wake = queue.frames.is_empty() && queue.pong.is_none();
+        queue.pong = Some(payload);
+        drop(queue);
+        if wake {
+            self.inner.writer.wake();
+        }
+    }
+
     /// Queues a frame if the limits allow; a full queue records that a sender waits.
     fn offer(&self, message: Message) -> Offer {
         if self.is_killed() {
@@ -222,12 +238,15 @@ impl Mailbox {
     /// bytes; parks the writer when there is nothing.
     fn poll_batch(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Message>) -> Poll<usize> {
         let mut queue = self.lock();
-        if queue.frames.is_empty() {
+        if queue.frames.is_empty() && queue.pong.is_none() {
             // Under the lock: a sender that queues after this sees an empty queue and wakes us.
             self.inner.writer.register(cx.waker());
             return Poll::Pending;
         }
         std::mem::swap(&mut queue.frames, batch);
+        if let Some(pong) = queue.pong.take() {
+            batch.push_front(Message::Pong(pong));
+        }
         let bytes = queue.bytes;
         let wanted = std::mem::take(&mut queue.wanted);
         drop(queue);
@@ -308,7 +327,9 @@ where
         }
     }
     let close = match mailbox.kill_reason() {
-        Some(Close::PeerClosed | Close::Transport(_)) | None => None,
+        // The answer to the peer's close (or to its end of the stream, harmlessly).
+        Some(Close::PeerClosed) => Some(CloseFrame { code: CloseCode::Normal, reason: Default::default() }),
+        Some(Close::Transport(_)) | None => None,
         Some(reason) => Some(CloseFrame { code: reason.close_code(), reason: reason.reason().into() }),
     };
     let _ = time::timeout(CLOSE_WRITE_TIMEOUT, async {
@@ -433,8 +454,8 @@ mod tests {
         let mailbox = Mailbox::new(ConnId(7), 8, 1 << 20);
         let (writer, mut written) = writer(&mailbox, Duration::from_millis(20));
         assert!(matches!(written.next().await, Some(Message::Ping(_))));
-        mailbox.kill(Close::PeerClosed);
+        mailbox.kill(Close::Transport("reset".into()));
         writer.await.unwrap();
-        assert_eq!(written.next().await, None, "no close frame after the peer closed");
+        assert_eq!(written.next().await, None, "no close frame on a broken transport");
     }
 }
