@@ -34,6 +34,15 @@ impl<'a> Header<'a> {
     /// `inResponseTo` is present but neither a string nor an integer, or `requiresResponse` is
     /// present but not a boolean.
     pub fn parse(frame: &'a str) -> Result<Self> {
+        // The plain case in one pass; serde decides everything else, and words every error.
+        match crate::scan::header(frame) {
+            Some(header) => Ok(header),
+            None => Self::parse_with_serde(frame),
+        }
+    }
+
+    /// The authoritative parse, through serde.
+    pub(crate) fn parse_with_serde(frame: &'a str) -> Result<Self> {
         serde_json::from_str::<Frame<'a>>(frame).map(|f| f.message.into()).map_err(Error::from_serde)
     }
 
@@ -42,6 +51,9 @@ impl<'a> Header<'a> {
     /// # Errors
     /// As [`Header::parse`]; input that is not UTF-8 is [`Error::Json`].
     pub fn parse_bytes(frame: &'a [u8]) -> Result<Self> {
+        if let Ok(text) = std::str::from_utf8(frame) {
+            return Self::parse(text);
+        }
         serde_json::from_slice::<Frame<'a>>(frame).map(|f| f.message.into()).map_err(Error::from_serde)
     }
 

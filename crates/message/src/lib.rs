@@ -25,6 +25,7 @@ mod header;
 mod http_map;
 mod id;
 mod rest;
+mod scan;
 
 pub use content::{Body, Content, OCTET_STREAM, is_json_media_type};
 pub use envelope::{ConnError, Envelope, Event, Hello, Kind, PeerLeft};
