@@ -127,8 +127,8 @@ impl Report {
 pub(crate) async fn run(cli: &Cli) -> Result<Report> {
     let ids = Identities::new(&cli.pki)?;
     let relay = run_on(&ids, &Target::Relay(cli.url.clone()), &cli.scenario, cli.server_pid).await?;
-    // Idle through the floor hangs past about 100 connections (not yet understood): relay only.
-    let floor_applies = matches!(cli.scenario, Scenario::Pairs { .. } | Scenario::Connect { .. });
+    let floor_applies =
+        matches!(cli.scenario, Scenario::Pairs { .. } | Scenario::Connect { .. } | Scenario::Idle { .. });
     match cli.floor {
         Some(addr) if floor_applies => {
             let floor = run_on(&ids, &Target::Floor(addr), &cli.scenario, cli.floor_pid).await?;

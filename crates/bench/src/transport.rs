@@ -94,6 +94,9 @@ async fn floor_connect(addr: std::net::SocketAddr, ids: &Identities, room: &str,
     let mut tls =
         tokio_rustls::TlsConnector::from(config).connect(ServerName::try_from("localhost")?, tcp).await?;
     tls.write_all(format!("{room}\n").as_bytes()).await?;
+    // Without a flush the line can stay in the TLS session's buffer, and both ends then wait
+    // for each other (what made `idle` through the floor hang).
+    tls.flush().await?;
     // The floor acknowledges with one byte once the connection is registered.
     let ack = tokio::io::AsyncReadExt::read_u8(&mut tls)
         .await

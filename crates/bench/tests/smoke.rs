@@ -1,37 +1,121 @@
 //! Every scenario of the real `ws-bench` binary, with tiny parameters, against the proxy run
-//! in this process (so `--server-pid` is this process): the tool keeps working and its
-//! delivery checks pass. Figures are not asserted: they are the benchmark's to report.
+//! in this process (so `--server-pid` is this process), and the floor forwarder beside it: the
+//! tool keeps working and its delivery checks pass. Figures are not asserted: they are the
+//! benchmark's to report.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 
 use micronets_certgen::dev::{self, DevPki};
 use micronets_proxy::{FileConfig, Overrides, Proxy};
 
+/// The proxy, serving in this process until dropped.
+struct Relay {
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Relay {
+    async fn start(pki: &DevPki) -> Self {
+        let toml = format!(
+            "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = {:?}\nclient_ca = {:?}\n[rooms]\nmax_peers = 4\n[limits]\nslow_consumer_timeout = \"1s\"\n",
+            pki.pkeycert(&dev::PROXY).display().to_string(),
+            pki.root_cert().display().to_string(),
+        );
+        let config = FileConfig::parse(&toml).unwrap().into_config(&Overrides::default()).unwrap();
+        let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Proxy::new(config).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            proxy
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Relay { url: format!("wss://localhost:{port}/micronets/v1/ws-proxy/"), stop: Some(stop) }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The floor forwarder as a child process, killed when dropped.
+struct Floor {
+    child: Child,
+    addr: String,
+}
+
+impl Floor {
+    fn start(pki: &DevPki) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ws-bench"))
+            .args(["--pki", &pki.dir.display().to_string(), "floor-server", "--bind", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("floor listening on ") {
+                        break addr.to_owned();
+                    }
+                }
+                other => panic!("the floor ended before listening: {other:?}"),
+            }
+        };
+        Floor { child, addr }
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `ws-bench` with `args` (bounded in time), checks its delivery report and returns it.
+async fn bench(relay: &Relay, pki: &DevPki, args: &[&str]) -> serde_json::Value {
+    let pid = std::process::id().to_string();
+    let mut all: Vec<String> =
+        vec!["--url".into(), relay.url.clone(), "--pki".into(), pki.dir.display().to_string()];
+    all.extend(["--server-pid".into(), pid, "--json".into()]);
+    all.extend(args.iter().map(|s| (*s).to_owned()));
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("timeout").arg("120").arg(env!("CARGO_BIN_EXE_ws-bench")).args(&all).output().unwrap()
+    });
+    let output = run.await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{args:?}\n{stdout}\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    for field in ["lost", "duplicated", "reordered", "corrupted"] {
+        assert_eq!(report["delivery"][field], 0, "{args:?}: {report}");
+    }
+    assert_eq!(report["delivery"]["sent"], report["delivery"]["received"], "{report}");
+    report
+}
+
+fn dev_pki(dir: &tempfile::TempDir) -> DevPki {
+    let pki = DevPki::new(dir.path().join("dev"));
+    dev::ensure(&pki).unwrap();
+    pki
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_and_verifies_delivery() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = DevPki::new(dir.path().join("dev"));
-    dev::ensure(&pki).unwrap();
-    let toml = format!(
-        "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = {:?}\nclient_ca = {:?}\n[rooms]\nmax_peers = 4\n[limits]\nslow_consumer_timeout = \"1s\"\n",
-        pki.pkeycert(&dev::PROXY).display().to_string(),
-        pki.root_cert().display().to_string(),
-    );
-    let config = FileConfig::parse(&toml).unwrap().into_config(&Overrides::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let proxy = Proxy::new(config).unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        proxy
-            .serve(listener, async move {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-
-    let url = format!("wss://localhost:{port}/micronets/v1/ws-proxy/");
-    let pid = std::process::id().to_string();
+    let pki = dev_pki(&dir);
+    let relay = Relay::start(&pki).await;
     let runs: [&[&str]; 6] = [
         &["pairs", "--rooms", "2", "--messages", "500", "--size", "300"],
         &["pairs", "--ping-pong", "--messages", "100", "--size", "256"],
@@ -41,32 +125,8 @@ async fn every_scenario_runs_and_verifies_delivery() {
         &["slow", "--rooms", "2", "--messages", "300", "--size", "1024"],
     ];
     for scenario in runs {
-        let pki_dir = pki.dir.display().to_string();
-        let mut args: Vec<String> = vec![
-            "--url".into(),
-            url.clone(),
-            "--pki".into(),
-            pki_dir,
-            "--server-pid".into(),
-            pid.clone(),
-            "--json".into(),
-        ];
-        args.extend(scenario.iter().map(|s| (*s).to_owned()));
-        let output = tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_ws-bench")).args(&args).output().unwrap()
-        })
-        .await
-        .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{scenario:?}\n{stdout}\n{stderr}");
-        let report: serde_json::Value =
-            serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        let report = bench(&relay, &pki, scenario).await;
         assert_eq!(report["scenario"], scenario[0]);
-        for field in ["lost", "duplicated", "reordered", "corrupted"] {
-            assert_eq!(report["delivery"][field], 0, "{scenario:?}: {report}");
-        }
-        assert_eq!(report["delivery"]["sent"], report["delivery"]["received"], "{report}");
         let expected = match scenario[0] {
             "pairs" | "fanout" => "server_cpu_us_per_message",
             "connect" => "server_cpu_us_per_handshake",
@@ -75,6 +135,30 @@ async fn every_scenario_runs_and_verifies_delivery() {
         };
         assert!(report[expected].is_number(), "{scenario:?}: no {expected} in {report}");
     }
-    let _ = stop.send(());
-    server.await.unwrap();
+}
+
+/// The floor runs the same scenarios in the same invocation, and the report carries its
+/// figures (the ratios need more work than these tiny runs give the 10 ms CPU clock). `idle` goes past the few hundred connections at which the floor's
+/// clients once hung on an unflushed room line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_runs_beside_the_relay_and_gives_ratios() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev_pki(&dir);
+    let relay = Relay::start(&pki).await;
+    let floor = Floor::start(&pki);
+    let floor_pid = floor.child.id().to_string();
+    let with_floor = |rest: &'static [&'static str]| {
+        let mut args = vec!["--floor", floor.addr.as_str(), "--floor-pid", floor_pid.as_str()];
+        args.extend_from_slice(rest);
+        args
+    };
+    let runs: [(&[&str], &str); 3] = [
+        (&["pairs", "--messages", "500", "--size", "256"], "server_cpu_us_per_message"),
+        (&["connect", "--count", "20", "--concurrency", "4"], "server_cpu_us_per_handshake"),
+        (&["idle", "--count", "400"], "server_rss_bytes_per_connection"),
+    ];
+    for (scenario, figure) in runs {
+        let report = bench(&relay, &pki, &with_floor(scenario)).await;
+        assert!(report["floor"][figure].is_number(), "{scenario:?}: no floor {figure} in {report}");
+    }
 }
