@@ -2,6 +2,7 @@
 
 mod certgen;
 mod client;
+mod operations;
 mod proxy;
 #[path = "../crates/proxy/tests/proxy/support.rs"]
 #[allow(dead_code)]

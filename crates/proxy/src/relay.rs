@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Close;
+use crate::metrics::PeerStats;
 
 /// How long the writer tries to write a close frame before it gives up and drops the TCP
 /// connection.
@@ -70,6 +71,7 @@ struct Inner {
     budget_max: u32,
     kill: CancellationToken,
     reason: OnceLock<Close>,
+    stats: PeerStats,
 }
 
 impl Mailbox {
@@ -86,12 +88,18 @@ impl Mailbox {
             budget_max,
             kill: CancellationToken::new(),
             reason: OnceLock::new(),
+            stats: PeerStats::default(),
         };
         (Mailbox { inner: Arc::new(inner) }, inbox)
     }
 
     pub(crate) fn conn(&self) -> ConnId {
         self.inner.conn
+    }
+
+    /// The peer's frame and byte counters.
+    pub(crate) fn stats(&self) -> &PeerStats {
+        &self.inner.stats
     }
 
     /// Closes the peer for `reason`; the first reason given wins.
@@ -113,7 +121,12 @@ impl Mailbox {
     /// Queues a frame without waiting and outside the byte budget: only for the frames a
     /// newcomer receives as it joins, which the reserve was sized for.
     pub(crate) fn push_initial(&self, message: Message) -> bool {
-        self.inner.queue.try_send(Outbound { message, _budget: None }).is_ok()
+        let len = message.len() as u64;
+        let queued = self.inner.queue.try_send(Outbound { message, _budget: None }).is_ok();
+        if queued {
+            self.inner.stats.sent.add(1, len);
+        }
+        queued
     }
 
     /// Queues a frame, waiting at most `timeout` for room in the queue.

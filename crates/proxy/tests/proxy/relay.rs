@@ -141,7 +141,9 @@ async fn a_thousand_messages_each_way_arrive_complete_and_in_order() {
     };
     let (a, b) = within("1000 each way", async { tokio::join!(run(a, "a", "b"), run(b, "b", "a")) }).await;
     drop((a, b));
-    assert_eq!(micronets_proxy::Metrics::get(&proxy.metrics.frames_relayed), 2 * N as u64);
+    let text = micronets_proxy::metrics::FrameKind::Text;
+    assert_eq!(proxy.metrics.relayed.of(text).frames(), 2 * N as u64);
+    assert_eq!(proxy.metrics.received.of(text).frames(), 2 * N as u64);
     proxy.stop().await;
 }
 
