@@ -71,23 +71,21 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, _permit: OwnedSemap
 /// TLS handshake, identity and upgrade, all within `handshake_timeout`.
 async fn establish(shared: &Shared, tcp: TcpStream) -> Option<(Ws, PeerIdentity, RoomId)> {
     let deadline = Instant::now() + shared.config.handshake_timeout;
-    let tls =
-        match time::timeout_at(deadline, tokio_rustls::TlsAcceptor::from(shared.tls.load_full()).accept(tcp))
-            .await
-        {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                let (label, detail) = crate::tls::handshake_failure(&e);
-                shared.metrics.handshake_failed(label);
-                info!(reason = label, detail = %detail, "TLS handshake failed");
-                return None;
-            }
-            Err(_) => {
-                shared.metrics.handshake_failed("timeout");
-                info!(reason = "timeout", "TLS handshake not completed within handshake_timeout");
-                return None;
-            }
-        };
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.load_full());
+    let tls = match time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let (label, detail) = crate::tls::handshake_failure(&e);
+            shared.metrics.handshake_failed(label);
+            info!(reason = label, detail = %detail, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            shared.metrics.handshake_failed("timeout");
+            info!(reason = "timeout", "TLS handshake not completed within handshake_timeout");
+            return None;
+        }
+    };
     let certificate = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
     let identity = match certificate.map(|c| PeerIdentity::from_der(c)) {
         Some(Ok(identity)) => identity,

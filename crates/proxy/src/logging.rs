@@ -192,6 +192,39 @@ mod tests {
         assert!(limit.admit(1, later, || "storm".into()), "a new window has a new budget");
     }
 
+    /// Counts the events that reach it.
+    struct Written(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: Subscriber> Layer<S> for Written {
+        fn on_event(&self, _event: &Event<'_>, _cx: Context<'_, S>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn the_layer_drops_identical_events_and_names_them() {
+        let limiter = Arc::new(RateLimit::new(3, Duration::from_secs(60)));
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry()
+            .with(Written(Arc::clone(&written)))
+            .with(Limit(Arc::clone(&limiter)));
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..10 {
+                tracing::warn!(reason = "eof", "handshake failed");
+            }
+            for n in 0..5 {
+                tracing::warn!(reason = "eof", n, "handshake failed");
+            }
+        });
+        assert_eq!(
+            written.load(std::sync::atomic::Ordering::Relaxed),
+            3 + 5,
+            "different fields, different lines"
+        );
+        let report = limiter.take_suppressed();
+        assert_eq!(report, vec![("micronets_proxy::logging::tests: handshake failed".to_owned(), 7)]);
+    }
+
     #[test]
     fn quiet_lines_are_forgotten() {
         let limit = RateLimit::new(1, Duration::from_secs(10));

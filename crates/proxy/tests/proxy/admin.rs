@@ -83,7 +83,7 @@ fn first_hello_len() -> u64 {
 #[tokio::test]
 async fn every_metric_appears_and_moves() {
     let pki = Pki::new();
-    let proxy = start(&pki, "").await;
+    let proxy = start(&pki, "[rooms]\nhold_max_messages = 1\n").await;
     let scrape = || async { proxy.admin("GET", "/metrics").await.1 };
     let before = scrape().await;
     for name in [
@@ -108,10 +108,13 @@ async fn every_metric_appears_and_moves() {
     }
     assert!(before.contains("sampled: one frame in 64"), "{before}");
 
-    // A lone member holds a message; a handshake without a certificate fails; a bad path is
-    // refused; then a pair relays text and binary frames and one invalid envelope.
+    // A lone member holds a message and is refused a second (503); a handshake without a
+    // certificate fails; a bad path is refused; then a pair relays text and binary frames and
+    // one invalid envelope (400).
     let (mut lone, _) = proxy.join("test-client", "lone", "c").await;
     lone.send_text(r#"{"message": {"messageId": 1, "messageType": "EVENT:held"}}"#).await;
+    lone.send_text(r#"{"message": {"messageId": 2, "messageType": "EVENT:refused"}}"#).await;
+    assert_eq!(lone.recv_message().await["statusCode"], 503);
     let mut tls = tls_connect(proxy.addr, &pki.dev.root_cert(), None).await.unwrap();
     let _ = within("refusal", tls.read(&mut [0u8; 1])).await;
     let response = proxy.raw_request("manager", "GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -140,13 +143,15 @@ async fn every_metric_appears_and_moves() {
     moved("ws_proxy_joins_total", 3.0);
     moved("ws_proxy_held_messages", 1.0);
     moved("ws_proxy_held_total", 1.0);
-    moved("ws_proxy_frames_total{direction=\"in\",type=\"text\"}", 3.0);
+    moved("ws_proxy_held_refused_total", 1.0);
+    moved("ws_proxy_frames_total{direction=\"in\",type=\"text\"}", 4.0);
     moved("ws_proxy_frames_total{direction=\"in\",type=\"binary\"}", 1.0);
     moved("ws_proxy_frames_total{direction=\"out\",type=\"text\"}", 1.0);
     moved("ws_proxy_frames_total{direction=\"out\",type=\"binary\"}", 1.0);
     moved("ws_proxy_bytes_total{direction=\"out\",type=\"binary\"}", 100.0);
     moved("ws_proxy_conn_errors_total{status=\"400\"}", 1.0);
-    moved("ws_proxy_replies_total", 1.0);
+    moved("ws_proxy_conn_errors_total{status=\"503\"}", 1.0);
+    moved("ws_proxy_replies_total", 2.0);
     // The first frame of each connection is timed: the lone one's and a's.
     moved("ws_proxy_relay_latency_seconds_count", 2.0);
     assert!(sample(&after, "ws_proxy_held_bytes") > 0.0);

@@ -184,6 +184,8 @@ async fn a_slow_consumer_is_closed_and_the_room_goes_on() {
     let (got, ()) = within("bulk with a stalled member", async { tokio::join!(reading, sending) }).await;
     assert_eq!(got, 400, "the reading member got everything, and the PEER-LEFT");
     assert!(micronets_proxy::Metrics::get(&proxy.metrics.slow_consumers) >= 1);
+    let metrics = proxy.admin("GET", "/metrics").await.1;
+    assert!(crate::support::sample(&metrics, "ws_proxy_slow_consumer_disconnects_total") >= 1.0, "{metrics}");
     // The stalled peer, once it reads again, finds the 1013 close after what was queued.
     assert_eq!(stalled.expect_close().await.0, 1013);
     proxy.stop().await;
