@@ -28,6 +28,10 @@ pub const BURST: u32 = 10;
 /// The rate limit's window, and how often suppressed lines are reported.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
+/// Distinct lines tracked at most; past that, new lines pass untracked until the next report
+/// forgets quiet ones (a burst of distinct lines is not the storm this guards against).
+const MAX_TRACKED: usize = 10_000;
+
 /// The process's rate limiter, once [`init`] has installed it.
 static LIMITER: OnceLock<Arc<RateLimit>> = OnceLock::new();
 
@@ -92,6 +96,9 @@ impl RateLimit {
     /// Whether the line with this key may be written at `now`; `name` describes it.
     pub(crate) fn admit(&self, key: u64, now: Instant, name: impl FnOnce() -> String) -> bool {
         let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
+        if lines.len() >= MAX_TRACKED && !lines.contains_key(&key) {
+            return true;
+        }
         let seen =
             lines.entry(key).or_insert_with(|| Seen { since: now, passed: 0, suppressed: 0, name: name() });
         if now.duration_since(seen.since) >= self.window {

@@ -154,9 +154,7 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Observations so far.
-    #[must_use]
-    pub fn count(&self) -> u64 {
+    fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
 
@@ -293,26 +291,9 @@ impl Metrics {
         self.conn_errors.inc(status);
     }
 
-    /// `CONN:ERROR`s sent with this status.
-    #[must_use]
-    pub fn conn_errors(&self, status: u16) -> u64 {
-        self.conn_errors.get(&status)
-    }
-
     /// Counts an accepted connection's end by outcome label.
     pub fn connection_ended(&self, outcome: &'static str) {
         self.outcomes.inc(outcome);
-    }
-
-    /// Connections that ended with this outcome label (`refused` counts those refused at
-    /// `max_connections`).
-    #[must_use]
-    pub fn connections(&self, outcome: &str) -> u64 {
-        if outcome == "refused" {
-            Metrics::get(&self.connections_refused)
-        } else {
-            self.outcomes.get(outcome)
-        }
     }
 
     /// The Prometheus text exposition of every metric, with the room gauges given.
