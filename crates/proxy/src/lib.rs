@@ -145,27 +145,27 @@ impl Proxy {
 
     async fn serve_and_drain(&self, listener: TcpListener) -> Option<shutdown::Signal> {
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        let stop = async move {
-            match shutdown::signal().await {
-                Ok(signal) => {
-                    systemd::notify(systemd::State::Stopping);
-                    tracing::info!(?signal, "stop signal received: draining (a second signal exits at once)")
-                }
+        let signals = async move {
+            let mut signals = match shutdown::Signals::new() {
+                Ok(signals) => signals,
                 Err(e) => {
                     // Without handlers the default action (exit) applies; never stop on our own.
                     tracing::error!(error = %e, "cannot install signal handlers");
-                    std::future::pending::<()>().await;
+                    return std::future::pending().await;
                 }
-            }
+            };
+            let signal = signals.next().await;
+            systemd::notify(systemd::State::Stopping);
+            tracing::info!(?signal, "stop signal received: draining (a second signal exits at once)");
             let _ = first_tx.send(());
+            Some(signals.next().await)
         };
-        let second = async move {
+        let stop = async move {
             let _ = first_rx.await;
-            shutdown::signal().await.ok()
         };
         tokio::select! {
             () = self.serve(listener, stop) => None,
-            signal = second => signal,
+            signal = signals => signal,
         }
     }
 

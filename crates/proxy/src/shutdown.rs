@@ -32,17 +32,32 @@ impl Signal {
     }
 }
 
-/// Waits for SIGINT or SIGTERM.
-///
-/// # Errors
-/// When the signal handlers cannot be installed.
-pub async fn signal() -> std::io::Result<Signal> {
-    let mut interrupt = unix_signal(SignalKind::interrupt())?;
-    let mut terminate = unix_signal(SignalKind::terminate())?;
-    Ok(tokio::select! {
-        _ = interrupt.recv() => Signal::Interrupt,
-        _ = terminate.recv() => Signal::Terminate,
-    })
+/// SIGINT and SIGTERM, listened to from creation on: a signal that arrives while the caller
+/// is busy (say, between the first signal and waiting for a second) is not lost.
+pub struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers.
+    ///
+    /// # Errors
+    /// When the signal handlers cannot be installed.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Signals {
+            interrupt: unix_signal(SignalKind::interrupt())?,
+            terminate: unix_signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next SIGINT or SIGTERM.
+    pub async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::Interrupt,
+            _ = self.terminate.recv() => Signal::Terminate,
+        }
+    }
 }
 
 /// Closes `members` with 1001, in even batches from now until (about) `window` from now.
