@@ -194,7 +194,7 @@ async fn a_storm_of_identical_bad_handshakes_is_rate_limited_in_the_log() {
     let admin = proxy.admin();
     for _ in 0..40 {
         // Connect and hang up before any TLS: an identical failure each time.
-        drop(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+        drop(within("connect", tokio::net::TcpStream::connect(proxy.addr)).await.unwrap());
     }
     within("40 failures counted", async {
         loop {

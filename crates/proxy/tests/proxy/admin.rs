@@ -42,9 +42,19 @@ async fn the_rooms_api_matches_what_is_connected() {
     let ids: Vec<&str> = rooms.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["gw/1", "lone"]);
 
-    let (status, body) = proxy.admin("GET", "/v1/rooms/gw/1").await;
-    assert_eq!(status, 200);
-    let room: Value = serde_json::from_str(&body).unwrap();
+    // A frame is counted as out once queued, which may be just after the receiver read it.
+    let room = within("counters settle", async {
+        loop {
+            let (status, body) = proxy.admin("GET", "/v1/rooms/gw/1").await;
+            assert_eq!(status, 200);
+            let room: Value = serde_json::from_str(&body).unwrap();
+            if room["members"][1]["frames_out"] == 4 {
+                return room;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let members = room["members"].as_array().unwrap();
     assert_eq!(members.len(), 2, "{room}");
     let (ma, mb) = (&members[0], &members[1]);
@@ -115,7 +125,7 @@ async fn every_metric_appears_and_moves() {
     lone.send_text(r#"{"message": {"messageId": 1, "messageType": "EVENT:held"}}"#).await;
     lone.send_text(r#"{"message": {"messageId": 2, "messageType": "EVENT:refused"}}"#).await;
     assert_eq!(lone.recv_message().await["statusCode"], 503);
-    let mut tls = tls_connect(proxy.addr, &pki.dev.root_cert(), None).await.unwrap();
+    let mut tls = within("handshake", tls_connect(proxy.addr, &pki.dev.root_cert(), None)).await.unwrap();
     let _ = within("refusal", tls.read(&mut [0u8; 1])).await;
     let response = proxy.raw_request("manager", "GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
@@ -127,33 +137,45 @@ async fn every_metric_appears_and_moves() {
     a.send_text("not json").await;
     assert_eq!(a.recv_message().await["statusCode"], 400);
 
-    let after = scrape().await;
-    let moved = |series: &str, by: f64| {
-        let (old, new) = (sample(&before, series), sample(&after, series));
-        assert_eq!(new - old, by, "{series}: {old} -> {new}\n{after}");
-    };
-    moved("ws_proxy_connections_open", 3.0);
-    moved("ws_proxy_connections_accepted_total", 5.0);
-    moved("ws_proxy_connections_total{outcome=\"tls_failed\"}", 1.0);
-    moved("ws_proxy_connections_total{outcome=\"upgrade_refused\"}", 1.0);
-    moved("ws_proxy_tls_handshake_failures_total{reason=\"no_client_certificate\"}", 1.0);
-    moved("ws_proxy_upgrade_refusals_total{status=\"404\"}", 1.0);
-    moved("ws_proxy_rooms", 2.0);
-    moved("ws_proxy_members", 3.0);
-    moved("ws_proxy_joins_total", 3.0);
-    moved("ws_proxy_held_messages", 1.0);
-    moved("ws_proxy_held_total", 1.0);
-    moved("ws_proxy_held_refused_total", 1.0);
-    moved("ws_proxy_frames_total{direction=\"in\",type=\"text\"}", 4.0);
-    moved("ws_proxy_frames_total{direction=\"in\",type=\"binary\"}", 1.0);
-    moved("ws_proxy_frames_total{direction=\"out\",type=\"text\"}", 1.0);
-    moved("ws_proxy_frames_total{direction=\"out\",type=\"binary\"}", 1.0);
-    moved("ws_proxy_bytes_total{direction=\"out\",type=\"binary\"}", 100.0);
-    moved("ws_proxy_conn_errors_total{status=\"400\"}", 1.0);
-    moved("ws_proxy_conn_errors_total{status=\"503\"}", 1.0);
-    moved("ws_proxy_replies_total", 2.0);
-    // The first frame of each connection is timed: the lone one's and a's.
-    moved("ws_proxy_relay_latency_seconds_count", 2.0);
+    // The proxy counts some events just after the client has seen their effect (a relayed
+    // frame is counted once queued to every receiver; a refused connection once its task
+    // ends): scrape until every series has moved, or give up and show which did not.
+    let expected = [
+        ("ws_proxy_connections_open", 3.0),
+        ("ws_proxy_connections_accepted_total", 5.0),
+        ("ws_proxy_connections_total{outcome=\"tls_failed\"}", 1.0),
+        ("ws_proxy_connections_total{outcome=\"upgrade_refused\"}", 1.0),
+        ("ws_proxy_tls_handshake_failures_total{reason=\"no_client_certificate\"}", 1.0),
+        ("ws_proxy_upgrade_refusals_total{status=\"404\"}", 1.0),
+        ("ws_proxy_rooms", 2.0),
+        ("ws_proxy_members", 3.0),
+        ("ws_proxy_joins_total", 3.0),
+        ("ws_proxy_held_messages", 1.0),
+        ("ws_proxy_held_total", 1.0),
+        ("ws_proxy_held_refused_total", 1.0),
+        ("ws_proxy_frames_total{direction=\"in\",type=\"text\"}", 4.0),
+        ("ws_proxy_frames_total{direction=\"in\",type=\"binary\"}", 1.0),
+        ("ws_proxy_frames_total{direction=\"out\",type=\"text\"}", 1.0),
+        ("ws_proxy_frames_total{direction=\"out\",type=\"binary\"}", 1.0),
+        ("ws_proxy_bytes_total{direction=\"out\",type=\"binary\"}", 100.0),
+        ("ws_proxy_conn_errors_total{status=\"400\"}", 1.0),
+        ("ws_proxy_conn_errors_total{status=\"503\"}", 1.0),
+        ("ws_proxy_replies_total", 2.0),
+        // The first frame of each connection is timed: the lone one's and a's.
+        ("ws_proxy_relay_latency_seconds_count", 2.0),
+    ];
+    let moved = |after: &str, series: &str| sample(after, series) - sample(&before, series);
+    let mut after = scrape().await;
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+    while expected.iter().any(|(series, by)| moved(&after, series) != *by)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        after = scrape().await;
+    }
+    for (series, by) in expected {
+        assert_eq!(moved(&after, series), by, "{series}\n{after}");
+    }
     assert!(sample(&after, "ws_proxy_held_bytes") > 0.0);
 
     lone.close().await;
