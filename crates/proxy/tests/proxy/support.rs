@@ -107,8 +107,10 @@ pub(crate) async fn start(pki: &Arc<Pki>, extra: &str) -> TestProxy {
 
 /// Starts a proxy with a given server certificate file.
 pub(crate) async fn start_with(pki: &Arc<Pki>, server_cert: &Path, extra: &str) -> TestProxy {
+    // A short drain window, unless the test sets one: stopping spreads closes across it.
+    let shutdown = if extra.contains("[shutdown]") { "" } else { "[shutdown]\ndrain_window = \"100ms\"\n" };
     let toml = format!(
-        "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = {:?}\nclient_ca = {:?}\n{extra}",
+        "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = {:?}\nclient_ca = {:?}\n{shutdown}{extra}",
         server_cert.display().to_string(),
         pki.dev.root_cert().display().to_string(),
     );
