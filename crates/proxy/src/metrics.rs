@@ -4,7 +4,7 @@
 //! ([`Metrics`]) or once per connection ([`PeerStats`]): no lock, no label lookup, no
 //! allocation per frame. Labelled counters whose label is only known at run time (handshake
 //! failure reasons, HTTP statuses, close reasons) count rare events and sit behind a lock
-//! ([`Tally`]). Everything is turned into the Prometheus text format when `/metrics` is scraped,
+//! (`Tally`). Everything is turned into the Prometheus text format when `/metrics` is scraped,
 //! by a `prometheus-client` collector that reads the atomics then.
 
 use std::collections::BTreeMap;
