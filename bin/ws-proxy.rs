@@ -40,6 +40,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print the rooms and members of a running proxy, from its admin endpoint.
+    Status {
+        /// The admin endpoint (default: admin.bind of --config, else 127.0.0.1:9090).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// The configuration file whose admin.bind to read.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +56,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    if let Some(Command::Status { admin, config }) = &cli.command {
+        return match micronets_proxy::status::report(*admin, config.as_deref()) {
+            Ok(table) => {
+                print!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ws-proxy: {e}");
+                ExitCode::from(if matches!(e, micronets_proxy::Error::Admin { .. }) { 1 } else { 64 })
+            }
+        };
+    }
     let (proxy, config) = match prepare(&cli) {
         Ok(ready) => ready,
         Err(e) => {
@@ -70,33 +91,45 @@ fn main() -> ExitCode {
 
 /// Loads, merges and validates the configuration and the TLS material; sets up logging.
 fn prepare(cli: &Cli) -> anyhow::Result<(Proxy, micronets_proxy::Config)> {
-    let (file, checking) = match (&cli.command, &cli.config, cli.dev) {
-        (Some(Command::CheckConfig { config }), _, _) => (FileConfig::load(config)?, true),
-        (None, Some(path), _) => (FileConfig::load(path)?, false),
-        (None, None, true) => {
+    let checking = matches!(cli.command, Some(Command::CheckConfig { .. }));
+    let path = match &cli.command {
+        Some(Command::CheckConfig { config }) => Some(config),
+        _ => cli.config.as_ref(),
+    };
+    let file = match path {
+        Some(path) => FileConfig::load(path)?,
+        None if cli.dev => {
             let pki = DevPki::new("certs/dev");
             micronets_certgen::dev::ensure(&pki).context("cannot create the dev PKI in certs/dev")?;
-            (FileConfig::dev(&pki), false)
+            FileConfig::dev(&pki)
         }
-        (None, None, false) => (FileConfig::default(), false),
+        None => FileConfig::default(),
     };
     let config = file.into_config(&cli.overrides)?;
     if !checking {
         micronets_proxy::logging::init(config.log_format, &config.log_level)?;
     }
-    Ok((Proxy::new(config.clone())?, config))
+    let proxy = match path {
+        Some(path) => Proxy::from_file(config.clone(), path.clone(), cli.overrides.clone())?,
+        None => Proxy::new(config.clone())?,
+    };
+    Ok((proxy, config))
 }
 
 async fn serve(proxy: Proxy, config: micronets_proxy::Config, dev: bool) -> ExitCode {
-    let listener = match tokio::net::TcpListener::bind(config.bind).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            tracing::error!(bind = %config.bind, error = %e, "cannot listen");
-            return ExitCode::from(1);
-        }
+    let Some(listener) = bind(config.bind, "peers").await else { return ExitCode::from(1) };
+    let admin = match config.admin_bind {
+        Some(admin) => Some(match bind(admin, "the admin endpoint").await {
+            Some(admin) => admin,
+            None => return ExitCode::from(1),
+        }),
+        None => None,
     };
     let addr = listener.local_addr().map_or_else(|_| config.bind.to_string(), |a| a.to_string());
     tracing::info!("listening on {addr}");
+    if let Some(Ok(admin)) = admin.as_ref().map(tokio::net::TcpListener::local_addr) {
+        tracing::info!("admin endpoint on http://{admin}");
+    }
     if dev {
         let url = format!("wss://{addr}{}gw/gateway", config.path_prefix);
         for client in [&CLIENTS[0], &CLIENTS[1]] {
@@ -106,8 +139,15 @@ async fn serve(proxy: Proxy, config: micronets_proxy::Config, dev: bool) -> Exit
             );
         }
     }
-    match proxy.serve_until_signalled(listener).await {
+    match proxy.serve_until_signalled(listener, admin).await {
         None => ExitCode::SUCCESS,
         Some(signal) => ExitCode::from(signal.exit_code()),
     }
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> Option<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| tracing::error!(bind = %addr, error = %e, "cannot listen for {what}"))
+        .ok()
 }

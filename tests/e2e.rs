@@ -2,6 +2,8 @@
 
 mod certgen;
 mod client;
+mod operations;
+mod packaging;
 mod proxy;
 #[path = "../crates/proxy/tests/proxy/support.rs"]
 #[allow(dead_code)]

@@ -107,10 +107,27 @@ pub(crate) struct Daemon {
 pub(crate) type ProxyProcess = Daemon;
 
 impl Daemon {
-    /// Starts `ws-proxy` with `args` in `dir` and waits for its `listening on` line.
+    /// Starts `ws-proxy` with `args` in `dir` and waits for its `listening on` line. Unless
+    /// `args` choose one, the admin endpoint takes a free port (its default port is fixed).
     #[track_caller]
     pub(crate) fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
-        Daemon::spawn("ws-proxy", dir, args, env, "listening on ")
+        let mut args = args.to_vec();
+        if !args.contains(&"--admin-bind") {
+            args.extend(["--admin-bind", "127.0.0.1:0"]);
+        }
+        Daemon::spawn("ws-proxy", dir, &args, env, "listening on ")
+    }
+
+    /// The address of the proxy's admin endpoint, from its log.
+    #[track_caller]
+    pub(crate) fn admin(&mut self) -> std::net::SocketAddr {
+        const LINE: &str = "admin endpoint on http://";
+        let logged = self.log().lines().find(|l| l.contains(LINE)).map(str::to_owned);
+        let line = logged.unwrap_or_else(|| self.wait_for(LINE));
+        let after = line.split(LINE).nth(1).unwrap_or_default();
+        let addr: String =
+            after.chars().take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c)).collect();
+        addr.parse().unwrap_or_else(|_| panic!("bad admin address in {line:?}"))
     }
 
     /// Starts one of our binaries and waits for a stderr line containing `ready`; when that

@@ -65,8 +65,14 @@ pub struct Config {
     pub ping_interval: Duration,
     /// How long past a ping a connection may stay silent (`keepalive.pong_timeout`).
     pub pong_timeout: Duration,
-    /// How long a shutdown waits for connections to close (`shutdown.grace`).
+    /// How long a shutdown waits for connections to close (`shutdown.grace`), counted from the
+    /// end of the drain window.
     pub shutdown_grace: Duration,
+    /// The span over which a shutdown closes members, so they do not all reconnect at once
+    /// (`shutdown.drain_window`).
+    pub drain_window: Duration,
+    /// Where the admin endpoint listens (`admin.bind`); `None` when it is off.
+    pub admin_bind: Option<SocketAddr>,
     /// Log format (`log.format`).
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `micronets_proxy=debug` (`log.level`).
@@ -83,6 +89,7 @@ pub struct FileConfig {
     limits: LimitsSection,
     keepalive: KeepaliveSection,
     shutdown: ShutdownSection,
+    admin: AdminSection,
     log: LogSection,
 }
 
@@ -180,11 +187,24 @@ impl Default for KeepaliveSection {
 #[serde(deny_unknown_fields, default)]
 struct ShutdownSection {
     grace: String,
+    drain_window: String,
 }
 
 impl Default for ShutdownSection {
     fn default() -> Self {
-        ShutdownSection { grace: "10s".into() }
+        ShutdownSection { grace: "10s".into(), drain_window: "5s".into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AdminSection {
+    bind: String,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection { bind: "127.0.0.1:9090".into() }
     }
 }
 
@@ -209,6 +229,9 @@ pub struct Overrides {
     /// Listen address (overrides listen.bind), e.g. 127.0.0.1:0.
     #[arg(long)]
     pub bind: Option<String>,
+    /// Admin endpoint address (overrides admin.bind); "" turns it off.
+    #[arg(long)]
+    pub admin_bind: Option<String>,
     /// Log format (overrides log.format).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -291,6 +314,14 @@ impl FileConfig {
             client_ca.extend(ca_dir_files(dir)?);
         }
 
+        let admin_text = overrides.admin_bind.clone().unwrap_or(self.admin.bind);
+        let admin_bind = match admin_text.as_str() {
+            "" => None,
+            text => Some(text.parse().map_err(|_| {
+                invalid("admin.bind", format!("{text:?} is not an address:port (or \"\" to turn it off)"))
+            })?),
+        };
+
         let rooms = self.rooms;
         if rooms.max_peers < 2 {
             return Err(invalid("rooms.max_peers", "must be at least 2".into()));
@@ -327,6 +358,8 @@ impl FileConfig {
             ping_interval: duration("keepalive.ping_interval", &self.keepalive.ping_interval)?,
             pong_timeout: duration("keepalive.pong_timeout", &self.keepalive.pong_timeout)?,
             shutdown_grace: duration("shutdown.grace", &self.shutdown.grace)?,
+            drain_window: duration("shutdown.drain_window", &self.shutdown.drain_window)?,
+            admin_bind,
             log_format: overrides.log_format.unwrap_or(self.log.format),
             log_level: self.log.level,
         })
@@ -407,6 +440,17 @@ mod tests {
         assert_eq!(c.ping_interval, Duration::from_secs(20));
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.server_key, None);
+        assert_eq!(c.admin_bind, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(c.drain_window, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_empty_admin_bind_turns_the_endpoint_off() {
+        assert_eq!(config("[admin]\nbind = \"\"\n").unwrap().admin_bind, None);
+        let err = config("[admin]\nbind = \"localhost\"\n").unwrap_err().to_string();
+        assert!(err.contains("admin.bind"), "{err}");
+        let off = Overrides { admin_bind: Some(String::new()), ..Overrides::default() };
+        assert_eq!(FileConfig::default().into_config(&off).unwrap().admin_bind, None);
     }
 
     #[test]

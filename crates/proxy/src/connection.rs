@@ -52,6 +52,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, _permit: OwnedSemap
     let established = tokio::select! {
         biased;
         () = shared.shutdown.cancelled() => {
+            shared.metrics.connection_ended("shutdown");
             debug!("shutting down: connection dropped before the upgrade");
             None
         }
@@ -66,6 +67,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, _permit: OwnedSemap
     mailbox.kill(close.clone());
     let _ = time::timeout(WRITER_GRACE, writer).await;
     let close = mailbox.kill_reason().unwrap_or(close);
+    shared.metrics.connection_ended(close.label());
     let code = u16::from(close.close_code());
     match close {
         Close::PeerClosed | Close::Transport(_) => {
@@ -79,7 +81,8 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, _permit: OwnedSemap
 /// TLS handshake, identity and upgrade, all within `handshake_timeout`.
 async fn establish(shared: &Shared, tcp: TcpStream) -> Option<Established> {
     let deadline = Instant::now() + shared.config.handshake_timeout;
-    let tls = match time::timeout_at(deadline, shared.tls.accept(tcp)).await {
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.load_full());
+    let tls = match time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let (label, detail) = crate::tls::handshake_failure(&e);
@@ -97,10 +100,12 @@ async fn establish(shared: &Shared, tcp: TcpStream) -> Option<Established> {
     let identity = match certificate.map(|c| PeerIdentity::from_der(c)) {
         Some(Ok(identity)) => identity,
         Some(Err(e)) => {
+            shared.metrics.connection_ended("tls_failed");
             warn!(error = %e, "verified client certificate cannot be parsed");
             return None;
         }
         None => {
+            shared.metrics.connection_ended("tls_failed");
             warn!("handshake completed without a client certificate");
             return None;
         }
@@ -129,6 +134,7 @@ async fn upgrade(
     let refusal = match request {
         Ok(request) if shared.registry.has_space(&request.room, &identity.fingerprint) => {
             if let Err(e) = upgrade::accept(&mut tls, &request).await {
+                shared.metrics.connection_ended("upgrade_incomplete");
                 debug!(error = %e, "peer left during the upgrade");
                 return None;
             }
@@ -140,7 +146,10 @@ async fn upgrade(
         Err(refusal) => refusal,
     };
     match refusal {
-        Refusal::Closed(why) => info!(reason = %why, "upgrade not completed"),
+        Refusal::Closed(why) => {
+            shared.metrics.connection_ended("upgrade_incomplete");
+            info!(reason = %why, "upgrade not completed");
+        }
         Refusal::Status { status, reason, path } => {
             shared.metrics.upgrade_refused(status);
             info!(status, reason = %reason, path = path.as_deref().unwrap_or("-"), "upgrade refused");
@@ -184,6 +193,8 @@ impl Peer {
             fingerprint: self.identity.fingerprint,
             hello: hello.0.clone(),
             name: hello.1.clone(),
+            subject: Arc::from(self.identity.subject.as_str()),
+            since: std::time::SystemTime::now(),
             relay_done: relay_done.clone(),
         };
         let joined = match self.shared.registry.join(&self.room_id, member) {
@@ -341,7 +352,9 @@ impl Peer {
             unclocked_frames = true;
             match frame {
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                    let arrived = self.shared.metrics.frame_in(self.mailbox.stats(), &message);
                     let held = self.relay_frame(room, message, &mut targets).await;
+                    self.shared.metrics.relay_done(arrived);
                     if held && !holding {
                         arm_hold_timer(hold_timer.as_mut(), &mut holding);
                     }
@@ -452,26 +465,30 @@ impl Peer {
 
     /// Delivers a member's frame to the other members, in order.
     async fn deliver_all(&self, receivers: &[Mailbox], message: Message) {
-        let len = message.len() as u64;
         let count = receivers.len() as u64;
+        self.shared.metrics.relayed(&message, count);
+        debug!(len = message.len(), receivers = count, "relayed");
         if let Some((last, rest)) = receivers.split_last() {
             for target in rest {
                 self.deliver(target, message.clone()).await;
             }
             self.deliver(last, message).await;
         }
-        let metrics = &self.shared.metrics;
-        Metrics::add(&metrics.frames_relayed, count);
-        Metrics::add(&metrics.bytes_relayed, len * count);
-        debug!(len, receivers = count, "relayed");
     }
 
     /// Delivers to another peer; closes it with 1013 when it does not read in time.
     async fn deliver(&self, target: &Mailbox, message: Message) {
-        if target.deliver(message, self.shared.config.slow_consumer_timeout).await == Delivery::Slow {
-            Metrics::inc(&self.shared.metrics.slow_consumers);
-            warn!(receiver = target.conn().0, "slow consumer: closing it with 1013");
-            target.kill(Close::SlowConsumer);
+        let len = message.len() as u64;
+        match target.deliver(message, self.shared.config.slow_consumer_timeout).await {
+            Delivery::Queued => {
+                target.stats().sent.add(1, len);
+            }
+            Delivery::Slow => {
+                Metrics::inc(&self.shared.metrics.slow_consumers);
+                warn!(receiver = target.conn().0, "slow consumer: closing it with 1013");
+                target.kill(Close::SlowConsumer);
+            }
+            Delivery::Gone => {}
         }
     }
 
@@ -487,6 +504,7 @@ impl Peer {
     }
 
     fn conn_error(&self, status: u16, reason: &str, in_response_to: Option<MessageId<'static>>) -> Message {
+        self.shared.metrics.conn_error_sent(status);
         let error = ConnError { status_code: status, reason_phrase: Some(reason.to_owned()) };
         self.proxy_message(Kind::Error(error), in_response_to)
     }

@@ -35,6 +35,14 @@ pub enum Error {
     /// Creating the development PKI failed.
     #[error("dev PKI: {0}")]
     DevPki(#[from] micronets_certgen::Error),
+    /// The admin endpoint cannot be read (`ws-proxy status`).
+    #[error("admin endpoint {addr}: {reason}")]
+    Admin {
+        /// The endpoint's address.
+        addr: std::net::SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
     /// The listener failed in a way that stops the server.
     #[error("listener: {0}")]
     Listener(#[source] std::io::Error),
@@ -112,6 +120,26 @@ impl Close {
             Close::Internal(e) => format!("internal error: {e}"),
         };
         truncate_utf8(text, 123)
+    }
+
+    /// A short stable label for metrics (`ws_proxy_connections_total{outcome=...}`).
+    #[must_use]
+    pub fn label(&self) -> &'static str {
+        match self {
+            Close::PeerClosed => "peer_closed",
+            Close::Transport(_) => "transport_error",
+            Close::Shutdown => "shutdown",
+            Close::KeepaliveTimeout => "keepalive_timeout",
+            Close::NoHello => "no_hello",
+            Close::BadHello(_) => "bad_hello",
+            Close::RoomFull => "room_full",
+            Close::Replaced => "replaced",
+            Close::TooBig(_) => "too_big",
+            Close::InvalidUtf8 => "invalid_utf8",
+            Close::Protocol(_) => "protocol_error",
+            Close::SlowConsumer => "slow_consumer",
+            Close::Internal(_) => "internal_error",
+        }
     }
 
     /// Whether the peer caused this, as opposed to the proxy or the network.

@@ -10,9 +10,13 @@
 //! configuration), `upgrade` (path -> [`RoomId`], refusals before the 101), `connection` (one
 //! peer from TLS to close), `registry`/`room` (membership, the hold buffer), `relay` (each peer's
 //! bounded queue and writer), `websocket` (the framing), `listener` (accept loop and drain).
+//! Operations: `admin` (the HTTP endpoint: health, readiness, [`metrics`], the rooms report of
+//! [`status`]), `reload` (SIGHUP swaps the TLS material in), [`systemd`] (readiness and
+//! watchdog notifications).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod admin;
 pub mod config;
 mod connection;
 mod error;
@@ -22,18 +26,23 @@ pub mod logging;
 pub mod metrics;
 mod registry;
 mod relay;
+mod reload;
 mod room;
 pub mod shutdown;
+pub mod status;
+pub mod systemd;
 pub mod tls;
 mod upgrade;
 mod websocket;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64};
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
 
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,7 +54,12 @@ pub use room::RoomId;
 /// State every connection shares.
 struct Shared {
     config: Config,
-    tls: TlsAcceptor,
+    /// The TLS material new handshakes use; a reload swaps it.
+    tls: ArcSwap<ServerConfig>,
+    /// Where a reload reads the configuration from.
+    source: reload::Source,
+    /// Listening and not draining (`/readyz`).
+    ready: AtomicBool,
     registry: registry::Registry,
     metrics: Arc<Metrics>,
     /// `messageId` of the next proxy-originated message.
@@ -55,7 +69,8 @@ struct Shared {
     tracker: TaskTracker,
 }
 
-/// A configured proxy, ready to serve on a listener.
+/// A configured proxy, ready to serve on a listener. Clones share the same proxy.
+#[derive(Clone)]
 pub struct Proxy {
     shared: Arc<Shared>,
 }
@@ -66,11 +81,26 @@ impl Proxy {
     /// # Errors
     /// [`Error::Tls`] naming the file that cannot be used.
     pub fn new(config: Config) -> Result<Self> {
-        let tls = TlsAcceptor::from(tls::server_config(&config)?);
+        Self::with_source(config, reload::Source::default())
+    }
+
+    /// Like [`Proxy::new`], for a configuration read from `path` with `overrides`: a reload
+    /// reads that file again (see [`Proxy::reload`]).
+    ///
+    /// # Errors
+    /// As [`Proxy::new`].
+    pub fn from_file(config: Config, path: std::path::PathBuf, overrides: Overrides) -> Result<Self> {
+        Self::with_source(config, reload::Source { path: Some(path), overrides })
+    }
+
+    fn with_source(config: Config, source: reload::Source) -> Result<Self> {
+        let tls = ArcSwap::new(tls::server_config(&config)?);
         let shared = Shared {
             registry: registry::Registry::new(config.max_peers),
             config,
             tls,
+            source,
+            ready: AtomicBool::new(false),
             metrics: Arc::new(Metrics::default()),
             next_message_id: AtomicI64::new(1),
             shutdown: CancellationToken::new(),
@@ -85,30 +115,59 @@ impl Proxy {
         Arc::clone(&self.shared.metrics)
     }
 
-    /// Serves until SIGTERM or SIGINT, then drains. Returns `None` after a complete drain, or
-    /// the second signal that cut the drain short.
-    pub async fn serve_until_signalled(&self, listener: TcpListener) -> Option<shutdown::Signal> {
+    /// Serves the admin endpoint on `listener` (until the future is dropped).
+    pub async fn serve_admin(&self, listener: TcpListener) {
+        admin::serve(Arc::clone(&self.shared), listener).await;
+    }
+
+    /// The daemon: tells systemd it is ready, serves `listener` (and the admin endpoint on
+    /// `admin`), reloads on SIGHUP, pings the systemd watchdog, and on SIGTERM or SIGINT
+    /// drains. Returns `None` after a complete drain, or the second signal that cut the drain
+    /// short.
+    pub async fn serve_until_signalled(
+        &self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+    ) -> Option<shutdown::Signal> {
+        let admin = async move {
+            match admin {
+                Some(listener) => self.serve_admin(listener).await,
+                None => std::future::pending().await,
+            }
+        };
+        systemd::notify(systemd::State::Ready);
+        tokio::select! {
+            signal = self.serve_and_drain(listener) => signal,
+            () = admin => None,
+            () = reload::on_sighup(self) => None,
+            () = systemd::watchdog() => None,
+            () = logging::report_suppressed() => None,
+        }
+    }
+
+    async fn serve_and_drain(&self, listener: TcpListener) -> Option<shutdown::Signal> {
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        let stop = async move {
-            match shutdown::signal().await {
-                Ok(signal) => {
-                    tracing::info!(?signal, "stop signal received: draining (a second signal exits at once)")
-                }
+        let signals = async move {
+            let mut signals = match shutdown::Signals::new() {
+                Ok(signals) => signals,
                 Err(e) => {
                     // Without handlers the default action (exit) applies; never stop on our own.
                     tracing::error!(error = %e, "cannot install signal handlers");
-                    std::future::pending::<()>().await;
+                    return std::future::pending().await;
                 }
-            }
+            };
+            let signal = signals.next().await;
+            systemd::notify(systemd::State::Stopping);
+            tracing::info!(?signal, "stop signal received: draining (a second signal exits at once)");
             let _ = first_tx.send(());
+            Some(signals.next().await)
         };
-        let second = async move {
+        let stop = async move {
             let _ = first_rx.await;
-            shutdown::signal().await.ok()
         };
         tokio::select! {
             () = self.serve(listener, stop) => None,
-            signal = second => signal,
+            signal = signals => signal,
         }
     }
 

@@ -1,8 +1,10 @@
 //! The accept loop: admits connections under `max_connections`, spawns one task each, and on
-//! shutdown stops accepting and drains within the grace period.
+//! shutdown turns not-ready, stops accepting, closes members spread over the drain window, and
+//! waits for the rest within the grace period.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -18,6 +20,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let slots = Arc::new(Semaphore::new(shared.config.max_connections));
     tokio::pin!(shutdown);
+    shared.ready.store(true, Ordering::Relaxed);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -39,7 +42,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
             drop(tcp);
             continue;
         };
-        Metrics::inc(&shared.metrics.connections_accepted);
+        let open = shared.metrics.opened();
         let _ = tcp.set_nodelay(true);
         let span = info_span!(
             "conn",
@@ -50,15 +53,25 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
             peer_id = tracing::field::Empty,
         );
         let task = crate::connection::run(Arc::clone(&shared), tcp, permit);
-        shared.tracker.spawn(task.instrument(span));
+        shared.tracker.spawn(
+            async move {
+                task.await;
+                drop(open);
+            }
+            .instrument(span),
+        );
     }
+    shared.ready.store(false, Ordering::Relaxed);
     drop(listener);
-    let open = shared.tracker.len();
+    let members = shared.registry.mailboxes();
     info!(
-        open,
+        open = Metrics::get(&shared.metrics.connections_open),
+        members = members.len(),
+        drain_window_secs = shared.config.drain_window.as_secs_f64(),
         grace_secs = shared.config.shutdown_grace.as_secs_f64(),
-        "shutting down: closing connections"
+        "shutting down: not ready, accepting stopped, closing members across the drain window"
     );
+    crate::shutdown::close_spread(members, shared.config.drain_window).await;
     shared.shutdown.cancel();
     shared.tracker.close();
     if tokio::time::timeout(shared.config.shutdown_grace, shared.tracker.wait()).await.is_err() {

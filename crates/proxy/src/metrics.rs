@@ -1,9 +1,30 @@
-//! Counters of what the proxy did and refused. The operations issue exports them to
-//! Prometheus; for now they are read by tests and logged at shutdown.
+//! Counters of what the proxy did and refused, and their Prometheus exposition.
+//!
+//! The relay path only ever does relaxed atomic adds on counters that exist once per process
+//! ([`Metrics`]) or once per connection ([`PeerStats`]): no lock, no label lookup, no
+//! allocation per frame. Labelled counters whose label is only known at run time (handshake
+//! failure reasons, HTTP statuses, close reasons) count rare events and sit behind a lock
+//! (`Tally`). Everything is turned into the Prometheus text format when `/metrics` is scraped,
+//! by a `prometheus-client` collector that reads the atomics then.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio_tungstenite::tungstenite::Message;
+
+/// One frame in this many, per connection, has its relay latency measured: reading the clock
+/// for every frame would cost more than the rest of the relay path.
+pub const LATENCY_SAMPLE_EVERY: u64 = 64;
+
+/// Upper bounds of the relay latency histogram's buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] =
+    [10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 50e-3, 250e-3, 1.0, 5.0];
 
 /// Process-wide counters.
 #[derive(Debug, Default)]
@@ -12,12 +33,14 @@ pub struct Metrics {
     pub connections_accepted: AtomicU64,
     /// TCP connections refused at once because `max_connections` was reached.
     pub connections_refused: AtomicU64,
+    /// Accepted connections that have not ended yet.
+    pub connections_open: AtomicU64,
     /// Peers that completed the HELLO and joined a room.
     pub joins: AtomicU64,
-    /// Frames queued to receivers (one per receiver).
-    pub frames_relayed: AtomicU64,
-    /// Bytes queued to receivers.
-    pub bytes_relayed: AtomicU64,
+    /// Data frames received from members.
+    pub received: Traffic,
+    /// Data frames relayed to receivers (one per receiver).
+    pub relayed: Traffic,
     /// `CONN:ERROR` and 503 replies sent by the proxy.
     pub errors_sent: AtomicU64,
     /// Receivers closed with 1013 for not reading.
@@ -28,8 +51,119 @@ pub struct Metrics {
     pub held_refused: AtomicU64,
     /// Held messages discarded because their sender left before anyone joined.
     pub held_discarded: AtomicU64,
+    /// Time from a frame's arrival until it is queued to every receiver (sampled).
+    pub relay_latency: Histogram,
     handshake_failures: Tally<&'static str>,
     upgrade_refusals: Tally<u16>,
+    conn_errors: Tally<u16>,
+    outcomes: Tally<&'static str>,
+}
+
+/// A data frame's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A text frame.
+    Text,
+    /// A binary frame.
+    Binary,
+}
+
+impl FrameKind {
+    const ALL: [FrameKind; 2] = [FrameKind::Text, FrameKind::Binary];
+
+    /// The type of a frame (control frames count as binary; they are never relayed).
+    #[must_use]
+    pub fn of(message: &Message) -> Self {
+        if message.is_text() { FrameKind::Text } else { FrameKind::Binary }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            FrameKind::Text => "text",
+            FrameKind::Binary => "binary",
+        }
+    }
+}
+
+/// A count of frames and of their bytes.
+#[derive(Debug, Default)]
+pub struct Flow {
+    frames: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Flow {
+    /// Adds `frames` frames of `bytes` bytes in all; returns the frame count before.
+    pub(crate) fn add(&self, frames: u64, bytes: u64) -> u64 {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.frames.fetch_add(frames, Ordering::Relaxed)
+    }
+
+    /// Frames so far.
+    #[must_use]
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+
+    /// Bytes so far.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Frames and bytes in one direction, by frame type.
+#[derive(Debug, Default)]
+pub struct Traffic([Flow; 2]);
+
+impl Traffic {
+    /// The frames and bytes of one type.
+    #[must_use]
+    pub fn of(&self, kind: FrameKind) -> &Flow {
+        &self.0[kind as usize]
+    }
+}
+
+/// One connection's frames and bytes, for the rooms API.
+#[derive(Debug, Default)]
+pub struct PeerStats {
+    /// Data frames the peer sent.
+    pub received: Flow,
+    /// Frames queued to the peer (from other members and the proxy).
+    pub sent: Flow,
+}
+
+/// A histogram of durations with fixed buckets, in atomics.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket =
+            LATENCY_BUCKETS.iter().position(|&bound| seconds <= bound).unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The count of each bucket by upper bound, the `+Inf` bucket last (the encoder adds
+    /// them up).
+    fn buckets(&self) -> Vec<(f64, u64)> {
+        let bounds = LATENCY_BUCKETS.iter().copied().chain(std::iter::once(f64::INFINITY));
+        bounds.zip(&self.buckets).map(|(bound, n)| (bound, n.load(Ordering::Relaxed))).collect()
+    }
 }
 
 /// Counters by label, for events rare enough that a lock costs nothing (refusals, failures).
@@ -42,7 +176,7 @@ impl<K> Default for Tally<K> {
     }
 }
 
-impl<K: Ord> Tally<K> {
+impl<K: Ord + Clone> Tally<K> {
     fn inc(&self, key: K) {
         *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(key).or_default() += 1;
     }
@@ -52,6 +186,34 @@ impl<K: Ord> Tally<K> {
         K: std::borrow::Borrow<Q>,
     {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(key).copied().unwrap_or(0)
+    }
+
+    fn entries(&self) -> Vec<(K, u64)> {
+        let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// What `/metrics` reports about the rooms, counted from the registry at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoomTotals {
+    /// Rooms.
+    pub rooms: u64,
+    /// Joined members in all rooms.
+    pub members: u64,
+    /// Messages in hold buffers.
+    pub held_messages: u64,
+    /// Bytes in hold buffers.
+    pub held_bytes: u64,
+}
+
+/// Decrements the open-connection gauge when the connection ends.
+#[must_use = "the connection counts as open while this lives"]
+pub(crate) struct OpenConnection(Arc<Metrics>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -72,9 +234,38 @@ impl Metrics {
         counter.load(Ordering::Relaxed)
     }
 
+    /// Counts an accepted connection as open until the returned guard is dropped.
+    pub(crate) fn opened(self: &Arc<Self>) -> OpenConnection {
+        Metrics::inc(&self.connections_accepted);
+        Metrics::inc(&self.connections_open);
+        OpenConnection(Arc::clone(self))
+    }
+
+    /// Counts a data frame received from a member. Returns the time it arrived for one frame
+    /// in [`LATENCY_SAMPLE_EVERY`] of each connection, to be given to [`Metrics::relay_done`].
+    pub(crate) fn frame_in(&self, peer: &PeerStats, message: &Message) -> Option<Instant> {
+        let len = message.len() as u64;
+        self.received.of(FrameKind::of(message)).add(1, len);
+        let before = peer.received.add(1, len);
+        before.is_multiple_of(LATENCY_SAMPLE_EVERY).then(Instant::now)
+    }
+
+    /// Records the relay latency of a sampled frame.
+    pub(crate) fn relay_done(&self, arrived: Option<Instant>) {
+        if let Some(arrived) = arrived {
+            self.relay_latency.observe(arrived.elapsed());
+        }
+    }
+
+    /// Counts a frame relayed to `receivers` receivers.
+    pub(crate) fn relayed(&self, message: &Message, receivers: u64) {
+        self.relayed.of(FrameKind::of(message)).add(receivers, message.len() as u64 * receivers);
+    }
+
     /// Counts a failed TLS handshake by reason label.
     pub fn handshake_failed(&self, reason: &'static str) {
         self.handshake_failures.inc(reason);
+        self.connection_ended("tls_failed");
     }
 
     /// Failed TLS handshakes with this reason label.
@@ -86,11 +277,241 @@ impl Metrics {
     /// Counts an upgrade refused with an HTTP status.
     pub fn upgrade_refused(&self, status: u16) {
         self.upgrade_refusals.inc(status);
+        self.connection_ended("upgrade_refused");
     }
 
     /// Upgrades refused with this HTTP status.
     #[must_use]
     pub fn upgrade_refusals(&self, status: u16) -> u64 {
         self.upgrade_refusals.get(&status)
+    }
+
+    /// Counts a `CONN:ERROR` sent with this status.
+    pub fn conn_error_sent(&self, status: u16) {
+        self.conn_errors.inc(status);
+    }
+
+    /// Counts an accepted connection's end by outcome label.
+    pub fn connection_ended(&self, outcome: &'static str) {
+        self.outcomes.inc(outcome);
+    }
+
+    /// The Prometheus text exposition of every metric, with the room gauges given.
+    #[must_use]
+    pub fn render(self: &Arc<Self>, rooms: RoomTotals) -> String {
+        let mut registry = Registry::with_prefix("ws_proxy");
+        registry.register_collector(Box::new(Scrape { metrics: Arc::clone(self), rooms }));
+        let mut text = String::new();
+        // Writing to a String cannot fail, and every collector below only writes.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+        text
+    }
+}
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The metrics and room gauges of one scrape.
+#[derive(Debug)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    rooms: RoomTotals,
+}
+
+type Labels<'a> = [(&'static str, &'a str); 1];
+
+impl Scrape {
+    fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+        e.encode_descriptor(name, help, None, MetricType::Counter)?
+            .encode_counter::<NoLabelSet, _, u64>(&value, None)
+    }
+
+    fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+        e.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)
+    }
+
+    fn labelled<L: EncodeLabelSet>(
+        e: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        values: &[(L, u64)],
+    ) -> std::fmt::Result {
+        let mut metric = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, value) in values {
+            metric.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(value, None)?;
+        }
+        Ok(())
+    }
+
+    fn by<K: ToString>(key: &'static str, entries: Vec<(K, u64)>) -> Vec<([(&'static str, String); 1], u64)> {
+        entries.into_iter().map(|(k, v)| ([(key, k.to_string())], v)).collect()
+    }
+
+    fn traffic(&self, flow: fn(&Flow) -> u64) -> Vec<([(&'static str, &'static str); 2], u64)> {
+        let m = &self.metrics;
+        [("in", &m.received), ("out", &m.relayed)]
+            .into_iter()
+            .flat_map(|(direction, traffic)| {
+                FrameKind::ALL
+                    .map(|kind| ([("direction", direction), ("type", kind.label())], flow(traffic.of(kind))))
+            })
+            .collect()
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let m = &self.metrics;
+        let version: Labels = [("version", env!("CARGO_PKG_VERSION"))];
+        e.encode_descriptor("build_info", "The proxy's version; always 1.", None, MetricType::Gauge)?
+            .encode_family(&version)?
+            .encode_gauge(&1u64)?;
+        Self::gauge(
+            &mut e,
+            "connections_open",
+            "Accepted connections not yet ended.",
+            Metrics::get(&m.connections_open),
+        )?;
+        Self::counter(
+            &mut e,
+            "connections_accepted",
+            "Connections accepted under max_connections.",
+            Metrics::get(&m.connections_accepted),
+        )?;
+        let mut outcomes = m.outcomes.entries();
+        outcomes.push(("refused", Metrics::get(&m.connections_refused)));
+        Self::labelled(
+            &mut e,
+            "connections",
+            "Connections by outcome: refused at max_connections, tls_failed, upgrade_refused, upgrade_incomplete, or the reason a WebSocket ended.",
+            &Self::by("outcome", outcomes),
+        )?;
+        Self::labelled(
+            &mut e,
+            "tls_handshake_failures",
+            "Failed TLS handshakes by reason.",
+            &Self::by("reason", m.handshake_failures.entries()),
+        )?;
+        Self::labelled(
+            &mut e,
+            "upgrade_refusals",
+            "Upgrade requests refused, by HTTP status.",
+            &Self::by("status", m.upgrade_refusals.entries()),
+        )?;
+        Self::gauge(&mut e, "rooms", "Rooms with at least one member.", self.rooms.rooms)?;
+        Self::gauge(&mut e, "members", "Members of all rooms.", self.rooms.members)?;
+        Self::counter(
+            &mut e,
+            "joins",
+            "Peers that sent their HELLO and joined a room.",
+            Metrics::get(&m.joins),
+        )?;
+        Self::labelled(
+            &mut e,
+            "frames",
+            "Data frames received from members (in) and queued to receivers (out, one per receiver).",
+            &self.traffic(Flow::frames),
+        )?;
+        Self::labelled(
+            &mut e,
+            "bytes",
+            "Bytes of the data frames counted by ws_proxy_frames_total.",
+            &self.traffic(Flow::bytes),
+        )?;
+        Self::labelled(
+            &mut e,
+            "conn_errors",
+            "CONN:ERROR messages sent by the proxy, by statusCode.",
+            &Self::by("status", m.conn_errors.entries()),
+        )?;
+        Self::counter(
+            &mut e,
+            "replies",
+            "Messages the proxy answered itself (CONN:ERROR, REST:RESPONSE 503).",
+            Metrics::get(&m.errors_sent),
+        )?;
+        Self::counter(
+            &mut e,
+            "slow_consumer_disconnects",
+            "Receivers closed with 1013 for not reading.",
+            Metrics::get(&m.slow_consumers),
+        )?;
+        Self::gauge(&mut e, "held_messages", "Messages in hold buffers now.", self.rooms.held_messages)?;
+        Self::gauge(&mut e, "held_bytes", "Bytes in hold buffers now.", self.rooms.held_bytes)?;
+        Self::counter(
+            &mut e,
+            "held",
+            "Messages held for a member alone in its room.",
+            Metrics::get(&m.held),
+        )?;
+        Self::counter(
+            &mut e,
+            "held_refused",
+            "Messages the hold buffer refused or that expired (their sender got a 503).",
+            Metrics::get(&m.held_refused),
+        )?;
+        Self::counter(
+            &mut e,
+            "held_discarded",
+            "Held messages discarded because their sender left first.",
+            Metrics::get(&m.held_discarded),
+        )?;
+        let latency = &m.relay_latency;
+        let help = format!(
+            "Time from a frame's arrival to its being queued to every receiver (or held or refused); sampled: one frame in {LATENCY_SAMPLE_EVERY} per connection."
+        );
+        e.encode_descriptor("relay_latency_seconds", &help, None, MetricType::Histogram)?
+            .encode_histogram::<NoLabelSet>(
+                Duration::from_nanos(latency.sum_nanos.load(Ordering::Relaxed)).as_secs_f64(),
+                latency.count(),
+                &latency.buckets(),
+                None,
+            )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_metric_with_its_labels() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.handshake_failed("unknown_ca");
+        metrics.conn_error_sent(400);
+        metrics.relayed(&Message::text("hello"), 2);
+        metrics.relay_latency.observe(Duration::from_micros(30));
+        let text = metrics.render(RoomTotals { rooms: 1, members: 2, held_messages: 0, held_bytes: 0 });
+        for line in [
+            "ws_proxy_build_info{version=\"",
+            "ws_proxy_connections_total{outcome=\"tls_failed\"} 1",
+            "ws_proxy_connections_total{outcome=\"refused\"} 0",
+            "ws_proxy_tls_handshake_failures_total{reason=\"unknown_ca\"} 1",
+            "ws_proxy_conn_errors_total{status=\"400\"} 1",
+            "ws_proxy_frames_total{direction=\"out\",type=\"text\"} 2",
+            "ws_proxy_bytes_total{direction=\"out\",type=\"text\"} 10",
+            "ws_proxy_frames_total{direction=\"in\",type=\"binary\"} 0",
+            "ws_proxy_rooms 1",
+            "ws_proxy_members 2",
+            "ws_proxy_relay_latency_seconds_bucket{le=\"5e-05\"} 1",
+            "ws_proxy_relay_latency_seconds_bucket{le=\"2.5e-05\"} 0",
+            "ws_proxy_relay_latency_seconds_bucket{le=\"+Inf\"} 1",
+            "ws_proxy_relay_latency_seconds_count 1",
+            "# HELP ws_proxy_relay_latency_seconds Time from",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn one_frame_in_sample_every_is_timed_per_connection() {
+        let metrics = Metrics::default();
+        let peer = PeerStats::default();
+        let frame = Message::binary(vec![0u8; 10]);
+        let sampled =
+            (0..2 * LATENCY_SAMPLE_EVERY).filter(|_| metrics.frame_in(&peer, &frame).is_some()).count();
+        assert_eq!(sampled, 2);
+        assert_eq!(peer.received.bytes(), 20 * LATENCY_SAMPLE_EVERY);
+        assert_eq!(metrics.received.of(FrameKind::Binary).frames(), 2 * LATENCY_SAMPLE_EVERY);
     }
 }

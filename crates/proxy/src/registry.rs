@@ -12,6 +12,7 @@ use dashmap::DashMap;
 use crate::identity::Fingerprint;
 use crate::relay::{ConnId, Mailbox};
 use crate::room::{Member, PeerName, Room, RoomId};
+use crate::status::RoomStatus;
 
 /// All rooms of this node.
 pub(crate) struct Registry {
@@ -142,5 +143,26 @@ impl Registry {
             });
         }
         Left { others, was_member, discarded }
+    }
+
+    /// Every room with its members, as owned data, sorted by room id.
+    pub(crate) fn snapshot(&self) -> Vec<RoomStatus> {
+        let mut report: Vec<RoomStatus> =
+            self.rooms().iter().map(|room| RoomStatus::of(room.id().as_str(), &room.lock())).collect();
+        report.sort_by(|a, b| a.id.cmp(&b.id));
+        report
+    }
+
+    /// The mailboxes of every member of every room.
+    pub(crate) fn mailboxes(&self) -> Vec<Mailbox> {
+        self.rooms()
+            .iter()
+            .flat_map(|room| room.lock().members.iter().map(|m| m.mailbox.clone()).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// The rooms, cloned out so that no room is locked under a map guard.
+    fn rooms(&self) -> Vec<Arc<Room>> {
+        self.rooms.iter().map(|r| Arc::clone(r.value())).collect()
     }
 }

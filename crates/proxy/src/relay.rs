@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Close;
+use crate::metrics::PeerStats;
 
 /// How long the writer tries to write a close frame before it gives up and drops the TCP
 /// connection.
@@ -82,6 +83,7 @@ struct Inner {
     /// Cancelled with `killed`, for the tasks that sleep until then.
     kill: CancellationToken,
     reason: OnceLock<Close>,
+    stats: PeerStats,
 }
 
 #[derive(Default)]
@@ -116,12 +118,18 @@ impl Mailbox {
             killed: AtomicBool::new(false),
             kill: CancellationToken::new(),
             reason: OnceLock::new(),
+            stats: PeerStats::default(),
         };
         Mailbox { inner: Arc::new(inner) }
     }
 
     pub(crate) fn conn(&self) -> ConnId {
         self.inner.conn
+    }
+
+    /// The peer's frame and byte counters.
+    pub(crate) fn stats(&self) -> &PeerStats {
+        &self.inner.stats
     }
 
     /// The queue, even if a panic elsewhere poisoned the lock: every critical section leaves
@@ -161,14 +169,16 @@ impl Mailbox {
         if self.is_killed() {
             return false;
         }
+        let len = message.len();
         let mut queue = self.lock();
         let wake = queue.frames.is_empty();
-        queue.bytes += message.len();
+        queue.bytes += len;
         queue.frames.push_back(message);
         drop(queue);
         if wake {
             self.inner.writer.wake();
         }
+        self.inner.stats.sent.add(1, len as u64);
         true
     }
 

@@ -84,6 +84,10 @@ pub(crate) struct Member {
     /// The HELLO frame exactly as the peer sent it, given to every later member.
     pub(crate) hello: Message,
     pub(crate) name: PeerName,
+    /// Its certificate's subject, for the rooms API.
+    pub(crate) subject: Arc<str>,
+    /// When it joined.
+    pub(crate) since: std::time::SystemTime,
     /// Cancelled when this member's connection has stopped relaying frames.
     pub(crate) relay_done: CancellationToken,
 }

@@ -1,7 +1,9 @@
 //! The proxy in-process on 127.0.0.1:0, with a PKI made in a temp dir and real mTLS WebSocket
 //! clients.
 
+mod admin;
 mod handshake;
 mod relay;
+mod reload;
 mod rooms;
 mod support;

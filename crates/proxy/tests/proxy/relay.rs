@@ -141,7 +141,9 @@ async fn a_thousand_messages_each_way_arrive_complete_and_in_order() {
     };
     let (a, b) = within("1000 each way", async { tokio::join!(run(a, "a", "b"), run(b, "b", "a")) }).await;
     drop((a, b));
-    assert_eq!(micronets_proxy::Metrics::get(&proxy.metrics.frames_relayed), 2 * N as u64);
+    let text = micronets_proxy::metrics::FrameKind::Text;
+    assert_eq!(proxy.metrics.relayed.of(text).frames(), 2 * N as u64);
+    assert_eq!(proxy.metrics.received.of(text).frames(), 2 * N as u64);
     proxy.stop().await;
 }
 
@@ -182,6 +184,8 @@ async fn a_slow_consumer_is_closed_and_the_room_goes_on() {
     let (got, ()) = within("bulk with a stalled member", async { tokio::join!(reading, sending) }).await;
     assert_eq!(got, 400, "the reading member got everything, and the PEER-LEFT");
     assert!(micronets_proxy::Metrics::get(&proxy.metrics.slow_consumers) >= 1);
+    let metrics = proxy.admin("GET", "/metrics").await.1;
+    assert!(crate::support::sample(&metrics, "ws_proxy_slow_consumer_disconnects_total") >= 1.0, "{metrics}");
     // The stalled peer, once it reads again, finds the 1013 close after what was queued.
     assert_eq!(stalled.expect_close().await.0, 1013);
     proxy.stop().await;

@@ -52,6 +52,16 @@ impl Pki {
         if let Some(identity) = dev::CLIENTS.iter().find(|c| c.name == name) {
             return self.dev.pkeycert(identity);
         }
+        self.issue(name, Usage::Client, vec![])
+    }
+
+    /// The pkeycert of a server identity for `localhost` issued now under the dev root, with
+    /// `name` as CN.
+    pub(crate) fn server(&self, name: &str) -> PathBuf {
+        self.issue(name, Usage::Server, vec!["localhost".into()])
+    }
+
+    fn issue(&self, name: &str, usage: Usage, dns_names: Vec<String>) -> PathBuf {
         let base = self.dir.path().join(name);
         let path = micronets_certgen::files::with_suffix(&base, ".pkeycert.pem");
         if !path.exists() {
@@ -63,8 +73,8 @@ impl Pki {
                     common_name: name.into(),
                     days: 30,
                     key_type: KeyType::P256,
-                    usage: Usage::Client,
-                    dns_names: vec![],
+                    usage,
+                    dns_names,
                     ip_addresses: vec![],
                 })
                 .unwrap();
@@ -81,6 +91,9 @@ impl Pki {
 /// A proxy serving in this process.
 pub(crate) struct TestProxy {
     pub(crate) addr: SocketAddr,
+    /// The admin endpoint.
+    pub(crate) admin: SocketAddr,
+    pub(crate) proxy: Proxy,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) pki: Arc<Pki>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -94,8 +107,10 @@ pub(crate) async fn start(pki: &Arc<Pki>, extra: &str) -> TestProxy {
 
 /// Starts a proxy with a given server certificate file.
 pub(crate) async fn start_with(pki: &Arc<Pki>, server_cert: &Path, extra: &str) -> TestProxy {
+    // A short drain window, unless the test sets one: stopping spreads closes across it.
+    let shutdown = if extra.contains("[shutdown]") { "" } else { "[shutdown]\ndrain_window = \"100ms\"\n" };
     let toml = format!(
-        "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = {:?}\nclient_ca = {:?}\n{extra}",
+        "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = {:?}\nclient_ca = {:?}\n{shutdown}{extra}",
         server_cert.display().to_string(),
         pki.dev.root_cert().display().to_string(),
     );
@@ -109,17 +124,22 @@ pub(crate) async fn start_toml(pki: &Arc<Pki>, toml: &str) -> TestProxy {
     let config = FileConfig::parse(toml).unwrap().into_config(&Overrides::default()).unwrap();
     let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = admin_listener.local_addr().unwrap();
     let proxy = Proxy::new(config).unwrap();
     let metrics = proxy.metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = proxy.clone();
     let task = tokio::spawn(async move {
-        proxy
-            .serve(listener, async move {
-                let _ = stopped.await;
-            })
-            .await;
+        let serve = serving.serve(listener, async move {
+            let _ = stopped.await;
+        });
+        tokio::select! {
+            () = serve => {}
+            () = serving.serve_admin(admin_listener) => {}
+        }
     });
-    TestProxy { addr, metrics, pki: Arc::clone(pki), stop: Some(stop), task: Some(task) }
+    TestProxy { addr, admin, proxy, metrics, pki: Arc::clone(pki), stop: Some(stop), task: Some(task) }
 }
 
 impl TestProxy {
@@ -149,6 +169,11 @@ impl TestProxy {
         let mut response = Vec::new();
         let _ = within("raw response", tls.read_to_end(&mut response)).await;
         String::from_utf8_lossy(&response).into_owned()
+    }
+
+    /// `method path` on the admin endpoint: the status code and the body.
+    pub(crate) async fn admin(&self, method: &str, path: &str) -> (u16, String) {
+        admin_request(self.admin, method, path).await
     }
 
     /// Stops the proxy and waits for it to drain.
@@ -231,6 +256,12 @@ impl Client {
         Ok(Client { ws })
     }
 
+    /// The DER of the certificate the proxy presented.
+    pub(crate) fn server_cert(&self) -> Vec<u8> {
+        let certs = self.ws.get_ref().get_ref().1.peer_certificates().unwrap();
+        certs[0].to_vec()
+    }
+
     pub(crate) async fn send(&mut self, message: Message) {
         within("send", self.ws.send(message)).await.unwrap();
     }
@@ -294,4 +325,35 @@ impl Client {
     pub(crate) async fn close(mut self) {
         let _ = within("close", self.ws.close(None)).await;
     }
+}
+
+/// `method path` over HTTP/1.1 to `addr`: the status code and the body.
+pub(crate) async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    within("admin request", async {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tcp.read_to_end(&mut response).await.unwrap();
+        let response = String::from_utf8(response).unwrap();
+        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned();
+        (status, body)
+    })
+    .await
+}
+
+/// The value of the sample named `series` (name and labels as exposed) in a Prometheus text
+/// exposition; 0 when absent.
+pub(crate) fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// A certificate's DER bytes, from the first PEM block of a file.
+pub(crate) fn cert_der(path: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(path).unwrap().next().unwrap().unwrap().to_vec()
 }

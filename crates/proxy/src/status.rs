@@ -1,0 +1,200 @@
+//! The rooms report: what `GET /v1/rooms` answers (rooms, their members, identities and
+//! counters), and the table `ws-proxy status` prints from it for a human.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{FileConfig, Overrides};
+use crate::metrics::RoomTotals;
+use crate::room::{Member, State};
+
+/// One room, as the admin API reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomStatus {
+    /// The room id.
+    pub id: String,
+    /// Messages held for the next member.
+    pub held_messages: usize,
+    /// Bytes held for the next member.
+    pub held_bytes: usize,
+    /// The members, in join order.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member of a room.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Client certificate subject DN.
+    pub subject: String,
+    /// Client certificate SHA-256 fingerprint, uppercase hex.
+    pub fingerprint: String,
+    /// `peerClass` from its HELLO.
+    pub peer_class: Option<String>,
+    /// `peerId` from its HELLO.
+    pub peer_id: Option<String>,
+    /// When it joined, seconds since the Unix epoch.
+    pub connected_since: u64,
+    /// Data frames it sent.
+    pub frames_in: u64,
+    /// Bytes it sent.
+    pub bytes_in: u64,
+    /// Frames queued to it.
+    pub frames_out: u64,
+    /// Bytes queued to it.
+    pub bytes_out: u64,
+}
+
+impl RoomStatus {
+    /// The report of one room, from its locked state.
+    pub(crate) fn of(id: &str, state: &State) -> Self {
+        RoomStatus {
+            id: id.to_owned(),
+            held_messages: state.held.len(),
+            held_bytes: state.held_bytes,
+            members: state.members.iter().map(MemberStatus::of).collect(),
+        }
+    }
+}
+
+impl MemberStatus {
+    fn of(member: &Member) -> Self {
+        let stats = member.mailbox.stats();
+        MemberStatus {
+            subject: member.subject.to_string(),
+            fingerprint: member.fingerprint.to_string(),
+            peer_class: member.name.class.clone(),
+            peer_id: member.name.id.clone(),
+            connected_since: member.since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            frames_in: stats.received.frames(),
+            bytes_in: stats.received.bytes(),
+            frames_out: stats.sent.frames(),
+            bytes_out: stats.sent.bytes(),
+        }
+    }
+}
+
+/// The room gauges of `/metrics`, counted from a report.
+#[must_use]
+pub fn totals(rooms: &[RoomStatus]) -> RoomTotals {
+    RoomTotals {
+        rooms: rooms.len() as u64,
+        members: rooms.iter().map(|r| r.members.len() as u64).sum(),
+        held_messages: rooms.iter().map(|r| r.held_messages as u64).sum(),
+        held_bytes: rooms.iter().map(|r| r.held_bytes as u64).sum(),
+    }
+}
+
+/// The report as a table: one line per member, its room first.
+#[must_use]
+pub fn table(rooms: &[RoomStatus], now: SystemTime) -> String {
+    let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let header =
+        ["ROOM", "PEER CLASS", "PEER ID", "SUBJECT", "FINGERPRINT", "UP", "FRAMES IN/OUT", "BYTES IN/OUT"];
+    let mut rows: Vec<[String; 8]> = vec![header.map(str::to_owned)];
+    for room in rooms {
+        for m in &room.members {
+            rows.push([
+                room.id.clone(),
+                m.peer_class.clone().unwrap_or_else(|| "-".into()),
+                m.peer_id.clone().unwrap_or_else(|| "-".into()),
+                m.subject.clone(),
+                m.fingerprint.chars().take(16).collect(),
+                uptime(now.saturating_sub(m.connected_since)),
+                format!("{}/{}", m.frames_in, m.frames_out),
+                format!("{}/{}", m.bytes_in, m.bytes_out),
+            ]);
+        }
+    }
+    let widths: Vec<usize> =
+        (0..header.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    let members: usize = rooms.iter().map(|r| r.members.len()).sum();
+    let held: usize = rooms.iter().map(|r| r.held_messages).sum();
+    let _ = writeln!(out, "{} rooms, {members} members, {held} messages held", rooms.len());
+    out
+}
+
+/// `ws-proxy status`: reads the rooms report from the admin endpoint (`admin`, else the
+/// `admin.bind` of the `config` file, else the default) and returns it as a [`table`].
+///
+/// # Errors
+/// [`crate::Error::Config`] or [`crate::Error::ConfigFile`] when the configuration cannot be
+/// read or turns the endpoint off; [`crate::Error::Admin`] when the endpoint cannot be read or
+/// its answer is not a report.
+pub fn report(admin: Option<SocketAddr>, config: Option<&Path>) -> crate::Result<String> {
+    let addr = match (admin, config) {
+        (Some(addr), _) => addr,
+        (None, config) => {
+            let file = config.map_or_else(|| Ok(FileConfig::default()), FileConfig::load)?;
+            file.into_config(&Overrides::default())?.admin_bind.ok_or_else(|| crate::Error::Config {
+                key: "admin.bind".into(),
+                reason: "the admin endpoint is off (\"\"); pass --admin ADDR".into(),
+            })?
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Error::Admin { addr, reason: format!("cannot start a runtime: {e}") })?;
+    let body = runtime.block_on(crate::admin::get(addr, "/v1/rooms"))?;
+    let rooms: Vec<RoomStatus> = serde_json::from_str(&body)
+        .map_err(|e| crate::Error::Admin { addr, reason: format!("not a rooms report: {e}") })?;
+    Ok(table(&rooms, SystemTime::now()))
+}
+
+/// `3d4h`, `2h5m`, `4m10s`, `12s`.
+fn uptime(seconds: u64) -> String {
+    let (d, h, m, s) = (seconds / 86_400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_has_one_line_per_member_and_a_summary() {
+        let member = MemberStatus {
+            subject: "O=Micronets, CN=manager".into(),
+            fingerprint: "AB".repeat(32),
+            peer_class: Some("manager".into()),
+            peer_id: None,
+            connected_since: 1_000,
+            frames_in: 3,
+            bytes_in: 300,
+            frames_out: 4,
+            bytes_out: 400,
+        };
+        let rooms =
+            vec![RoomStatus { id: "gw/1".into(), held_messages: 0, held_bytes: 0, members: vec![member] }];
+        let text = table(&rooms, UNIX_EPOCH + std::time::Duration::from_secs(1_000 + 3_725));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("ROOM"), "{text}");
+        for cell in ["gw/1", "manager", "CN=manager", "ABABABABABABABAB", "1h2m", "3/4", "300/400"] {
+            assert!(lines[1].contains(cell), "{cell} in {text}");
+        }
+        assert_eq!(lines[2], "1 rooms, 1 members, 0 messages held");
+        assert_eq!(totals(&rooms).members, 1);
+    }
+
+    #[test]
+    fn uptimes_are_short() {
+        assert_eq!(uptime(12), "12s");
+        assert_eq!(uptime(250), "4m10s");
+        assert_eq!(uptime(90_000), "1d1h");
+    }
+}

@@ -1,0 +1,194 @@
+//! The admin endpoint: health and readiness, the rooms API, and the Prometheus metrics moving
+//! with what the proxy does.
+
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{Pki, pair, sample, start, tls_connect, within};
+
+#[tokio::test]
+async fn health_readiness_and_bad_requests() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "").await;
+    assert_eq!(proxy.admin("GET", "/healthz").await, (200, "ok\n".into()));
+    assert_eq!(proxy.admin("GET", "/readyz").await.0, 200);
+    let (status, body) = proxy.admin("GET", "/nope").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("/metrics"), "{body}");
+    assert_eq!(proxy.admin("POST", "/metrics").await.0, 405);
+    assert_eq!(proxy.admin("DELETE", "/v1/rooms/x").await.0, 405);
+    let (status, body) = proxy.admin("GET", "/v1/rooms/not/there").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("not/there"), "{body}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn the_rooms_api_matches_what_is_connected() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "").await;
+    assert_eq!(proxy.admin("GET", "/v1/rooms").await, (200, "[]".into()));
+    let (mut a, mut b) = pair(&proxy, "gw/1").await;
+    let (_lone, _) = proxy.join("test-client", "lone", "c").await;
+    for i in 0..3 {
+        a.send_text(&format!(r#"{{"message": {{"messageId": {i}, "messageType": "EVENT:x"}}}}"#)).await;
+        b.recv_text().await;
+    }
+
+    let (status, body) = proxy.admin("GET", "/v1/rooms").await;
+    assert_eq!(status, 200);
+    let rooms: Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&str> = rooms.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["gw/1", "lone"]);
+
+    // A frame is counted as out once queued, which may be just after the receiver read it.
+    let room = within("counters settle", async {
+        loop {
+            let (status, body) = proxy.admin("GET", "/v1/rooms/gw/1").await;
+            assert_eq!(status, 200);
+            let room: Value = serde_json::from_str(&body).unwrap();
+            if room["members"][1]["frames_out"] == 4 {
+                return room;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let members = room["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{room}");
+    let (ma, mb) = (&members[0], &members[1]);
+    assert_eq!(ma["peer_id"], "a");
+    assert_eq!(ma["peer_class"], "test");
+    assert!(ma["subject"].as_str().unwrap().contains("CN=manager"), "{ma}");
+    assert_eq!(ma["fingerprint"].as_str().unwrap().len(), 64);
+    assert!(ma["connected_since"].as_u64().unwrap() > 1_600_000_000);
+    assert_eq!(ma["frames_in"], 3);
+    assert_eq!(mb["peer_id"], "b");
+    assert!(mb["subject"].as_str().unwrap().contains("CN=gateway"), "{mb}");
+    assert_eq!(mb["frames_in"], 0);
+    assert_eq!(mb["frames_out"], 4, "a's HELLO and its three events");
+    assert_eq!(mb["bytes_out"].as_u64(), Some(ma["bytes_in"].as_u64().unwrap() + first_hello_len()));
+
+    b.close().await;
+    within("b leaves", async {
+        loop {
+            let (_, body) = proxy.admin("GET", "/v1/rooms/gw/1").await;
+            let room: Value = serde_json::from_str(&body).unwrap();
+            if room["members"].as_array().unwrap().len() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    proxy.stop().await;
+}
+
+/// The length of the HELLO the test client sends as peer `a`.
+fn first_hello_len() -> u64 {
+    r#"{"message": {"messageId": 0, "messageType": "CONN:HELLO", "requiresResponse": false, "peerClass": "test", "peerId": "a"}}"#.len() as u64
+}
+
+#[tokio::test]
+async fn every_metric_appears_and_moves() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "[rooms]\nhold_max_messages = 1\n").await;
+    let scrape = || async { proxy.admin("GET", "/metrics").await.1 };
+    let before = scrape().await;
+    for name in [
+        "ws_proxy_build_info{version=",
+        "ws_proxy_connections_open ",
+        "ws_proxy_connections_accepted_total ",
+        "ws_proxy_rooms ",
+        "ws_proxy_members ",
+        "ws_proxy_joins_total ",
+        "ws_proxy_replies_total ",
+        "ws_proxy_slow_consumer_disconnects_total ",
+        "ws_proxy_held_messages ",
+        "ws_proxy_held_bytes ",
+        "ws_proxy_held_total ",
+        "ws_proxy_held_refused_total ",
+        "ws_proxy_held_discarded_total ",
+        "ws_proxy_relay_latency_seconds_count ",
+        "# HELP ws_proxy_relay_latency_seconds ",
+        "# TYPE ws_proxy_frames_total counter",
+    ] {
+        assert!(before.contains(name), "missing {name:?} in\n{before}");
+    }
+    assert!(before.contains("sampled: one frame in 64"), "{before}");
+
+    // A lone member holds a message and is refused a second (503); a handshake without a
+    // certificate fails; a bad path is refused; then a pair relays text and binary frames and
+    // one invalid envelope (400).
+    let (mut lone, _) = proxy.join("test-client", "lone", "c").await;
+    lone.send_text(r#"{"message": {"messageId": 1, "messageType": "EVENT:held"}}"#).await;
+    lone.send_text(r#"{"message": {"messageId": 2, "messageType": "EVENT:refused"}}"#).await;
+    assert_eq!(lone.recv_message().await["statusCode"], 503);
+    let mut tls = within("handshake", tls_connect(proxy.addr, &pki.dev.root_cert(), None)).await.unwrap();
+    let _ = within("refusal", tls.read(&mut [0u8; 1])).await;
+    let response = proxy.raw_request("manager", "GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    let (mut a, mut b) = pair(&proxy, "gw/1").await;
+    a.send_text(r#"{"message": {"messageId": 1, "messageType": "EVENT:x"}}"#).await;
+    b.recv_text().await;
+    a.send(Message::binary(vec![7u8; 100])).await;
+    b.recv().await;
+    a.send_text("not json").await;
+    assert_eq!(a.recv_message().await["statusCode"], 400);
+
+    // The proxy counts some events just after the client has seen their effect (a relayed
+    // frame is counted once queued to every receiver; a refused connection once its task
+    // ends): scrape until every series has moved, or give up and show which did not.
+    let expected = [
+        ("ws_proxy_connections_open", 3.0),
+        ("ws_proxy_connections_accepted_total", 5.0),
+        ("ws_proxy_connections_total{outcome=\"tls_failed\"}", 1.0),
+        ("ws_proxy_connections_total{outcome=\"upgrade_refused\"}", 1.0),
+        ("ws_proxy_tls_handshake_failures_total{reason=\"no_client_certificate\"}", 1.0),
+        ("ws_proxy_upgrade_refusals_total{status=\"404\"}", 1.0),
+        ("ws_proxy_rooms", 2.0),
+        ("ws_proxy_members", 3.0),
+        ("ws_proxy_joins_total", 3.0),
+        ("ws_proxy_held_messages", 1.0),
+        ("ws_proxy_held_total", 1.0),
+        ("ws_proxy_held_refused_total", 1.0),
+        ("ws_proxy_frames_total{direction=\"in\",type=\"text\"}", 4.0),
+        ("ws_proxy_frames_total{direction=\"in\",type=\"binary\"}", 1.0),
+        ("ws_proxy_frames_total{direction=\"out\",type=\"text\"}", 1.0),
+        ("ws_proxy_frames_total{direction=\"out\",type=\"binary\"}", 1.0),
+        ("ws_proxy_bytes_total{direction=\"out\",type=\"binary\"}", 100.0),
+        ("ws_proxy_conn_errors_total{status=\"400\"}", 1.0),
+        ("ws_proxy_conn_errors_total{status=\"503\"}", 1.0),
+        ("ws_proxy_replies_total", 2.0),
+        // The first frame of each connection is timed: the lone one's and a's.
+        ("ws_proxy_relay_latency_seconds_count", 2.0),
+    ];
+    let moved = |after: &str, series: &str| sample(after, series) - sample(&before, series);
+    let mut after = scrape().await;
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
+    while expected.iter().any(|(series, by)| moved(&after, series) != *by)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        after = scrape().await;
+    }
+    for (series, by) in expected {
+        assert_eq!(moved(&after, series), by, "{series}\n{after}");
+    }
+    assert!(sample(&after, "ws_proxy_held_bytes") > 0.0);
+
+    lone.close().await;
+    a.close().await;
+    b.close().await;
+    within("connections end", async {
+        while sample(&scrape().await, "ws_proxy_connections_total{outcome=\"peer_closed\"}") < 3.0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let last = scrape().await;
+    assert_eq!(sample(&last, "ws_proxy_held_discarded_total"), 1.0, "{last}");
+    assert_eq!(sample(&last, "ws_proxy_connections_open"), 0.0, "{last}");
+    proxy.stop().await;
+}
