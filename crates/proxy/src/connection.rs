@@ -21,7 +21,7 @@ use tracing::{Span, debug, info, warn};
 use crate::Shared;
 use crate::error::Close;
 use crate::identity::PeerIdentity;
-use crate::metrics::Metrics;
+use crate::metrics::{FrameTally, Metrics};
 use crate::registry::Joined;
 use crate::relay::{ConnId, Delivery, Mailbox, write_loop};
 use crate::room::{HoldLimits, Member, PeerName, Room, RoomId, Route, Targets};
@@ -286,6 +286,13 @@ impl Peer {
     /// future takes a lock each time.) A steady stream cannot starve them: the runtime's
     /// budget makes the socket return `Pending` at least every 128 reads.
     async fn relay(&self, room: &Arc<Room>, stream: &mut WsStream) -> Close {
+        let mut tally = FrameTally::default();
+        let close = self.relay_frames(room, stream, &mut tally).await;
+        tally.publish(&self.shared.metrics, self.mailbox.stats());
+        close
+    }
+
+    async fn relay_frames(&self, room: &Arc<Room>, stream: &mut WsStream, tally: &mut FrameTally) -> Close {
         let config = &self.shared.config;
         let idle_limit = config.ping_interval + config.pong_timeout;
         let shutdown = self.shared.shutdown.cancelled();
@@ -318,6 +325,7 @@ impl Peer {
                 }
                 if std::mem::take(&mut unclocked_frames) {
                     last_frame = Instant::now();
+                    tally.publish(&self.shared.metrics, self.mailbox.stats());
                 }
                 if shutdown.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Shutdown);
@@ -352,8 +360,8 @@ impl Peer {
             unclocked_frames = true;
             match frame {
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                    let arrived = self.shared.metrics.frame_in(self.mailbox.stats(), &message);
-                    let held = self.relay_frame(room, message, &mut targets).await;
+                    let arrived = tally.frame_in(&message);
+                    let held = self.relay_frame(room, message, &mut targets, tally).await;
                     self.shared.metrics.relay_done(arrived);
                     if held && !holding {
                         arm_hold_timer(hold_timer.as_mut(), &mut holding);
@@ -368,7 +376,13 @@ impl Peer {
     }
 
     /// Relays one frame; returns whether it was held for a member to come.
-    async fn relay_frame(&self, room: &Room, message: Message, targets: &mut Targets) -> bool {
+    async fn relay_frame(
+        &self,
+        room: &Room,
+        message: Message,
+        targets: &mut Targets,
+        tally: &mut FrameTally,
+    ) -> bool {
         // The header borrows from the frame; ids are copied only when a reply or the hold
         // buffer needs them, so relaying allocates nothing for them.
         let header = match &message {
@@ -385,7 +399,7 @@ impl Peer {
         };
         // The common case: the room has not changed since the last frame.
         if let Some(receivers) = targets.current(room) {
-            self.deliver_all(receivers, message).await;
+            self.deliver_all(receivers, message, tally).await;
             return false;
         }
         let requires_response = header.as_ref().is_some_and(|h| h.requires_response);
@@ -396,7 +410,7 @@ impl Peer {
             max_age: self.shared.config.hold_max_age,
         };
         match room.route(self.mailbox.conn(), &message, requires_response, message_id, limits, targets) {
-            Route::Deliver => self.deliver_all(targets.mailboxes(), message).await,
+            Route::Deliver => self.deliver_all(targets.mailboxes(), message, tally).await,
             Route::Held => {
                 Metrics::inc(&self.shared.metrics.held);
                 debug!(len = message.len(), "held: no other member yet");
@@ -464,9 +478,9 @@ impl Peer {
     }
 
     /// Delivers a member's frame to the other members, in order.
-    async fn deliver_all(&self, receivers: &[Mailbox], message: Message) {
+    async fn deliver_all(&self, receivers: &[Mailbox], message: Message, tally: &mut FrameTally) {
         let count = receivers.len() as u64;
-        self.shared.metrics.relayed(&message, count);
+        tally.relayed(&message, count);
         debug!(len = message.len(), receivers = count, "relayed");
         if let Some((last, rest)) = receivers.split_last() {
             for target in rest {
@@ -478,17 +492,10 @@ impl Peer {
 
     /// Delivers to another peer; closes it with 1013 when it does not read in time.
     async fn deliver(&self, target: &Mailbox, message: Message) {
-        let len = message.len() as u64;
-        match target.deliver(message, self.shared.config.slow_consumer_timeout).await {
-            Delivery::Queued => {
-                target.stats().sent.add(1, len);
-            }
-            Delivery::Slow => {
-                Metrics::inc(&self.shared.metrics.slow_consumers);
-                warn!(receiver = target.conn().0, "slow consumer: closing it with 1013");
-                target.kill(Close::SlowConsumer);
-            }
-            Delivery::Gone => {}
+        if target.deliver(message, self.shared.config.slow_consumer_timeout).await == Delivery::Slow {
+            Metrics::inc(&self.shared.metrics.slow_consumers);
+            warn!(receiver = target.conn().0, "slow consumer: closing it with 1013");
+            target.kill(Close::SlowConsumer);
         }
     }
 

@@ -169,16 +169,14 @@ impl Mailbox {
         if self.is_killed() {
             return false;
         }
-        let len = message.len();
         let mut queue = self.lock();
         let wake = queue.frames.is_empty();
-        queue.bytes += len;
+        queue.bytes += message.len();
         queue.frames.push_back(message);
         drop(queue);
         if wake {
             self.inner.writer.wake();
         }
-        self.inner.stats.sent.add(1, len as u64);
         true
     }
 
@@ -320,11 +318,15 @@ where
                 result = sink.send(Message::Ping(Default::default())) => result,
             },
             Work::Frames(bytes) => {
+                let frames = batch.iter().filter(|m| m.is_text() || m.is_binary()).count() as u64;
                 let result = tokio::select! {
                     biased;
                     () = &mut killed => break,
                     result = write_batch(&mut sink, &mut batch) => result,
                 };
+                if result.is_ok() {
+                    mailbox.stats().sent.add(frames, bytes as u64);
+                }
                 mailbox.written(bytes);
                 batch.clear();
                 batch.shrink_to(KEEP_CAPACITY);

@@ -42,13 +42,14 @@ async fn the_rooms_api_matches_what_is_connected() {
     let ids: Vec<&str> = rooms.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["gw/1", "lone"]);
 
-    // A frame is counted as out once queued, which may be just after the receiver read it.
+    // A frame is counted as out once written and as in once its sender's connection has
+    // nothing more to read, either of which may be just after the receiver read it.
     let room = within("counters settle", async {
         loop {
             let (status, body) = proxy.admin("GET", "/v1/rooms/gw/1").await;
             assert_eq!(status, 200);
             let room: Value = serde_json::from_str(&body).unwrap();
-            if room["members"][1]["frames_out"] == 4 {
+            if room["members"][1]["frames_out"] == 4 && room["members"][0]["frames_in"] == 3 {
                 return room;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
