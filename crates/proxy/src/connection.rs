@@ -21,7 +21,7 @@ use tracing::{Span, debug, info, warn};
 use crate::Shared;
 use crate::error::Close;
 use crate::identity::PeerIdentity;
-use crate::metrics::{FrameTally, Metrics};
+use crate::metrics::{FrameTally, Metrics, OpenConnection};
 use crate::registry::Joined;
 use crate::relay::{ConnId, Delivery, Mailbox, write_loop};
 use crate::room::{HoldLimits, Member, PeerName, Room, RoomId, Route, Targets};
@@ -45,8 +45,13 @@ struct Established {
 const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serves one accepted TCP connection to its end. The permit is the connection's place under
-/// `max_connections`, given back when this returns.
-pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, _permit: OwnedSemaphorePermit) {
+/// `max_connections` and `open` counts it as open; both are given back when this returns.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    _open: OpenConnection,
+) {
     // Boxed, so the handshake's large and short-lived state (TLS, the request head) is freed
     // once it is done instead of sizing the task that lives as long as the connection.
     let established = tokio::select! {

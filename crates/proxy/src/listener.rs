@@ -52,14 +52,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
             room = tracing::field::Empty,
             peer_id = tracing::field::Empty,
         );
-        let task = crate::connection::run(Arc::clone(&shared), tcp, permit);
-        shared.tracker.spawn(
-            async move {
-                task.await;
-                drop(open);
-            }
-            .instrument(span),
-        );
+        // The guards go into the connection's own future: wrapping it in another async block
+        // would store it twice and double the task's size.
+        let task = crate::connection::run(Arc::clone(&shared), tcp, permit, open);
+        shared.tracker.spawn(task.instrument(span));
     }
     shared.ready.store(false, Ordering::Relaxed);
     drop(listener);
