@@ -9,7 +9,8 @@
 //! lock but the TLS stream's own. No extension is negotiated, so every reserved bit must be
 //! zero. The figures behind this are in docs/performance.md.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -25,10 +26,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 const READ_CHUNK: usize = 8 * 1024;
 /// A read is not started with less room than this.
 const MIN_READ: usize = 512;
-/// Output buffered before `poll_ready` waits for it to be written.
+/// Output fed before `poll_ready` waits for it to be written.
 const WRITE_HIGH: usize = 64 * 1024;
-/// A written output buffer larger than this is freed rather than kept.
-const WRITE_KEEP: usize = 4 * 1024;
 /// The largest payload of a control frame.
 const MAX_CONTROL: usize = 125;
 
@@ -232,31 +231,99 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
     }
 }
 
-/// Writes the proxy's messages as unmasked frames, buffering them until a flush.
+/// Writes the proxy's messages as unmasked frames. Fed frames are kept as they are (their
+/// payloads are shared, never copied here) next to their encoded headers, and a flush hands
+/// them to the TLS stream as one vectored write, which encrypts straight from the payloads.
 pub(crate) struct FrameWriter<W> {
     io: W,
-    buf: Vec<u8>,
-    /// How much of `buf` is already written.
+    pending: VecDeque<Outgoing>,
+    /// Bytes of the first pending frame already written.
     written: usize,
+    /// Bytes of all pending frames.
+    pending_bytes: usize,
+}
+
+/// A frame waiting to be written: its header (and a close frame's status code) and payload.
+struct Outgoing {
+    head: [u8; MAX_HEAD],
+    head_len: usize,
+    payload: Bytes,
+}
+
+/// A header's longest form (2 + 8 bytes), plus a close frame's status code.
+const MAX_HEAD: usize = 12;
+/// Slices handed to one vectored write, at most.
+const MAX_SLICES: usize = 64;
+/// A drained pending list keeps at most this many slots.
+const KEEP_PENDING: usize = 16;
+
+impl Outgoing {
+    fn new(message: Message) -> Option<Self> {
+        let (opcode, payload, code) = match message {
+            Message::Text(text) => (OP_TEXT, Bytes::from(text), None),
+            Message::Binary(bytes) => (OP_BINARY, bytes, None),
+            Message::Ping(bytes) => (OP_PING, truncate(bytes, MAX_CONTROL), None),
+            Message::Pong(bytes) => (OP_PONG, truncate(bytes, MAX_CONTROL), None),
+            Message::Close(None) => (OP_CLOSE, Bytes::new(), None),
+            Message::Close(Some(frame)) => {
+                let reason = Bytes::from(frame.reason);
+                let cut = truncate_str(&reason, MAX_CONTROL - 2);
+                (OP_CLOSE, reason.slice(..cut), Some(u16::from(frame.code)))
+            }
+            // Raw frames are never queued by the proxy.
+            Message::Frame(_) => return None,
+        };
+        let mut head = [0u8; MAX_HEAD];
+        let len = payload.len() + if code.is_some() { 2 } else { 0 };
+        let mut head_len = header(&mut head, opcode, len);
+        if let Some(code) = code {
+            head[head_len..head_len + 2].copy_from_slice(&code.to_be_bytes());
+            head_len += 2;
+        }
+        Some(Outgoing { head, head_len, payload })
+    }
+
+    fn len(&self) -> usize {
+        self.head_len + self.payload.len()
+    }
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub(crate) fn new(io: W) -> Self {
-        FrameWriter { io, buf: Vec::new(), written: 0 }
+        FrameWriter { io, pending: VecDeque::new(), written: 0, pending_bytes: 0 }
     }
 
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some(pending) = self.buf.get(self.written..).filter(|rest| !rest.is_empty()) {
-            match ready!(Pin::new(&mut self.io).poll_write(cx, pending))? {
-                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                n => self.written += n,
+        let FrameWriter { io, pending, written, pending_bytes } = self;
+        while !pending.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            let mut skip = *written;
+            'fill: for frame in pending.iter() {
+                for part in [&frame.head[..frame.head_len], &frame.payload[..]] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                        continue;
+                    }
+                    let Some(slot) = slices.get_mut(count) else { break 'fill };
+                    *slot = IoSlice::new(&part[skip..]);
+                    skip = 0;
+                    count += 1;
+                }
+            }
+            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+            while let Some(len) = pending.front().map(Outgoing::len).filter(|&len| len <= *written) {
+                *written -= len;
+                *pending_bytes -= len;
+                pending.pop_front();
             }
         }
-        self.written = 0;
-        if self.buf.capacity() > WRITE_KEEP {
-            self.buf = Vec::new();
-        } else {
-            self.buf.clear();
+        if pending.capacity() > KEEP_PENDING {
+            *pending = VecDeque::new();
         }
         Poll::Ready(Ok(()))
     }
@@ -267,14 +334,18 @@ impl<W: AsyncWrite + Unpin> Sink<Message> for FrameWriter<W> {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.buf.len() >= WRITE_HIGH {
+        if this.pending_bytes >= WRITE_HIGH {
             ready!(this.poll_write_out(cx))?;
         }
         Poll::Ready(Ok(()))
     }
 
     fn start_send(self: Pin<&mut Self>, message: Message) -> io::Result<()> {
-        encode(&mut self.get_mut().buf, &message);
+        let this = self.get_mut();
+        if let Some(frame) = Outgoing::new(message) {
+            this.pending_bytes += frame.len();
+            this.pending.push_back(frame);
+        }
         Ok(())
     }
 
@@ -290,51 +361,36 @@ impl<W: AsyncWrite + Unpin> Sink<Message> for FrameWriter<W> {
     }
 }
 
-/// Appends `message` to `out` as one unmasked frame.
-fn encode(out: &mut Vec<u8>, message: &Message) {
-    let (opcode, payload): (u8, &[u8]) = match message {
-        Message::Text(text) => (OP_TEXT, text.as_bytes()),
-        Message::Binary(bytes) => (OP_BINARY, bytes),
-        Message::Ping(bytes) => (OP_PING, truncate(bytes, MAX_CONTROL)),
-        Message::Pong(bytes) => (OP_PONG, truncate(bytes, MAX_CONTROL)),
-        Message::Close(None) => (OP_CLOSE, &[]),
-        Message::Close(Some(frame)) => {
-            let reason = truncate_str(frame.reason.as_str(), MAX_CONTROL - 2);
-            header(out, OP_CLOSE, 2 + reason.len());
-            out.extend_from_slice(&u16::from(frame.code).to_be_bytes());
-            out.extend_from_slice(reason.as_bytes());
-            return;
-        }
-        // Raw frames are never queued by the proxy.
-        Message::Frame(_) => return,
-    };
-    header(out, opcode, payload.len());
-    out.extend_from_slice(payload);
-}
-
-fn header(out: &mut Vec<u8>, opcode: u8, len: usize) {
-    out.push(0x80 | opcode);
+/// Writes a frame header for a payload of `len` bytes into `out`; returns its length.
+fn header(out: &mut [u8; MAX_HEAD], opcode: u8, len: usize) -> usize {
+    out[0] = 0x80 | opcode;
     match len {
-        0..=125 => out.push(len as u8),
+        0..=125 => {
+            out[1] = len as u8;
+            2
+        }
         126..=0xFFFF => {
-            out.push(126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
+            out[1] = 126;
+            out[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
         }
         _ => {
-            out.push(127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
+            out[1] = 127;
+            out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
         }
     }
 }
 
-fn truncate(bytes: &[u8], max: usize) -> &[u8] {
-    bytes.get(..max).unwrap_or(bytes)
+fn truncate(bytes: Bytes, max: usize) -> Bytes {
+    if bytes.len() > max { bytes.slice(..max) } else { bytes }
 }
 
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate_str(s: &str, max: usize) -> &str {
-    let end = (0..=max.min(s.len())).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
-    s.get(..end).unwrap_or_default()
+/// The length of the longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary.
+fn truncate_str(s: &[u8], max: usize) -> usize {
+    let text = std::str::from_utf8(s).unwrap_or_default();
+    (0..=max.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -345,8 +401,9 @@ mod tests {
     /// A client frame: masked with a fixed key.
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let key = [0x12, 0x34, 0x56, 0x78];
-        let mut out = Vec::new();
-        header(&mut out, opcode, payload.len());
+        let mut head = [0u8; MAX_HEAD];
+        let head_len = header(&mut head, opcode, payload.len());
+        let mut out = head[..head_len].to_vec();
         out[0] = if fin { out[0] } else { out[0] & 0x7F };
         out[1] |= 0x80;
         out.extend_from_slice(&key);
@@ -395,10 +452,9 @@ mod tests {
     #[tokio::test]
     async fn refuses_what_rfc_6455_forbids() {
         let unmasked = {
-            let mut f = Vec::new();
-            header(&mut f, OP_TEXT, 1);
-            f.push(b'a');
-            f
+            let mut head = [0u8; MAX_HEAD];
+            let head_len = header(&mut head, OP_TEXT, 1);
+            [&head[..head_len], b"a"].concat()
         };
         let mut rsv = client_frame(true, OP_TEXT, b"a");
         rsv[0] |= 0x40;
@@ -464,6 +520,63 @@ mod tests {
             let slow: Vec<u8> = original.iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
             assert_eq!(fast, slow, "length {len}");
         }
+    }
+
+    /// A transport that takes at most seven bytes per write, to exercise partial writes.
+    struct Trickle(Vec<u8>);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(7);
+            self.get_mut().0.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Reads unmasked server frames back: (opcode, payload) each.
+    fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while let [b0, b1, rest @ ..] = bytes {
+            assert_eq!(b0 & 0x80, 0x80, "every frame is final");
+            assert_eq!(b1 & 0x80, 0, "server frames are not masked");
+            let (len, rest) = match b1 & 0x7F {
+                126 => (usize::from(u16::from_be_bytes([rest[0], rest[1]])), &rest[2..]),
+                127 => (u64::from_be_bytes(rest[..8].try_into().unwrap()) as usize, &rest[8..]),
+                n => (usize::from(n), rest),
+            };
+            frames.push((b0 & 0x0F, rest[..len].to_vec()));
+            bytes = &rest[len..];
+        }
+        frames
+    }
+
+    #[tokio::test]
+    async fn a_long_batch_survives_partial_writes() {
+        let messages: Vec<Message> = (0..150)
+            .map(|i| match i % 3 {
+                0 => Message::text("t".repeat(i * 2)),
+                1 => Message::binary(vec![i as u8; i * 3]),
+                _ => Message::binary(vec![7u8; 70_000 + i]),
+            })
+            .collect();
+        let mut writer = FrameWriter::new(Trickle(Vec::new()));
+        for message in messages.clone() {
+            writer.feed(message).await.unwrap();
+        }
+        writer.flush().await.unwrap();
+        let frames = server_frames(&writer.io.0);
+        assert_eq!(frames.len(), messages.len());
+        for ((opcode, payload), message) in frames.iter().zip(&messages) {
+            assert_eq!(*opcode, if message.is_text() { OP_TEXT } else { OP_BINARY });
+            assert_eq!(payload.as_slice(), message.clone().into_data().as_ref());
+        }
+        assert!(writer.pending.is_empty() && writer.pending_bytes == 0);
     }
 
     #[tokio::test]
