@@ -125,6 +125,13 @@ async fn serve(proxy: Proxy, config: micronets_proxy::Config, dev: bool) -> Exit
         }),
         None => None,
     };
+    let signals = match micronets_proxy::DaemonSignals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the signal handlers");
+            return ExitCode::from(1);
+        }
+    };
     let addr = listener.local_addr().map_or_else(|_| config.bind.to_string(), |a| a.to_string());
     tracing::info!("listening on {addr}");
     if let Some(Ok(admin)) = admin.as_ref().map(tokio::net::TcpListener::local_addr) {
@@ -139,7 +146,7 @@ async fn serve(proxy: Proxy, config: micronets_proxy::Config, dev: bool) -> Exit
             );
         }
     }
-    match proxy.serve_until_signalled(listener, admin).await {
+    match proxy.serve_until_signalled(listener, admin, signals).await {
         None => ExitCode::SUCCESS,
         Some(signal) => ExitCode::from(signal.exit_code()),
     }

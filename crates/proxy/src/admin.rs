@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::{Error, Result, Shared};
 
@@ -48,7 +48,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return };
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+            // The semaphore is never closed; should it be, the daemon keeps relaying.
+            error!("admin endpoint: its connection limit was closed; it stops answering");
+            return std::future::pending().await;
+        };
         let shared = Arc::clone(&shared);
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {

@@ -105,12 +105,12 @@ async fn establish(shared: &Shared, tcp: TcpStream) -> Option<Established> {
     let identity = match certificate.map(|c| PeerIdentity::from_der(c)) {
         Some(Ok(identity)) => identity,
         Some(Err(e)) => {
-            shared.metrics.connection_ended("tls_failed");
+            shared.metrics.handshake_failed("bad_certificate");
             warn!(error = %e, "verified client certificate cannot be parsed");
             return None;
         }
         None => {
-            shared.metrics.connection_ended("tls_failed");
+            shared.metrics.handshake_failed("no_client_certificate");
             warn!("handshake completed without a client certificate");
             return None;
         }

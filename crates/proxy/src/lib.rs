@@ -3,8 +3,9 @@
 //! Peers connect with mutual TLS to `wss://host:5050/micronets/v1/ws-proxy/<room-id>`, send a
 //! `CONN:HELLO`, and from then on every frame they send is relayed, byte for byte, to the other
 //! members of their room (design.md sections 4-5). This crate is the whole daemon but the
-//! binary's argument parsing: the binary binds the listener and chooses the shutdown signal,
-//! and hands both to [`run`] (the mini-redis shape).
+//! binary's argument parsing: the binary binds the listeners and installs the signals, and
+//! hands them to [`Proxy::serve_until_signalled`] (or, in tests, a listener and any shutdown
+//! future to [`Proxy::serve`]: the mini-redis shape).
 //!
 //! Main pieces: [`config`] (file + overrides -> validated [`Config`]), [`tls`] (the mTLS server
 //! configuration), `upgrade` (path -> [`RoomId`], refusals before the 101), `connection` (one
@@ -128,6 +129,7 @@ impl Proxy {
         &self,
         listener: TcpListener,
         admin: Option<TcpListener>,
+        signals: DaemonSignals,
     ) -> Option<shutdown::Signal> {
         let admin = async move {
             match admin {
@@ -137,25 +139,21 @@ impl Proxy {
         };
         systemd::notify(systemd::State::Ready);
         tokio::select! {
-            signal = self.serve_and_drain(listener) => signal,
+            signal = self.serve_and_drain(listener, signals.stop) => signal,
             () = admin => None,
-            () = reload::on_sighup(self) => None,
+            () = reload::on_sighup(self, signals.hangup) => None,
             () = systemd::watchdog() => None,
             () = logging::report_suppressed() => None,
         }
     }
 
-    async fn serve_and_drain(&self, listener: TcpListener) -> Option<shutdown::Signal> {
+    async fn serve_and_drain(
+        &self,
+        listener: TcpListener,
+        mut signals: shutdown::Signals,
+    ) -> Option<shutdown::Signal> {
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
         let signals = async move {
-            let mut signals = match shutdown::Signals::new() {
-                Ok(signals) => signals,
-                Err(e) => {
-                    // Without handlers the default action (exit) applies; never stop on our own.
-                    tracing::error!(error = %e, "cannot install signal handlers");
-                    return std::future::pending().await;
-                }
-            };
             let signal = signals.next().await;
             systemd::notify(systemd::State::Stopping);
             tracing::info!(?signal, "stop signal received: draining (a second signal exits at once)");
@@ -178,11 +176,22 @@ impl Proxy {
     }
 }
 
-/// Serves `config` on `listener` until `shutdown` completes.
-///
-/// # Errors
-/// [`Error::Tls`] when the TLS material cannot be loaded.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
-    Proxy::new(config)?.serve(listener, shutdown).await;
-    Ok(())
+/// The signals the daemon obeys (SIGTERM and SIGINT stop it, SIGHUP reloads), listened to
+/// from the moment they are installed: install them before saying "listening" (or READY to
+/// systemd), so that a signal sent at once is not met by its default action, which ends the
+/// process.
+pub struct DaemonSignals {
+    stop: shutdown::Signals,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl DaemonSignals {
+    /// Installs the handlers; needs a running Tokio runtime.
+    ///
+    /// # Errors
+    /// When a signal handler cannot be installed.
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(DaemonSignals { stop: shutdown::Signals::new()?, hangup: signal(SignalKind::hangup())? })
+    }
 }

@@ -152,11 +152,19 @@ impl<S: Subscriber> Layer<S> for Limit {
     }
 }
 
-/// Hashes an event's fields: two events with the same callsite and values are the same line.
+/// Fields whose values vary from one occurrence of the same problem to the next (a peer's
+/// address, an error text that carries the current time) and so do not make a line different.
+const VARYING_FIELDS: [&str; 2] = ["peer", "detail"];
+
+/// Hashes an event's fields: two events with the same callsite and values, but for
+/// [`VARYING_FIELDS`], are the same line.
 struct LineKey(std::hash::DefaultHasher);
 
 impl Visit for LineKey {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if VARYING_FIELDS.contains(&field.name()) {
+            return;
+        }
         self.0.write(field.name().as_bytes());
         let _ = write!(HashWriter(&mut self.0), "{value:?}");
     }

@@ -6,7 +6,6 @@
 
 use std::path::PathBuf;
 
-use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::config::{FileConfig, Overrides};
@@ -53,14 +52,7 @@ fn needs_restart(running: &Config, new: &Config) -> bool {
 }
 
 /// Reloads on every SIGHUP, forever.
-pub(crate) async fn on_sighup(proxy: &Proxy) {
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(e) => {
-            error!(error = %e, "cannot install the SIGHUP handler: reload is unavailable");
-            return std::future::pending().await;
-        }
-    };
+pub(crate) async fn on_sighup(proxy: &Proxy, mut hangups: tokio::signal::unix::Signal) {
     while hangups.recv().await.is_some() {
         info!("SIGHUP: reloading");
         systemd::notify(systemd::State::Reloading);

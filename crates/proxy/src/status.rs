@@ -42,9 +42,9 @@ pub struct MemberStatus {
     pub frames_in: u64,
     /// Bytes it sent.
     pub bytes_in: u64,
-    /// Frames queued to it.
+    /// Frames written to it.
     pub frames_out: u64,
-    /// Bytes queued to it.
+    /// Bytes written to it.
     pub bytes_out: u64,
 }
 

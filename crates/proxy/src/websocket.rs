@@ -24,6 +24,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// How much the read buffer grows by when it needs room.
 const READ_CHUNK: usize = 8 * 1024;
+/// The most the read buffer grows by ahead of bytes that have arrived.
+const GROW_STEP: usize = 64 * 1024;
 /// A read is not started with less room than this.
 const MIN_READ: usize = 512;
 /// Output fed before `poll_ready` waits for it to be written.
@@ -108,8 +110,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         };
         let total = header + 4 + len;
         if b.len() < total {
-            // Room for the whole frame at once (bounded by max_message).
-            self.buf.reserve(total - b.len());
+            // Room for the rest of the frame, but at most a step at a time: the buffer grows
+            // with what arrives, not with what a header announces, so a peer that announces
+            // 1 MiB and sends nothing more costs one step.
+            self.buf.reserve((total - b.len()).min(GROW_STEP));
             return Ok(None);
         }
         let mask = [b[header], b[header + 1], b[header + 2], b[header + 3]];

@@ -158,6 +158,7 @@ async fn every_metric_appears_and_moves() {
         ("ws_proxy_frames_total{direction=\"in\",type=\"binary\"}", 1.0),
         ("ws_proxy_frames_total{direction=\"out\",type=\"text\"}", 1.0),
         ("ws_proxy_frames_total{direction=\"out\",type=\"binary\"}", 1.0),
+        ("ws_proxy_bytes_total{direction=\"in\",type=\"binary\"}", 100.0),
         ("ws_proxy_bytes_total{direction=\"out\",type=\"binary\"}", 100.0),
         ("ws_proxy_conn_errors_total{status=\"400\"}", 1.0),
         ("ws_proxy_conn_errors_total{status=\"503\"}", 1.0),
