@@ -6,7 +6,7 @@
 //! integer, nesting deeper than 128 levels, or any error at all. The serde parse then runs and
 //! has the last word, so this path needs to be right only about what it accepts: it accepts
 //! nothing that the serde parse would refuse, and reads the same fields from what it accepts
-//! (the property tests compare the two). Strings are scanned with `memchr`'s vectorized search.
+//! (the property tests compare the two). Strings are scanned eight bytes at a time.
 
 use std::borrow::Cow;
 
@@ -170,12 +170,7 @@ impl<'a> Scanner<'a> {
         self.expect(b'"')?;
         let mut escaped = false;
         loop {
-            let rest = self.bytes.get(self.pos..)?;
-            let run = memchr::memchr2(b'"', b'\\', rest)?;
-            if has_control(rest.get(..run)?) {
-                return None;
-            }
-            self.pos += run;
+            self.pos += special_offset(self.bytes.get(self.pos..)?);
             match self.bump()? {
                 b'"' => return Some(escaped),
                 b'\\' => {
@@ -305,15 +300,27 @@ fn once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
     slot.is_none().then(|| *slot = Some(value))
 }
 
-/// Whether `bytes` holds a control character, which a JSON string may not: eight bytes at a
-/// time, with the "has a byte less than n" bit trick (exact about whether one exists).
-fn has_control(bytes: &[u8]) -> bool {
+/// The offset of the first byte of `bytes` that ends a plain run of string content: a quote, a
+/// backslash or a control character (or the length, when there is none). Eight bytes at a time,
+/// with the "has a zero byte" bit trick: its lowest set bit is always a true match, so the
+/// offset is exact. One pass, no call: as fast as a vectorized search on long strings, and
+/// much faster on the short keys and values that make up most JSON.
+fn special_offset(bytes: &[u8]) -> usize {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
     let (chunks, rest) = bytes.as_chunks::<8>();
-    let words = chunks.iter().map(|chunk| u64::from_ne_bytes(*chunk));
-    words.fold(0, |seen, x| seen | (x.wrapping_sub(ONES * 0x20) & !x & HIGHS)) != 0
-        || rest.iter().any(|&b| b < 0x20)
+    for (i, chunk) in chunks.iter().enumerate() {
+        let v = u64::from_le_bytes(*chunk);
+        let hits = zero_byte(v ^ (ONES * u64::from(b'"')))
+            | zero_byte(v ^ (ONES * u64::from(b'\\')))
+            | (v.wrapping_sub(ONES * 0x20) & !v & HIGHS);
+        if hits != 0 {
+            return i * 8 + (hits.trailing_zeros() / 8) as usize;
+        }
+    }
+    let tail = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+    chunks.len() * 8 + tail.unwrap_or(rest.len())
 }
 
 #[cfg(test)]
@@ -362,17 +369,20 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_are_found_anywhere() {
-        for len in 0..70 {
-            assert!(!has_control(&vec![b'a'; len]));
-            assert!(!has_control(&vec![0xC3; len]), "bytes above 0x7f are content");
+    fn finds_the_first_special_byte_in_every_position() {
+        for len in 0..40 {
             for at in 0..len {
-                for control in [0x00, 0x0a, 0x1f] {
-                    let mut bytes = vec![b' '; len];
-                    bytes[at] = control;
-                    assert!(has_control(&bytes), "len {len}, at {at}");
+                for special in [b'"', b'\\', 0x00, 0x0a, 0x1f] {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = special;
+                    for later in at + 1..len {
+                        bytes[later] = [b'"', 0x01, 0xC3, b'\\'][later % 4];
+                    }
+                    assert_eq!(special_offset(&bytes), at, "len {len}, at {at}, byte {special:#x}");
                 }
             }
+            assert_eq!(special_offset(&vec![b'a'; len]), len);
+            assert_eq!(special_offset(&vec![0xC3; len]), len, "bytes above 0x7f are content");
         }
     }
 
