@@ -83,7 +83,7 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         count: usize,
     },
-    /// R streaming rooms, measured alone and then next to a room whose receiver stops reading.
+    /// R streaming rooms, measured alone, next to a room whose receiver stops reading, and alone again.
     Slow {
         #[arg(long, default_value_t = 4)]
         rooms: usize,

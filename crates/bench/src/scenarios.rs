@@ -476,10 +476,10 @@ async fn slow(
         .await?;
         anyhow::Ok((started.elapsed(), results))
     };
-    let (alone, alone_results) = run_rooms("slow-baseline").await?;
+    let (alone_before, alone_results) = run_rooms("slow-baseline").await?;
 
     // A room whose receiver never reads, fed as fast as the relay takes it.
-    let (stalled_sender, _stalled_receiver) = target.pair(ids, "bench/slow/stalled").await?;
+    let (stalled_sender, stalled_receiver) = target.pair(ids, "bench/slow/stalled").await?;
     let stop = Arc::new(AtomicBool::new(false));
     let flood_stop = Arc::clone(&stop);
     let flood = tokio::spawn(async move {
@@ -509,9 +509,14 @@ async fn slow(
     stop.store(true, Ordering::Relaxed);
     let _ = tokio::time::timeout(Duration::from_secs(10), flood).await;
     let _ = sampler.await;
+    drop(stalled_receiver);
+    // The baseline again, after the stalled room: the machine's speed drifts from one second to
+    // the next, and the mean of a run before and one after is what the run beside compares to.
+    let (alone_after, after_results) = run_rooms("slow-after").await?;
+    let alone = (alone_before + alone_after) / 2;
 
     let mut delivery = Delivery::default();
-    for result in alone_results.iter().chain(&beside_results) {
+    for result in alone_results.iter().chain(&beside_results).chain(&after_results) {
         delivery.add(&result.delivery);
     }
     let total = (rooms as u64 * messages) as f64;
@@ -519,7 +524,7 @@ async fn slow(
     Ok(Report {
         scenario: "slow".into(),
         params: serde_json::json!({"rooms": rooms, "messages": messages, "size": size}),
-        elapsed_s: (alone + beside).as_secs_f64(),
+        elapsed_s: (alone_before + beside + alone_after).as_secs_f64(),
         msgs_per_sec: Some(total / beside.as_secs_f64()),
         throughput_ratio_next_to_stalled_room: Some(ratio),
         server_rss_peak_bytes: pid.map(|_| peak.load(Ordering::Relaxed)),

@@ -1,7 +1,7 @@
 //! Hot reload: new handshakes get the new certificate, established connections keep relaying,
 //! and a reload that fails changes nothing.
 
-use crate::support::{Pki, cert_der, pair, start_with};
+use crate::support::{Client, PREFIX, Pki, cert_der, pair, start_toml, start_with, within};
 
 #[tokio::test]
 async fn a_reload_serves_the_new_certificate_while_a_room_keeps_relaying() {
@@ -33,5 +33,35 @@ async fn a_reload_serves_the_new_certificate_while_a_room_keeps_relaying() {
     assert_eq!(after_failure.server_cert(), cert_der(&rotated), "a failed reload keeps the last good state");
     a.send_text(r#"{"message": {"messageType": "EVENT:still"}}"#).await;
     assert!(b.recv_text().await.contains("EVENT:still"));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_takes_a_new_client_ca_for_new_handshakes_only() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let clients_ca = pki.path("clients-ca.pem");
+    std::fs::copy(pki.dev.root_cert(), &clients_ca).unwrap();
+    let toml = format!(
+        "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = {:?}\nclient_ca = {:?}\n[shutdown]\ndrain_window = \"100ms\"\n",
+        pki.server("server").display().to_string(),
+        clients_ca.display().to_string(),
+    );
+    let proxy = start_toml(&pki, &toml).await;
+    let (mut a, mut b) = pair(&proxy, "gw/1").await;
+
+    std::fs::copy(other.dev.root_cert(), &clients_ca).unwrap();
+    proxy.proxy.reload().unwrap();
+
+    let path = format!("{PREFIX}other");
+    let server_ca = pki.dev.root_cert();
+    let newcomer =
+        within("new CA", Client::connect(proxy.addr, &server_ca, &other.client("manager"), &path)).await;
+    assert!(newcomer.is_ok(), "a client of the new CA is accepted: {:?}", newcomer.err());
+    let old = within("old CA", Client::connect(proxy.addr, &server_ca, &pki.client("gateway"), &path)).await;
+    assert!(old.is_err(), "a client of the old CA is refused");
+    let event = r#"{"message": {"messageType": "EVENT:after-ca-reload"}}"#;
+    a.send_text(event).await;
+    assert_eq!(b.recv_text().await, event, "members admitted under the old CA keep relaying");
     proxy.stop().await;
 }
