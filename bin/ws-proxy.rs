@@ -40,6 +40,19 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Explain which ACL rule decides whether a certificate may join a room; exit 0 when it may,
+    /// 1 when it may not.
+    CheckAccess {
+        /// The configuration file with the [[acl.rules]].
+        #[arg(long)]
+        config: PathBuf,
+        /// The client certificate (PEM; a pkeycert works).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The room id, e.g. gw/gateway.
+        #[arg(long)]
+        room: String,
+    },
     /// Print the rooms and members of a running proxy, from its admin endpoint.
     Status {
         /// The admin endpoint (default: admin.bind of --config, else 127.0.0.1:9090).
@@ -56,6 +69,18 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    if let Some(Command::CheckAccess { config, cert, room }) = &cli.command {
+        return match micronets_proxy::acl::check_access(config, cert, room) {
+            Ok((allowed, report)) => {
+                print!("{report}");
+                if allowed { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            }
+            Err(e) => {
+                eprintln!("ws-proxy: {e}");
+                ExitCode::from(64)
+            }
+        };
+    }
     if let Some(Command::Status { admin, config }) = &cli.command {
         return match micronets_proxy::status::report(*admin, config.as_deref()) {
             Ok(table) => {

@@ -239,3 +239,29 @@ fn only_tls_1_2_and_1_3_are_accepted() {
     let old = s_client("-tls1_1").stdout();
     assert!(old.contains("no peer certificate available"), "TLS 1.1 must be refused\n{old}");
 }
+
+/// `check-access` says which rule decides, with exit 0 for allowed and 1 for denied; a bad
+/// rule or room is a usage error.
+#[test]
+fn check_access_explains_the_deciding_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    run_bin(dir, "certgen", &["dev"]).success();
+    let rules = "[[acl.rules]]\nroom = \"gw/*\"\ncn = \"manager\"\nallow = true\n[[acl.rules]]\nroom = \"gw/{cn}\"\npeer_class = \"gw-service\"\nallow = true\n";
+    std::fs::write(dir.join("acl.toml"), rules).unwrap();
+    let gateway = "certs/dev/micronets-gateway.pkeycert.pem";
+    let check = |cert: &str, room: &str| {
+        run_bin(dir, "ws-proxy", &["check-access", "--config", "acl.toml", "--cert", cert, "--room", room])
+    };
+    check(gateway, "gw/gateway")
+        .success()
+        .stdout_has("rule 2 (room = \"gw/{cn}\") matches and allows")
+        .stdout_has("allowed, if its CONN:HELLO carries peerClass \"gw-service\"");
+    check("certs/dev/micronets-manager.pkeycert.pem", "gw/gateway").success().stdout_has("rule 1");
+    check(gateway, "gw/other").code(1).stdout_has("denied by default").stdout_has("HTTP 403");
+    check(gateway, "gw/../x").code(64).stderr_has("room");
+    std::fs::write(dir.join("bad.toml"), "[[acl.rules]]\nroom = \"gw/{serial}\"\nallow = true\n").unwrap();
+    run_bin(dir, "ws-proxy", &["check-config", "--config", "bad.toml"])
+        .code(64)
+        .stderr_has("acl.rules: rule 1: room \"gw/{serial}\": unknown template field");
+}

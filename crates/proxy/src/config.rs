@@ -77,6 +77,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `micronets_proxy=debug` (`log.level`).
     pub log_level: String,
+    /// Who may join which room (`[[acl.rules]]`); empty: everyone, everywhere.
+    pub acl: crate::acl::Acl,
 }
 
 /// The TOML file, as written.
@@ -91,6 +93,13 @@ pub struct FileConfig {
     shutdown: ShutdownSection,
     admin: AdminSection,
     log: LogSection,
+    acl: AclSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AclSection {
+    rules: Vec<crate::acl::RuleSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -362,6 +371,7 @@ impl FileConfig {
             admin_bind,
             log_format: overrides.log_format.unwrap_or(self.log.format),
             log_level: self.log.level,
+            acl: crate::acl::Acl::new(&self.acl.rules).map_err(|reason| invalid("acl.rules", reason))?,
         })
     }
 }

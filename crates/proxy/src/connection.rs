@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{Span, debug, info, warn};
 
 use crate::Shared;
+use crate::acl::Decision;
 use crate::error::Close;
 use crate::identity::PeerIdentity;
 use crate::metrics::{FrameTally, Metrics, OpenConnection};
@@ -39,6 +40,8 @@ struct Established {
     stream: WsStream,
     identity: PeerIdentity,
     room_id: RoomId,
+    /// The `peerClass` the ACL rule that let it in requires of its HELLO.
+    peer_class: Option<String>,
 }
 
 /// How long the writer gets to flush the close frame after the reader has finished.
@@ -63,11 +66,11 @@ pub(crate) async fn run(
         }
         established = Box::pin(establish(&shared, tcp)) => established,
     };
-    let Some(Established { sink, stream, identity, room_id }) = established else { return };
+    let Some(Established { sink, stream, identity, room_id, peer_class }) = established else { return };
     let config = &shared.config;
     let mailbox = Mailbox::new(ConnId::next(), config.queue_frames, config.queue_bytes);
     let writer = shared.tracker.spawn(write_loop(sink, mailbox.clone(), config.ping_interval));
-    let peer = Peer { shared: Arc::clone(&shared), identity, room_id, mailbox: mailbox.clone() };
+    let peer = Peer { shared: Arc::clone(&shared), identity, room_id, peer_class, mailbox: mailbox.clone() };
     let close = peer.serve(stream).await;
     mailbox.kill(close.clone());
     let _ = time::timeout(WRITER_GRACE, writer).await;
@@ -117,9 +120,9 @@ async fn establish(shared: &Shared, tcp: TcpStream) -> Option<Established> {
     };
     Span::current().record("subject", tracing::field::display(&identity.subject));
     Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
-    let (sink, stream, room_id) = upgrade(shared, tls, &identity, deadline).await?;
+    let (sink, stream, room_id, peer_class) = upgrade(shared, tls, &identity, deadline).await?;
     Span::current().record("room", tracing::field::display(&room_id));
-    Some(Established { sink, stream, identity, room_id })
+    Some(Established { sink, stream, identity, room_id, peer_class })
 }
 
 /// Reads the upgrade request within the handshake deadline and answers it: a refusal (logged,
@@ -129,15 +132,22 @@ async fn upgrade(
     mut tls: Tls,
     identity: &PeerIdentity,
     deadline: Instant,
-) -> Option<(WsSink, WsStream, RoomId)> {
+) -> Option<(WsSink, WsStream, RoomId, Option<String>)> {
     let config = &shared.config;
     let request = match time::timeout_at(deadline, upgrade::read_request(&mut tls, &config.path_prefix)).await
     {
         Ok(result) => result,
         Err(_) => Err(Refusal::Closed("no upgrade request within handshake_timeout".into())),
     };
-    let refusal = match request {
-        Ok(request) if shared.registry.has_space(&request.room, &identity.fingerprint) => {
+    let decision = request.as_ref().ok().map(|r| shared.acl.load().decide(identity, &r.room));
+    let refusal = match (request, decision) {
+        (Ok(request), Some(Decision::Deny(why))) => {
+            info!(reason = %why, path = %request.path, "ACL: refused");
+            Refusal::status(403, "this certificate may not join this room", Some(&request.path))
+        }
+        (Ok(request), Some(Decision::Allow { peer_class }))
+            if shared.registry.has_space(&request.room, &identity.fingerprint) =>
+        {
             if let Err(e) = upgrade::accept(&mut tls, &request).await {
                 shared.metrics.connection_ended("upgrade_incomplete");
                 debug!(error = %e, "peer left during the upgrade");
@@ -145,10 +155,10 @@ async fn upgrade(
             }
             let (read, write) = tokio::io::split(tls);
             let stream = FrameReader::new(read, &request.leftover, config.max_frame_bytes);
-            return Some((FrameWriter::new(write), stream, request.room));
+            return Some((FrameWriter::new(write), stream, request.room, peer_class));
         }
-        Ok(request) => Refusal::status(409, "room full", Some(&request.path)),
-        Err(refusal) => refusal,
+        (Ok(request), _) => Refusal::status(409, "room full", Some(&request.path)),
+        (Err(refusal), _) => refusal,
     };
     match refusal {
         Refusal::Closed(why) => {
@@ -182,6 +192,8 @@ struct Peer {
     shared: Arc<Shared>,
     identity: PeerIdentity,
     room_id: RoomId,
+    /// The `peerClass` its HELLO must carry (from the ACL rule that let it in).
+    peer_class: Option<String>,
     mailbox: Mailbox,
 }
 
@@ -250,6 +262,12 @@ impl Peer {
                     envelope.message_type()
                 )));
             };
+            if let Some(required) = &self.peer_class
+                && hello.peer_class.as_ref() != Some(required)
+            {
+                info!(peer_class = ?hello.peer_class, required = %required, "ACL: HELLO with another peerClass");
+                return Err(Close::BadHello(format!("peerClass must be {required:?} in this room")));
+            }
             let name = PeerName { class: hello.peer_class, id: hello.peer_id };
             Span::current().record("peer_id", tracing::field::debug(&name.id));
             return Ok((message, name));

@@ -8,15 +8,17 @@
 //! future to [`Proxy::serve`]: the mini-redis shape).
 //!
 //! Main pieces: [`config`] (file + overrides -> validated [`Config`]), [`tls`] (the mTLS server
-//! configuration), `upgrade` (path -> [`RoomId`], refusals before the 101), `connection` (one
-//! peer from TLS to close), `registry`/`room` (membership, the hold buffer), `relay` (each peer's
-//! bounded queue and writer), `websocket` (the framing), `listener` (accept loop and drain).
+//! configuration), [`acl`] (who may join which room), `upgrade` (path -> [`RoomId`], refusals
+//! before the 101), `connection` (one peer from TLS to close), `registry`/`room` (membership,
+//! the hold buffer), `relay` (each peer's bounded queue and writer), `websocket` (the framing),
+//! `listener` (accept loop and drain).
 //! Operations: `admin` (the HTTP endpoint: health, readiness, [`metrics`], the rooms report of
 //! [`status`]), `reload` (SIGHUP swaps the TLS material in), [`systemd`] (readiness and
 //! watchdog notifications).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod acl;
 mod admin;
 pub mod config;
 mod connection;
@@ -57,6 +59,8 @@ struct Shared {
     config: Config,
     /// The TLS material new handshakes use; a reload swaps it.
     tls: ArcSwap<ServerConfig>,
+    /// Who may join which room; a reload swaps it.
+    acl: ArcSwap<acl::Acl>,
     /// Where a reload reads the configuration from.
     source: reload::Source,
     /// Listening and not draining (`/readyz`).
@@ -96,10 +100,15 @@ impl Proxy {
 
     fn with_source(config: Config, source: reload::Source) -> Result<Self> {
         let tls = ArcSwap::new(tls::server_config(&config)?);
+        if config.acl.is_empty() {
+            tracing::warn!("no [[acl.rules]]: every valid client certificate may join every room");
+        }
+        let acl = ArcSwap::from_pointee(config.acl.clone());
         let shared = Shared {
             registry: registry::Registry::new(config.max_peers),
             config,
             tls,
+            acl,
             source,
             ready: AtomicBool::new(false),
             metrics: Arc::new(Metrics::default()),

@@ -1,6 +1,6 @@
 //! Hot reload: on SIGHUP (`systemctl reload`) the configuration file is read and validated
-//! again, and the server certificate, key and client CA bundles are loaded from it and swapped
-//! in for new handshakes. Established connections keep the TLS session they have. A reload that
+//! again, and the server certificate, key, client CA bundles and ACL rules are loaded from it
+//! and swapped in for new handshakes. Established connections keep the TLS session they have. A reload that
 //! fails keeps everything as it was and logs why. Other settings are read at start-up only: a
 //! reload that changes them says so.
 
@@ -34,10 +34,15 @@ impl Proxy {
         };
         let server = tls::server_config(&config)?;
         shared.tls.store(server);
+        shared.acl.store(std::sync::Arc::new(config.acl.clone()));
         if needs_restart(&shared.config, &config) {
             warn!("reload: settings other than the TLS files changed; they apply at the next restart");
         }
-        info!(server_cert = %config.server_cert.display(), "reloaded: new handshakes use the new TLS material");
+        info!(
+            server_cert = %config.server_cert.display(),
+            acl_rules = config.acl.len(),
+            "reloaded: new handshakes use the new TLS material and ACL"
+        );
         Ok(())
     }
 }
@@ -48,6 +53,7 @@ fn needs_restart(running: &Config, new: &Config) -> bool {
     comparable.server_cert.clone_from(&running.server_cert);
     comparable.server_key.clone_from(&running.server_key);
     comparable.client_ca.clone_from(&running.client_ca);
+    comparable.acl.clone_from(&running.acl);
     format!("{comparable:?}") != format!("{running:?}")
 }
 

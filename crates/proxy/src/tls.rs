@@ -19,7 +19,7 @@ fn tls_error(path: &Path, reason: impl Into<String>) -> Error {
     Error::Tls { path: path.to_owned(), reason: reason.into() }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     let bytes = std::fs::read(path).map_err(|e| tls_error(path, e.to_string()))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<std::result::Result<Vec<_>, _>>()

@@ -1,6 +1,7 @@
 //! The proxy in-process on 127.0.0.1:0, with a PKI made in a temp dir and real mTLS WebSocket
 //! clients.
 
+mod acl;
 mod admin;
 mod handshake;
 mod relay;

@@ -96,6 +96,8 @@ pub(crate) struct TestProxy {
     pub(crate) proxy: Proxy,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) pki: Arc<Pki>,
+    /// Its configuration file, which a reload reads again.
+    pub(crate) file: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -121,12 +123,16 @@ pub(crate) async fn start_with(pki: &Arc<Pki>, server_cert: &Path, extra: &str) 
 pub(crate) async fn start_toml(pki: &Arc<Pki>, toml: &str) -> TestProxy {
     // The proxy's log, captured per test and shown when one fails.
     let _ = tracing_subscriber::fmt().with_env_filter("micronets_proxy=debug").with_test_writer().try_init();
-    let config = FileConfig::parse(toml).unwrap().into_config(&Overrides::default()).unwrap();
+    // Written to a file, so that a reload reads it again.
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let file = pki.path(&format!("proxy-{}.toml", FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    std::fs::write(&file, toml).unwrap();
+    let config = FileConfig::load(&file).unwrap().into_config(&Overrides::default()).unwrap();
     let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_listener.local_addr().unwrap();
-    let proxy = Proxy::new(config).unwrap();
+    let proxy = Proxy::from_file(config, file.clone(), Overrides::default()).unwrap();
     let metrics = proxy.metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = proxy.clone();
@@ -139,7 +145,7 @@ pub(crate) async fn start_toml(pki: &Arc<Pki>, toml: &str) -> TestProxy {
             () = serving.serve_admin(admin_listener) => {}
         }
     });
-    TestProxy { addr, admin, proxy, metrics, pki: Arc::clone(pki), stop: Some(stop), task: Some(task) }
+    TestProxy { addr, admin, proxy, metrics, pki: Arc::clone(pki), file, stop: Some(stop), task: Some(task) }
 }
 
 impl TestProxy {

@@ -1,0 +1,83 @@
+//! Authorization: the ACL's decision before the upgrade (403), the peerClass an allowing rule
+//! requires at HELLO (1008), and rules changed by a reload.
+
+use crate::support::{Pki, start};
+
+/// The Micronets layout: the manager may join any `gw/*` room, each gateway only its own
+/// (`gw/<its CN>`), with HELLO peerClass `gw-service`; nothing else is allowed.
+const RULES: &str = r#"
+[[acl.rules]]
+room = "gw/*"
+cn = "manager"
+allow = true
+
+[[acl.rules]]
+room = "gw/{cn}"
+peer_class = "gw-service"
+allow = true
+"#;
+
+fn upgrade(room: &str) -> String {
+    format!(
+        "GET /micronets/v1/ws-proxy/{room} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn each_gateway_joins_only_its_own_room_and_the_manager_any_gateway_room() {
+    let pki = Pki::new();
+    let proxy = start(&pki, RULES).await;
+    let (mut manager, _) = proxy.join("manager", "gw/gw-1", "m").await;
+
+    let mut gateway = proxy.connect("gw-1", "gw/gw-1").await;
+    let hello = r#"{"message": {"messageId": 0, "messageType": "CONN:HELLO", "peerClass": "gw-service", "peerId": "g1"}}"#;
+    gateway.send_text(hello).await;
+    assert_eq!(manager.recv_text().await, hello, "the gateway joined its own room");
+
+    let elsewhere = proxy.raw_request("gw-1", &upgrade("gw/gw-2")).await;
+    assert!(elsewhere.starts_with("HTTP/1.1 403"), "{elsewhere}");
+    assert!(elsewhere.contains("this certificate may not join this room"), "{elsewhere}");
+    let unlisted = proxy.raw_request("test-client", &upgrade("other")).await;
+    assert!(unlisted.starts_with("HTTP/1.1 403"), "default deny: {unlisted}");
+    assert_eq!(proxy.metrics.upgrade_refusals(403), 2);
+
+    // Its own room, but a HELLO with another peerClass.
+    let mut impostor = proxy.connect("gw-2", "gw/gw-2").await;
+    impostor.hello("x").await;
+    let (code, reason) = impostor.expect_close().await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("peerClass must be \"gw-service\""), "{reason}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_applies_new_rules_to_new_connections_only() {
+    let pki = Pki::new();
+    let proxy = start(&pki, RULES).await;
+    let (mut manager, _) = proxy.join("manager", "gw/gw-1", "m").await;
+    let (mut lab, _) = proxy.join("manager", "gw/lab", "m2").await;
+
+    let config = std::fs::read_to_string(&proxy.file).unwrap();
+    let tightened = config.replace("room = \"gw/*\"", "room = \"gw/lab\"");
+    std::fs::write(&proxy.file, tightened).unwrap();
+    proxy.proxy.reload().unwrap();
+
+    let refused = proxy.raw_request("manager", &upgrade("gw/gw-9")).await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    // The connections admitted before keep working.
+    let mut gateway = proxy.connect("gw-1", "gw/gw-1").await;
+    gateway
+        .send_text(r#"{"message": {"messageId": 0, "messageType": "CONN:HELLO", "peerClass": "gw-service"}}"#)
+        .await;
+    assert!(manager.recv_text().await.contains("CONN:HELLO"));
+    lab.send_text(r#"{"message": {"messageId": 5, "messageType": "EVENT:alone", "requiresResponse": true}}"#)
+        .await;
+    assert_eq!(lab.recv_message().await["statusCode"], 503, "still connected, and answered");
+
+    std::fs::write(&proxy.file, config.replace("room = \"gw/*\"", "room = \"gw/{serial}\"")).unwrap();
+    let err = proxy.proxy.reload().unwrap_err().to_string();
+    assert!(err.contains("acl.rules") && err.contains("rule 1"), "{err}");
+    let still = proxy.raw_request("manager", &upgrade("gw/gw-9")).await;
+    assert!(still.starts_with("HTTP/1.1 403"), "a failed reload keeps the last good rules: {still}");
+    proxy.stop().await;
+}
