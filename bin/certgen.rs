@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use micronets_certgen::{Authority, Error, KeyType, LeafSpec, RootSpec, Usage, dev, files, inspect, verify};
+use micronets_certgen::{
+    Authority, Error, KeyType, LeafSpec, RootSpec, Usage, crl, dev, files, inspect, verify,
+};
 
 #[derive(Parser)]
 #[command(version, about = "Issue and inspect the Micronets WebSocket proxy's certificates")]
@@ -55,6 +57,28 @@ enum Command {
         /// Require this usage (client or server; default: either).
         #[arg(long)]
         usage: Option<Usage>,
+    },
+    /// Add a certificate to the CA's revocation list (creating the CRL file when missing).
+    #[command(group = clap::ArgGroup::new("which").required(true))]
+    Revoke {
+        /// The CA certificate.
+        #[arg(long)]
+        ca_certfile: PathBuf,
+        /// The CA private key.
+        #[arg(long)]
+        ca_keyfile: PathBuf,
+        /// The serial to revoke, in hex as `certgen inspect` prints it.
+        #[arg(long, group = "which")]
+        serial: Option<String>,
+        /// The certificate (or pkeycert) to revoke.
+        #[arg(long, group = "which")]
+        cert: Option<PathBuf>,
+        /// The CRL file (PEM), e.g. certs/micronets-ws-root.crl.pem.
+        #[arg(long)]
+        crl: PathBuf,
+        /// Days until the CRL's nextUpdate.
+        #[arg(long, default_value_t = 30)]
+        next_update_days: u32,
     },
     /// Create or refresh the whole development PKI.
     Dev {
@@ -136,6 +160,24 @@ fn run(command: Command) -> Result<(), Error> {
         Command::Verify { ca, leaf, usage } => {
             let purposes = verify::verify(&ca, &leaf, usage)?.purposes.join(" and ");
             println!("{}: OK (valid for {purposes} authentication)", leaf.display());
+            return Ok(());
+        }
+        Command::Revoke { ca_certfile, ca_keyfile, serial, cert, crl, next_update_days } => {
+            let serial = match (serial, cert) {
+                (Some(text), _) => crl::parse_serial(&text)?,
+                (None, Some(path)) => crl::serial_of(&path)?,
+                (None, None) => return Err(Error::Invalid("give --serial or --cert".into())),
+            };
+            let authority = Authority::load(&ca_certfile, &ca_keyfile)?;
+            let done = crl::revoke(&authority, &crl, &serial, next_update_days)?;
+            let what = if done.already { "was already revoked" } else { "revoked" };
+            println!(
+                "{} {what}; {} lists {} serial(s), CRL number {}",
+                done.serial,
+                crl.display(),
+                done.count,
+                done.crl_number
+            );
             return Ok(());
         }
         Command::Dev { dir } => {

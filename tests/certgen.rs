@@ -335,3 +335,48 @@ fn original_openssl_root_signs_new_leaves() {
     openssl(dir, &["verify", "-CAfile", "orig-root.cert.pem", "new-gw.cert.pem"]).success();
     certgen(dir, &["verify", "--ca", "orig-root.cert.pem", "new-gw.pkeycert.pem"]).success();
 }
+
+/// `certgen revoke` creates the CRL, adds to it, keeps it idempotent, and openssl agrees that
+/// the revoked certificate is revoked and the other is not.
+#[test]
+fn revoke_builds_a_crl_that_openssl_checks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_root(dir);
+    make_leaf(dir, "gw-1", &["--usage", "client"]).success();
+    make_leaf(dir, "gw-2", &["--usage", "client"]).success();
+    let revoke = |which: &[&str]| {
+        let mut args =
+            vec!["revoke", "--ca-certfile", ROOT_CERT, "--ca-keyfile", ROOT_KEY, "--crl", "root.crl.pem"];
+        args.extend_from_slice(which);
+        certgen(dir, &args)
+    };
+    revoke(&["--cert", "gw-1.pkeycert.pem"])
+        .success()
+        .stdout_has("revoked; root.crl.pem lists 1 serial(s), CRL number 1");
+    revoke(&["--cert", "gw-1.cert.pem"])
+        .success()
+        .stdout_has("was already revoked")
+        .stdout_has("CRL number 2");
+    assert_eq!(mode(&dir.join("root.crl.pem")), 0o644, "a CRL is public");
+    let check = |leaf: &str| {
+        openssl(dir, &["verify", "-crl_check", "-CAfile", ROOT_CERT, "-CRLfile", "root.crl.pem", leaf])
+    };
+    assert!(!check("gw-1.cert.pem").output.status.success(), "gw-1 is revoked");
+    check("gw-2.cert.pem").success();
+
+    let inspected = certgen(dir, &["inspect", "gw-2.cert.pem"]).success().stdout();
+    let serial = inspected.lines().find_map(|l| l.trim().strip_prefix("serial:")).unwrap().trim().to_owned();
+    revoke(&["--serial", &serial]).success().stdout_has("lists 2 serial(s), CRL number 3");
+    assert!(!check("gw-2.cert.pem").output.status.success(), "gw-2 is revoked by serial");
+    let text = openssl(dir, &["crl", "-in", "root.crl.pem", "-noout", "-text"]).success().stdout();
+    assert!(text.contains(&serial), "{text}");
+
+    revoke(&[]).code(64).stderr_has("--serial");
+    revoke(&["--serial", "xyz"]).code(64).stderr_has("not hex");
+    root(dir, "other-root", "Other", &[]).success();
+    let other = ["revoke", "--ca-certfile", "other-root.cert.pem", "--ca-keyfile", "other-root.key.pem"];
+    certgen(dir, &[&other[..], &["--crl", "root.crl.pem", "--cert", "gw-2.cert.pem"]].concat())
+        .code(1)
+        .stderr_has("issued by another CA");
+}

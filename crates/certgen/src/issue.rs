@@ -139,6 +139,8 @@ pub fn issue_root(spec: &RootSpec) -> Result<Issued> {
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     not_after: OffsetDateTime,
+    /// The CA certificate's subject, DER: what the CRLs it signs name as their issuer.
+    subject_der: Vec<u8>,
 }
 
 impl Authority {
@@ -187,9 +189,20 @@ impl Authority {
                 "CA subject has multi-valued or empty RDNs, which are not supported".to_owned(),
             ));
         }
+        let subject_der = cert.subject().as_raw().to_vec();
         let issuer = Issuer::from_ca_cert_der(&der, key)
             .map_err(|e| Error::BadCertificate { path: PathBuf::from(cert_path), reason: e.to_string() })?;
-        Ok(Authority { issuer, not_after })
+        Ok(Authority { issuer, not_after, subject_der })
+    }
+
+    /// The signer, for CRLs.
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
+    /// The CA certificate's subject, DER.
+    pub(crate) fn subject_der(&self) -> &[u8] {
+        &self.subject_der
     }
 
     /// Issues a leaf: basicConstraints CA:FALSE, keyUsage digitalSignature (plus

@@ -38,6 +38,8 @@ pub struct Config {
     /// CA bundles client certificates must chain to (`tls.client_ca`, plus a CA directory's
     /// files when given on the command line).
     pub client_ca: Vec<PathBuf>,
+    /// Certificate revocation lists client certificates are checked against (`tls.crl_files`).
+    pub crl_files: Vec<PathBuf>,
     /// Deadline for the TLS handshake and the HTTP upgrade request (`tls.handshake_timeout`).
     pub handshake_timeout: Duration,
     /// Members per room (`rooms.max_peers`), at least 2.
@@ -121,6 +123,7 @@ struct TlsSection {
     server_cert: PathBuf,
     server_key: PathBuf,
     client_ca: PathBuf,
+    crl_files: Vec<PathBuf>,
     handshake_timeout: String,
 }
 
@@ -130,6 +133,7 @@ impl Default for TlsSection {
             server_cert: "/etc/micronets/certs/micronets-ws-proxy.pkeycert.pem".into(),
             server_key: PathBuf::new(),
             client_ca: "/etc/micronets/certs/micronets-ws-root.cert.pem".into(),
+            crl_files: Vec::new(),
             handshake_timeout: "10s".into(),
         }
     }
@@ -353,6 +357,7 @@ impl FileConfig {
             server_cert,
             server_key,
             client_ca,
+            crl_files: self.tls.crl_files,
             handshake_timeout: duration("tls.handshake_timeout", &self.tls.handshake_timeout)?,
             max_peers: rooms.max_peers,
             hello_timeout: duration("rooms.hello_timeout", &rooms.hello_timeout)?,

@@ -211,6 +211,7 @@ impl Peer {
             hello: hello.0.clone(),
             name: hello.1.clone(),
             subject: Arc::from(self.identity.subject.as_str()),
+            serial: Arc::from(self.identity.serial.as_str()),
             since: std::time::SystemTime::now(),
             relay_done: relay_done.clone(),
         };

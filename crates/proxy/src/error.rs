@@ -81,6 +81,8 @@ pub enum Close {
     Protocol(String),
     /// The peer did not read its frames for `slow_consumer_timeout`.
     SlowConsumer,
+    /// Its certificate was revoked (a reload brought a CRL that lists it).
+    Revoked,
     /// Our fault.
     Internal(String),
 }
@@ -92,7 +94,9 @@ impl Close {
         match self {
             Close::PeerClosed | Close::Transport(_) => CloseCode::Normal,
             Close::Shutdown | Close::KeepaliveTimeout => CloseCode::Away,
-            Close::NoHello | Close::BadHello(_) | Close::RoomFull | Close::Replaced => CloseCode::Policy,
+            Close::NoHello | Close::BadHello(_) | Close::RoomFull | Close::Replaced | Close::Revoked => {
+                CloseCode::Policy
+            }
             Close::TooBig(_) => CloseCode::Size,
             Close::InvalidUtf8 => CloseCode::Invalid,
             Close::Protocol(_) => CloseCode::Protocol,
@@ -113,6 +117,7 @@ impl Close {
             Close::BadHello(why) => format!("invalid CONN:HELLO: {why}"),
             Close::RoomFull => "room full".to_owned(),
             Close::Replaced => "replaced by a newer connection".to_owned(),
+            Close::Revoked => "certificate revoked".to_owned(),
             Close::TooBig(limit) => format!("frame exceeds {limit} bytes"),
             Close::InvalidUtf8 => "text frame is not valid UTF-8".to_owned(),
             Close::Protocol(e) => format!("protocol error: {e}"),
@@ -134,6 +139,7 @@ impl Close {
             Close::BadHello(_) => "bad_hello",
             Close::RoomFull => "room_full",
             Close::Replaced => "replaced",
+            Close::Revoked => "revoked",
             Close::TooBig(_) => "too_big",
             Close::InvalidUtf8 => "invalid_utf8",
             Close::Protocol(_) => "protocol_error",

@@ -161,6 +161,20 @@ impl Registry {
             .collect()
     }
 
+    /// The mailboxes of the members whose certificate serial is in `serials`.
+    pub(crate) fn members_with_serials(&self, serials: &std::collections::HashSet<String>) -> Vec<Mailbox> {
+        let members = |room: &Arc<Room>| {
+            let state = room.lock();
+            state
+                .members
+                .iter()
+                .filter(|m| serials.contains(&*m.serial))
+                .map(|m| m.mailbox.clone())
+                .collect::<Vec<_>>()
+        };
+        self.rooms().iter().flat_map(members).collect()
+    }
+
     /// The rooms, cloned out so that no room is locked under a map guard.
     fn rooms(&self) -> Vec<Arc<Room>> {
         self.rooms.iter().map(|r| Arc::clone(r.value())).collect()

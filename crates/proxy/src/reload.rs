@@ -1,6 +1,7 @@
 //! Hot reload: on SIGHUP (`systemctl reload`) the configuration file is read and validated
-//! again, and the server certificate, key, client CA bundles and ACL rules are loaded from it
-//! and swapped in for new handshakes. Established connections keep the TLS session they have. A reload that
+//! again, and the server certificate, key, client CA bundles, CRLs and ACL rules are loaded
+//! from it and swapped in for new handshakes; members whose certificate a new CRL revokes are
+//! closed with 1008. Established connections keep the TLS session they have. A reload that
 //! fails keeps everything as it was and logs why. Other settings are read at start-up only: a
 //! reload that changes them says so.
 
@@ -33,7 +34,15 @@ impl Proxy {
             None => shared.config.clone(),
         };
         let server = tls::server_config(&config)?;
+        let revoked = tls::revoked_serials(&config)?;
         shared.tls.store(server);
+        let cut = shared.registry.members_with_serials(&revoked);
+        for member in &cut {
+            member.kill(crate::Close::Revoked);
+        }
+        if !cut.is_empty() {
+            warn!(closed = cut.len(), "reload: closed the connections of revoked certificates with 1008");
+        }
         shared.acl.store(std::sync::Arc::new(config.acl.clone()));
         if needs_restart(&shared.config, &config) {
             warn!("reload: settings other than the TLS files changed; they apply at the next restart");
@@ -53,6 +62,7 @@ fn needs_restart(running: &Config, new: &Config) -> bool {
     comparable.server_cert.clone_from(&running.server_cert);
     comparable.server_key.clone_from(&running.server_key);
     comparable.client_ca.clone_from(&running.client_ca);
+    comparable.crl_files.clone_from(&running.crl_files);
     comparable.acl.clone_from(&running.acl);
     format!("{comparable:?}") != format!("{running:?}")
 }

@@ -86,6 +86,8 @@ pub(crate) struct Member {
     pub(crate) name: PeerName,
     /// Its certificate's subject, for the rooms API.
     pub(crate) subject: Arc<str>,
+    /// Its certificate's serial (uppercase hex), to find it when its certificate is revoked.
+    pub(crate) serial: Arc<str>,
     /// When it joined.
     pub(crate) since: std::time::SystemTime,
     /// Cancelled when this member's connection has stopped relaying frames.

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use rustls::RootCertStore;
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use x509_parser::prelude::FromDer;
 
 use crate::config::Config;
 use crate::{Error, Result};
@@ -28,6 +29,37 @@ pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
         return Err(tls_error(path, "no certificate found"));
     }
     Ok(certs)
+}
+
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    let bytes = std::fs::read(path).map_err(|e| tls_error(path, e.to_string()))?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| tls_error(path, format!("invalid PEM: {e}")))?;
+    if crls.is_empty() {
+        return Err(tls_error(path, "no CRL found"));
+    }
+    Ok(crls)
+}
+
+/// The serials (uppercase hex, as in [`crate::identity::PeerIdentity`]) that the configured
+/// CRLs revoke.
+///
+/// # Errors
+/// [`Error::Tls`] naming a CRL file that cannot be read or parsed.
+pub fn revoked_serials(config: &Config) -> Result<std::collections::HashSet<String>> {
+    let mut serials = std::collections::HashSet::new();
+    for path in &config.crl_files {
+        for der in read_crls(path)? {
+            let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+                .map_err(|e| tls_error(path, format!("invalid CRL: {e}")))?;
+            serials.extend(
+                crl.iter_revoked_certificates()
+                    .map(|entry| entry.raw_serial().iter().map(|b| format!("{b:02X}")).collect::<String>()),
+            );
+        }
+    }
+    Ok(serials)
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
@@ -49,7 +81,9 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
             roots.add(cert).map_err(|e| tls_error(path, format!("unusable CA certificate: {e}")))?;
         }
     }
+    let crls = config.crl_files.iter().map(|path| read_crls(path)).collect::<Result<Vec<_>>>()?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls.into_iter().flatten())
         .build()
         .map_err(|e| tls_error(&config.client_ca[0], format!("cannot verify clients with this CA: {e}")))?;
 

@@ -6,5 +6,6 @@ mod admin;
 mod handshake;
 mod relay;
 mod reload;
+mod revoke;
 mod rooms;
 mod support;
