@@ -54,6 +54,11 @@ pub struct Config {
     pub hold_max_age: Duration,
     /// Open connections at most (`limits.max_connections`).
     pub max_connections: usize,
+    /// Rooms at most: a connection that would open one more is refused (`limits.max_rooms`).
+    pub max_rooms: usize,
+    /// Largest `CONN:HELLO` frame accepted; a member's HELLO is kept and given to every later
+    /// member (`limits.max_hello_bytes`).
+    pub max_hello_bytes: usize,
     /// Largest frame accepted (`limits.max_frame_bytes`).
     pub max_frame_bytes: usize,
     /// Frames queued to one member at most (`limits.queue_frames`).
@@ -165,6 +170,8 @@ impl Default for RoomsSection {
 #[serde(deny_unknown_fields, default)]
 struct LimitsSection {
     max_connections: usize,
+    max_rooms: usize,
+    max_hello_bytes: usize,
     max_frame_bytes: usize,
     queue_frames: usize,
     queue_bytes: usize,
@@ -175,6 +182,8 @@ impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
             max_connections: 10_000,
+            max_rooms: 10_000,
+            max_hello_bytes: 4096,
             max_frame_bytes: 1 << 20,
             queue_frames: 1024,
             queue_bytes: 8 << 20,
@@ -343,6 +352,10 @@ impl FileConfig {
         positive("rooms.hold_max_messages", rooms.hold_max_messages)?;
         positive("rooms.hold_max_bytes", rooms.hold_max_bytes)?;
         positive("limits.max_connections", limits.max_connections)?;
+        positive("limits.max_rooms", limits.max_rooms)?;
+        if limits.max_hello_bytes < 256 {
+            return Err(invalid("limits.max_hello_bytes", "must be at least 256".into()));
+        }
         positive("limits.queue_frames", limits.queue_frames)?;
         if limits.max_frame_bytes < 1024 {
             return Err(invalid("limits.max_frame_bytes", "must be at least 1024".into()));
@@ -365,6 +378,8 @@ impl FileConfig {
             hold_max_bytes: rooms.hold_max_bytes,
             hold_max_age: duration("rooms.hold_max_age", &rooms.hold_max_age)?,
             max_connections: limits.max_connections,
+            max_rooms: limits.max_rooms,
+            max_hello_bytes: limits.max_hello_bytes,
             max_frame_bytes: limits.max_frame_bytes,
             queue_frames: limits.queue_frames,
             queue_bytes: limits.queue_bytes,

@@ -23,7 +23,7 @@ use crate::acl::Decision;
 use crate::error::Close;
 use crate::identity::PeerIdentity;
 use crate::metrics::{FrameTally, Metrics, OpenConnection};
-use crate::registry::Joined;
+use crate::registry::{Joined, Space};
 use crate::relay::{ConnId, Delivery, Mailbox, write_loop};
 use crate::room::{HoldLimits, Member, PeerName, Room, RoomId, Route, Targets};
 use crate::upgrade::{self, Refusal};
@@ -139,26 +139,32 @@ async fn upgrade(
         Ok(result) => result,
         Err(_) => Err(Refusal::Closed("no upgrade request within handshake_timeout".into())),
     };
-    let decision = request.as_ref().ok().map(|r| shared.acl.load().decide(identity, &r.room));
-    let refusal = match (request, decision) {
-        (Ok(request), Some(Decision::Deny(why))) => {
-            info!(reason = %why, path = %request.path, "ACL: refused");
-            Refusal::status(403, "this certificate may not join this room", Some(&request.path))
-        }
-        (Ok(request), Some(Decision::Allow { peer_class }))
-            if shared.registry.has_space(&request.room, &identity.fingerprint) =>
-        {
-            if let Err(e) = upgrade::accept(&mut tls, &request).await {
-                shared.metrics.connection_ended("upgrade_incomplete");
-                debug!(error = %e, "peer left during the upgrade");
-                return None;
+    let refusal = match request {
+        Err(refusal) => refusal,
+        Ok(request) => match shared.acl.load().decide(identity, &request.room) {
+            Decision::Deny(why) => {
+                info!(reason = %why, path = %request.path, "ACL: refused");
+                Refusal::status(403, "this certificate may not join this room", Some(&request.path))
             }
-            let (read, write) = tokio::io::split(tls);
-            let stream = FrameReader::new(read, &request.leftover, config.max_frame_bytes);
-            return Some((FrameWriter::new(write), stream, request.room, peer_class));
-        }
-        (Ok(request), _) => Refusal::status(409, "room full", Some(&request.path)),
-        (Err(refusal), _) => refusal,
+            Decision::Allow { peer_class } => {
+                match shared.registry.space(&request.room, &identity.fingerprint) {
+                    Space::Free => {
+                        if let Err(e) = upgrade::accept(&mut tls, &request).await {
+                            shared.metrics.connection_ended("upgrade_incomplete");
+                            debug!(error = %e, "peer left during the upgrade");
+                            return None;
+                        }
+                        let (read, write) = tokio::io::split(tls);
+                        let stream = FrameReader::new(read, &request.leftover, config.max_frame_bytes);
+                        return Some((FrameWriter::new(write), stream, request.room, peer_class));
+                    }
+                    Space::RoomFull => Refusal::status(409, "room full", Some(&request.path)),
+                    Space::TooManyRooms => {
+                        Refusal::status(503, "too many rooms: try again later", Some(&request.path))
+                    }
+                }
+            }
+        },
     };
     match refusal {
         Refusal::Closed(why) => {
@@ -256,6 +262,13 @@ impl Peer {
                 Message::Binary(bytes) => bytes.as_ref(),
                 _ => &[],
             };
+            let limit = self.shared.config.max_hello_bytes;
+            if payload.len() > limit {
+                return Err(Close::BadHello(format!(
+                    "{} bytes, more than the {limit} allowed",
+                    payload.len()
+                )));
+            }
             let envelope = Envelope::from_slice(payload).map_err(|e| Close::BadHello(e.to_string()))?;
             let Kind::Hello(hello) = envelope.kind else {
                 return Err(Close::BadHello(format!(

@@ -105,7 +105,7 @@ impl Proxy {
         }
         let acl = ArcSwap::from_pointee(config.acl.clone());
         let shared = Shared {
-            registry: registry::Registry::new(config.max_peers),
+            registry: registry::Registry::new(config.max_peers, config.max_rooms),
             config,
             tls,
             acl,

@@ -18,6 +18,17 @@ use crate::status::RoomStatus;
 pub(crate) struct Registry {
     rooms: DashMap<RoomId, Arc<Room>>,
     max_peers: usize,
+    max_rooms: usize,
+}
+
+/// Whether a room has a place for a newcomer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Space {
+    Free,
+    /// The room has `max_peers` members.
+    RoomFull,
+    /// The room does not exist and `max_rooms` rooms do.
+    TooManyRooms,
 }
 
 /// What a successful join leaves the newcomer to do.
@@ -52,16 +63,22 @@ pub(crate) struct Left {
 }
 
 impl Registry {
-    pub(crate) fn new(max_peers: usize) -> Self {
-        Registry { rooms: DashMap::new(), max_peers }
+    pub(crate) fn new(max_peers: usize, max_rooms: usize) -> Self {
+        Registry { rooms: DashMap::new(), max_peers, max_rooms }
     }
 
-    /// Whether a newcomer with this certificate would find a place in the room now: the room
-    /// has fewer members than `max_peers`, or one of them has the same certificate.
-    pub(crate) fn has_space(&self, id: &RoomId, fingerprint: &Fingerprint) -> bool {
-        let Some(room) = self.rooms.get(id).map(|r| Arc::clone(r.value())) else { return true };
+    /// Whether a newcomer with this certificate would find a place in room `id` now: the room
+    /// has fewer members than `max_peers` (or one of them has the same certificate), or it does
+    /// not exist yet and there are fewer than `max_rooms` rooms. (Concurrent newcomers may open
+    /// a few rooms past the limit; `max_connections` still bounds them.)
+    pub(crate) fn space(&self, id: &RoomId, fingerprint: &Fingerprint) -> Space {
+        let Some(room) = self.rooms.get(id).map(|r| Arc::clone(r.value())) else {
+            return if self.rooms.len() < self.max_rooms { Space::Free } else { Space::TooManyRooms };
+        };
         let state = room.lock();
-        state.members.len() < self.max_peers || state.members.iter().any(|m| m.fingerprint == *fingerprint)
+        let free = state.members.len() < self.max_peers
+            || state.members.iter().any(|m| m.fingerprint == *fingerprint);
+        if free { Space::Free } else { Space::RoomFull }
     }
 
     /// Makes `member` a member of room `id` (creating it), replacing a member with the same

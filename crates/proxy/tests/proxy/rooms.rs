@@ -224,3 +224,34 @@ async fn a_held_message_that_expires_is_reported_to_its_sender() {
     b.recv_text().await;
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_newcomer_that_would_open_a_room_past_max_rooms_is_refused_with_503() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "[limits]\nmax_rooms = 1\n").await;
+    let (mut first, _) = proxy.join("manager", "one", "m").await;
+    let upgrade = |room: &str| {
+        format!(
+            "GET /micronets/v1/ws-proxy/{room} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    let refused = proxy.raw_request("gateway", &upgrade("two")).await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("too many rooms"), "{refused}");
+    let (_second, hello) = proxy.join("gateway", "one", "g").await;
+    assert_eq!(first.recv_text().await, hello, "an existing room still takes members");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_hello_over_max_hello_bytes_is_closed_with_1008() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "[limits]\nmax_hello_bytes = 256\n").await;
+    let mut client = proxy.connect("manager", "gw/1").await;
+    let long_id = "x".repeat(300);
+    client.hello(&long_id).await;
+    let (code, reason) = client.expect_close().await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("more than the 256 allowed"), "{reason}");
+    proxy.stop().await;
+}
