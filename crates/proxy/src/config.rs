@@ -59,6 +59,10 @@ pub struct Config {
     /// Largest `CONN:HELLO` frame accepted; a member's HELLO is kept and given to every later
     /// member (`limits.max_hello_bytes`).
     pub max_hello_bytes: usize,
+    /// Frames one member may send per second, 0 for no limit (`limits.max_frames_per_second`).
+    pub max_frames_per_second: u64,
+    /// Bytes one member may send per second, 0 for no limit (`limits.max_bytes_per_second`).
+    pub max_bytes_per_second: u64,
     /// Largest frame accepted (`limits.max_frame_bytes`).
     pub max_frame_bytes: usize,
     /// Frames queued to one member at most (`limits.queue_frames`).
@@ -172,6 +176,8 @@ struct LimitsSection {
     max_connections: usize,
     max_rooms: usize,
     max_hello_bytes: usize,
+    max_frames_per_second: u64,
+    max_bytes_per_second: u64,
     max_frame_bytes: usize,
     queue_frames: usize,
     queue_bytes: usize,
@@ -184,6 +190,8 @@ impl Default for LimitsSection {
             max_connections: 10_000,
             max_rooms: 10_000,
             max_hello_bytes: 4096,
+            max_frames_per_second: 0,
+            max_bytes_per_second: 0,
             max_frame_bytes: 1 << 20,
             queue_frames: 1024,
             queue_bytes: 8 << 20,
@@ -360,6 +368,12 @@ impl FileConfig {
         if limits.max_frame_bytes < 1024 {
             return Err(invalid("limits.max_frame_bytes", "must be at least 1024".into()));
         }
+        if limits.max_bytes_per_second != 0 && limits.max_bytes_per_second < limits.max_frame_bytes as u64 {
+            return Err(invalid(
+                "limits.max_bytes_per_second",
+                "must be 0 (no limit) or at least limits.max_frame_bytes".into(),
+            ));
+        }
         if limits.queue_bytes < limits.max_frame_bytes {
             return Err(invalid("limits.queue_bytes", "must be at least limits.max_frame_bytes".into()));
         }
@@ -380,6 +394,8 @@ impl FileConfig {
             max_connections: limits.max_connections,
             max_rooms: limits.max_rooms,
             max_hello_bytes: limits.max_hello_bytes,
+            max_frames_per_second: limits.max_frames_per_second,
+            max_bytes_per_second: limits.max_bytes_per_second,
             max_frame_bytes: limits.max_frame_bytes,
             queue_frames: limits.queue_frames,
             queue_bytes: limits.queue_bytes,

@@ -23,6 +23,7 @@ use crate::acl::Decision;
 use crate::error::Close;
 use crate::identity::PeerIdentity;
 use crate::metrics::{FrameTally, Metrics, OpenConnection};
+use crate::rate::{Admit, RateLimit};
 use crate::registry::{Joined, Space};
 use crate::relay::{ConnId, Delivery, Mailbox, write_loop};
 use crate::room::{HoldLimits, Member, PeerName, Room, RoomId, Route, Targets};
@@ -352,6 +353,8 @@ impl Peer {
         let mut last_frame = Instant::now();
         let mut unclocked_frames = false;
         let mut targets = Targets::default();
+        let mut rate =
+            RateLimit::new(config.max_frames_per_second, config.max_bytes_per_second, last_frame.into_std());
         loop {
             let event = poll_fn(|cx| {
                 if self.mailbox.is_killed() {
@@ -397,6 +400,14 @@ impl Peer {
             unclocked_frames = true;
             match frame {
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                    match rate.admit(message.len()) {
+                        Admit::Yes => {}
+                        Admit::Refuse => {
+                            self.refuse_over_rate(&message).await;
+                            continue;
+                        }
+                        Admit::Close => return Close::RateLimited,
+                    }
                     let arrived = tally.frame_in(&message);
                     let held = self.relay_frame(room, message, &mut targets, tally).await;
                     self.shared.metrics.relay_done(arrived);
@@ -410,6 +421,18 @@ impl Peer {
                 Some(Err(e)) => return self.read_error(e),
             }
         }
+    }
+
+    /// Tells the sender that a frame over its rate limit was not relayed.
+    async fn refuse_over_rate(&self, message: &Message) {
+        let id = match message {
+            Message::Text(text) => {
+                Header::parse(text.as_str()).ok().and_then(|h| h.message_id.map(MessageId::into_owned))
+            }
+            _ => None,
+        };
+        debug!(len = message.len(), "over the rate limit: not relayed");
+        self.reply(self.conn_error(429, "rate limit exceeded: not relayed", id)).await;
     }
 
     /// Relays one frame; returns whether it was held for a member to come.

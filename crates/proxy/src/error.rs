@@ -83,6 +83,8 @@ pub enum Close {
     SlowConsumer,
     /// Its certificate was revoked (a reload brought a CRL that lists it).
     Revoked,
+    /// It kept sending over its rate limit.
+    RateLimited,
     /// Our fault.
     Internal(String),
 }
@@ -94,9 +96,12 @@ impl Close {
         match self {
             Close::PeerClosed | Close::Transport(_) => CloseCode::Normal,
             Close::Shutdown | Close::KeepaliveTimeout => CloseCode::Away,
-            Close::NoHello | Close::BadHello(_) | Close::RoomFull | Close::Replaced | Close::Revoked => {
-                CloseCode::Policy
-            }
+            Close::NoHello
+            | Close::BadHello(_)
+            | Close::RoomFull
+            | Close::Replaced
+            | Close::Revoked
+            | Close::RateLimited => CloseCode::Policy,
             Close::TooBig(_) => CloseCode::Size,
             Close::InvalidUtf8 => CloseCode::Invalid,
             Close::Protocol(_) => CloseCode::Protocol,
@@ -118,6 +123,7 @@ impl Close {
             Close::RoomFull => "room full".to_owned(),
             Close::Replaced => "replaced by a newer connection".to_owned(),
             Close::Revoked => "certificate revoked".to_owned(),
+            Close::RateLimited => "rate limit exceeded".to_owned(),
             Close::TooBig(limit) => format!("frame exceeds {limit} bytes"),
             Close::InvalidUtf8 => "text frame is not valid UTF-8".to_owned(),
             Close::Protocol(e) => format!("protocol error: {e}"),
@@ -140,6 +146,7 @@ impl Close {
             Close::RoomFull => "room_full",
             Close::Replaced => "replaced",
             Close::Revoked => "revoked",
+            Close::RateLimited => "rate_limited",
             Close::TooBig(_) => "too_big",
             Close::InvalidUtf8 => "invalid_utf8",
             Close::Protocol(_) => "protocol_error",
@@ -160,6 +167,7 @@ impl Close {
                 | Close::Protocol(_)
                 | Close::SlowConsumer
                 | Close::KeepaliveTimeout
+                | Close::RateLimited
         )
     }
 }

@@ -27,6 +27,7 @@ pub mod identity;
 mod listener;
 pub mod logging;
 pub mod metrics;
+mod rate;
 mod registry;
 mod relay;
 mod reload;

@@ -264,6 +264,13 @@ impl Mailbox {
         Poll::Ready(bytes)
     }
 
+    /// Appends whatever is still queued to `batch`, without waiting: for the writer's last
+    /// flush before the close frame.
+    fn take_remaining(&self, batch: &mut VecDeque<Message>) {
+        let mut queue = self.lock();
+        batch.extend(queue.frames.drain(..));
+    }
+
     /// Gives back the byte budget of a written batch.
     fn written(&self, bytes: usize) {
         let mut queue = self.lock();
@@ -338,13 +345,22 @@ where
             return;
         }
     }
-    let close = match mailbox.kill_reason() {
+    let reason = mailbox.kill_reason();
+    // What is still queued goes out before the close frame (the proxy's last replies, the
+    // messages a shutdown finds queued), unless the peer is not reading or cannot be written to.
+    if !matches!(reason, Some(Close::SlowConsumer | Close::Transport(_))) {
+        mailbox.take_remaining(&mut batch);
+    }
+    let close = match reason {
         // The answer to the peer's close (or to its end of the stream, harmlessly).
         Some(Close::PeerClosed) => Some(CloseFrame { code: CloseCode::Normal, reason: Default::default() }),
         Some(Close::Transport(_)) | None => None,
         Some(reason) => Some(CloseFrame { code: reason.close_code(), reason: reason.reason().into() }),
     };
     let _ = time::timeout(CLOSE_WRITE_TIMEOUT, async {
+        if !batch.is_empty() {
+            write_batch(&mut sink, &mut batch).await?;
+        }
         if let Some(frame) = close {
             sink.send(Message::Close(Some(frame))).await?;
         }

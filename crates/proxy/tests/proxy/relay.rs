@@ -259,3 +259,40 @@ async fn a_websocket_protocol_violation_closes_with_1002() {
     assert_eq!(b.recv_message().await["messageType"], "CONN:PEER-LEFT");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_member_over_its_rate_is_told_429_then_closed_with_1008() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "[limits]\nmax_frames_per_second = 5\n").await;
+    let (mut a, mut b) = pair(&proxy, "gw/1").await;
+    for i in 0..40 {
+        a.send_text(&format!(r#"{{"message": {{"messageId": {i}, "messageType": "EVENT:x"}}}}"#)).await;
+    }
+    let mut refused = Vec::new();
+    let close = loop {
+        match a.recv().await {
+            Message::Text(text) => {
+                let error: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+                assert_eq!(error["message"]["statusCode"], 429, "{error}");
+                refused.push(error["message"]["inResponseTo"].as_i64().unwrap());
+            }
+            Message::Close(frame) => break frame.unwrap(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!((u16::from(close.code), close.reason.as_str()), (1008, "rate limit exceeded"));
+    let mut relayed = 0;
+    loop {
+        let text = b.recv_text().await;
+        if text.contains("CONN:PEER-LEFT") {
+            break;
+        }
+        relayed += 1;
+    }
+    assert!((5..=7).contains(&relayed), "about one second's worth was relayed: {relayed}");
+    assert_eq!(
+        relayed + refused.len() - refused.iter().filter(|&&id| id < relayed as i64).count(),
+        relayed + refused.len()
+    );
+    proxy.stop().await;
+}
