@@ -63,6 +63,9 @@ pub struct Config {
     pub max_frames_per_second: u64,
     /// Bytes one member may send per second, 0 for no limit (`limits.max_bytes_per_second`).
     pub max_bytes_per_second: u64,
+    /// New connections accepted per second, 0 for no limit; past it they are dropped before
+    /// any TLS work (`limits.max_handshakes_per_second`).
+    pub max_handshakes_per_second: u64,
     /// Largest frame accepted (`limits.max_frame_bytes`).
     pub max_frame_bytes: usize,
     /// Frames queued to one member at most (`limits.queue_frames`).
@@ -178,6 +181,7 @@ struct LimitsSection {
     max_hello_bytes: usize,
     max_frames_per_second: u64,
     max_bytes_per_second: u64,
+    max_handshakes_per_second: u64,
     max_frame_bytes: usize,
     queue_frames: usize,
     queue_bytes: usize,
@@ -192,6 +196,7 @@ impl Default for LimitsSection {
             max_hello_bytes: 4096,
             max_frames_per_second: 0,
             max_bytes_per_second: 0,
+            max_handshakes_per_second: 0,
             max_frame_bytes: 1 << 20,
             queue_frames: 1024,
             queue_bytes: 8 << 20,
@@ -396,6 +401,7 @@ impl FileConfig {
             max_hello_bytes: limits.max_hello_bytes,
             max_frames_per_second: limits.max_frames_per_second,
             max_bytes_per_second: limits.max_bytes_per_second,
+            max_handshakes_per_second: limits.max_handshakes_per_second,
             max_frame_bytes: limits.max_frame_bytes,
             queue_frames: limits.queue_frames,
             queue_bytes: limits.queue_bytes,

@@ -146,7 +146,7 @@ impl Close {
             Close::RoomFull => "room_full",
             Close::Replaced => "replaced",
             Close::Revoked => "revoked",
-            Close::RateLimited => "rate_limited",
+            Close::RateLimited => "send_rate_limited",
             Close::TooBig(_) => "too_big",
             Close::InvalidUtf8 => "invalid_utf8",
             Close::Protocol(_) => "protocol_error",

@@ -13,12 +13,17 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::Shared;
 use crate::metrics::Metrics;
+use crate::rate::{Admit, RateLimit};
 
 /// Pause after an accept error that is not about one connection (EMFILE, ENOBUFS, ...).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+    // New connections per second: past the rate they are dropped before any TLS work, so a
+    // reconnect storm turns into the clients' orderly retries instead of a CPU pile-up.
+    let mut handshakes =
+        RateLimit::new(shared.config.max_handshakes_per_second, 0, std::time::Instant::now());
     tokio::pin!(shutdown);
     shared.ready.store(true, Ordering::Relaxed);
     loop {
@@ -42,6 +47,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
             drop(tcp);
             continue;
         };
+        if handshakes.admit(0) != Admit::Yes {
+            shared.metrics.connection_ended("handshake_rate_limited");
+            warn!(
+                peer = %addr,
+                limit = shared.config.max_handshakes_per_second,
+                "connection dropped: max_handshakes_per_second reached"
+            );
+            continue;
+        }
         let open = shared.metrics.opened();
         let _ = tcp.set_nodelay(true);
         let span = info_span!(

@@ -268,3 +268,21 @@ async fn the_original_scripts_files_work() {
     assert!(original.recv_text().await.contains("\"peerId\": \"gw\""));
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn connections_past_max_handshakes_per_second_are_dropped_before_tls() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "[limits]\nmax_handshakes_per_second = 1\n").await;
+    let _first = proxy.connect("manager", "gw/1").await;
+    let path = format!("{PREFIX}gw/1");
+    let second =
+        within("second", Client::connect(proxy.addr, &pki.dev.root_cert(), &pki.client("gateway"), &path))
+            .await;
+    assert!(second.is_err(), "the second connection within the second is dropped");
+    let (_, metrics) = proxy.admin("GET", "/metrics").await;
+    assert!(
+        metrics.contains("ws_proxy_connections_total{outcome=\"handshake_rate_limited\"} 1"),
+        "{metrics}"
+    );
+    proxy.stop().await;
+}
