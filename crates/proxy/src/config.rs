@@ -54,6 +54,12 @@ pub struct Config {
     pub hold_max_age: Duration,
     /// Open connections at most (`limits.max_connections`).
     pub max_connections: usize,
+    /// Open connections from one source address at most, 0 for no limit; more are dropped
+    /// before any TLS work (`limits.max_connections_per_ip`).
+    pub max_connections_per_ip: usize,
+    /// Open connections with one certificate at most, 0 for no limit; more are refused with
+    /// HTTP 429 (`limits.max_connections_per_identity`).
+    pub max_connections_per_identity: usize,
     /// Rooms at most: a connection that would open one more is refused (`limits.max_rooms`).
     pub max_rooms: usize,
     /// Largest `CONN:HELLO` frame accepted; a member's HELLO is kept and given to every later
@@ -177,6 +183,8 @@ impl Default for RoomsSection {
 #[serde(deny_unknown_fields, default)]
 struct LimitsSection {
     max_connections: usize,
+    max_connections_per_ip: usize,
+    max_connections_per_identity: usize,
     max_rooms: usize,
     max_hello_bytes: usize,
     max_frames_per_second: u64,
@@ -192,6 +200,8 @@ impl Default for LimitsSection {
     fn default() -> Self {
         LimitsSection {
             max_connections: 10_000,
+            max_connections_per_ip: 0,
+            max_connections_per_identity: 0,
             max_rooms: 10_000,
             max_hello_bytes: 4096,
             max_frames_per_second: 0,
@@ -397,6 +407,8 @@ impl FileConfig {
             hold_max_bytes: rooms.hold_max_bytes,
             hold_max_age: duration("rooms.hold_max_age", &rooms.hold_max_age)?,
             max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_connections_per_identity: limits.max_connections_per_identity,
             max_rooms: limits.max_rooms,
             max_hello_bytes: limits.max_hello_bytes,
             max_frames_per_second: limits.max_frames_per_second,

@@ -5,6 +5,7 @@
 //! a level that says whose fault it was.
 
 use std::future::{Future, poll_fn};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -21,12 +22,14 @@ use tracing::{Span, debug, info, warn};
 use crate::Shared;
 use crate::acl::Decision;
 use crate::error::Close;
+use crate::identity::Fingerprint;
 use crate::identity::PeerIdentity;
 use crate::metrics::{FrameTally, Metrics, OpenConnection};
 use crate::rate::{Admit, RateLimit};
 use crate::registry::{Joined, Space};
 use crate::relay::{ConnId, Delivery, Mailbox, write_loop};
 use crate::room::{HoldLimits, Member, PeerName, Room, RoomId, Route, Targets};
+use crate::slots::Slot;
 use crate::upgrade::{self, Refusal};
 use crate::websocket::{FrameReader, FrameWriter, ReadError};
 
@@ -43,19 +46,27 @@ struct Established {
     room_id: RoomId,
     /// The `peerClass` the ACL rule that let it in requires of its HELLO.
     peer_class: Option<String>,
+    /// Its place under `max_connections_per_identity`.
+    _identity_slot: Slot<Fingerprint>,
+}
+
+/// A connection's places under the limits counted at accept, given back when it ends.
+pub(crate) struct Places {
+    /// Its place under `max_connections`.
+    pub(crate) _permit: OwnedSemaphorePermit,
+    /// Counts it as open.
+    pub(crate) _open: OpenConnection,
+    /// Its place under `max_connections_per_ip`.
+    pub(crate) _ip: Slot<IpAddr>,
 }
 
 /// How long the writer gets to flush the close frame after the reader has finished.
 const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Serves one accepted TCP connection to its end. The permit is the connection's place under
-/// `max_connections` and `open` counts it as open; both are given back when this returns.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    _permit: OwnedSemaphorePermit,
-    _open: OpenConnection,
-) {
+/// Serves one accepted TCP connection to its end; its `places` are given back when this
+/// returns.
+pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, places: Places) {
+    let _places = places;
     // Boxed, so the handshake's large and short-lived state (TLS, the request head) is freed
     // once it is done instead of sizing the task that lives as long as the connection.
     let established = tokio::select! {
@@ -67,7 +78,10 @@ pub(crate) async fn run(
         }
         established = Box::pin(establish(&shared, tcp)) => established,
     };
-    let Some(Established { sink, stream, identity, room_id, peer_class }) = established else { return };
+    let Some(Established { sink, stream, identity, room_id, peer_class, _identity_slot }) = established
+    else {
+        return;
+    };
     let config = &shared.config;
     let mailbox = Mailbox::new(ConnId::next(), config.queue_frames, config.queue_bytes);
     let writer = shared.tracker.spawn(write_loop(sink, mailbox.clone(), config.ping_interval));
@@ -121,9 +135,10 @@ async fn establish(shared: &Shared, tcp: TcpStream) -> Option<Established> {
     };
     Span::current().record("subject", tracing::field::display(&identity.subject));
     Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
-    let (sink, stream, room_id, peer_class) = upgrade(shared, tls, &identity, deadline).await?;
+    let (sink, stream, room_id, peer_class, _identity_slot) =
+        upgrade(shared, tls, &identity, deadline).await?;
     Span::current().record("room", tracing::field::display(&room_id));
-    Some(Established { sink, stream, identity, room_id, peer_class })
+    Some(Established { sink, stream, identity, room_id, peer_class, _identity_slot })
 }
 
 /// Reads the upgrade request within the handshake deadline and answers it: a refusal (logged,
@@ -133,16 +148,20 @@ async fn upgrade(
     mut tls: Tls,
     identity: &PeerIdentity,
     deadline: Instant,
-) -> Option<(WsSink, WsStream, RoomId, Option<String>)> {
+) -> Option<(WsSink, WsStream, RoomId, Option<String>, Slot<Fingerprint>)> {
     let config = &shared.config;
     let request = match time::timeout_at(deadline, upgrade::read_request(&mut tls, &config.path_prefix)).await
     {
         Ok(result) => result,
         Err(_) => Err(Refusal::Closed("no upgrade request within handshake_timeout".into())),
     };
-    let refusal = match request {
-        Err(refusal) => refusal,
-        Ok(request) => match shared.acl.load().decide(identity, &request.room) {
+    let slot = shared.per_identity.acquire(identity.fingerprint);
+    let refusal = match (request, slot) {
+        (Err(refusal), _) => refusal,
+        (Ok(request), None) => {
+            Refusal::status(429, "too many connections with this certificate", Some(&request.path))
+        }
+        (Ok(request), Some(slot)) => match shared.acl.load().decide(identity, &request.room) {
             Decision::Deny(why) => {
                 info!(reason = %why, path = %request.path, "ACL: refused");
                 Refusal::status(403, "this certificate may not join this room", Some(&request.path))
@@ -157,7 +176,7 @@ async fn upgrade(
                         }
                         let (read, write) = tokio::io::split(tls);
                         let stream = FrameReader::new(read, &request.leftover, config.max_frame_bytes);
-                        return Some((FrameWriter::new(write), stream, request.room, peer_class));
+                        return Some((FrameWriter::new(write), stream, request.room, peer_class, slot));
                     }
                     Space::RoomFull => Refusal::status(409, "room full", Some(&request.path)),
                     Space::TooManyRooms => {

@@ -33,6 +33,7 @@ mod relay;
 mod reload;
 mod room;
 pub mod shutdown;
+mod slots;
 pub mod status;
 pub mod systemd;
 pub mod tls;
@@ -67,6 +68,10 @@ struct Shared {
     /// Listening and not draining (`/readyz`).
     ready: AtomicBool,
     registry: registry::Registry,
+    /// Live connections per source address (`max_connections_per_ip`).
+    per_ip: Arc<slots::PerKey<std::net::IpAddr>>,
+    /// Live connections per certificate (`max_connections_per_identity`).
+    per_identity: Arc<slots::PerKey<identity::Fingerprint>>,
     metrics: Arc<Metrics>,
     /// `messageId` of the next proxy-originated message.
     next_message_id: AtomicI64,
@@ -107,6 +112,8 @@ impl Proxy {
         let acl = ArcSwap::from_pointee(config.acl.clone());
         let shared = Shared {
             registry: registry::Registry::new(config.max_peers, config.max_rooms),
+            per_ip: slots::PerKey::new(config.max_connections_per_ip),
+            per_identity: slots::PerKey::new(config.max_connections_per_identity),
             config,
             tls,
             acl,

@@ -56,6 +56,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
             );
             continue;
         }
+        let Some(ip) = shared.per_ip.acquire(addr.ip()) else {
+            shared.metrics.connection_ended("ip_limited");
+            warn!(
+                peer = %addr,
+                limit = shared.config.max_connections_per_ip,
+                "connection dropped: max_connections_per_ip reached"
+            );
+            continue;
+        };
         let open = shared.metrics.opened();
         let _ = tcp.set_nodelay(true);
         let span = info_span!(
@@ -68,7 +77,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
         );
         // The guards go into the connection's own future: wrapping it in another async block
         // would store it twice and double the task's size.
-        let task = crate::connection::run(Arc::clone(&shared), tcp, permit, open);
+        let places = crate::connection::Places { _permit: permit, _open: open, _ip: ip };
+        let task = crate::connection::run(Arc::clone(&shared), tcp, places);
         shared.tracker.spawn(task.instrument(span));
     }
     shared.ready.store(false, Ordering::Relaxed);

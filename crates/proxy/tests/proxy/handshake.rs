@@ -286,3 +286,41 @@ async fn connections_past_max_handshakes_per_second_are_dropped_before_tls() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn connections_past_the_per_address_and_per_certificate_limits_are_refused() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "[limits]\nmax_connections_per_identity = 1\n").await;
+    let manager = proxy.connect("manager", "gw/1").await;
+    let upgrade = "GET /micronets/v1/ws-proxy/gw/2 HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let refused = proxy.raw_request("manager", upgrade).await;
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(refused.contains("too many connections with this certificate"), "{refused}");
+    let _other_certificate = proxy.connect("gateway", "gw/2").await;
+    drop(manager);
+    proxy.stop().await;
+
+    let proxy = start(&pki, "[limits]\nmax_connections_per_ip = 1\n").await;
+    let first = proxy.connect("manager", "gw/1").await;
+    let path = format!("{PREFIX}gw/1");
+    let second =
+        within("second", Client::connect(proxy.addr, &pki.dev.root_cert(), &pki.client("gateway"), &path))
+            .await;
+    assert!(second.is_err(), "a second connection from 127.0.0.1 is dropped");
+    first.close().await;
+    // Its place comes back when it ends.
+    let metrics_say_dropped =
+        |text: &str| text.contains("ws_proxy_connections_total{outcome=\"ip_limited\"} 1");
+    assert!(metrics_say_dropped(&proxy.admin("GET", "/metrics").await.1));
+    within("the place comes back", async {
+        loop {
+            if Client::connect(proxy.addr, &pki.dev.root_cert(), &pki.client("gateway"), &path).await.is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    proxy.stop().await;
+}
