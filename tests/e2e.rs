@@ -2,6 +2,7 @@
 
 mod certgen;
 mod client;
+mod hostile;
 mod operations;
 mod packaging;
 mod proxy;

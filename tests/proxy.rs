@@ -10,7 +10,7 @@ use crate::proxy_support::{Client, WAIT, within};
 use crate::support::{ProxyProcess, run_bin};
 
 /// A client of the dev PKI under `dir/certs/dev`.
-async fn dev_client(proxy: &ProxyProcess, dir: &Path, who: &str, room: &str) -> Client {
+pub(crate) async fn dev_client(proxy: &ProxyProcess, dir: &Path, who: &str, room: &str) -> Client {
     let dev = dir.join("certs/dev");
     let cert = dev.join(format!("micronets-{who}.pkeycert.pem"));
     let path = format!("/micronets/v1/ws-proxy/{room}");
@@ -19,7 +19,7 @@ async fn dev_client(proxy: &ProxyProcess, dir: &Path, who: &str, room: &str) -> 
         .unwrap()
 }
 
-async fn pair(proxy: &ProxyProcess, dir: &Path) -> (Client, Client) {
+pub(crate) async fn pair(proxy: &ProxyProcess, dir: &Path) -> (Client, Client) {
     let mut a = dev_client(proxy, dir, "manager", "gw/gateway").await;
     let hello_a = a.hello("a").await;
     let mut b = dev_client(proxy, dir, "gateway", "gw/gateway").await;
