@@ -75,6 +75,7 @@ pub fn revoke(ca: &Authority, crl_path: &Path, serial: &[u8], next_update_days: 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), 0),
         Err(e) => return Err(Error::io(crl_path, e)),
     };
+    let shown: String = serial.iter().map(|b| format!("{b:02X}")).collect();
     let serial = trim_serial(serial);
     let already = revoked.iter().any(|r| r.serial_number.as_ref() == serial.as_slice());
     if !already {
@@ -97,8 +98,7 @@ pub fn revoke(ca: &Authority, crl_path: &Path, serial: &[u8], next_update_days: 
     let count = params.revoked_certs.len();
     let pem = params.signed_by(ca.issuer())?.pem()?;
     write_outputs(&[Output { path: crl_path.to_owned(), contents: pem, secret: false }], true)?;
-    let serial = serial.iter().map(|b| format!("{b:02X}")).collect();
-    Ok(Revoked { serial, already, count, crl_number })
+    Ok(Revoked { serial: shown, already, count, crl_number })
 }
 
 /// The entries and the number of an existing CRL, which must be this CA's.
@@ -124,11 +124,9 @@ fn read_crl(ca: &Authority, path: &Path, pem: &[u8]) -> Result<(Vec<RevokedCertP
     Ok((entries, number))
 }
 
-/// A serial without the leading zero byte DER adds to keep it positive, so that the same
-/// serial read from a certificate and from a CRL compares equal.
+/// A serial without leading zero bytes (DER adds one to keep a serial positive), so that the
+/// same serial read from a certificate, a CRL or the command line compares equal.
 fn trim_serial(serial: &[u8]) -> Vec<u8> {
-    match serial {
-        [0, rest @ ..] if !rest.is_empty() => rest.to_vec(),
-        other => other.to_vec(),
-    }
+    let start = serial.iter().position(|&b| b != 0).unwrap_or(serial.len().saturating_sub(1));
+    serial[start..].to_vec()
 }

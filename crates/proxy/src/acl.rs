@@ -193,6 +193,7 @@ impl Rule {
             .into_iter()
             .filter_map(|(field, value)| value.as_ref().map(|v| (field, v)))
             .map(|(field, value)| match field {
+                _ if value.is_empty() => Err(format!("an empty {} never matches", field_name(field))),
                 Field::Fingerprint => normalize_fingerprint(value).map(|v| (field, v)),
                 _ => Ok((field, value.clone())),
             })
@@ -215,6 +216,17 @@ impl Rule {
             .iter()
             .all(|(field, wanted)| field.values(identity).iter().any(|value| value == wanted));
         fields_match && glob(&self.pattern, room, identity)
+    }
+}
+
+fn field_name(field: Field) -> &'static str {
+    match field {
+        Field::Cn => "cn",
+        Field::O => "o",
+        Field::Ou => "ou",
+        Field::SanDns => "san_dns",
+        Field::SanUri => "san_uri",
+        Field::Fingerprint => "fingerprint",
     }
 }
 
@@ -258,11 +270,22 @@ fn parse_pattern(text: &str) -> Result<Vec<Token>, String> {
             if literal.contains('}') {
                 return Err(format!("room {text:?}: '}}' without '{{'"));
             }
+            if !literal.split('/').all(|part| part.is_empty() || is_segment(part)) || literal.contains("//") {
+                return Err(format!(
+                    "room {text:?}: a room id holds only letters, digits, . _ ~ : @ - and single '/'"
+                ));
+            }
             tokens.push(Token::Literal(literal.to_owned()));
             rest = after;
         }
     }
     Ok(tokens)
+}
+
+/// Whether `text` is one room-id segment: letters, digits and `. _ ~ : @ -`, not `.` or `..`.
+fn is_segment(text: &str) -> bool {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b':' | b'@' | b'-');
+    !text.is_empty() && text != "." && text != ".." && text.bytes().all(allowed)
 }
 
 /// Whether `room` matches the pattern, template fields taken literally from `identity`.
@@ -272,10 +295,13 @@ fn glob(pattern: &[Token], room: &str, identity: &PeerIdentity) -> bool {
         Token::Literal(text) => {
             room.strip_prefix(text.as_str()).is_some_and(|after| glob(rest, after, identity))
         }
-        Token::Field(field) => field
-            .values(identity)
-            .iter()
-            .any(|value| room.strip_prefix(value.as_str()).is_some_and(|after| glob(rest, after, identity))),
+        // A value that is not one plain segment (a `/`, a space, nothing) never matches, so a
+        // certificate cannot reach across segments into another's room.
+        Token::Field(field) => {
+            field.values(identity).iter().filter(|v| is_segment(v)).any(|value| {
+                room.strip_prefix(value.as_str()).is_some_and(|after| glob(rest, after, identity))
+            })
+        }
         Token::Star | Token::StarStar => {
             let stop = if *first == Token::Star { room.find('/').unwrap_or(room.len()) } else { room.len() };
             (0..=stop).filter(|&i| room.is_char_boundary(i)).any(|i| glob(rest, &room[i..], identity))
@@ -361,10 +387,12 @@ mod tests {
     }
 
     #[test]
-    fn template_values_are_literal_not_globs() {
+    fn template_values_are_literal_single_segments() {
         let acl = Acl::new(&[rule("gw/{cn}", true)]).unwrap();
         let sneaky = identity("*", "o", &[]);
         assert!(matches!(acl.decide(&sneaky, &room("gw/anything")), Decision::Deny(_)));
+        let reaching = identity("a/b", "o", &[]);
+        assert!(matches!(acl.decide(&reaching, &room("gw/a/b")), Decision::Deny(_)), "no crossing segments");
     }
 
     #[test]
@@ -376,6 +404,9 @@ mod tests {
             (rule("gw/}", true), "without"),
             (RuleSpec { fingerprint: Some("12".into()), ..rule("r", true) }, "64 hex digits"),
             (RuleSpec { peer_class: Some("x".into()), ..rule("r", false) }, "allowing rule"),
+            (rule("gw//x", true), "single '/'"),
+            (rule("gw/a b", true), "letters, digits"),
+            (RuleSpec { cn: Some(String::new()), ..rule("r", true) }, "an empty cn"),
         ] {
             let err = Acl::new(&[rule("ok", true), spec]).unwrap_err();
             assert!(err.starts_with("rule 2: ") && err.contains(expected), "{err}");

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use futures_util::StreamExt;
-use micronets_message::{ConnError, Envelope, Header, Kind, MessageId, PeerLeft, RestResponse};
+use micronets_message::{ConnError, Envelope, Header, Kind, MessageId, PEER_LEFT, PeerLeft, RestResponse};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -161,7 +161,7 @@ async fn upgrade(
         (Ok(request), None) => {
             Refusal::status(429, "too many connections with this certificate", Some(&request.path))
         }
-        (Ok(request), Some(slot)) => match shared.acl.load().decide(identity, &request.room) {
+        (Ok(request), Some(slot)) => match decide(shared, identity, &request.room) {
             Decision::Deny(why) => {
                 info!(reason = %why, path = %request.path, "ACL: refused");
                 Refusal::status(403, "this certificate may not join this room", Some(&request.path))
@@ -204,6 +204,11 @@ async fn upgrade(
     None
 }
 
+/// The ACL's decision; the loaded rules are let go at once, not held across the upgrade.
+fn decide(shared: &Shared, identity: &PeerIdentity, room: &RoomId) -> Decision {
+    shared.acl.load().decide(identity, room)
+}
+
 /// What wakes the relay loop.
 enum Event {
     Frame(Option<Result<Message, ReadError>>),
@@ -241,8 +246,13 @@ impl Peer {
             since: std::time::SystemTime::now(),
             relay_done: relay_done.clone(),
         };
+        // A certificate revoked by a reload while this connection waited for its HELLO.
+        if self.shared.revoked.load().contains(&self.identity.serial) {
+            return Close::Revoked;
+        }
         let joined = match self.shared.registry.join(&self.room_id, member) {
             Ok(joined) => joined,
+            Err(Space::TooManyRooms) => return Close::TooManyRooms,
             Err(_) => return Close::RoomFull,
         };
         let room = Arc::clone(&joined.room);
@@ -476,6 +486,16 @@ impl Peer {
             },
             _ => None,
         };
+        // A member speaks for itself once, in its HELLO, and only the proxy reports departures:
+        // neither is relayed from a member, so no one can pose as another peer.
+        if let Some(h) =
+            header.as_ref().filter(|h| [micronets_message::HELLO, PEER_LEFT].contains(&&*h.message_type))
+        {
+            let reason = format!("{} is not relayed from a member", h.message_type);
+            let reply = self.conn_error(400, &reason, h.message_id.as_ref().map(MessageId::to_owned_id));
+            self.reply(reply).await;
+            return false;
+        }
         // The common case: the room has not changed since the last frame.
         if let Some(receivers) = targets.current(room) {
             self.deliver_all(receivers, message, tally).await;

@@ -85,6 +85,8 @@ pub enum Close {
     Revoked,
     /// It kept sending over its rate limit.
     RateLimited,
+    /// Its HELLO would have opened a room past `max_rooms`.
+    TooManyRooms,
     /// Our fault.
     Internal(String),
 }
@@ -105,7 +107,7 @@ impl Close {
             Close::TooBig(_) => CloseCode::Size,
             Close::InvalidUtf8 => CloseCode::Invalid,
             Close::Protocol(_) => CloseCode::Protocol,
-            Close::SlowConsumer => CloseCode::Again,
+            Close::SlowConsumer | Close::TooManyRooms => CloseCode::Again,
             Close::Internal(_) => CloseCode::Error,
         }
     }
@@ -124,6 +126,7 @@ impl Close {
             Close::Replaced => "replaced by a newer connection".to_owned(),
             Close::Revoked => "certificate revoked".to_owned(),
             Close::RateLimited => "rate limit exceeded".to_owned(),
+            Close::TooManyRooms => "too many rooms: try again later".to_owned(),
             Close::TooBig(limit) => format!("frame exceeds {limit} bytes"),
             Close::InvalidUtf8 => "text frame is not valid UTF-8".to_owned(),
             Close::Protocol(e) => format!("protocol error: {e}"),
@@ -147,6 +150,7 @@ impl Close {
             Close::Replaced => "replaced",
             Close::Revoked => "revoked",
             Close::RateLimited => "send_rate_limited",
+            Close::TooManyRooms => "too_many_rooms",
             Close::TooBig(_) => "too_big",
             Close::InvalidUtf8 => "invalid_utf8",
             Close::Protocol(_) => "protocol_error",

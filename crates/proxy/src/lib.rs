@@ -63,6 +63,9 @@ struct Shared {
     tls: ArcSwap<ServerConfig>,
     /// Who may join which room; a reload swaps it.
     acl: ArcSwap<acl::Acl>,
+    /// Serials the configured CRLs revoke, checked again when a connection joins; a reload
+    /// swaps it.
+    revoked: ArcSwap<std::collections::HashSet<String>>,
     /// Where a reload reads the configuration from.
     source: reload::Source,
     /// Listening and not draining (`/readyz`).
@@ -110,6 +113,7 @@ impl Proxy {
             tracing::warn!("no [[acl.rules]]: every valid client certificate may join every room");
         }
         let acl = ArcSwap::from_pointee(config.acl.clone());
+        let revoked = ArcSwap::from_pointee(tls::revoked_serials(&config)?);
         let shared = Shared {
             registry: registry::Registry::new(config.max_peers, config.max_rooms),
             per_ip: slots::PerKey::new(config.max_connections_per_ip),
@@ -117,6 +121,7 @@ impl Proxy {
             config,
             tls,
             acl,
+            revoked,
             source,
             ready: AtomicBool::new(false),
             metrics: Arc::new(Metrics::default()),

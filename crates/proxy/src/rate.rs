@@ -2,9 +2,10 @@
 //! two token buckets holding one second's worth each.
 //!
 //! The buckets belong to the connection's relay loop, so they need no atomics, and they read
-//! the clock only when a frame finds them short: a peer within its rate costs one subtraction
-//! per frame. A frame over the rate is not relayed; its sender is told (`CONN:ERROR` 429). A
-//! sender that goes on for a whole second's worth of refused frames in a row is closed (1008).
+//! the clock only when a frame finds them short or full: a peer within its rate costs a few
+//! comparisons per frame. A frame over the rate is not relayed; its sender is told
+//! (`CONN:ERROR` 429). A sender refused for a second's worth of frames in a row, or for a whole
+//! second, is closed (1008).
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,8 @@ pub(crate) struct RateLimit {
     bytes: f64,
     refilled: Instant,
     refused_in_a_row: u64,
+    /// When the current run of refused frames began.
+    refusing_since: Option<Instant>,
 }
 
 impl RateLimit {
@@ -40,6 +43,7 @@ impl RateLimit {
             bytes,
             refilled: now,
             refused_in_a_row: 0,
+            refusing_since: None,
         }
     }
 
@@ -49,17 +53,37 @@ impl RateLimit {
         self.admit_at(len, Instant::now)
     }
 
-    fn admit_at(&mut self, len: usize, now: impl FnOnce() -> Instant) -> Admit {
+    fn admit_at(&mut self, len: usize, now: impl Fn() -> Instant) -> Admit {
+        if self.frames_per_second == 0.0 && self.bytes_per_second == 0.0 {
+            return Admit::Yes;
+        }
+        // A full bucket starts its refill clock when it is first drawn on, so that time it
+        // spent full is not credited again.
+        if self.is_full() {
+            self.refilled = now();
+        }
         if self.take(len) {
             return Admit::Yes;
         }
-        self.refill(now());
+        let now = now();
+        self.refill(now);
         if self.take(len) {
             return Admit::Yes;
         }
         self.refused_in_a_row += 1;
-        let patience = if self.frames_per_second > 0.0 { self.frames_per_second as u64 } else { 1 };
-        if self.refused_in_a_row > patience { Admit::Close } else { Admit::Refuse }
+        let since = *self.refusing_since.get_or_insert(now);
+        let frames_worth =
+            self.frames_per_second > 0.0 && self.refused_in_a_row as f64 > self.frames_per_second;
+        if frames_worth || now.saturating_duration_since(since) >= Duration::from_secs(1) {
+            Admit::Close
+        } else {
+            Admit::Refuse
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        (self.frames_per_second == 0.0 || self.frames >= self.frames_per_second)
+            && (self.bytes_per_second == 0.0 || self.bytes >= self.bytes_per_second)
     }
 
     fn take(&mut self, len: usize) -> bool {
@@ -69,6 +93,7 @@ impl RateLimit {
             self.frames -= 1.0;
             self.bytes -= len as f64;
             self.refused_in_a_row = 0;
+            self.refusing_since = None;
         }
         frames_ok && bytes_ok
     }
@@ -113,6 +138,26 @@ mod tests {
         let much_later = later + Duration::from_secs(60);
         let passed = (0..100).take_while(|_| rate.admit_at(1, || much_later) == Admit::Yes).count();
         assert_eq!(passed, 10);
+    }
+
+    #[test]
+    fn a_byte_limit_alone_closes_after_a_second_of_refusals() {
+        let start = Instant::now();
+        let mut rate = RateLimit::new(0, 100, start);
+        assert_eq!(rate.admit_at(100, || start), Admit::Yes);
+        assert_eq!(rate.admit_at(100, || start), Admit::Refuse);
+        assert_eq!(rate.admit_at(100, || start), Admit::Refuse, "not closed on the second refusal");
+        let later = start + Duration::from_millis(1000);
+        assert_eq!(rate.admit_at(1000, || later), Admit::Close, "a second of refusals");
+    }
+
+    #[test]
+    fn time_spent_full_is_not_credited_twice() {
+        let start = Instant::now();
+        let mut rate = RateLimit::new(10, 0, start);
+        let after_idle = start + Duration::from_secs(30);
+        let passed = (0..100).take_while(|_| rate.admit_at(1, || after_idle) == Admit::Yes).count();
+        assert_eq!(passed, 10, "one second's worth after an idle spell, not two");
     }
 
     #[test]

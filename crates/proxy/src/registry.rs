@@ -86,10 +86,14 @@ impl Registry {
     /// members already there in join order, then the messages held for it.
     ///
     /// # Errors
-    /// `Err(member)` when the room is full.
-    #[allow(clippy::result_large_err)]
-    pub(crate) fn join(&self, id: &RoomId, member: Member) -> Result<Joined, Member> {
+    /// [`Space::RoomFull`] or [`Space::TooManyRooms`] when there is no place.
+    pub(crate) fn join(&self, id: &RoomId, member: Member) -> Result<Joined, Space> {
         loop {
+            // Checked again here, not only before the upgrade: connections that all passed the
+            // upgrade's check could otherwise open a room each when their HELLOs come.
+            if !self.rooms.contains_key(id) && self.rooms.len() >= self.max_rooms {
+                return Err(Space::TooManyRooms);
+            }
             let room = Arc::clone(
                 self.rooms.entry(id.clone()).or_insert_with(|| Arc::new(Room::new(id.clone()))).value(),
             );
@@ -99,7 +103,7 @@ impl Registry {
             }
             let same_cert = state.members.iter().position(|m| m.fingerprint == member.fingerprint);
             if state.members.len() - usize::from(same_cert.is_some()) >= self.max_peers {
-                return Err(member);
+                return Err(Space::RoomFull);
             }
             let replaced = same_cert.map(|i| state.members.remove(i)).map(|old| Replaced {
                 mailbox: old.mailbox,

@@ -347,8 +347,9 @@ where
     }
     let reason = mailbox.kill_reason();
     // What is still queued goes out before the close frame (the proxy's last replies, the
-    // messages a shutdown finds queued), unless the peer is not reading or cannot be written to.
-    if !matches!(reason, Some(Close::SlowConsumer | Close::Transport(_))) {
+    // messages a shutdown finds queued), unless the peer is not reading, cannot be written to,
+    // or is no longer trusted.
+    if !matches!(reason, Some(Close::SlowConsumer | Close::Transport(_) | Close::Revoked)) {
         mailbox.take_remaining(&mut batch);
     }
     let close = match reason {

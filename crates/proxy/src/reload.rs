@@ -34,8 +34,10 @@ impl Proxy {
             None => shared.config.clone(),
         };
         let server = tls::server_config(&config)?;
-        let revoked = tls::revoked_serials(&config)?;
+        let revoked = std::sync::Arc::new(tls::revoked_serials(&config)?);
         shared.tls.store(server);
+        // The set first, then the sweep: a connection that joins in between meets the new set.
+        shared.revoked.store(std::sync::Arc::clone(&revoked));
         let cut = shared.registry.members_with_serials(&revoked);
         for member in &cut {
             member.kill(crate::Close::Revoked);

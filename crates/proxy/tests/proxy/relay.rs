@@ -296,3 +296,23 @@ async fn a_member_over_its_rate_is_told_429_then_closed_with_1008() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_member_cannot_pose_as_another_peer_with_a_hello_or_peer_left() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "").await;
+    let (mut a, mut b) = pair(&proxy, "gw/1").await;
+    a.send_text(r#"{"message": {"messageId": 5, "messageType": "CONN:HELLO", "peerClass": "gw-service", "peerId": "other"}}"#).await;
+    let error = a.recv_message().await;
+    assert_eq!(
+        (error["statusCode"].as_u64(), error["inResponseTo"].as_u64()),
+        (Some(400), Some(5)),
+        "{error}"
+    );
+    assert!(error["reasonPhrase"].as_str().unwrap().contains("CONN:HELLO is not relayed"), "{error}");
+    a.send_text(r#"{"message": {"messageId": 6, "messageType": "CONN:PEER-LEFT", "peerId": "b"}}"#).await;
+    assert_eq!(a.recv_message().await["statusCode"], 400);
+    a.send_text(r#"{"message": {"messageId": 7, "messageType": "EVENT:fine"}}"#).await;
+    assert!(b.recv_text().await.contains("EVENT:fine"), "b saw neither forgery, only this");
+    proxy.stop().await;
+}

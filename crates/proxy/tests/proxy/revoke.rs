@@ -64,3 +64,17 @@ async fn a_reload_with_a_new_crl_closes_the_revoked_member_with_1008() {
     assert!(again.is_err(), "nor can it come back");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_waiting_for_its_hello_when_its_certificate_is_revoked_cannot_join() {
+    let pki = Pki::new();
+    let crl_file = pki.path("root.crl.pem");
+    revoke(&pki, &crl_file, "long-gone");
+    let proxy = start_toml(&pki, &config(&pki, &crl_file)).await;
+    let mut waiting = proxy.connect("gateway", "gw/1").await;
+    revoke(&pki, &crl_file, "gateway");
+    proxy.proxy.reload().unwrap();
+    waiting.hello("g").await;
+    assert_eq!(waiting.expect_close().await, (1008, "certificate revoked".to_owned()));
+    proxy.stop().await;
+}

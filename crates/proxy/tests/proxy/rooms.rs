@@ -3,7 +3,7 @@
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Pki, pair, start};
+use crate::support::{Pki, pair, start, within};
 
 #[tokio::test]
 async fn a_pair_exchanges_hellos_verbatim() {
@@ -253,5 +253,24 @@ async fn a_hello_over_max_hello_bytes_is_closed_with_1008() {
     let (code, reason) = client.expect_close().await;
     assert_eq!(code, 1008);
     assert!(reason.contains("more than the 256 allowed"), "{reason}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn hellos_that_would_open_rooms_past_max_rooms_are_closed_with_1013() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "[limits]\nmax_rooms = 1\n").await;
+    // Both pass the upgrade's check while no room exists; the second HELLO finds one.
+    let mut first = proxy.connect("manager", "one").await;
+    let mut second = proxy.connect("gateway", "two").await;
+    first.hello("m").await;
+    within("first joined", async {
+        while proxy.admin("GET", "/v1/rooms").await.1 == "[]" {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    second.hello("g").await;
+    assert_eq!(second.expect_close().await, (1013, "too many rooms: try again later".to_owned()));
     proxy.stop().await;
 }
