@@ -48,21 +48,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
             continue;
         };
         if handshakes.admit(0) != Admit::Yes {
-            shared.metrics.connection_ended("handshake_rate_limited");
-            warn!(
-                peer = %addr,
-                limit = shared.config.max_handshakes_per_second,
-                "connection dropped: max_handshakes_per_second reached"
-            );
+            dropped(&shared, addr, "handshake_rate_limited", "max_handshakes_per_second");
             continue;
         }
         let Some(ip) = shared.per_ip.acquire(addr.ip()) else {
-            shared.metrics.connection_ended("ip_limited");
-            warn!(
-                peer = %addr,
-                limit = shared.config.max_connections_per_ip,
-                "connection dropped: max_connections_per_ip reached"
-            );
+            dropped(&shared, addr, "ip_limited", "max_connections_per_ip");
             continue;
         };
         let open = shared.metrics.opened();
@@ -99,6 +89,12 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: 
     } else {
         info!("all connections closed");
     }
+}
+
+/// Counts and logs a connection dropped at accept, before any TLS work, for `limit`.
+fn dropped(shared: &Shared, addr: std::net::SocketAddr, outcome: &'static str, limit: &'static str) {
+    shared.metrics.connection_ended(outcome);
+    warn!(peer = %addr, limit, "connection dropped before TLS: limit reached");
 }
 
 /// Errors that concern one connection only, after which accepting goes on at once.

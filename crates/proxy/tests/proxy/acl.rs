@@ -1,7 +1,7 @@
 //! Authorization: the ACL's decision before the upgrade (403), the peerClass an allowing rule
 //! requires at HELLO (1008), and rules changed by a reload.
 
-use crate::support::{Pki, start};
+use crate::support::{Pki, start, upgrade_request};
 
 /// The Micronets layout: the manager may join any `gw/*` room, each gateway only its own
 /// (`gw/<its CN>`), with HELLO peerClass `gw-service`; nothing else is allowed.
@@ -17,12 +17,6 @@ peer_class = "gw-service"
 allow = true
 "#;
 
-fn upgrade(room: &str) -> String {
-    format!(
-        "GET /micronets/v1/ws-proxy/{room} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
-}
-
 #[tokio::test]
 async fn each_gateway_joins_only_its_own_room_and_the_manager_any_gateway_room() {
     let pki = Pki::new();
@@ -34,10 +28,10 @@ async fn each_gateway_joins_only_its_own_room_and_the_manager_any_gateway_room()
     gateway.send_text(hello).await;
     assert_eq!(manager.recv_text().await, hello, "the gateway joined its own room");
 
-    let elsewhere = proxy.raw_request("gw-1", &upgrade("gw/gw-2")).await;
+    let elsewhere = proxy.raw_request("gw-1", &upgrade_request("gw/gw-2")).await;
     assert!(elsewhere.starts_with("HTTP/1.1 403"), "{elsewhere}");
     assert!(elsewhere.contains("this certificate may not join this room"), "{elsewhere}");
-    let unlisted = proxy.raw_request("test-client", &upgrade("other")).await;
+    let unlisted = proxy.raw_request("test-client", &upgrade_request("other")).await;
     assert!(unlisted.starts_with("HTTP/1.1 403"), "default deny: {unlisted}");
     assert_eq!(proxy.metrics.upgrade_refusals(403), 2);
 
@@ -62,7 +56,7 @@ async fn a_reload_applies_new_rules_to_new_connections_only() {
     std::fs::write(&proxy.file, tightened).unwrap();
     proxy.proxy.reload().unwrap();
 
-    let refused = proxy.raw_request("manager", &upgrade("gw/gw-9")).await;
+    let refused = proxy.raw_request("manager", &upgrade_request("gw/gw-9")).await;
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
     // The connections admitted before keep working.
     let mut gateway = proxy.connect("gw-1", "gw/gw-1").await;
@@ -77,7 +71,7 @@ async fn a_reload_applies_new_rules_to_new_connections_only() {
     std::fs::write(&proxy.file, config.replace("room = \"gw/*\"", "room = \"gw/{serial}\"")).unwrap();
     let err = proxy.proxy.reload().unwrap_err().to_string();
     assert!(err.contains("acl.rules") && err.contains("rule 1"), "{err}");
-    let still = proxy.raw_request("manager", &upgrade("gw/gw-9")).await;
+    let still = proxy.raw_request("manager", &upgrade_request("gw/gw-9")).await;
     assert!(still.starts_with("HTTP/1.1 403"), "a failed reload keeps the last good rules: {still}");
     proxy.stop().await;
 }

@@ -9,7 +9,9 @@ use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 
-use crate::support::{Client, PREFIX, Pki, TestProxy, start, start_with, tls_connect, within};
+use crate::support::{
+    Client, PREFIX, Pki, TestProxy, start, start_with, tls_connect, upgrade_request, within,
+};
 
 /// Waits (bounded) until `condition` holds: for counters updated by the proxy's task after the
 /// client has already seen the outcome.
@@ -292,8 +294,7 @@ async fn connections_past_the_per_address_and_per_certificate_limits_are_refused
     let pki = Pki::new();
     let proxy = start(&pki, "[limits]\nmax_connections_per_identity = 1\n").await;
     let manager = proxy.connect("manager", "gw/1").await;
-    let upgrade = "GET /micronets/v1/ws-proxy/gw/2 HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-    let refused = proxy.raw_request("manager", upgrade).await;
+    let refused = proxy.raw_request("manager", &upgrade_request("gw/2")).await;
     assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
     assert!(refused.contains("too many connections with this certificate"), "{refused}");
     let _other_certificate = proxy.connect("gateway", "gw/2").await;

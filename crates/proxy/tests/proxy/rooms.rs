@@ -3,7 +3,7 @@
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Pki, pair, start, within};
+use crate::support::{Pki, pair, start, upgrade_request, within};
 
 #[tokio::test]
 async fn a_pair_exchanges_hellos_verbatim() {
@@ -230,12 +230,7 @@ async fn a_newcomer_that_would_open_a_room_past_max_rooms_is_refused_with_503() 
     let pki = Pki::new();
     let proxy = start(&pki, "[limits]\nmax_rooms = 1\n").await;
     let (mut first, _) = proxy.join("manager", "one", "m").await;
-    let upgrade = |room: &str| {
-        format!(
-            "GET /micronets/v1/ws-proxy/{room} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        )
-    };
-    let refused = proxy.raw_request("gateway", &upgrade("two")).await;
+    let refused = proxy.raw_request("gateway", &upgrade_request("two")).await;
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     assert!(refused.contains("too many rooms"), "{refused}");
     let (_second, hello) = proxy.join("gateway", "one", "g").await;

@@ -22,6 +22,13 @@ use tokio_tungstenite::tungstenite::Message;
 pub(crate) const WAIT: Duration = Duration::from_secs(5);
 pub(crate) const PREFIX: &str = "/micronets/v1/ws-proxy/";
 
+/// A complete WebSocket upgrade request for `room`, for [`TestProxy::raw_request`].
+pub(crate) fn upgrade_request(room: &str) -> String {
+    format!(
+        "GET {PREFIX}{room} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
 /// Awaits `f` for at most [`WAIT`], failing the test with `what` otherwise.
 #[track_caller]
 pub(crate) fn within<F: std::future::Future>(
