@@ -5,7 +5,6 @@
 //! rooms afterwards.
 
 use std::path::Path;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -144,6 +143,5 @@ async fn attack(proxy: &ProxyProcess, dir: &Path) {
     for _ in 0..20_000 {
         flood.send(Message::Ping(vec![7u8; 125].into())).await;
     }
-    tokio::time::sleep(Duration::from_millis(1)).await;
     drop(flood);
 }
