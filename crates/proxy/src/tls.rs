@@ -21,25 +21,23 @@ fn tls_error(path: &Path, reason: impl Into<String>) -> Error {
 }
 
 pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let bytes = std::fs::read(path).map_err(|e| tls_error(path, e.to_string()))?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| tls_error(path, format!("invalid PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(tls_error(path, "no certificate found"));
-    }
-    Ok(certs)
+    read_pem(path, "certificate")
 }
 
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>> {
+    read_pem(path, "CRL")
+}
+
+/// Every PEM block of type `T` in the file; at least one, else an error naming `what`.
+fn read_pem<T: PemObject>(path: &Path, what: &str) -> Result<Vec<T>> {
     let bytes = std::fs::read(path).map_err(|e| tls_error(path, e.to_string()))?;
-    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+    let items = T::pem_slice_iter(&bytes)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| tls_error(path, format!("invalid PEM: {e}")))?;
-    if crls.is_empty() {
-        return Err(tls_error(path, "no CRL found"));
+    if items.is_empty() {
+        return Err(tls_error(path, format!("no {what} found")));
     }
-    Ok(crls)
+    Ok(items)
 }
 
 /// The serials (uppercase hex, as in [`crate::identity::PeerIdentity`]) that the configured
