@@ -99,6 +99,8 @@ pub struct Config {
     pub log_level: String,
     /// Who may join which room (`[[acl.rules]]`); empty: everyone, everywhere.
     pub acl: crate::acl::Acl,
+    /// The external authorization hook (`[auth_hook]`); `None` when `url` is empty.
+    pub auth_hook: Option<crate::auth_hook::HookConfig>,
 }
 
 /// The TOML file, as written.
@@ -114,6 +116,59 @@ pub struct FileConfig {
     admin: AdminSection,
     log: LogSection,
     acl: AclSection,
+    auth_hook: AuthHookSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AuthHookSection {
+    url: String,
+    timeout: String,
+    cache_ttl: String,
+    cache_entries: usize,
+    max_in_flight: usize,
+    ca_file: PathBuf,
+}
+
+impl Default for AuthHookSection {
+    fn default() -> Self {
+        AuthHookSection {
+            url: String::new(),
+            timeout: "2s".into(),
+            cache_ttl: "10s".into(),
+            cache_entries: 4096,
+            max_in_flight: 64,
+            ca_file: PathBuf::new(),
+        }
+    }
+}
+
+impl AuthHookSection {
+    fn into_config(self) -> Result<Option<crate::auth_hook::HookConfig>> {
+        if self.url.is_empty() {
+            return Ok(None);
+        }
+        let url: http::Uri = self
+            .url
+            .parse()
+            .map_err(|e| invalid("auth_hook.url", format!("{:?} is not a URL: {e}", self.url)))?;
+        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+            return Err(invalid(
+                "auth_hook.url",
+                format!("{:?} must be an http:// or https:// URL", self.url),
+            ));
+        }
+        let timeout = duration("auth_hook.timeout", &self.timeout)?;
+        positive("auth_hook.max_in_flight", self.max_in_flight)?;
+        Ok(Some(crate::auth_hook::HookConfig {
+            url,
+            timeout,
+            cache_ttl: duration("auth_hook.cache_ttl", &self.cache_ttl)?,
+            cache_entries: self.cache_entries,
+            max_in_flight: self.max_in_flight,
+            ca_file: Some(self.ca_file).filter(|p| !p.as_os_str().is_empty()),
+        }))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -426,6 +481,7 @@ impl FileConfig {
             log_format: overrides.log_format.unwrap_or(self.log.format),
             log_level: self.log.level,
             acl: crate::acl::Acl::new(&self.acl.rules).map_err(|reason| invalid("acl.rules", reason))?,
+            auth_hook: self.auth_hook.into_config()?,
         })
     }
 }
@@ -531,6 +587,20 @@ mod tests {
         assert!(err.contains("unknown field `bogus`"), "{err}");
         let err = config("[limits]\nmax_frame_bytes = \"big\"\n").unwrap_err().to_string();
         assert!(err.contains("max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_auth_hook_is_off_unless_given_a_url_and_its_url_is_checked() {
+        assert_eq!(config("").unwrap().auth_hook, None);
+        let hook = config("[auth_hook]\nurl = \"http://127.0.0.1:8181/authz\"\n").unwrap().auth_hook.unwrap();
+        assert_eq!(hook.url.path(), "/authz");
+        assert_eq!(hook.timeout, Duration::from_secs(2));
+        for bad in ["127.0.0.1:8181", "ftp://127.0.0.1/", "http://", "http://a b/"] {
+            let err = config(&format!("[auth_hook]\nurl = {bad:?}\n")).unwrap_err().to_string();
+            assert!(err.contains("auth_hook.url"), "{bad}: {err}");
+        }
+        let err = config("[auth_hook]\nurl = \"http://h/\"\nmax_in_flight = 0\n").unwrap_err().to_string();
+        assert!(err.contains("auth_hook.max_in_flight"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tracing::{Span, debug, info, warn};
 
 use crate::Shared;
 use crate::acl::Decision;
+use crate::auth_hook::{self, Verdict};
 use crate::error::Close;
 use crate::identity::Fingerprint;
 use crate::identity::PeerIdentity;
@@ -104,6 +105,7 @@ pub(crate) async fn run(shared: Arc<Shared>, tcp: TcpStream, places: Places) {
 /// TLS handshake, identity and upgrade, all within `handshake_timeout`.
 async fn establish(shared: &Shared, tcp: TcpStream) -> Option<Established> {
     let deadline = Instant::now() + shared.config.handshake_timeout;
+    let peer = tcp.peer_addr().map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.load_full());
     let tls = match time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -136,7 +138,7 @@ async fn establish(shared: &Shared, tcp: TcpStream) -> Option<Established> {
     Span::current().record("subject", tracing::field::display(&identity.subject));
     Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
     let (sink, stream, room_id, peer_class, _identity_slot) =
-        upgrade(shared, tls, &identity, deadline).await?;
+        upgrade(shared, tls, &identity, peer, deadline).await?;
     Span::current().record("room", tracing::field::display(&room_id));
     Some(Established { sink, stream, identity, room_id, peer_class, _identity_slot })
 }
@@ -147,6 +149,7 @@ async fn upgrade(
     shared: &Shared,
     mut tls: Tls,
     identity: &PeerIdentity,
+    peer: IpAddr,
     deadline: Instant,
 ) -> Option<(WsSink, WsStream, RoomId, Option<String>, Slot<Fingerprint>)> {
     let config = &shared.config;
@@ -155,34 +158,19 @@ async fn upgrade(
         Ok(result) => result,
         Err(_) => Err(Refusal::Closed("no upgrade request within handshake_timeout".into())),
     };
-    let slot = shared.per_identity.acquire(identity.fingerprint);
-    let refusal = match (request, slot) {
-        (Err(refusal), _) => refusal,
-        (Ok(request), None) => {
-            Refusal::status(429, "too many connections with this certificate", Some(&request.path))
-        }
-        (Ok(request), Some(slot)) => match decide(shared, identity, &request.room) {
-            Decision::Deny(why) => {
-                info!(reason = %why, path = %request.path, "ACL: refused");
-                Refusal::status(403, "this certificate may not join this room", Some(&request.path))
-            }
-            Decision::Allow { peer_class } => {
-                match shared.registry.space(&request.room, &identity.fingerprint) {
-                    Space::Free => {
-                        if let Err(e) = upgrade::accept(&mut tls, &request).await {
-                            shared.metrics.connection_ended("upgrade_incomplete");
-                            debug!(error = %e, "peer left during the upgrade");
-                            return None;
-                        }
-                        let (read, write) = tokio::io::split(tls);
-                        let stream = FrameReader::new(read, &request.leftover, config.max_frame_bytes);
-                        return Some((FrameWriter::new(write), stream, request.room, peer_class, slot));
-                    }
-                    Space::RoomFull => Refusal::status(409, "room full", Some(&request.path)),
-                    Space::TooManyRooms => {
-                        Refusal::status(503, "too many rooms: try again later", Some(&request.path))
-                    }
+    let refusal = match request {
+        Err(refusal) => refusal,
+        Ok(request) => match admit(shared, identity, peer, &request).await {
+            Err(refusal) => refusal,
+            Ok((peer_class, slot)) => {
+                if let Err(e) = upgrade::accept(&mut tls, &request).await {
+                    shared.metrics.connection_ended("upgrade_incomplete");
+                    debug!(error = %e, "peer left during the upgrade");
+                    return None;
                 }
+                let (read, write) = tokio::io::split(tls);
+                let stream = FrameReader::new(read, &request.leftover, config.max_frame_bytes);
+                return Some((FrameWriter::new(write), stream, request.room, peer_class, slot));
             }
         },
     };
@@ -202,6 +190,55 @@ async fn upgrade(
         }
     }
     None
+}
+
+/// Whether a valid upgrade request may go ahead, in order of cost: the per-certificate
+/// connection limit, the ACL, the authorization hook, room and rooms capacity. On success, the
+/// `peerClass` the HELLO must carry and the connection's place under the per-certificate limit.
+async fn admit(
+    shared: &Shared,
+    identity: &PeerIdentity,
+    peer: IpAddr,
+    request: &upgrade::UpgradeRequest,
+) -> Result<(Option<String>, Slot<Fingerprint>), Refusal> {
+    let path = Some(request.path.as_str());
+    let Some(slot) = shared.per_identity.acquire(identity.fingerprint) else {
+        return Err(Refusal::status(429, "too many connections with this certificate", path));
+    };
+    let peer_class = match decide(shared, identity, &request.room) {
+        Decision::Deny(why) => {
+            info!(reason = %why, path = %request.path, "ACL: refused");
+            return Err(Refusal::status(403, "this certificate may not join this room", path));
+        }
+        Decision::Allow { peer_class } => peer_class,
+    };
+    if let Some(hook) = &shared.auth_hook {
+        let subject = auth_hook::Subject {
+            identity,
+            peer,
+            target: &request.target,
+            room: request.room.as_str(),
+            headers: &request.headers,
+        };
+        let answer = hook.check(&subject).await;
+        shared.metrics.auth_hook_checked(answer.label());
+        match answer.verdict {
+            Verdict::Allow => {}
+            Verdict::Deny(status) => {
+                info!(hook_status = status, cached = answer.cached, path = %request.path, "authorization hook: refused");
+                return Err(Refusal::status(403, "refused by the authorization service", path));
+            }
+            Verdict::Unavailable(why) => {
+                warn!(reason = %why, path = %request.path, "authorization hook unavailable: refused (fail closed)");
+                return Err(Refusal::status(503, "authorization service unavailable: try again later", path));
+            }
+        }
+    }
+    match shared.registry.space(&request.room, &identity.fingerprint) {
+        Space::Free => Ok((peer_class, slot)),
+        Space::RoomFull => Err(Refusal::status(409, "room full", path)),
+        Space::TooManyRooms => Err(Refusal::status(503, "too many rooms: try again later", path)),
+    }
 }
 
 /// The ACL's decision; the loaded rules are let go at once, not held across the upgrade.

@@ -8,7 +8,8 @@
 //! future to [`Proxy::serve`]: the mini-redis shape).
 //!
 //! Main pieces: [`config`] (file + overrides -> validated [`Config`]), [`tls`] (the mTLS server
-//! configuration), [`acl`] (who may join which room), `upgrade` (path -> [`RoomId`], refusals
+//! configuration), [`acl`] (who may join which room), [`auth_hook`] (the operator's HTTP
+//! service asked before each upgrade), `upgrade` (path -> [`RoomId`], refusals
 //! before the 101), `connection` (one peer from TLS to close), `registry`/`room` (membership,
 //! the hold buffer), `relay` (each peer's bounded queue and writer), `websocket` (the framing),
 //! `listener` (accept loop and drain).
@@ -20,6 +21,7 @@
 
 pub mod acl;
 mod admin;
+pub mod auth_hook;
 pub mod config;
 mod connection;
 mod error;
@@ -66,6 +68,8 @@ struct Shared {
     /// Serials the configured CRLs revoke, checked again when a connection joins; a reload
     /// swaps it.
     revoked: ArcSwap<std::collections::HashSet<String>>,
+    /// The external authorization hook, when configured.
+    auth_hook: Option<auth_hook::AuthHook>,
     /// Where a reload reads the configuration from.
     source: reload::Source,
     /// Listening and not draining (`/readyz`).
@@ -114,6 +118,7 @@ impl Proxy {
         }
         let acl = ArcSwap::from_pointee(config.acl.clone());
         let revoked = ArcSwap::from_pointee(tls::revoked_serials(&config)?);
+        let auth_hook = config.auth_hook.as_ref().map(auth_hook::AuthHook::new).transpose()?;
         let shared = Shared {
             registry: registry::Registry::new(config.max_peers, config.max_rooms),
             per_ip: slots::PerKey::new(config.max_connections_per_ip),
@@ -122,6 +127,7 @@ impl Proxy {
             tls,
             acl,
             revoked,
+            auth_hook,
             source,
             ready: AtomicBool::new(false),
             metrics: Arc::new(Metrics::default()),

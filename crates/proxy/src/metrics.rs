@@ -58,6 +58,7 @@ pub struct Metrics {
     upgrade_refusals: Tally<u16>,
     conn_errors: Tally<u16>,
     outcomes: Tally<&'static str>,
+    auth_hook_checks: Tally<&'static str>,
 }
 
 /// A data frame's type.
@@ -326,6 +327,17 @@ impl Metrics {
         self.conn_errors.inc(status);
     }
 
+    /// Counts an answer of the authorization hook by result label.
+    pub fn auth_hook_checked(&self, result: &'static str) {
+        self.auth_hook_checks.inc(result);
+    }
+
+    /// Answers of the authorization hook with this result label.
+    #[must_use]
+    pub fn auth_hook_checks(&self, result: &str) -> u64 {
+        self.auth_hook_checks.get(result)
+    }
+
     /// Counts an accepted connection's end by outcome label.
     pub fn connection_ended(&self, outcome: &'static str) {
         self.outcomes.inc(outcome);
@@ -432,6 +444,12 @@ impl Collector for Scrape {
             "upgrade_refusals",
             "Upgrade requests refused, by HTTP status.",
             &Self::by("status", m.upgrade_refusals.entries()),
+        )?;
+        Self::labelled(
+            &mut e,
+            "auth_hook_checks",
+            "Answers of the authorization hook: allowed, denied (4xx), either from the cache (_cached), or unavailable (refused: fail closed).",
+            &Self::by("result", m.auth_hook_checks.entries()),
         )?;
         Self::gauge(&mut e, "rooms", "Rooms with at least one member.", self.rooms.rooms)?;
         Self::gauge(&mut e, "members", "Members of all rooms.", self.rooms.members)?;

@@ -19,6 +19,10 @@ const MAX_HEADERS: usize = 64;
 pub(crate) struct UpgradeRequest {
     pub(crate) room: RoomId,
     pub(crate) path: String,
+    /// The request target as sent, path and query.
+    pub(crate) target: String,
+    /// The request's headers, in order (for the authorization hook).
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
     accept: String,
     /// Bytes read past the request head (the start of the first frame, if the client sent it
     /// early).
@@ -111,6 +115,8 @@ fn check(request: &httparse::Request<'_, '_>, prefix: &str) -> Result<UpgradeReq
     Ok(UpgradeRequest {
         room,
         path: path.to_owned(),
+        target: target.to_owned(),
+        headers: request.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect(),
         accept: derive_accept_key(key.as_bytes()),
         leftover: Vec::new(),
     })
@@ -141,6 +147,7 @@ pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
         404 => "Not Found",
         409 => "Conflict",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",

@@ -3,6 +3,7 @@
 
 mod acl;
 mod admin;
+mod auth_hook;
 mod handshake;
 mod relay;
 mod reload;

@@ -184,6 +184,23 @@ impl TestProxy {
         String::from_utf8_lossy(&response).into_owned()
     }
 
+    /// Sends `raw` over a mutual-TLS connection and returns the response head only (a 101
+    /// leaves the connection open).
+    pub(crate) async fn request_head(&self, identity: &str, raw: &str) -> String {
+        let cert = self.pki.client(identity);
+        let mut tls = tls_connect(self.addr, &self.pki.dev.root_cert(), Some(&cert)).await.unwrap();
+        tls.write_all(raw.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        within("response head", async {
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).await.unwrap() == 1 {
+                head.push(byte[0]);
+            }
+        })
+        .await;
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
     /// `method path` on the admin endpoint: the status code and the body.
     pub(crate) async fn admin(&self, method: &str, path: &str) -> (u16, String) {
         admin_request(self.admin, method, path).await
