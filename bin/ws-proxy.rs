@@ -142,6 +142,13 @@ fn prepare(cli: &Cli) -> anyhow::Result<(Proxy, micronets_proxy::Config)> {
 }
 
 async fn serve(proxy: Proxy, config: micronets_proxy::Config, dev: bool) -> ExitCode {
+    let proxy = match proxy.connect().await {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(1);
+        }
+    };
     let Some(listener) = bind(config.bind, "peers").await else { return ExitCode::from(1) };
     let admin = match config.admin_bind {
         Some(admin) => Some(match bind(admin, "the admin endpoint").await {

@@ -79,12 +79,21 @@ fn respond<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" if shared.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n".into()),
-        "/readyz" => {
+        "/readyz" if !shared.ready.load(Ordering::Relaxed) => {
             text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining or not listening yet\n".into())
         }
+        "/readyz" if !shared.backplane.healthy() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the cluster's redis is unreachable\n".into())
+        }
+        "/readyz" => text(StatusCode::OK, "ready\n".into()),
         "/metrics" => {
-            let body = shared.metrics.render(crate::status::totals(&shared.registry.snapshot()));
+            let (published, lost) = shared.backplane.counts();
+            let cluster = shared.config.cluster.is_some().then_some(crate::metrics::ClusterTotals {
+                up: shared.backplane.healthy(),
+                published,
+                lost,
+            });
+            let body = shared.metrics.render(crate::status::totals(&shared.registry.snapshot()), cluster);
             with_type(StatusCode::OK, crate::metrics::CONTENT_TYPE, body)
         }
         "/v1/rooms" => json(StatusCode::OK, &shared.registry.snapshot()),

@@ -101,6 +101,24 @@ pub struct Config {
     pub acl: crate::acl::Acl,
     /// The external authorization hook (`[auth_hook]`); `None` when `url` is empty.
     pub auth_hook: Option<crate::auth_hook::HookConfig>,
+    /// Cluster mode (`[cluster]`); `None` when `redis_url` is empty: a single node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The cluster settings, validated (`[cluster]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://`, `rediss://` or `redis+unix://` URL.
+    pub redis_url: String,
+    /// This node's name; a random suffix per start is added, so a restarted node never
+    /// meets the entries of its previous life.
+    pub node_id: String,
+    /// Prefix of every key and channel.
+    pub key_prefix: String,
+    /// How long a member's presence lasts without a refresh.
+    pub presence_ttl: Duration,
+    /// How long one Redis command, or a connection attempt, may take.
+    pub command_timeout: Duration,
 }
 
 /// The TOML file, as written.
@@ -117,6 +135,78 @@ pub struct FileConfig {
     log: LogSection,
     acl: AclSection,
     auth_hook: AuthHookSection,
+    cluster: ClusterSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ClusterSection {
+    redis_url: String,
+    node_id: String,
+    key_prefix: String,
+    presence_ttl: String,
+    command_timeout: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            redis_url: String::new(),
+            node_id: String::new(),
+            key_prefix: "ws-proxy".into(),
+            presence_ttl: "6s".into(),
+            command_timeout: "1s".into(),
+        }
+    }
+}
+
+impl ClusterSection {
+    fn into_config(self) -> Result<Option<ClusterConfig>> {
+        if self.redis_url.is_empty() {
+            return Ok(None);
+        }
+        let scheme = self.redis_url.split("://").next().unwrap_or_default();
+        if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") || !self.redis_url.contains("://") {
+            return Err(invalid(
+                "cluster.redis_url",
+                "must be a redis://, rediss:// or redis+unix:// URL".into(),
+            ));
+        }
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        let node_id = if self.node_id.is_empty() { host_name() } else { self.node_id };
+        if node_id.is_empty() || node_id.len() > 64 || !node_id.chars().all(plain) {
+            return Err(invalid("cluster.node_id", "must be 1-64 letters, digits, '-', '_' or '.'".into()));
+        }
+        if self.key_prefix.is_empty() || !self.key_prefix.chars().all(|c| plain(c) || c == ':') {
+            return Err(invalid(
+                "cluster.key_prefix",
+                "must be letters, digits, '-', '_', '.' or ':'".into(),
+            ));
+        }
+        let presence_ttl = duration("cluster.presence_ttl", &self.presence_ttl)?;
+        let command_timeout = duration("cluster.command_timeout", &self.command_timeout)?;
+        if presence_ttl < command_timeout * 3 {
+            return Err(invalid(
+                "cluster.presence_ttl",
+                "must be at least 3 times cluster.command_timeout (presence is refreshed every third)".into(),
+            ));
+        }
+        Ok(Some(ClusterConfig {
+            redis_url: self.redis_url,
+            node_id,
+            key_prefix: self.key_prefix,
+            presence_ttl,
+            command_timeout,
+        }))
+    }
+}
+
+/// This machine's name, for a node id; "node" when it cannot be read.
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String =
+        name.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).collect();
+    if name.is_empty() { "node".into() } else { name }
 }
 
 #[derive(Debug, Deserialize)]
@@ -482,6 +572,7 @@ impl FileConfig {
             log_level: self.log.level,
             acl: crate::acl::Acl::new(&self.acl.rules).map_err(|reason| invalid("acl.rules", reason))?,
             auth_hook: self.auth_hook.into_config()?,
+            cluster: self.cluster.into_config()?,
         })
     }
 }

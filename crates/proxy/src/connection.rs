@@ -7,11 +7,10 @@
 use std::future::{Future, poll_fn};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use futures_util::StreamExt;
-use micronets_message::{ConnError, Envelope, Header, Kind, MessageId, PEER_LEFT, PeerLeft, RestResponse};
+use micronets_message::{ConnError, Envelope, Header, Kind, MessageId, PEER_LEFT, RestResponse};
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -22,6 +21,8 @@ use tracing::{Span, debug, info, warn};
 use crate::Shared;
 use crate::acl::Decision;
 use crate::auth_hook::{self, Verdict};
+use crate::cluster::JoinError;
+use crate::cluster::wire::{Card, Note};
 use crate::error::Close;
 use crate::identity::Fingerprint;
 use crate::identity::PeerIdentity;
@@ -234,10 +235,19 @@ async fn admit(
             }
         }
     }
-    match shared.registry.space(&request.room, &identity.fingerprint) {
-        Space::Free => Ok((peer_class, slot)),
-        Space::RoomFull => Err(Refusal::status(409, "room full", path)),
-        Space::TooManyRooms => Err(Refusal::status(503, "too many rooms: try again later", path)),
+    let max_peers = shared.config.max_peers;
+    let space = match shared.registry.space(&request.room, &identity.fingerprint) {
+        Space::Free => shared.backplane.space(&request.room, &identity.fingerprint, max_peers).await,
+        local => Ok(local),
+    };
+    match space {
+        Ok(Space::Free) => Ok((peer_class, slot)),
+        Ok(Space::RoomFull) => Err(Refusal::status(409, "room full", path)),
+        Ok(Space::TooManyRooms) => Err(Refusal::status(503, "too many rooms: try again later", path)),
+        Err(why) => {
+            warn!(reason = %why, path = %request.path, "cluster presence unreachable: refused");
+            Err(Refusal::status(503, "cluster unavailable: try again later", path))
+        }
     }
 }
 
@@ -272,6 +282,26 @@ impl Peer {
             Ok(hello) => hello,
             Err(close) => return close,
         };
+        // A certificate revoked by a reload while this connection waited for its HELLO.
+        if self.shared.revoked.load().contains(&self.identity.serial) {
+            return Close::Revoked;
+        }
+        let backplane = &self.shared.backplane;
+        let card = Card {
+            node: backplane.node().to_owned(),
+            conn: self.mailbox.conn().0,
+            fingerprint: self.identity.fingerprint,
+            name: hello.1.clone(),
+            hello: hello.0.clone(),
+        };
+        let presence = match backplane.join(&self.room_id, &card, self.shared.config.max_peers).await {
+            Ok(presence) => presence,
+            Err(JoinError::Full) => return Close::RoomFull,
+            Err(JoinError::Unavailable(why)) => {
+                warn!(reason = %why, "cluster presence unreachable: cannot join");
+                return Close::ClusterUnavailable(why);
+            }
+        };
         let relay_done = tokio_util::sync::CancellationToken::new();
         let member = Member {
             mailbox: self.mailbox.clone(),
@@ -282,18 +312,17 @@ impl Peer {
             serial: Arc::from(self.identity.serial.as_str()),
             since: std::time::SystemTime::now(),
             relay_done: relay_done.clone(),
+            replaced_by: None,
         };
-        // A certificate revoked by a reload while this connection waited for its HELLO.
-        if self.shared.revoked.load().contains(&self.identity.serial) {
-            return Close::Revoked;
-        }
-        let joined = match self.shared.registry.join(&self.room_id, member) {
+        let joined = match self.shared.registry.join(&self.room_id, member, presence.others) {
             Ok(joined) => joined,
-            Err(Space::TooManyRooms) => return Close::TooManyRooms,
-            Err(_) => return Close::RoomFull,
+            Err(space) => {
+                backplane.leave(&self.room_id, card.conn).await;
+                return if space == Space::TooManyRooms { Close::TooManyRooms } else { Close::RoomFull };
+            }
         };
         let room = Arc::clone(&joined.room);
-        self.announce(joined, &hello.0, &hello.1).await;
+        self.announce(joined, &card, presence.replaced).await;
         let close = self.relay(&room, &mut stream).await;
         relay_done.cancel();
         self.leave(&room, &hello.1, &close).await;
@@ -355,27 +384,44 @@ impl Peer {
         }
     }
 
-    /// After a join: retire a replaced member, then tell the others (PEER-LEFT for the replaced
-    /// one first, then the newcomer's HELLO).
-    async fn announce(&self, joined: Joined, hello: &Message, name: &PeerName) {
+    /// After a join: retire a replaced member (here or on another node), then tell the others
+    /// (PEER-LEFT for the replaced one first, then the newcomer's HELLO).
+    async fn announce(&self, joined: Joined, card: &Card, replaced_elsewhere: Option<Card>) {
         Metrics::inc(&self.shared.metrics.joins);
+        // Its in-flight frames must reach the others before they learn it left.
+        let wait = self.shared.config.slow_consumer_timeout * 2;
+        let mut replaced_name = None;
         if let Some(replaced) = joined.replaced {
             info!(old_peer = ?replaced.name.id, "replacing the member with the same certificate");
             replaced.mailbox.kill(Close::Replaced);
-            // Its in-flight frames must reach the others before they learn it left.
-            let wait = self.shared.config.slow_consumer_timeout * 2;
             let _ = time::timeout(wait, replaced.relay_done.cancelled()).await;
-            let left = self.peer_left(&replaced.name, "replaced");
+            replaced_name = Some(replaced.name);
+        }
+        if let Some(old) = replaced_elsewhere {
+            info!(old_peer = ?old.name.id, node = old.node, "replacing the member with the same certificate on another node");
+            let gone = joined.room.departure(old.field());
+            let note =
+                Note::Replace { room: self.room_id.to_string(), conn: old.conn, by: card.node.clone() };
+            self.shared.backplane.send(std::slice::from_ref(&old.node), &note);
+            if time::timeout(wait, gone).await.is_err() {
+                warn!(node = old.node, "the replaced member's node did not confirm its departure in time");
+            }
+            replaced_name = Some(old.name);
+        }
+        if let Some(name) = replaced_name {
+            let left = self.peer_left(&name, "replaced");
             for other in &joined.others {
                 self.deliver(other, left.clone()).await;
             }
         }
         for other in &joined.others {
-            self.deliver(other, hello.clone()).await;
+            self.deliver(other, card.hello.clone()).await;
         }
+        let note = Note::Joined { room: self.room_id.to_string(), card: card.clone() };
+        self.shared.backplane.send(&joined.room.remote_nodes(), &note);
         info!(
-            peer_class = ?name.class,
-            peer_id = ?name.id,
+            peer_class = ?card.name.class,
+            peer_id = ?card.name.id,
             members = joined.members,
             held_delivered = joined.held_delivered,
             "joined room"
@@ -534,8 +580,8 @@ impl Peer {
             return false;
         }
         // The common case: the room has not changed since the last frame.
-        if let Some(receivers) = targets.current(room) {
-            self.deliver_all(receivers, message, tally).await;
+        if targets.is_current(room) {
+            self.deliver_all(targets, message, tally).await;
             return false;
         }
         let requires_response = header.as_ref().is_some_and(|h| h.requires_response);
@@ -546,7 +592,7 @@ impl Peer {
             max_age: self.shared.config.hold_max_age,
         };
         match room.route(self.mailbox.conn(), &message, requires_response, message_id, limits, targets) {
-            Route::Deliver => self.deliver_all(targets.mailboxes(), message, tally).await,
+            Route::Deliver => self.deliver_all(targets, message, tally).await,
             Route::Held => {
                 Metrics::inc(&self.shared.metrics.held);
                 debug!(len = message.len(), "held: no other member yet");
@@ -592,7 +638,7 @@ impl Peer {
         }
     }
 
-    /// Leaves the room and tells the remaining members.
+    /// Leaves the room and tells the remaining members, here and on other nodes.
     async fn leave(&self, room: &Arc<Room>, name: &PeerName, close: &Close) {
         let left = self.shared.registry.leave(room, self.mailbox.conn());
         if left.discarded > 0 {
@@ -605,19 +651,41 @@ impl Peer {
         let reason = match close {
             Close::PeerClosed => "closed".to_owned(),
             Close::Transport(_) => "connection lost".to_owned(),
+            // Replaced from another node (from this one, it is no longer a member here).
+            Close::Replaced => "replaced".to_owned(),
             other => other.reason(),
         };
+        let backplane = &self.shared.backplane;
+        let note = Note::Left {
+            room: self.room_id.to_string(),
+            node: backplane.node().to_owned(),
+            conn: self.mailbox.conn().0,
+            reason: reason.clone(),
+        };
+        backplane.send(&left.nodes, &note);
+        backplane.leave(&self.room_id, self.mailbox.conn().0).await;
         let message = self.peer_left(name, &reason);
         for other in &left.others {
             self.deliver(other, message.clone()).await;
         }
     }
 
-    /// Delivers a member's frame to the other members, in order.
-    async fn deliver_all(&self, receivers: &[Mailbox], message: Message, tally: &mut FrameTally) {
+    /// Delivers a member's frame to the other members, in order: to the other nodes hosting
+    /// members first (queued, without waiting), then to the local members.
+    async fn deliver_all(&self, targets: &Targets, message: Message, tally: &mut FrameTally) {
+        if !targets.nodes().is_empty() {
+            let note = Note::Frame {
+                room: self.room_id.to_string(),
+                origin: self.shared.backplane.node().to_owned(),
+                conn: self.mailbox.conn().0,
+                frame: message.clone(),
+            };
+            self.shared.backplane.send(targets.nodes(), &note);
+        }
+        let receivers = targets.mailboxes();
         let count = receivers.len() as u64;
         tally.relayed(&message, count);
-        debug!(len = message.len(), receivers = count, "relayed");
+        debug!(len = message.len(), receivers = count, nodes = targets.nodes().len(), "relayed");
         if let Some((last, rest)) = receivers.split_last() {
             for target in rest {
                 self.deliver(target, message.clone()).await;
@@ -642,8 +710,7 @@ impl Peer {
     }
 
     fn proxy_message(&self, kind: Kind, in_response_to: Option<MessageId<'static>>) -> Message {
-        let id = self.shared.next_message_id.fetch_add(1, Ordering::Relaxed);
-        Message::text(Envelope::new(kind).with_id(id).in_response_to(in_response_to).to_json())
+        self.shared.proxy_message(kind, in_response_to)
     }
 
     fn conn_error(&self, status: u16, reason: &str, in_response_to: Option<MessageId<'static>>) -> Message {
@@ -653,12 +720,7 @@ impl Peer {
     }
 
     fn peer_left(&self, name: &PeerName, reason: &str) -> Message {
-        let left = PeerLeft {
-            peer_class: name.class.clone(),
-            peer_id: name.id.clone(),
-            reason: Some(reason.to_owned()),
-        };
-        self.proxy_message(Kind::PeerLeft(left), None)
+        self.shared.peer_left(name, reason)
     }
 
     fn read_error(&self, error: ReadError) -> Close {

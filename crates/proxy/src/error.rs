@@ -43,6 +43,14 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// Cluster mode: Redis cannot be used.
+    #[error("cluster: redis at {url}: {reason}")]
+    Cluster {
+        /// The Redis URL, without its password.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The listener failed in a way that stops the server.
     #[error("listener: {0}")]
     Listener(#[source] std::io::Error),
@@ -87,6 +95,8 @@ pub enum Close {
     RateLimited,
     /// Its HELLO would have opened a room past `max_rooms`.
     TooManyRooms,
+    /// Cluster mode: presence in Redis could not be reached to join the room.
+    ClusterUnavailable(String),
     /// Our fault.
     Internal(String),
 }
@@ -107,7 +117,7 @@ impl Close {
             Close::TooBig(_) => CloseCode::Size,
             Close::InvalidUtf8 => CloseCode::Invalid,
             Close::Protocol(_) => CloseCode::Protocol,
-            Close::SlowConsumer | Close::TooManyRooms => CloseCode::Again,
+            Close::SlowConsumer | Close::TooManyRooms | Close::ClusterUnavailable(_) => CloseCode::Again,
             Close::Internal(_) => CloseCode::Error,
         }
     }
@@ -127,6 +137,7 @@ impl Close {
             Close::Revoked => "certificate revoked".to_owned(),
             Close::RateLimited => "rate limit exceeded".to_owned(),
             Close::TooManyRooms => "too many rooms: try again later".to_owned(),
+            Close::ClusterUnavailable(_) => "cluster unavailable: try again later".to_owned(),
             Close::TooBig(limit) => format!("frame exceeds {limit} bytes"),
             Close::InvalidUtf8 => "text frame is not valid UTF-8".to_owned(),
             Close::Protocol(e) => format!("protocol error: {e}"),
@@ -151,6 +162,7 @@ impl Close {
             Close::Revoked => "revoked",
             Close::RateLimited => "send_rate_limited",
             Close::TooManyRooms => "too_many_rooms",
+            Close::ClusterUnavailable(_) => "cluster_unavailable",
             Close::TooBig(_) => "too_big",
             Close::InvalidUtf8 => "invalid_utf8",
             Close::Protocol(_) => "protocol_error",

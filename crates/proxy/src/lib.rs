@@ -22,6 +22,7 @@
 pub mod acl;
 mod admin;
 pub mod auth_hook;
+mod cluster;
 pub mod config;
 mod connection;
 mod error;
@@ -70,6 +71,9 @@ struct Shared {
     revoked: ArcSwap<std::collections::HashSet<String>>,
     /// The external authorization hook, when configured.
     auth_hook: Option<auth_hook::AuthHook>,
+    /// What this node shares with other nodes: nothing ([`cluster::Local`]) or presence and
+    /// inboxes in Redis.
+    backplane: Arc<dyn cluster::Backplane>,
     /// Where a reload reads the configuration from.
     source: reload::Source,
     /// Listening and not draining (`/readyz`).
@@ -128,6 +132,7 @@ impl Proxy {
             acl,
             revoked,
             auth_hook,
+            backplane: Arc::new(cluster::Local),
             source,
             ready: AtomicBool::new(false),
             metrics: Arc::new(Metrics::default()),
@@ -135,6 +140,25 @@ impl Proxy {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
+        Ok(Proxy { shared: Arc::new(shared) })
+    }
+
+    /// In cluster mode (`[cluster] redis_url`), connects to Redis, within its command
+    /// timeout; otherwise returns the proxy as it is. Call it before serving, and before any
+    /// clone is made.
+    ///
+    /// # Errors
+    /// [`Error::Cluster`] saying why Redis cannot be used; [`Error::Config`] when the proxy
+    /// was cloned before.
+    pub async fn connect(self) -> Result<Self> {
+        let Some(cluster) = self.shared.config.cluster.clone() else { return Ok(self) };
+        let backplane = cluster::redis::RedisBackplane::connect(&cluster).await?;
+        let mut shared = Arc::try_unwrap(self.shared).map_err(|_| Error::Config {
+            key: "cluster".into(),
+            reason: "connect the cluster before cloning the proxy".into(),
+        })?;
+        tracing::info!(node = backplane.node_name(), "cluster mode: presence and inboxes in redis");
+        shared.backplane = Arc::new(backplane);
         Ok(Proxy { shared: Arc::new(shared) })
     }
 
@@ -200,7 +224,34 @@ impl Proxy {
     /// Serves until `shutdown` completes, then closes every connection with 1001 and waits for
     /// them at most the configured grace period.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        listener::serve(Arc::clone(&self.shared), listener, shutdown).await;
+        let backplane = Arc::clone(&self.shared.backplane).run(Arc::clone(&self.shared));
+        tokio::select! {
+            () = listener::serve(Arc::clone(&self.shared), listener, shutdown) => {}
+            () = backplane => {}
+        }
+    }
+}
+
+impl Shared {
+    /// A message from the proxy itself, with the next proxy `messageId`.
+    fn proxy_message(
+        &self,
+        kind: micronets_message::Kind,
+        in_response_to: Option<micronets_message::MessageId<'static>>,
+    ) -> tokio_tungstenite::tungstenite::Message {
+        let id = self.next_message_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let envelope = micronets_message::Envelope::new(kind).with_id(id).in_response_to(in_response_to);
+        tokio_tungstenite::tungstenite::Message::text(envelope.to_json())
+    }
+
+    /// The `CONN:PEER-LEFT` telling members that `name` left, and why.
+    fn peer_left(&self, name: &room::PeerName, reason: &str) -> tokio_tungstenite::tungstenite::Message {
+        let left = micronets_message::PeerLeft {
+            peer_class: name.class.clone(),
+            peer_id: name.id.clone(),
+            reason: Some(reason.to_owned()),
+        };
+        self.proxy_message(micronets_message::Kind::PeerLeft(left), None)
     }
 }
 

@@ -244,6 +244,17 @@ impl<K: Ord + Clone> Tally<K> {
     }
 }
 
+/// What `/metrics` reports about the cluster, in cluster mode.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterTotals {
+    /// Whether Redis is reachable.
+    pub up: bool,
+    /// Notes published to other nodes.
+    pub published: u64,
+    /// Notes that could not be published.
+    pub lost: u64,
+}
+
 /// What `/metrics` reports about the rooms, counted from the registry at scrape time.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RoomTotals {
@@ -345,9 +356,9 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric, with the room gauges given.
     #[must_use]
-    pub fn render(self: &Arc<Self>, rooms: RoomTotals) -> String {
+    pub fn render(self: &Arc<Self>, rooms: RoomTotals, cluster: Option<ClusterTotals>) -> String {
         let mut registry = Registry::with_prefix("ws_proxy");
-        registry.register_collector(Box::new(Scrape { metrics: Arc::clone(self), rooms }));
+        registry.register_collector(Box::new(Scrape { metrics: Arc::clone(self), rooms, cluster }));
         let mut text = String::new();
         // Writing to a String cannot fail, and every collector below only writes.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
@@ -363,6 +374,7 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 struct Scrape {
     metrics: Arc<Metrics>,
     rooms: RoomTotals,
+    cluster: Option<ClusterTotals>,
 }
 
 type Labels<'a> = [(&'static str, &'a str); 1];
@@ -451,6 +463,26 @@ impl Collector for Scrape {
             "Answers of the authorization hook: allowed, denied (4xx), either from the cache (_cached), or unavailable (refused: fail closed).",
             &Self::by("result", m.auth_hook_checks.entries()),
         )?;
+        if let Some(cluster) = self.cluster {
+            Self::gauge(
+                &mut e,
+                "cluster_up",
+                "1 while the cluster's Redis is reachable.",
+                u64::from(cluster.up),
+            )?;
+            Self::counter(
+                &mut e,
+                "cluster_notes_published",
+                "Notes (frames, joins, departures) published to other nodes' inboxes.",
+                cluster.published,
+            )?;
+            Self::counter(
+                &mut e,
+                "cluster_notes_lost",
+                "Notes for other nodes that could not be published (Redis unreachable, outbox full).",
+                cluster.lost,
+            )?;
+        }
         Self::gauge(&mut e, "rooms", "Rooms with at least one member.", self.rooms.rooms)?;
         Self::gauge(&mut e, "members", "Members of all rooms.", self.rooms.members)?;
         Self::counter(
@@ -536,7 +568,7 @@ mod tests {
         tally.relayed(&Message::text("hello"), 2);
         tally.publish(&metrics, &PeerStats::default());
         metrics.relay_latency.observe(Duration::from_micros(30));
-        let text = metrics.render(RoomTotals { rooms: 1, members: 2, held_messages: 0, held_bytes: 0 });
+        let text = metrics.render(RoomTotals { rooms: 1, members: 2, held_messages: 0, held_bytes: 0 }, None);
         for line in [
             "ws_proxy_build_info{version=\"",
             "ws_proxy_connections_total{outcome=\"tls_failed\"} 1",

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::cluster::wire::Card;
 use crate::identity::Fingerprint;
 use crate::relay::{ConnId, Mailbox};
 use crate::room::{Member, PeerName, Room, RoomId};
@@ -56,6 +57,8 @@ pub(crate) struct Replaced {
 pub(crate) struct Left {
     /// The remaining members, to be told; empty when the leaver was not a member any more.
     pub(crate) others: Vec<Mailbox>,
+    /// The other nodes to be told (the replacing node last, when there is one).
+    pub(crate) nodes: Vec<String>,
     /// Whether the leaver was still a member (not replaced).
     pub(crate) was_member: bool,
     /// Held messages discarded because the room emptied.
@@ -76,18 +79,26 @@ impl Registry {
             return if self.rooms.len() < self.max_rooms { Space::Free } else { Space::TooManyRooms };
         };
         let state = room.lock();
-        let free = state.members.len() < self.max_peers
-            || state.members.iter().any(|m| m.fingerprint == *fingerprint);
+        let free = state.members.len() + state.remote.len() < self.max_peers
+            || state.members.iter().any(|m| m.fingerprint == *fingerprint)
+            || state.remote.iter().any(|c| c.fingerprint == *fingerprint);
         if free { Space::Free } else { Space::RoomFull }
     }
 
+    /// The room `id`, if it has members on this node.
+    pub(crate) fn room(&self, id: &str) -> Option<Arc<Room>> {
+        self.rooms.get(id).map(|r| Arc::clone(r.value()))
+    }
+
     /// Makes `member` a member of room `id` (creating it), replacing a member with the same
-    /// certificate. The newcomer's mailbox receives, before anything else, the HELLOs of the
-    /// members already there in join order, then the messages held for it.
+    /// certificate. `remote` is the cluster's word on the members elsewhere (empty on a single
+    /// node) and becomes the room's view of them. The newcomer's mailbox receives, before
+    /// anything else, the HELLOs of the members already there (this node's in join order,
+    /// then the others'), then the messages held for it.
     ///
     /// # Errors
     /// [`Space::RoomFull`] or [`Space::TooManyRooms`] when there is no place.
-    pub(crate) fn join(&self, id: &RoomId, member: Member) -> Result<Joined, Space> {
+    pub(crate) fn join(&self, id: &RoomId, member: Member, remote: Vec<Card>) -> Result<Joined, Space> {
         loop {
             // Checked again here, not only before the upgrade: connections that all passed the
             // upgrade's check could otherwise open a room each when their HELLOs come.
@@ -102,7 +113,8 @@ impl Registry {
                 continue;
             }
             let same_cert = state.members.iter().position(|m| m.fingerprint == member.fingerprint);
-            if state.members.len() - usize::from(same_cert.is_some()) >= self.max_peers {
+            let present = state.members.len() + remote.len();
+            if present - usize::from(same_cert.is_some()) >= self.max_peers {
                 return Err(Space::RoomFull);
             }
             let replaced = same_cert.map(|i| state.members.remove(i)).map(|old| Replaced {
@@ -112,6 +124,13 @@ impl Registry {
             });
             for existing in &state.members {
                 member.mailbox.push_initial(existing.hello.clone());
+            }
+            for card in &remote {
+                member.mailbox.push_initial(card.hello.clone());
+            }
+            if state.remote != remote {
+                state.remote = remote;
+                room.changed();
             }
             let held = std::mem::take(&mut state.held);
             state.held_bytes = 0;
@@ -139,14 +158,27 @@ impl Registry {
         let mut state = room.lock();
         let position = state.members.iter().position(|m| m.mailbox.conn() == conn);
         let was_member = position.is_some();
+        let mut replaced_by = None;
         if let Some(i) = position {
-            state.members.remove(i);
+            replaced_by = state.members.remove(i).replaced_by;
             room.changed();
         }
         let others: Vec<Mailbox> =
             if was_member { state.members.iter().map(|m| m.mailbox.clone()).collect() } else { Vec::new() };
+        let mut nodes: Vec<String> = Vec::new();
+        if was_member {
+            for card in &state.remote {
+                if !nodes.contains(&card.node) && Some(&card.node) != replaced_by.as_ref() {
+                    nodes.push(card.node.clone());
+                }
+            }
+            nodes.extend(replaced_by);
+        }
         let mut discarded = 0;
         let empty = state.members.is_empty();
+        if empty {
+            state.remote.clear();
+        }
         if empty {
             discarded = state.held.len();
             state.held.clear();
@@ -163,7 +195,7 @@ impl Registry {
                 remove
             });
         }
-        Left { others, was_member, discarded }
+        Left { others, nodes, was_member, discarded }
     }
 
     /// Every room with its members, as owned data, sorted by room id.

@@ -14,6 +14,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use tokio::sync::oneshot;
+
+use crate::cluster::wire::Card;
 use crate::identity::Fingerprint;
 use crate::relay::{ConnId, Mailbox};
 
@@ -58,6 +61,12 @@ impl RoomId {
     }
 }
 
+impl std::borrow::Borrow<str> for RoomId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for RoomId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -92,6 +101,9 @@ pub(crate) struct Member {
     pub(crate) since: std::time::SystemTime,
     /// Cancelled when this member's connection has stopped relaying frames.
     pub(crate) relay_done: CancellationToken,
+    /// The node of the newer connection with its certificate that replaced it, which must
+    /// hear of its departure.
+    pub(crate) replaced_by: Option<String>,
 }
 
 /// A message held for a member alone in its room.
@@ -115,6 +127,18 @@ pub(crate) enum Route {
     NotMember,
 }
 
+/// What [`Room::sync_remote`] changed.
+pub(crate) struct Synced {
+    /// Members elsewhere now forgotten.
+    pub(crate) gone: Vec<Card>,
+    /// Members elsewhere learnt of.
+    pub(crate) new: Vec<Card>,
+    /// The local members, to be told.
+    pub(crate) receivers: Vec<Mailbox>,
+    /// Frames held for a member to come, now for the new ones.
+    pub(crate) held: Vec<Message>,
+}
+
 /// Limits of the hold buffer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HoldLimits {
@@ -136,19 +160,27 @@ pub(crate) struct Room {
 #[derive(Default)]
 pub(crate) struct Targets {
     mailboxes: Vec<Mailbox>,
+    /// The other nodes that host members.
+    nodes: Vec<String>,
     generation: u64,
 }
 
 impl Targets {
-    /// The receivers looked up for an earlier frame, if the room has not changed since.
-    pub(crate) fn current(&self, room: &Room) -> Option<&[Mailbox]> {
+    /// Whether the receivers looked up for an earlier frame still hold: the room has not
+    /// changed since, and there is someone to deliver to.
+    pub(crate) fn is_current(&self, room: &Room) -> bool {
         let unchanged = room.generation.load(Ordering::Acquire) == self.generation;
-        (unchanged && !self.mailboxes.is_empty()).then_some(&self.mailboxes)
+        unchanged && !(self.mailboxes.is_empty() && self.nodes.is_empty())
     }
 
-    /// The receivers from the last [`Room::route`] that returned [`Route::Deliver`].
+    /// The local receivers from the last [`Room::route`] that returned [`Route::Deliver`].
     pub(crate) fn mailboxes(&self) -> &[Mailbox] {
         &self.mailboxes
+    }
+
+    /// The other nodes hosting receivers, from the same lookup.
+    pub(crate) fn nodes(&self) -> &[String] {
+        &self.nodes
     }
 }
 
@@ -159,6 +191,12 @@ pub(crate) struct State {
     pub(crate) held_bytes: usize,
     /// Set when the room leaves the registry; a joiner that finds it set retries.
     pub(crate) closed: bool,
+    /// The members on other nodes, as this node knows them.
+    pub(crate) remote: Vec<Card>,
+    /// Who waits for a member elsewhere (by field) to be gone: a newcomer that replaced it.
+    pub(crate) departures: Vec<(String, oneshot::Sender<()>)>,
+    /// Members elsewhere that the last reading of presence did not find.
+    pub(crate) suspects: Vec<String>,
 }
 
 impl Room {
@@ -196,12 +234,18 @@ impl Room {
         let mut state = self.lock();
         targets.mailboxes.clear();
         targets.generation = self.generation.load(Ordering::Acquire);
+        targets.nodes.clear();
         if !state.members.iter().any(|m| m.mailbox.conn() == sender) {
             return Route::NotMember;
         }
         let others = state.members.iter().filter(|m| m.mailbox.conn() != sender);
         targets.mailboxes.extend(others.map(|m| m.mailbox.clone()));
-        if !targets.mailboxes.is_empty() {
+        for card in &state.remote {
+            if !targets.nodes.contains(&card.node) {
+                targets.nodes.push(card.node.clone());
+            }
+        }
+        if !(targets.mailboxes.is_empty() && targets.nodes.is_empty()) {
             return Route::Deliver;
         }
         if requires_response {
@@ -218,6 +262,103 @@ impl Room {
             expires: Instant::now() + limits.max_age,
         });
         Route::Held
+    }
+
+    /// The mailboxes of the members on this node.
+    pub(crate) fn local_mailboxes(&self) -> Vec<Mailbox> {
+        self.lock().members.iter().map(|m| m.mailbox.clone()).collect()
+    }
+
+    /// Marks the local member `conn` as replaced by a newcomer on `node`; returns its mailbox.
+    pub(crate) fn replace_local(&self, conn: u64, node: &str) -> Option<Mailbox> {
+        let mut state = self.lock();
+        let member = state.members.iter_mut().find(|m| m.mailbox.conn().0 == conn)?;
+        member.replaced_by = Some(node.to_owned());
+        Some(member.mailbox.clone())
+    }
+
+    /// The other nodes hosting members.
+    pub(crate) fn remote_nodes(&self) -> Vec<String> {
+        let state = self.lock();
+        let mut nodes: Vec<String> = Vec::new();
+        for card in &state.remote {
+            if !nodes.contains(&card.node) {
+                nodes.push(card.node.clone());
+            }
+        }
+        nodes
+    }
+
+    /// Records a member that joined on another node. Returns the local members (to be given
+    /// its HELLO) and what was held for a member to come (to be sent to it), or `None` when
+    /// it was known already.
+    pub(crate) fn add_remote(&self, card: Card) -> Option<(Vec<Mailbox>, Vec<Message>)> {
+        let mut state = self.lock();
+        if state.remote.iter().any(|c| c.node == card.node && c.conn == card.conn) {
+            return None;
+        }
+        state.remote.push(card);
+        self.changed();
+        let held: Vec<Message> = state.held.drain(..).map(|h| h.frame).collect();
+        state.held_bytes = 0;
+        Some((state.members.iter().map(|m| m.mailbox.clone()).collect(), held))
+    }
+
+    /// Forgets a member on another node. Returns its card and the local members (to be told)
+    /// when it was known.
+    pub(crate) fn remove_remote(&self, node: &str, conn: u64) -> Option<(Card, Vec<Mailbox>)> {
+        let mut state = self.lock();
+        let field = crate::cluster::wire::member_field(node, conn);
+        for (_, done) in state.departures.extract_if(.., |(f, _)| *f == field) {
+            let _ = done.send(());
+        }
+        let i = state.remote.iter().position(|c| c.node == node && c.conn == conn)?;
+        let card = state.remote.remove(i);
+        self.changed();
+        Some((card, state.members.iter().map(|m| m.mailbox.clone()).collect()))
+    }
+
+    /// Brings the view of the other nodes' members up to date with presence (`live`):
+    /// members new to this node are added; a member missing from two readings in a row is
+    /// forgotten (one reading may race the note of a normal departure, which says more).
+    /// Returns those forgotten, those added, the local members to tell, and what was held
+    /// for a member to come when one was added.
+    pub(crate) fn sync_remote(&self, live: Vec<Card>) -> Synced {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let known = |c: &Card, list: &[Card]| list.iter().any(|k| k.node == c.node && k.conn == c.conn);
+        let new: Vec<Card> = live.iter().filter(|c| !known(c, &state.remote)).cloned().collect();
+        let missing: Vec<String> =
+            state.remote.iter().filter(|c| !known(c, &live)).map(Card::field).collect();
+        let gone_fields: Vec<String> =
+            missing.iter().filter(|f| state.suspects.contains(f)).cloned().collect();
+        let gone: Vec<Card> = state.remote.extract_if(.., |c| gone_fields.contains(&c.field())).collect();
+        state.suspects = missing.into_iter().filter(|f| !gone_fields.contains(f)).collect();
+        for field in &gone_fields {
+            for (_, done) in state.departures.extract_if(.., |(f, _)| f == field) {
+                let _ = done.send(());
+            }
+        }
+        state.remote.extend(new.iter().cloned());
+        if !gone.is_empty() || !new.is_empty() {
+            self.changed();
+        }
+        let mut held = Vec::new();
+        if !new.is_empty() {
+            held = state.held.drain(..).map(|h| h.frame).collect();
+            state.held_bytes = 0;
+        }
+        let receivers = state.members.iter().map(|m| m.mailbox.clone()).collect();
+        Synced { gone, new, receivers, held }
+    }
+
+    /// Resolves once the member `field` elsewhere is reported gone.
+    pub(crate) fn departure(&self, field: String) -> oneshot::Receiver<()> {
+        let (done, wait) = oneshot::channel();
+        let mut state = self.lock();
+        state.departures.retain(|(_, d)| !d.is_closed());
+        state.departures.push((field, done));
+        wait
     }
 
     /// When the oldest held message expires.

@@ -4,6 +4,7 @@
 mod acl;
 mod admin;
 mod auth_hook;
+mod cluster;
 mod handshake;
 mod relay;
 mod reload;

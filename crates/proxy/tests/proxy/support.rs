@@ -139,7 +139,8 @@ pub(crate) async fn start_toml(pki: &Arc<Pki>, toml: &str) -> TestProxy {
     let addr = listener.local_addr().unwrap();
     let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_listener.local_addr().unwrap();
-    let proxy = Proxy::from_file(config, file.clone(), Overrides::default()).unwrap();
+    let proxy =
+        Proxy::from_file(config, file.clone(), Overrides::default()).unwrap().connect().await.unwrap();
     let metrics = proxy.metrics();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = proxy.clone();

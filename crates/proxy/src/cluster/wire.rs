@@ -1,0 +1,333 @@
+//! What nodes tell each other through their inboxes, and a member's card as presence keeps
+//! it: a small binary encoding, length-prefixed, so a frame's payload travels as it is.
+//!
+//! Every decode checks lengths and tags and fails with a reason; a malformed message from
+//! Redis is logged and dropped, never trusted.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::identity::Fingerprint;
+use crate::room::PeerName;
+
+/// First byte of every encoding; a change of format changes it.
+const VERSION: u8 = 1;
+
+/// A member as every node sees it: where it is, who it is, and its HELLO.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Card {
+    pub(crate) node: String,
+    pub(crate) conn: u64,
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) name: PeerName,
+    /// The HELLO frame as the member sent it.
+    pub(crate) hello: Message,
+}
+
+impl Card {
+    /// The member's field in the room's presence hash: `<node>/<conn>`.
+    pub(crate) fn field(&self) -> String {
+        member_field(&self.node, self.conn)
+    }
+}
+
+/// A member's field in presence.
+pub(crate) fn member_field(node: &str, conn: u64) -> String {
+    format!("{node}/{conn}")
+}
+
+/// A message to another node's inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Note {
+    /// A member's data frame, for the members of `room` on the receiving node.
+    Frame { room: String, origin: String, conn: u64, frame: Message },
+    /// A member joined `room`: record it and give its HELLO to the local members.
+    Joined { room: String, card: Card },
+    /// A member left `room`: forget it and tell the local members why.
+    Left { room: String, node: String, conn: u64, reason: String },
+    /// Close the local member `conn`: a newer connection with its certificate joined `room`
+    /// on node `by`, which waits for its departure.
+    Replace { room: String, conn: u64, by: String },
+}
+
+/// Why bytes are not a valid encoding.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum WireError {
+    #[error("truncated")]
+    Truncated,
+    #[error("unknown version {0}")]
+    Version(u8),
+    #[error("unknown tag {0}")]
+    Tag(u8),
+    #[error("text that is not UTF-8")]
+    Utf8,
+    #[error("{0} trailing bytes")]
+    Trailing(usize),
+}
+
+const FRAME: u8 = 1;
+const JOINED: u8 = 2;
+const LEFT: u8 = 3;
+const REPLACE: u8 = 4;
+
+const TEXT: u8 = 1;
+const BINARY: u8 = 2;
+
+impl Note {
+    /// The encoding, as published.
+    pub(crate) fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(64 + self.payload_len());
+        out.put_u8(VERSION);
+        match self {
+            Note::Frame { room, origin, conn, frame } => {
+                out.put_u8(FRAME);
+                put_str(&mut out, room);
+                put_str(&mut out, origin);
+                out.put_u64(*conn);
+                put_frame(&mut out, frame);
+            }
+            Note::Joined { room, card } => {
+                out.put_u8(JOINED);
+                put_str(&mut out, room);
+                put_card(&mut out, card);
+            }
+            Note::Left { room, node, conn, reason } => {
+                out.put_u8(LEFT);
+                put_str(&mut out, room);
+                put_str(&mut out, node);
+                out.put_u64(*conn);
+                put_str(&mut out, reason);
+            }
+            Note::Replace { room, conn, by } => {
+                out.put_u8(REPLACE);
+                put_str(&mut out, room);
+                out.put_u64(*conn);
+                put_str(&mut out, by);
+            }
+        }
+        out.freeze()
+    }
+
+    fn payload_len(&self) -> usize {
+        match self {
+            Note::Frame { frame, .. } => frame.len(),
+            Note::Joined { card, .. } => card.hello.len(),
+            _ => 0,
+        }
+    }
+
+    /// Reads a note.
+    ///
+    /// # Errors
+    /// What is wrong with the bytes.
+    pub(crate) fn decode(bytes: Bytes) -> Result<Self, WireError> {
+        let mut r = Reader(bytes);
+        r.version()?;
+        let note = match r.u8()? {
+            FRAME => Note::Frame { room: r.str()?, origin: r.str()?, conn: r.u64()?, frame: r.frame()? },
+            JOINED => Note::Joined { room: r.str()?, card: r.card()? },
+            LEFT => Note::Left { room: r.str()?, node: r.str()?, conn: r.u64()?, reason: r.str()? },
+            REPLACE => Note::Replace { room: r.str()?, conn: r.u64()?, by: r.str()? },
+            tag => return Err(WireError::Tag(tag)),
+        };
+        r.end()?;
+        Ok(note)
+    }
+}
+
+impl Card {
+    /// The encoding kept in presence.
+    pub(crate) fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(96 + self.hello.len());
+        out.put_u8(VERSION);
+        put_card(&mut out, self);
+        out.freeze()
+    }
+
+    /// Reads a card.
+    ///
+    /// # Errors
+    /// What is wrong with the bytes.
+    pub(crate) fn decode(bytes: Bytes) -> Result<Self, WireError> {
+        let mut r = Reader(bytes);
+        r.version()?;
+        let card = r.card()?;
+        r.end()?;
+        Ok(card)
+    }
+}
+
+fn put_str(out: &mut BytesMut, text: &str) {
+    put_bytes(out, text.as_bytes());
+}
+
+fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+    out.put_slice(bytes);
+}
+
+fn put_opt(out: &mut BytesMut, text: Option<&str>) {
+    match text {
+        Some(text) => {
+            out.put_u8(1);
+            put_str(out, text);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+fn put_frame(out: &mut BytesMut, frame: &Message) {
+    match frame {
+        Message::Text(text) => {
+            out.put_u8(TEXT);
+            put_bytes(out, text.as_bytes());
+        }
+        other => {
+            out.put_u8(BINARY);
+            put_bytes(out, &other.clone().into_data());
+        }
+    }
+}
+
+fn put_card(out: &mut BytesMut, card: &Card) {
+    put_str(out, &card.node);
+    out.put_u64(card.conn);
+    out.put_slice(&card.fingerprint.0);
+    put_opt(out, card.name.class.as_deref());
+    put_opt(out, card.name.id.as_deref());
+    put_frame(out, &card.hello);
+}
+
+struct Reader(Bytes);
+
+impl Reader {
+    fn need(&self, n: usize) -> Result<(), WireError> {
+        if self.0.remaining() < n { Err(WireError::Truncated) } else { Ok(()) }
+    }
+
+    fn version(&mut self) -> Result<(), WireError> {
+        match self.u8()? {
+            VERSION => Ok(()),
+            other => Err(WireError::Version(other)),
+        }
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        self.need(1)?;
+        Ok(self.0.get_u8())
+    }
+
+    fn u64(&mut self) -> Result<u64, WireError> {
+        self.need(8)?;
+        Ok(self.0.get_u64())
+    }
+
+    fn bytes(&mut self) -> Result<Bytes, WireError> {
+        self.need(4)?;
+        let len = self.0.get_u32() as usize;
+        self.need(len)?;
+        Ok(self.0.split_to(len))
+    }
+
+    fn str(&mut self) -> Result<String, WireError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| WireError::Utf8)
+    }
+
+    fn opt(&mut self) -> Result<Option<String>, WireError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => self.str().map(Some),
+            tag => Err(WireError::Tag(tag)),
+        }
+    }
+
+    fn frame(&mut self) -> Result<Message, WireError> {
+        let tag = self.u8()?;
+        let payload = self.bytes()?;
+        match tag {
+            TEXT => {
+                let text = tokio_tungstenite::tungstenite::Utf8Bytes::try_from(payload)
+                    .map_err(|_| WireError::Utf8)?;
+                Ok(Message::Text(text))
+            }
+            BINARY => Ok(Message::Binary(payload)),
+            tag => Err(WireError::Tag(tag)),
+        }
+    }
+
+    fn card(&mut self) -> Result<Card, WireError> {
+        let node = self.str()?;
+        let conn = self.u64()?;
+        self.need(32)?;
+        let mut fingerprint = [0u8; 32];
+        self.0.copy_to_slice(&mut fingerprint);
+        let name = PeerName { class: self.opt()?, id: self.opt()? };
+        let hello = self.frame()?;
+        Ok(Card { node, conn, fingerprint: Fingerprint(fingerprint), name, hello })
+    }
+
+    fn end(&self) -> Result<(), WireError> {
+        match self.0.remaining() {
+            0 => Ok(()),
+            n => Err(WireError::Trailing(n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card() -> Card {
+        Card {
+            node: "node-a-1f2e".into(),
+            conn: 42,
+            fingerprint: Fingerprint([9; 32]),
+            name: PeerName { class: Some("gw".into()), id: None },
+            hello: Message::text(r#"{"message": {"messageType": "CONN:HELLO"}}"#),
+        }
+    }
+
+    #[test]
+    fn notes_and_cards_round_trip() {
+        let notes = [
+            Note::Frame { room: "gw/1".into(), origin: "a".into(), conn: 7, frame: Message::text("héllo") },
+            Note::Frame {
+                room: "r".into(),
+                origin: "b".into(),
+                conn: u64::MAX,
+                frame: Message::binary(vec![0, 255, 1]),
+            },
+            Note::Joined { room: "gw/1".into(), card: card() },
+            Note::Left { room: "gw/1".into(), node: "a".into(), conn: 3, reason: "closed".into() },
+            Note::Replace { room: "gw/1".into(), conn: 5, by: "b".into() },
+        ];
+        for note in notes {
+            assert_eq!(Note::decode(note.encode()).unwrap(), note);
+        }
+        assert_eq!(Card::decode(card().encode()).unwrap(), card());
+        assert_eq!(card().field(), "node-a-1f2e/42");
+    }
+
+    #[test]
+    fn malformed_bytes_are_refused_with_a_reason() {
+        let good = Note::Joined { room: "gw/1".into(), card: card() }.encode();
+        for cut in 0..good.len() {
+            assert!(Note::decode(good.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        let mut trailing = good.to_vec();
+        trailing.push(0);
+        assert_eq!(Note::decode(trailing.into()), Err(WireError::Trailing(1)));
+        assert_eq!(Note::decode(Bytes::from_static(&[2, 1])), Err(WireError::Version(2)));
+        assert_eq!(Note::decode(Bytes::from_static(&[1, 9])), Err(WireError::Tag(9)));
+        let mut bad_text =
+            Note::Frame { room: "r".into(), origin: "o".into(), conn: 1, frame: Message::text("ab") }
+                .encode()
+                .to_vec();
+        let last = bad_text.len() - 1;
+        bad_text[last] = 0xff;
+        assert_eq!(Note::decode(bad_text.into()), Err(WireError::Utf8));
+        let huge = [&[1u8, 4][..], &u32::MAX.to_be_bytes()].concat();
+        assert_eq!(Note::decode(huge.into()), Err(WireError::Truncated));
+    }
+}

@@ -1,0 +1,316 @@
+//! Cluster mode: several proxies in this process, one real `redis-server` started per test on
+//! a free loopback port. Peers on different nodes share rooms as on one node.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{Pki, TestProxy, WAIT, start, upgrade_request};
+
+/// A `redis-server` of this test's own, stopped (by PID) when dropped.
+pub(crate) struct Redis {
+    child: Child,
+    pub(crate) port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub(crate) async fn start() -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (scripts/test installs it)");
+            if answers(port, &mut child).await {
+                return Redis { child, port, _dir: dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start");
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server, at once, as a crash would.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port, empty.
+    pub(crate) async fn restart(&mut self) {
+        self.kill();
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self._dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(answers(self.port, &mut child).await, "redis-server restarted");
+        self.child = child;
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until the server on `port` answers PING, or the child has exited.
+async fn answers(port: u16, child: &mut Child) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", port)).await {
+            let mut reply = [0u8; 7];
+            if tcp.write_all(b"PING\r\n").await.is_ok() && tcp.read_exact(&mut reply).await.is_ok() {
+                return &reply == b"+PONG\r\n";
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Starts a node named `name` against `redis`, with `extra` TOML.
+async fn node(pki: &Arc<Pki>, redis: &Redis, name: &str, extra: &str) -> TestProxy {
+    let cluster = format!(
+        "[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\npresence_ttl = \"1500ms\"\ncommand_timeout = \"500ms\"\n",
+        redis.url()
+    );
+    start(pki, &format!("{cluster}{extra}")).await
+}
+
+fn event(n: u64) -> String {
+    format!(r#"{{"message": {{"messageId": {n}, "messageType": "EVENT:tick", "requiresResponse": false}}}}"#)
+}
+
+fn message_id(text: &str) -> u64 {
+    let value: Value = serde_json::from_str(text).unwrap();
+    value["message"]["messageId"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn peers_on_two_nodes_exchange_hellos_and_frames_in_order_both_ways() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let one = node(&pki, &redis, "one", "").await;
+    let two = node(&pki, &redis, "two", "").await;
+
+    let (mut manager, hello_m) = one.join("manager", "gw/gw-1", "m").await;
+    let (mut gateway, hello_g) = two.join("gateway", "gw/gw-1", "g").await;
+    assert_eq!(gateway.recv_text().await, hello_m, "the newcomer gets the other node's member's HELLO");
+    assert_eq!(manager.recv_text().await, hello_g, "the member gets the newcomer's HELLO across nodes");
+
+    for n in 1..=300 {
+        manager.send_text(&event(n)).await;
+        gateway.send_text(&event(1000 + n)).await;
+    }
+    for n in 1..=300 {
+        assert_eq!(message_id(&gateway.recv_text().await), n);
+        assert_eq!(message_id(&manager.recv_text().await), 1000 + n);
+    }
+    gateway.send(tokio_tungstenite::tungstenite::Message::binary(vec![0u8, 1, 2, 255])).await;
+    assert_eq!(manager.recv().await, tokio_tungstenite::tungstenite::Message::binary(vec![0u8, 1, 2, 255]));
+
+    gateway.close().await;
+    let left = manager.recv_message().await;
+    assert_eq!(left["messageType"], "CONN:PEER-LEFT");
+    assert_eq!(left["peerId"], "g");
+    assert_eq!(left["reason"], "closed");
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
+async fn a_room_is_full_across_nodes() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let one = node(&pki, &redis, "one", "").await;
+    let two = node(&pki, &redis, "two", "").await;
+    let three = node(&pki, &redis, "three", "").await;
+    let (_a, _) = one.join("manager", "gw/gw-1", "m").await;
+    let (mut b, _) = two.join("gateway", "gw/gw-1", "g").await;
+    b.recv_text().await;
+    let refused = three.raw_request("test-client", &upgrade_request("gw/gw-1")).await;
+    assert!(refused.starts_with("HTTP/1.1 409"), "{refused}");
+    for n in [one, two, three] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_reconnect_on_another_node_replaces_the_old_connection() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let one = node(&pki, &redis, "one", "").await;
+    let two = node(&pki, &redis, "two", "").await;
+    let three = node(&pki, &redis, "three", "").await;
+    let (mut manager, _) = one.join("manager", "gw/gw-1", "m").await;
+    let (mut old, _) = two.join("gateway", "gw/gw-1", "old").await;
+    old.recv_text().await;
+    manager.recv_text().await;
+
+    let (mut new, hello_new) = three.join("gateway", "gw/gw-1", "new").await;
+    let (code, reason) = old.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1008, "replaced by a newer connection"));
+    let left = manager.recv_message().await;
+    assert_eq!(left["messageType"], "CONN:PEER-LEFT", "{left}");
+    assert_eq!(left["peerId"], "old");
+    assert_eq!(left["reason"], "replaced");
+    assert_eq!(manager.recv_text().await, hello_new, "then the newcomer's HELLO");
+    assert!(new.recv_text().await.contains("\"peerId\": \"m\""), "the newcomer gets the manager's HELLO");
+    manager.send_text(&event(7)).await;
+    assert_eq!(message_id(&new.recv_text().await), 7);
+    for n in [one, two, three] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn what_a_lone_member_sent_is_held_for_a_peer_joining_on_another_node() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let one = node(&pki, &redis, "one", "").await;
+    let two = node(&pki, &redis, "two", "").await;
+    let (mut manager, hello_m) = one.join("manager", "gw/gw-1", "m").await;
+    manager.send_text(&event(1)).await;
+    manager.send_text(&event(2)).await;
+    // Held, not refused: no CONN:ERROR comes back.
+    let (mut gateway, _) = two.join("gateway", "gw/gw-1", "g").await;
+    assert_eq!(gateway.recv_text().await, hello_m);
+    assert_eq!(message_id(&gateway.recv_text().await), 1);
+    assert_eq!(message_id(&gateway.recv_text().await), 2);
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
+async fn redis_unreachable_at_start_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = micronets_proxy::FileConfig::parse(&format!(
+        "[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\ncommand_timeout = \"200ms\"\n"
+    ))
+    .unwrap()
+    .into_config(&micronets_proxy::Overrides::default())
+    .unwrap();
+    let pki = Pki::new();
+    let config = micronets_proxy::Config {
+        server_cert: pki.dev.pkeycert(&micronets_certgen::dev::PROXY),
+        client_ca: vec![pki.dev.root_cert()],
+        ..config
+    };
+    let error = match micronets_proxy::Proxy::new(config).unwrap().connect().await {
+        Ok(_) => panic!("connected to nothing"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.starts_with(&format!("cluster: redis at redis://127.0.0.1:{port}:")), "{error}");
+}
+
+/// Waits until `/readyz` answers `status`.
+async fn ready_becomes(node: &TestProxy, status: u16) {
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    loop {
+        if node.admin("GET", "/readyz").await.0 == status {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/readyz never answered {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_keeps_local_rooms_relaying_and_cross_node_rooms_recover() {
+    let pki = Pki::new();
+    let mut redis = Redis::start().await;
+    let one = node(&pki, &redis, "one", "[rooms]\nmax_peers = 3\n").await;
+    let two = node(&pki, &redis, "two", "[rooms]\nmax_peers = 3\n").await;
+    let (mut manager, _) = one.join("manager", "gw/gw-1", "m").await;
+    let (mut gateway, _) = two.join("gateway", "gw/gw-1", "g").await;
+    gateway.recv_text().await;
+    manager.recv_text().await;
+    let (mut local, _) = one.join("test-client", "gw/gw-1", "l").await;
+    local.recv_text().await;
+    local.recv_text().await;
+    manager.recv_text().await;
+    gateway.recv_text().await;
+
+    redis.kill();
+    ready_becomes(&one, 503).await;
+    let refused = two.raw_request("test-client", &upgrade_request("gw/gw-2")).await;
+    assert!(refused.starts_with("HTTP/1.1 503") && refused.contains("cluster unavailable"), "{refused}");
+    // Members on one node keep talking.
+    local.send_text(&event(1)).await;
+    assert_eq!(message_id(&manager.recv_text().await), 1);
+
+    redis.restart().await;
+    ready_becomes(&one, 200).await;
+    ready_becomes(&two, 200).await;
+    // Presence is put back by each node's refresh; frames cross again, and nobody was
+    // reported gone.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut n: u64 = 100;
+    loop {
+        n += 1;
+        manager.send_text(&event(n)).await;
+        let got = tokio::time::timeout(Duration::from_millis(300), gateway.ws.next()).await;
+        if let Ok(Some(Ok(frame))) = got {
+            let text = frame.into_text().unwrap();
+            assert_ne!(
+                serde_json::from_str::<Value>(&text).unwrap()["message"]["messageType"],
+                "CONN:PEER-LEFT"
+            );
+            if message_id(&text) == n {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "frames never crossed nodes again");
+    }
+    gateway.send_text(&event(999)).await;
+    loop {
+        let text = manager.recv_text().await;
+        assert!(!text.contains("CONN:PEER-LEFT"), "{text}");
+        if message_id(&text) == 999 {
+            break;
+        }
+    }
+    let metrics = one.admin("GET", "/metrics").await.1;
+    assert!(metrics.contains("ws_proxy_cluster_up 1"), "{metrics}");
+    one.stop().await;
+    two.stop().await;
+}
