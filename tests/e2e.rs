@@ -2,6 +2,7 @@
 
 mod certgen;
 mod client;
+mod cluster;
 mod hostile;
 mod operations;
 mod packaging;
@@ -9,4 +10,7 @@ mod proxy;
 #[path = "../crates/proxy/tests/proxy/support.rs"]
 #[allow(dead_code)]
 mod proxy_support;
+#[path = "../crates/proxy/tests/proxy/redis_server.rs"]
+#[allow(dead_code)]
+mod redis_server;
 mod support;

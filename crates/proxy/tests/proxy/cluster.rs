@@ -1,111 +1,14 @@
 //! Cluster mode: several proxies in this process, one real `redis-server` started per test on
 //! a free loopback port. Peers on different nodes share rooms as on one node.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use crate::redis_server::Redis;
 use crate::support::{Pki, TestProxy, WAIT, start, upgrade_request};
-
-/// A `redis-server` of this test's own, stopped (by PID) when dropped.
-pub(crate) struct Redis {
-    child: Child,
-    pub(crate) port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    pub(crate) async fn start() -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let mut child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server is installed (scripts/test installs it)");
-            if answers(port, &mut child).await {
-                return Redis { child, port, _dir: dir };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("redis-server did not start");
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the server, at once, as a crash would.
-    pub(crate) fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts it again on the same port, empty.
-    pub(crate) async fn restart(&mut self) {
-        self.kill();
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(self._dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(answers(self.port, &mut child).await, "redis-server restarted");
-        self.child = child;
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// Waits until the server on `port` answers PING, or the child has exited.
-async fn answers(port: u16, child: &mut Child) -> bool {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
-        }
-        if let Ok(mut tcp) = TcpStream::connect(("127.0.0.1", port)).await {
-            let mut reply = [0u8; 7];
-            if tcp.write_all(b"PING\r\n").await.is_ok() && tcp.read_exact(&mut reply).await.is_ok() {
-                return &reply == b"+PONG\r\n";
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
 
 /// Starts a node named `name` against `redis`, with `extra` TOML.
 async fn node(pki: &Arc<Pki>, redis: &Redis, name: &str, extra: &str) -> TestProxy {
@@ -313,4 +216,22 @@ async fn a_redis_restart_keeps_local_rooms_relaying_and_cross_node_rooms_recover
     assert!(metrics.contains("ws_proxy_cluster_up 1"), "{metrics}");
     one.stop().await;
     two.stop().await;
+}
+
+#[tokio::test]
+async fn a_blackholed_redis_is_noticed_within_seconds() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let one = node(&pki, &redis, "one", "").await;
+    ready_becomes(&one, 200).await;
+    let started = tokio::time::Instant::now();
+    redis.signal("STOP");
+    ready_becomes(&one, 503).await;
+    let noticed = started.elapsed();
+    assert!(noticed < Duration::from_secs(4), "noticed after {noticed:?}");
+    let metrics = one.admin("GET", "/metrics").await.1;
+    assert!(metrics.contains("ws_proxy_cluster_up 0"), "{metrics}");
+    redis.signal("CONT");
+    ready_becomes(&one, 200).await;
+    one.stop().await;
 }

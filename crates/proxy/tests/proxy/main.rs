@@ -6,6 +6,7 @@ mod admin;
 mod auth_hook;
 mod cluster;
 mod handshake;
+mod redis_server;
 mod relay;
 mod reload;
 mod revoke;
