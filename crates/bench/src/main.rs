@@ -21,15 +21,18 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(about = "Load generator and benchmark for the Micronets relay")]
 struct Cli {
-    /// The relay's URL up to the room id, e.g. wss://localhost:5050/micronets/v1/ws-proxy/
+    /// The relay's URL up to the room id, e.g. wss://localhost:5050/micronets/v1/ws-proxy/.
+    /// Given more than once (the nodes of a cluster), peer n connects to URL n modulo their
+    /// number: the two peers of a pair land on different nodes.
     #[arg(long, default_value = "wss://localhost:5050/micronets/v1/ws-proxy/")]
-    url: String,
+    url: Vec<String>,
     /// A PKI directory made by `certgen dev` (its root key mints the peers' identities).
     #[arg(long, default_value = "certs/dev")]
     pki: PathBuf,
-    /// The server's process id: report its CPU time and memory.
+    /// The server's process id: report its CPU time and memory. Given more than once (the
+    /// nodes of a cluster, and Redis), the figures are their sums.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     /// One JSON object per run on stdout.
     #[arg(long)]
     json: bool,

@@ -104,10 +104,10 @@ pub(crate) async fn expect(ws: &mut Ws, message_type: &str) -> Result<()> {
 }
 
 /// Two peers of one room, past the HELLO exchange.
-pub(crate) async fn pair(ids: &Identities, base_url: &str, room: &str) -> Result<(Ws, Ws)> {
-    let mut a = ids.connect(base_url, room, 0).await?;
+pub(crate) async fn pair(ids: &Identities, url_a: &str, url_b: &str, room: &str) -> Result<(Ws, Ws)> {
+    let mut a = ids.connect(url_a, room, 0).await?;
     hello(&mut a, "a").await?;
-    let mut b = ids.connect(base_url, room, 1).await?;
+    let mut b = ids.connect(url_b, room, 1).await?;
     hello(&mut b, "b").await?;
     expect(&mut a, "CONN:HELLO").await?;
     expect(&mut b, "CONN:HELLO").await?;

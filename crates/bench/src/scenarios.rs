@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use crate::peers::{Identities, expect, hello};
 use crate::stats::{Delivery, Percentiles, SequenceCheck};
-use crate::transport::{Conn, FrameSink, FrameStream, Target, ws_conn};
+use crate::transport::{Conn, FrameSink, FrameStream, Target, node_url, ws_conn};
 use crate::{Cli, Scenario, frame, server};
 
 /// One run's figures.
@@ -126,19 +126,19 @@ impl Report {
 /// and the scenario applies to it, against the floor too.
 pub(crate) async fn run(cli: &Cli) -> Result<Report> {
     let ids = Identities::new(&cli.pki)?;
-    let relay = run_on(&ids, &Target::Relay(cli.url.clone()), &cli.scenario, cli.server_pid).await?;
+    let relay = run_on(&ids, &Target::Relay(cli.url.clone()), &cli.scenario, &cli.server_pid).await?;
     let floor_applies =
         matches!(cli.scenario, Scenario::Pairs { .. } | Scenario::Connect { .. } | Scenario::Idle { .. });
     match cli.floor {
         Some(addr) if floor_applies => {
-            let floor = run_on(&ids, &Target::Floor(addr), &cli.scenario, cli.floor_pid).await?;
+            let floor = run_on(&ids, &Target::Floor(addr), &cli.scenario, cli.floor_pid.as_slice()).await?;
             Ok(relay.with_floor(floor))
         }
         _ => Ok(relay),
     }
 }
 
-async fn run_on(ids: &Identities, target: &Target, scenario: &Scenario, pid: Option<u32>) -> Result<Report> {
+async fn run_on(ids: &Identities, target: &Target, scenario: &Scenario, pid: &[u32]) -> Result<Report> {
     match scenario.clone() {
         Scenario::Pairs { rooms, messages, size, window, ping_pong } => {
             check_size(size)?;
@@ -159,10 +159,10 @@ async fn run_on(ids: &Identities, target: &Target, scenario: &Scenario, pid: Opt
             Ok(throughput_report("pairs", params, elapsed, size, results, before, after))
         }
         Scenario::Fanout { receivers, messages, size, window } => {
-            let Target::Relay(url) = target else { bail!("fanout needs the relay") };
+            let Target::Relay(urls) = target else { bail!("fanout needs the relay") };
             check_size(size)?;
             let params = serde_json::json!({"receivers": receivers, "messages": messages, "size": size, "window": window});
-            let (sender, receivers_conns) = connect_fanout(ids, url, receivers).await?;
+            let (sender, receivers_conns) = connect_fanout(ids, urls, receivers).await?;
             let before = server::sample(pid)?;
             let started = Instant::now();
             let result = fanout(sender, receivers_conns, messages, size, window).await?;
@@ -262,13 +262,13 @@ async fn connect_pairs(
     Ok(pairs)
 }
 
-async fn connect_fanout(ids: &Identities, url: &str, receivers: usize) -> Result<(Conn, Vec<Conn>)> {
+async fn connect_fanout(ids: &Identities, urls: &[String], receivers: usize) -> Result<(Conn, Vec<Conn>)> {
     let room = "bench/fanout";
-    let mut sender = ids.connect(url, room, 0).await?;
+    let mut sender = ids.connect(node_url(urls, 0), room, 0).await?;
     hello(&mut sender, "sender").await?;
     let mut list = Vec::with_capacity(receivers);
     for n in 1..=receivers {
-        let mut ws = ids.connect(url, room, n).await?;
+        let mut ws = ids.connect(node_url(urls, n), room, n).await?;
         hello(&mut ws, &format!("r{n}")).await?;
         list.push(ws);
     }
@@ -419,7 +419,7 @@ async fn ping_pong_room(a: Conn, b: Conn, messages: u64, size: usize) -> Result<
     Ok(result)
 }
 
-async fn idle(ids: &Identities, target: &Target, count: usize, pid: Option<u32>) -> Result<Report> {
+async fn idle(ids: &Identities, target: &Target, count: usize, pid: &[u32]) -> Result<Report> {
     let before = server::sample(pid)?;
     let started = Instant::now();
     let connections: Vec<Result<Conn>> = futures_util::stream::iter(0..count)
@@ -463,7 +463,7 @@ async fn slow(
     rooms: usize,
     messages: u64,
     size: usize,
-    pid: Option<u32>,
+    pid: &[u32],
 ) -> Result<Report> {
     check_size(size)?;
     let window = 64;
@@ -497,9 +497,10 @@ async fn slow(
     let peak = Arc::new(AtomicU64::new(0));
     let sampling_peak = Arc::clone(&peak);
     let sampling_stop = Arc::clone(&stop);
+    let sampled = pid.to_vec();
     let sampler = tokio::spawn(async move {
         while !sampling_stop.load(Ordering::Relaxed) {
-            if let Ok(Some(sample)) = server::sample(pid) {
+            if let Ok(Some(sample)) = server::sample(&sampled) {
                 sampling_peak.fetch_max(sample.rss_bytes, Ordering::Relaxed);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -527,7 +528,7 @@ async fn slow(
         elapsed_s: (alone_before + beside + alone_after).as_secs_f64(),
         msgs_per_sec: Some(total / beside.as_secs_f64()),
         throughput_ratio_next_to_stalled_room: Some(ratio),
-        server_rss_peak_bytes: pid.map(|_| peak.load(Ordering::Relaxed)),
+        server_rss_peak_bytes: (!pid.is_empty()).then(|| peak.load(Ordering::Relaxed)),
         delivery,
         ..Report::default()
     })

@@ -15,9 +15,19 @@ pub(crate) struct Sample {
     pub(crate) rss_bytes: u64,
 }
 
-/// Reads the server's counters; `None` when no pid was given.
-pub(crate) fn sample(pid: Option<u32>) -> Result<Option<Sample>> {
-    let Some(pid) = pid else { return Ok(None) };
+/// Reads the counters of the server's processes, summed; `None` when no pid was given.
+pub(crate) fn sample(pids: &[u32]) -> Result<Option<Sample>> {
+    let mut total: Option<Sample> = None;
+    for &pid in pids {
+        let one = sample_one(pid)?;
+        let sum = total.get_or_insert(Sample { cpu_seconds: 0.0, rss_bytes: 0 });
+        sum.cpu_seconds += one.cpu_seconds;
+        sum.rss_bytes += one.rss_bytes;
+    }
+    Ok(total)
+}
+
+fn sample_one(pid: u32) -> Result<Sample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces; the fields after its closing parenthesis are
@@ -34,5 +44,5 @@ pub(crate) fn sample(pid: Option<u32>) -> Result<Option<Sample>> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse::<u64>().ok())
         .context("no VmRSS in /proc/<pid>/status")?;
-    Ok(Some(Sample { cpu_seconds, rss_bytes: rss_kib * 1024 }))
+    Ok(Sample { cpu_seconds, rss_bytes: rss_kib * 1024 })
 }

@@ -31,8 +31,8 @@ pub(crate) struct Conn {
 /// Where the peers connect.
 #[derive(Clone, Debug)]
 pub(crate) enum Target {
-    /// The relay: `wss://host:port/prefix/` (rooms are appended).
-    Relay(String),
+    /// The relay: `wss://host:port/prefix/` (rooms are appended), one URL per node.
+    Relay(Vec<String>),
     /// The floor forwarder at this address.
     Floor(std::net::SocketAddr),
 }
@@ -41,8 +41,8 @@ impl Target {
     /// Connects identity `n` to `room`; for the relay, also sends a HELLO (`announce`).
     pub(crate) async fn connect(&self, ids: &Identities, room: &str, n: usize) -> Result<Conn> {
         match self {
-            Target::Relay(url) => {
-                let mut ws = ids.connect(url, room, n).await?;
+            Target::Relay(urls) => {
+                let mut ws = ids.connect(node_url(urls, n), room, n).await?;
                 hello(&mut ws, &format!("peer-{n}")).await?;
                 Ok(ws_conn(ws))
             }
@@ -53,14 +53,19 @@ impl Target {
     /// Connects the two peers of a room and waits until either can send to the other.
     pub(crate) async fn pair(&self, ids: &Identities, room: &str) -> Result<(Conn, Conn)> {
         match self {
-            Target::Relay(url) => {
-                let (a, b) = crate::peers::pair(ids, url, room).await?;
+            Target::Relay(urls) => {
+                let (a, b) = crate::peers::pair(ids, node_url(urls, 0), node_url(urls, 1), room).await?;
                 Ok((ws_conn(a), ws_conn(b)))
             }
             // The floor pairs two connections as soon as both have named the room.
             Target::Floor(_) => Ok((self.connect(ids, room, 0).await?, self.connect(ids, room, 1).await?)),
         }
     }
+}
+
+/// The node peer `n` connects to: the nodes in turn.
+pub(crate) fn node_url(urls: &[String], n: usize) -> &str {
+    urls.get(n % urls.len().max(1)).map_or("", String::as_str)
 }
 
 /// A WebSocket whose data frames are seen as bytes (text frames out, any data frame in).

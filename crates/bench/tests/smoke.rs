@@ -9,6 +9,10 @@ use std::process::{Child, Command, Stdio};
 use micronets_certgen::dev::{self, DevPki};
 use micronets_proxy::{FileConfig, Overrides, Proxy};
 
+#[path = "../../proxy/tests/proxy/redis_server.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
 /// The proxy, serving in this process until dropped.
 struct Relay {
     url: String,
@@ -16,16 +20,17 @@ struct Relay {
 }
 
 impl Relay {
-    async fn start(pki: &DevPki) -> Self {
+    /// A relay with `extra` TOML (a `[cluster]` section makes it a node).
+    async fn start(pki: &DevPki, extra: &str) -> Self {
         let toml = format!(
-            "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = {:?}\nclient_ca = {:?}\n[rooms]\nmax_peers = 4\n[limits]\nslow_consumer_timeout = \"1s\"\n",
+            "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = {:?}\nclient_ca = {:?}\n[rooms]\nmax_peers = 4\n[limits]\nslow_consumer_timeout = \"1s\"\n{extra}",
             pki.pkeycert(&dev::PROXY).display().to_string(),
             pki.root_cert().display().to_string(),
         );
         let config = FileConfig::parse(&toml).unwrap().into_config(&Overrides::default()).unwrap();
         let listener = tokio::net::TcpListener::bind(config.bind).await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let proxy = Proxy::new(config).unwrap();
+        let proxy = Proxy::new(config).unwrap().connect().await.unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             proxy
@@ -82,11 +87,14 @@ impl Drop for Floor {
     }
 }
 
-/// Runs `ws-bench` with `args` (bounded in time), checks its delivery report and returns it.
-async fn bench(relay: &Relay, pki: &DevPki, args: &[&str]) -> serde_json::Value {
+/// Runs `ws-bench` with `args` against `relays` (bounded in time), checks its delivery report
+/// and returns it.
+async fn bench(relays: &[&Relay], pki: &DevPki, args: &[&str]) -> serde_json::Value {
     let pid = std::process::id().to_string();
-    let mut all: Vec<String> =
-        vec!["--url".into(), relay.url.clone(), "--pki".into(), pki.dir.display().to_string()];
+    let mut all: Vec<String> = vec!["--pki".into(), pki.dir.display().to_string()];
+    for relay in relays {
+        all.extend(["--url".into(), relay.url.clone()]);
+    }
     all.extend(["--server-pid".into(), pid, "--json".into()]);
     all.extend(args.iter().map(|s| (*s).to_owned()));
     let run = tokio::task::spawn_blocking(move || {
@@ -115,7 +123,7 @@ fn dev_pki(dir: &tempfile::TempDir) -> DevPki {
 async fn every_scenario_runs_and_verifies_delivery() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dev_pki(&dir);
-    let relay = Relay::start(&pki).await;
+    let relay = Relay::start(&pki, "").await;
     let runs: [&[&str]; 6] = [
         &["pairs", "--rooms", "2", "--messages", "500", "--size", "300"],
         &["pairs", "--ping-pong", "--messages", "100", "--size", "256"],
@@ -125,7 +133,7 @@ async fn every_scenario_runs_and_verifies_delivery() {
         &["slow", "--rooms", "2", "--messages", "300", "--size", "1024"],
     ];
     for scenario in runs {
-        let report = bench(&relay, &pki, scenario).await;
+        let report = bench(&[&relay], &pki, scenario).await;
         assert_eq!(report["scenario"], scenario[0]);
         let expected = match scenario[0] {
             "pairs" | "fanout" => "server_cpu_us_per_message",
@@ -144,7 +152,7 @@ async fn every_scenario_runs_and_verifies_delivery() {
 async fn the_floor_runs_beside_the_relay_and_gives_ratios() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dev_pki(&dir);
-    let relay = Relay::start(&pki).await;
+    let relay = Relay::start(&pki, "").await;
     let floor = Floor::start(&pki);
     let floor_pid = floor.child.id().to_string();
     let with_floor = |rest: &'static [&'static str]| {
@@ -158,7 +166,27 @@ async fn the_floor_runs_beside_the_relay_and_gives_ratios() {
         (&["idle", "--count", "400"], "server_rss_bytes_per_connection"),
     ];
     for (scenario, figure) in runs {
-        let report = bench(&relay, &pki, &with_floor(scenario)).await;
+        let report = bench(&[&relay], &pki, &with_floor(scenario)).await;
         assert!(report["floor"][figure].is_number(), "{scenario:?}: no floor {figure} in {report}");
+    }
+}
+
+/// Two nodes of a cluster: each pair's peers land on different nodes, and every message
+/// crosses Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_and_fanout_run_across_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dev_pki(&dir);
+    let redis = redis_server::Redis::start().await;
+    let node = |name: &str| format!("[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\n", redis.url());
+    let one = Relay::start(&pki, &node("one")).await;
+    let two = Relay::start(&pki, &node("two")).await;
+    for scenario in [
+        &["pairs", "--rooms", "2", "--messages", "500", "--size", "300"][..],
+        &["pairs", "--ping-pong", "--messages", "100", "--size", "256"],
+        &["fanout", "--receivers", "3", "--messages", "300", "--size", "256"],
+    ] {
+        let report = bench(&[&one, &two], &pki, scenario).await;
+        assert!(report["server_cpu_us_per_message"].is_number(), "{scenario:?}: {report}");
     }
 }
