@@ -108,8 +108,11 @@ pub struct Config {
 /// The cluster settings, validated (`[cluster]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// `redis://`, `rediss://` or `redis+unix://` URL.
+    /// `redis://`, `rediss://` or `redis+unix://` URL; for a Redis Cluster, the URLs of one or
+    /// more of its nodes, separated by commas.
     pub redis_url: String,
+    /// Whether `redis_url` names a Redis Cluster (sharded pub/sub, RESP3).
+    pub redis_cluster: bool,
     /// This node's name; a random suffix per start is added, so a restarted node never
     /// meets the entries of its previous life.
     pub node_id: String,
@@ -142,6 +145,7 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields, default)]
 struct ClusterSection {
     redis_url: String,
+    redis_cluster: bool,
     node_id: String,
     key_prefix: String,
     presence_ttl: String,
@@ -152,6 +156,7 @@ impl Default for ClusterSection {
     fn default() -> Self {
         ClusterSection {
             redis_url: String::new(),
+            redis_cluster: false,
             node_id: String::new(),
             key_prefix: "ws-proxy".into(),
             presence_ttl: "6s".into(),
@@ -165,12 +170,21 @@ impl ClusterSection {
         if self.redis_url.is_empty() {
             return Ok(None);
         }
-        let scheme = self.redis_url.split("://").next().unwrap_or_default();
-        if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") || !self.redis_url.contains("://") {
+        let urls: Vec<&str> = self.redis_url.split(',').map(str::trim).collect();
+        if urls.len() > 1 && !self.redis_cluster {
             return Err(invalid(
                 "cluster.redis_url",
-                "must be a redis://, rediss:// or redis+unix:// URL".into(),
+                "several URLs are for a Redis Cluster (redis_cluster = true)".into(),
             ));
+        }
+        for url in urls {
+            let scheme = url.split("://").next().unwrap_or_default();
+            if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") || !url.contains("://") {
+                return Err(invalid(
+                    "cluster.redis_url",
+                    format!("{:?} is not a redis://, rediss:// or redis+unix:// URL", redacted_url(url)),
+                ));
+            }
         }
         let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
         let node_id = if self.node_id.is_empty() { host_name() } else { self.node_id };
@@ -193,12 +207,22 @@ impl ClusterSection {
         }
         Ok(Some(ClusterConfig {
             redis_url: self.redis_url,
+            redis_cluster: self.redis_cluster,
             node_id,
             key_prefix: self.key_prefix,
             presence_ttl,
             command_timeout,
         }))
     }
+}
+
+/// Redis URLs (one, or several separated by commas) without their passwords, for messages.
+pub(crate) fn redacted_url(urls: &str) -> String {
+    let one = |url: &str| match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    };
+    urls.split(',').map(|u| one(u.trim())).collect::<Vec<_>>().join(",")
 }
 
 /// This machine's name, for a node id; "node" when it cannot be read.
@@ -678,6 +702,37 @@ mod tests {
         assert!(err.contains("unknown field `bogus`"), "{err}");
         let err = config("[limits]\nmax_frame_bytes = \"big\"\n").unwrap_err().to_string();
         assert!(err.contains("max_frame_bytes"), "{err}");
+    }
+
+    #[test]
+    fn redis_passwords_are_not_shown() {
+        assert_eq!(redacted_url("redis://user:secret@127.0.0.1:6379/0"), "redis://***@127.0.0.1:6379/0");
+        assert_eq!(redacted_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redacted_url("redis://:a@h1:1, redis://:b@h2:2"), "redis://***@h1:1,redis://***@h2:2");
+    }
+
+    #[test]
+    fn cluster_mode_is_off_unless_given_a_url_and_its_settings_are_checked() {
+        assert_eq!(config("").unwrap().cluster, None);
+        let c = config("[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\nnode_id = \"a\"\n")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(
+            (c.node_id.as_str(), c.presence_ttl, c.redis_cluster),
+            ("a", Duration::from_secs(6), false)
+        );
+        for (extra, key) in [
+            ("redis_url = \"http://x\"", "cluster.redis_url"),
+            ("redis_url = \"redis://a:1,redis://b:2\"", "cluster.redis_url"),
+            ("redis_url = \"redis://a\"\nnode_id = \"a b\"", "cluster.node_id"),
+            ("redis_url = \"redis://a\"\npresence_ttl = \"2s\"", "cluster.presence_ttl"),
+        ] {
+            let err = config(&format!("[cluster]\n{extra}\n")).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        let many = config("[cluster]\nredis_url = \"redis://a:1, redis://b:2\"\nredis_cluster = true\n");
+        assert!(many.unwrap().cluster.unwrap().redis_cluster);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! Redis per frame. [`apply`] turns the notes other nodes send into deliveries to local
 //! members.
 
+mod link;
 pub(crate) mod redis;
 pub(crate) mod wire;
 

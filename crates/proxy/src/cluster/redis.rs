@@ -22,12 +22,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
+use super::link::{Link, MAX_BACKOFF};
 use super::wire::{Card, Note, member_field};
 use super::{Backplane, BoxFuture, JoinError, Presence};
 use crate::config::ClusterConfig;
@@ -103,8 +102,6 @@ return out
 const OUTBOX: usize = 65_536;
 /// Notes published in one round trip, at most.
 const BATCH: usize = 256;
-/// Longest pause between attempts to reach Redis again.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A local member, as this node keeps putting it in presence.
 struct Mine {
@@ -117,8 +114,7 @@ struct Mine {
 pub(crate) struct RedisBackplane {
     node: String,
     config: ClusterConfig,
-    client: redis::Client,
-    commands: ConnectionManager,
+    link: Link,
     outbox: mpsc::Sender<(String, Bytes)>,
     /// Taken by the publisher when the node starts serving.
     outbox_rx: Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
@@ -151,28 +147,18 @@ impl RedisBackplane {
     /// # Errors
     /// [`Error::Cluster`] saying why Redis cannot be used.
     pub(crate) async fn connect(config: &ClusterConfig) -> Result<Self> {
-        let failed = |reason: String| Error::Cluster { url: redacted(&config.redis_url), reason };
-        let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| failed(e.to_string()))?;
-        let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.command_timeout))
-            .set_response_timeout(Some(config.command_timeout))
-            .set_max_delay(MAX_BACKOFF);
-        let connecting = client.get_connection_manager_with_config(manager);
-        let mut commands = tokio::time::timeout(config.command_timeout * 2, connecting)
-            .await
-            .map_err(|_| failed("no connection within the command timeout".into()))?
-            .map_err(|e| failed(e.to_string()))?;
-        let pong: String =
-            redis::cmd("PING").query_async(&mut commands).await.map_err(|e| failed(e.to_string()))?;
-        debug!(pong, "redis reached");
+        let link = Link::connect(config).await.map_err(|reason| Error::Cluster {
+            url: crate::config::redacted_url(&config.redis_url),
+            reason,
+        })?;
+        debug!("redis reached");
         let suffix: u32 = rand_suffix();
         let node = format!("{}-{suffix:08x}", config.node_id);
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
         Ok(RedisBackplane {
             node,
             config: config.clone(),
-            client,
-            commands,
+            link,
             outbox,
             outbox_rx: Mutex::new(Some(outbox_rx)),
             healthy: AtomicBool::new(true),
@@ -226,32 +212,46 @@ impl RedisBackplane {
         tokio::join!(self.publish(outbox), self.subscribe(&shared), self.refresh(&shared));
     }
 
-    /// Publishes queued notes in order, in batches.
+    /// Publishes queued notes in order, in batches: one pipeline per receiving node (on a
+    /// Redis Cluster a pipeline must stay in one slot), the pipelines of a batch at once.
     async fn publish(&self, mut outbox: mpsc::Receiver<(String, Bytes)>) {
         let mut batch = Vec::with_capacity(BATCH);
-        let mut commands = self.commands.clone();
         while outbox.recv_many(&mut batch, BATCH).await > 0 {
-            let mut pipe = redis::pipe();
+            let mut by_node: Vec<(&str, redis::Pipeline, u64)> = Vec::new();
             for (node, note) in &batch {
-                pipe.cmd("PUBLISH").arg(self.inbox(node)).arg(note.as_ref());
-            }
-            let n = batch.len() as u64;
-            match pipe.query_async::<Vec<u64>>(&mut commands).await {
-                Ok(receivers) => {
-                    // A note no node was subscribed to receive (its node is gone, or was
-                    // between subscriptions) is lost too.
-                    let unheard = receivers.iter().filter(|&&r| r == 0).count() as u64;
-                    self.published.fetch_add(n - unheard, Ordering::Relaxed);
-                    self.lost.fetch_add(unheard, Ordering::Relaxed);
-                    if unheard > 0 {
-                        debug!(notes = unheard, "notes published to an inbox nobody listens on: lost");
+                let i = match by_node.iter().position(|(n, _, _)| n == node) {
+                    Some(i) => i,
+                    None => {
+                        by_node.push((node, redis::pipe(), 0));
+                        by_node.len() - 1
                     }
-                    self.set_healthy(true);
-                }
-                Err(e) => {
-                    self.lost.fetch_add(n, Ordering::Relaxed);
-                    warn!(error = %e, notes = n, "cannot publish to other nodes: notes lost");
-                    self.set_healthy(false);
+                };
+                let (_, pipe, count) = &mut by_node[i];
+                pipe.cmd(self.link.publish()).arg(self.inbox(node)).arg(note.as_ref());
+                *count += 1;
+            }
+            let sends = by_node.into_iter().map(|(_, pipe, count)| async move {
+                let mut commands = self.link.commands();
+                (pipe.query_async::<Vec<u64>>(&mut commands).await, count)
+            });
+            for (result, n) in futures_util::future::join_all(sends).await {
+                match result {
+                    Ok(receivers) => {
+                        // A note no node was subscribed to receive (its node is gone, or was
+                        // between subscriptions) is lost too.
+                        let unheard = receivers.iter().filter(|&&r| r == 0).count() as u64;
+                        self.published.fetch_add(n - unheard, Ordering::Relaxed);
+                        self.lost.fetch_add(unheard, Ordering::Relaxed);
+                        if unheard > 0 {
+                            debug!(notes = unheard, "notes published to an inbox nobody listens on: lost");
+                        }
+                        self.set_healthy(true);
+                    }
+                    Err(e) => {
+                        self.lost.fetch_add(n, Ordering::Relaxed);
+                        warn!(error = %e, notes = n, "cannot publish to other nodes: notes lost");
+                        self.set_healthy(false);
+                    }
                 }
             }
             batch.clear();
@@ -264,22 +264,15 @@ impl RedisBackplane {
         let channel = self.inbox(&self.node);
         let mut backoff = Duration::from_millis(100);
         loop {
-            let connecting = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            };
-            let pubsub = match tokio::time::timeout(self.config.command_timeout * 2, connecting).await {
-                Ok(Ok(pubsub)) => pubsub,
-                Ok(Err(e)) => {
+            let subscribing =
+                tokio::time::timeout(self.config.command_timeout * 2, self.link.subscribe(&channel));
+            let mut inbox = match subscribing.await {
+                Ok(Ok(inbox)) => inbox,
+                failed => {
                     self.set_healthy(false);
-                    debug!(error = %e, "cannot subscribe to the inbox; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-                Err(_) => {
-                    self.set_healthy(false);
+                    if let Ok(Err(e)) = failed {
+                        debug!(error = %e, "cannot subscribe to the inbox; retrying");
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
@@ -287,14 +280,13 @@ impl RedisBackplane {
             };
             backoff = Duration::from_millis(100);
             info!(channel, node = self.node, "subscribed to this node's inbox");
-            let mut messages = pubsub.into_on_message();
             loop {
-                let message = tokio::select! {
+                let payload = tokio::select! {
                     () = self.resubscribe.notified() => break,
-                    message = messages.next() => message,
+                    payload = inbox.next() => payload,
                 };
-                let Some(message) = message else { break };
-                match Note::decode(Bytes::copy_from_slice(message.get_payload_bytes())) {
+                let Some(payload) = payload else { break };
+                match Note::decode(payload) {
                     Ok(note) => super::apply(shared, note).await,
                     Err(e) => warn!(error = %e, "malformed note in the inbox: dropped"),
                 }
@@ -336,7 +328,7 @@ impl RedisBackplane {
                 ));
             }
         }
-        let mut commands = self.commands.clone();
+        let mut commands = self.link.commands();
         for (room, members) in by_room {
             let mut invocation = self.refresh_script.prepare_invoke();
             invocation
@@ -375,7 +367,7 @@ impl Backplane for RedisBackplane {
         max_peers: usize,
     ) -> BoxFuture<'a, std::result::Result<Space, String>> {
         Box::pin(async move {
-            let mut commands = self.commands.clone();
+            let mut commands = self.link.commands();
             let (live, same): (usize, i64) = self
                 .space_script
                 .key(self.key(room.as_str(), "cards"))
@@ -400,7 +392,7 @@ impl Backplane for RedisBackplane {
             let field = card.field();
             let encoded = card.encode();
             let fingerprint = hex(&card.fingerprint);
-            let mut commands = self.commands.clone();
+            let mut commands = self.link.commands();
             let reply: Value = self
                 .join_script
                 .key(self.key(room.as_str(), "cards"))
@@ -435,7 +427,7 @@ impl Backplane for RedisBackplane {
                 .hdel(self.key(room.as_str(), "cards"), &field)
                 .hdel(self.key(room.as_str(), "fps"), &field)
                 .zrem(self.key(room.as_str(), "ttl"), &field);
-            let mut commands = self.commands.clone();
+            let mut commands = self.link.commands();
             if let Err(e) = pipe.query_async::<()>(&mut commands).await {
                 // The entry expires within the TTL; the others learn of the departure by note.
                 debug!(error = %e, "cannot remove a member from presence");
@@ -496,14 +488,6 @@ fn parse_join(reply: Value, node: &str) -> std::result::Result<Option<Presence>,
     Ok(Some(Presence { others, replaced }))
 }
 
-/// The URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
 /// A random number for the node's name.
 fn rand_suffix() -> u32 {
     let mut bytes = [0u8; 4];
@@ -512,15 +496,4 @@ fn rand_suffix() -> u32 {
         return u32::try_from(unix_ms() & 0xffff_ffff).unwrap_or(0);
     }
     u32::from_be_bytes(bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_not_shown() {
-        assert_eq!(redacted("redis://user:secret@127.0.0.1:6379/0"), "redis://***@127.0.0.1:6379/0");
-        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
 }

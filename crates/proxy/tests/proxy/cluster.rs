@@ -235,3 +235,36 @@ async fn a_blackholed_redis_is_noticed_within_seconds() {
     ready_becomes(&one, 200).await;
     one.stop().await;
 }
+
+#[tokio::test]
+async fn nodes_share_rooms_through_a_redis_cluster_with_sharded_pub_sub() {
+    let pki = Pki::new();
+    let redis = crate::redis_server::RedisCluster::start().await;
+    let config = |name: &str| {
+        format!(
+            "[cluster]\nredis_url = \"{}\"\nredis_cluster = true\nnode_id = \"{name}\"\npresence_ttl = \"1500ms\"\ncommand_timeout = \"500ms\"\n",
+            redis.urls()
+        )
+    };
+    let one = start(&pki, &config("one")).await;
+    let two = start(&pki, &config("two")).await;
+    // Rooms whose keys hash to different shards.
+    for room in ["gw/gw-1", "gw/gw-2", "gw/gw-3", "gw/gw-4"] {
+        let (mut manager, hello_m) = one.join("manager", room, "m").await;
+        let (mut gateway, hello_g) = two.join("gateway", room, "g").await;
+        assert_eq!(gateway.recv_text().await, hello_m);
+        assert_eq!(manager.recv_text().await, hello_g);
+        for n in 1..=20 {
+            manager.send_text(&event(n)).await;
+            gateway.send_text(&event(100 + n)).await;
+        }
+        for n in 1..=20 {
+            assert_eq!(message_id(&gateway.recv_text().await), n);
+            assert_eq!(message_id(&manager.recv_text().await), 100 + n);
+        }
+        gateway.close().await;
+        assert_eq!(manager.recv_message().await["messageType"], "CONN:PEER-LEFT");
+    }
+    one.stop().await;
+    two.stop().await;
+}

@@ -15,31 +15,51 @@ pub(crate) struct Redis {
     child: Child,
     pub(crate) port: u16,
     dir: tempfile::TempDir,
+    /// Whether it is a node of a Redis Cluster.
+    clustered: bool,
+}
+
+/// Starts `redis-server` on `port` with its files in `dir`.
+fn spawn(port: u16, dir: &std::path::Path, clustered: bool) -> Child {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null());
+    if clustered {
+        command.args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{port}.conf")]);
+    }
+    command.spawn().expect("redis-server is installed (scripts/test installs it)")
+}
+
+/// A free port whose cluster bus port (10,000 above it) is free too.
+fn free_port(clustered: bool) -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !clustered {
+            return port;
+        }
+        let bus =
+            port.checked_add(10_000).filter(|bus| std::net::TcpListener::bind(("127.0.0.1", *bus)).is_ok());
+        if bus.is_some() {
+            return port;
+        }
+    }
 }
 
 impl Redis {
     pub(crate) async fn start() -> Redis {
+        Redis::start_node(false).await
+    }
+
+    async fn start_node(clustered: bool) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let mut child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server is installed (scripts/test installs it)");
+            let port = free_port(clustered);
+            let mut child = spawn(port, dir.path(), clustered);
             if answers(port, &mut child).await {
-                return Redis { child, port, dir };
+                return Redis { child, port, dir, clustered };
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -68,24 +88,54 @@ impl Redis {
     /// Starts it again on the same port, empty.
     pub(crate) async fn restart(&mut self) {
         self.kill();
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn(self.port, self.dir.path(), self.clustered);
         assert!(answers(self.port, &mut child).await, "redis-server restarted");
         self.child = child;
+    }
+}
+
+/// A Redis Cluster of three primaries, each with a slice of the hash slots.
+pub(crate) struct RedisCluster {
+    pub(crate) nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub(crate) async fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(Redis::start_node(true).await);
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let created = create.args(["--cluster-replicas", "0", "--cluster-yes"]).output().unwrap();
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let deadline = tokio::time::Instant::now() + START;
+        for node in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "the cluster never became ok");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The nodes' URLs, comma-separated.
+    pub(crate) fn urls(&self) -> String {
+        self.nodes.iter().map(Redis::url).collect::<Vec<_>>().join(",")
     }
 }
 

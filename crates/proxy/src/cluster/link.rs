@@ -1,0 +1,167 @@
+//! The connections to Redis, for one server or a Redis Cluster.
+//!
+//! - One server (or Valkey): a connection manager (multiplexed, reconnecting) for commands,
+//!   and a dedicated pub/sub connection for the node's inbox, made again when it is lost.
+//! - A Redis Cluster: one cluster connection in RESP3 for commands, and sharded pub/sub
+//!   (`SSUBSCRIBE`, `SPUBLISH`), whose subscription the cluster client renews after a
+//!   reconnection or a resharding. Each room's keys share a hash slot (`{room}`), so its
+//!   scripts and pipelines run on one shard.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSubStream};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, PushInfo, PushKind, RedisFuture, Value};
+use tokio::sync::{Mutex, MutexGuard, mpsc};
+
+use crate::config::ClusterConfig;
+
+/// Longest pause between attempts to reach Redis again.
+pub(crate) const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How this node reaches Redis.
+pub(crate) enum Link {
+    Server { client: redis::Client, commands: ConnectionManager },
+    Cluster { commands: ClusterConnection, pushes: Mutex<mpsc::UnboundedReceiver<PushInfo>> },
+}
+
+/// A handle for commands, cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Commands {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Commands {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Commands::Server(c) => c.req_packed_command(cmd),
+            Commands::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Commands::Server(c) => c.req_packed_commands(pipeline, offset, count),
+            Commands::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Commands::Server(c) => c.get_db(),
+            Commands::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A subscription to the inbox: the payloads published to it.
+pub(crate) enum Inbox<'a> {
+    Server(PubSubStream),
+    Cluster(MutexGuard<'a, mpsc::UnboundedReceiver<PushInfo>>),
+}
+
+impl Inbox<'_> {
+    /// The next payload; `None` once the subscription is lost.
+    pub(crate) async fn next(&mut self) -> Option<Bytes> {
+        match self {
+            Inbox::Server(stream) => {
+                stream.next().await.map(|m| Bytes::copy_from_slice(m.get_payload_bytes()))
+            }
+            Inbox::Cluster(pushes) => loop {
+                let push = pushes.recv().await?;
+                match push.kind {
+                    PushKind::SMessage => {
+                        if let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) {
+                            return Some(Bytes::from(payload));
+                        }
+                    }
+                    PushKind::Disconnection => return None,
+                    _ => {}
+                }
+            },
+        }
+    }
+}
+
+impl Link {
+    /// Connects, within `command_timeout` (twice, for the connection and a first command).
+    ///
+    /// # Errors
+    /// Why Redis cannot be used.
+    pub(crate) async fn connect(config: &ClusterConfig) -> Result<Link, String> {
+        let timeout = config.command_timeout;
+        let connecting = async {
+            if config.redis_cluster {
+                let seeds: Vec<&str> = config.redis_url.split(',').map(str::trim).collect();
+                let (tx, rx) = mpsc::unbounded_channel();
+                let client = redis::cluster::ClusterClientBuilder::new(seeds)
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(tx)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .build()?;
+                let commands = client.get_async_connection().await?;
+                Ok(Link::Cluster { commands, pushes: Mutex::new(rx) })
+            } else {
+                let client = redis::Client::open(config.redis_url.as_str())?;
+                let manager = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_max_delay(MAX_BACKOFF);
+                let commands = client.get_connection_manager_with_config(manager).await?;
+                Ok::<_, redis::RedisError>(Link::Server { client, commands })
+            }
+        };
+        let link = tokio::time::timeout(timeout * 2, connecting)
+            .await
+            .map_err(|_| "no connection within the command timeout".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let mut commands = link.commands();
+        let ping = redis::cmd("PING");
+        tokio::time::timeout(timeout, ping.query_async::<String>(&mut commands))
+            .await
+            .map_err(|_| "no answer to PING within the command timeout".to_owned())?
+            .map_err(|e| e.to_string())?;
+        Ok(link)
+    }
+
+    pub(crate) fn commands(&self) -> Commands {
+        match self {
+            Link::Server { commands, .. } => Commands::Server(commands.clone()),
+            Link::Cluster { commands, .. } => Commands::Cluster(commands.clone()),
+        }
+    }
+
+    /// The publish command: sharded on a Redis Cluster.
+    pub(crate) fn publish(&self) -> &'static str {
+        match self {
+            Link::Server { .. } => "PUBLISH",
+            Link::Cluster { .. } => "SPUBLISH",
+        }
+    }
+
+    /// Subscribes to `channel`.
+    ///
+    /// # Errors
+    /// Redis's error.
+    pub(crate) async fn subscribe(&self, channel: &str) -> redis::RedisResult<Inbox<'_>> {
+        match self {
+            Link::Server { client, .. } => {
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(channel).await?;
+                Ok(Inbox::Server(pubsub.into_on_message()))
+            }
+            Link::Cluster { commands, pushes } => {
+                let pushes = pushes.lock().await;
+                commands.clone().ssubscribe(channel).await?;
+                Ok(Inbox::Cluster(pushes))
+            }
+        }
+    }
+}
