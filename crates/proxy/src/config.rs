@@ -113,6 +113,9 @@ pub struct ClusterConfig {
     pub redis_url: String,
     /// Whether `redis_url` names a Redis Cluster (sharded pub/sub, RESP3).
     pub redis_cluster: bool,
+    /// The CA bundle a `rediss://` server's certificate must chain to; `None` uses the system
+    /// trust store.
+    pub ca_file: Option<PathBuf>,
     /// This node's name; a random suffix per start is added, so a restarted node never
     /// meets the entries of its previous life.
     pub node_id: String,
@@ -146,6 +149,7 @@ pub struct FileConfig {
 struct ClusterSection {
     redis_url: String,
     redis_cluster: bool,
+    ca_file: PathBuf,
     node_id: String,
     key_prefix: String,
     presence_ttl: String,
@@ -157,6 +161,7 @@ impl Default for ClusterSection {
         ClusterSection {
             redis_url: String::new(),
             redis_cluster: false,
+            ca_file: PathBuf::new(),
             node_id: String::new(),
             key_prefix: "ws-proxy".into(),
             presence_ttl: "6s".into(),
@@ -208,6 +213,7 @@ impl ClusterSection {
         Ok(Some(ClusterConfig {
             redis_url: self.redis_url,
             redis_cluster: self.redis_cluster,
+            ca_file: Some(self.ca_file).filter(|p| !p.as_os_str().is_empty()),
             node_id,
             key_prefix: self.key_prefix,
             presence_ttl,

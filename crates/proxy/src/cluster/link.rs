@@ -11,7 +11,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSubStream};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, PushInfo, PushKind, RedisFuture, Value};
+use redis::io::tcp::TcpSettings;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, PushInfo, PushKind, RedisFuture, TlsCertificates, Value};
 use tokio::sync::{Mutex, MutexGuard, mpsc};
 
 use crate::config::ClusterConfig;
@@ -96,20 +97,35 @@ impl Link {
     /// Why Redis cannot be used.
     pub(crate) async fn connect(config: &ClusterConfig) -> Result<Link, String> {
         let timeout = config.command_timeout;
+        let root = match &config.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?),
+            None => None,
+        };
+        let certificates = || TlsCertificates { client_tls: None, root_cert: root.clone() };
+        // Unacknowledged writes abort the connection after this long: a silent Redis (a black
+        // hole) is noticed by the kernel too, not only by the command timeouts.
+        let tcp = TcpSettings::default().set_nodelay(true).set_user_timeout(timeout * 3);
         let connecting = async {
             if config.redis_cluster {
                 let seeds: Vec<&str> = config.redis_url.split(',').map(str::trim).collect();
                 let (tx, rx) = mpsc::unbounded_channel();
-                let client = redis::cluster::ClusterClientBuilder::new(seeds)
+                let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .push_sender(tx)
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
-                    .build()?;
-                let commands = client.get_async_connection().await?;
+                    .tcp_settings(tcp);
+                if root.is_some() {
+                    builder = builder.certs(certificates());
+                }
+                let commands = builder.build()?.get_async_connection().await?;
                 Ok(Link::Cluster { commands, pushes: Mutex::new(rx) })
             } else {
-                let client = redis::Client::open(config.redis_url.as_str())?;
+                let info = config.redis_url.as_str().into_connection_info()?.set_tcp_settings(tcp);
+                let client = match root {
+                    Some(_) => redis::Client::build_with_tls(info, certificates())?,
+                    None => redis::Client::open(info)?,
+                };
                 let manager = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))

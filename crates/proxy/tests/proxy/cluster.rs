@@ -268,3 +268,40 @@ async fn nodes_share_rooms_through_a_redis_cluster_with_sharded_pub_sub() {
     one.stop().await;
     two.stop().await;
 }
+
+#[tokio::test]
+async fn rediss_is_verified_with_the_configured_ca() {
+    let pki = Pki::new();
+    let redis = Redis::start_tls(&pki.server("redis"), &pki.dev.root_cert()).await;
+    let url = format!("rediss://localhost:{}", redis.port);
+    let config = |name: &str| {
+        format!(
+            "[cluster]\nredis_url = \"{url}\"\nca_file = {:?}\nnode_id = \"{name}\"\npresence_ttl = \"1500ms\"\ncommand_timeout = \"500ms\"\n",
+            pki.dev.root_cert().display().to_string()
+        )
+    };
+    let one = start(&pki, &config("one")).await;
+    let two = start(&pki, &config("two")).await;
+    let (mut manager, _) = one.join("manager", "gw/gw-1", "m").await;
+    let (mut gateway, _) = two.join("gateway", "gw/gw-1", "g").await;
+    gateway.recv_text().await;
+    manager.recv_text().await;
+    manager.send_text(&event(5)).await;
+    assert_eq!(message_id(&gateway.recv_text().await), 5);
+    one.stop().await;
+    two.stop().await;
+
+    // Without the CA, the server's certificate is not trusted: a clear error at start.
+    let file = micronets_proxy::FileConfig::parse(&format!(
+        "[tls]\nserver_cert = {:?}\nclient_ca = {:?}\n[cluster]\nredis_url = \"{url}\"\ncommand_timeout = \"500ms\"\n",
+        pki.dev.pkeycert(&micronets_certgen::dev::PROXY).display().to_string(),
+        pki.dev.root_cert().display().to_string()
+    ))
+    .unwrap();
+    let config = file.into_config(&micronets_proxy::Overrides::default()).unwrap();
+    let error = match micronets_proxy::Proxy::new(config).unwrap().connect().await {
+        Ok(_) => panic!("trusted a certificate of an unknown CA"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.starts_with(&format!("cluster: redis at {url}:")), "{error}");
+}

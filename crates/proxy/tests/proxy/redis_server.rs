@@ -71,6 +71,41 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A server that speaks only TLS, with the certificate and key in `pkeycert`; its URL is
+    /// `rediss://localhost:<port>`.
+    pub(crate) async fn start_tls(pkeycert: &std::path::Path, ca: &std::path::Path) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port(false);
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--tls-auth-clients", "no", "--tls-cert-file"])
+            .arg(pkeycert)
+            .arg("--tls-key-file")
+            .arg(pkeycert)
+            .arg("--tls-ca-cert-file")
+            .arg(ca)
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + START;
+        loop {
+            let ping = Command::new("redis-cli")
+                .args(["--tls", "--cacert"])
+                .arg(ca)
+                .args(["-h", "localhost", "-p", &port.to_string(), "ping"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&ping.stdout).trim() == "PONG" {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "redis-server with TLS did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Redis { child, port, dir, clustered: false }
+    }
+
     /// Sends the server a signal (`STOP` makes it a black hole: connections stay open, and
     /// nothing answers; `CONT` brings it back).
     pub(crate) fn signal(&self, name: &str) {
