@@ -269,11 +269,12 @@ impl Room {
         self.lock().members.iter().map(|m| m.mailbox.clone()).collect()
     }
 
-    /// Marks the local member `conn` as replaced by a newcomer on `node`; returns its mailbox.
-    pub(crate) fn replace_local(&self, conn: u64, node: &str) -> Option<Mailbox> {
+    /// Marks the local member `conn` as replaced by a newcomer (on `node`, when known);
+    /// returns its mailbox.
+    pub(crate) fn replace_local(&self, conn: u64, node: Option<&str>) -> Option<Mailbox> {
         let mut state = self.lock();
         let member = state.members.iter_mut().find(|m| m.mailbox.conn().0 == conn)?;
-        member.replaced_by = Some(node.to_owned());
+        member.replaced_by = node.map(str::to_owned);
         Some(member.mailbox.clone())
     }
 

@@ -167,7 +167,8 @@ pub(crate) async fn apply(shared: &Arc<Shared>, note: Note) {
             }
         }
         Note::Replace { room, conn, by } => {
-            if let Some(mailbox) = shared.registry.room(&room).and_then(|r| r.replace_local(conn, &by)) {
+            if let Some(mailbox) = shared.registry.room(&room).and_then(|r| r.replace_local(conn, Some(&by)))
+            {
                 mailbox.kill(crate::Close::Replaced);
             }
         }

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use redis::{Script, Value};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
@@ -78,15 +79,33 @@ end
 return {#live, same}
 ";
 
-/// Refreshes this node's members of one room, putting back any whose entry is gone (Redis
-/// restarted, or this node was cut off longer than the TTL), and returns the room's live
-/// cards. KEYS: cards, fps, ttl. ARGV: now, expiry, key lifetime, then field, card,
-/// fingerprint for each member.
+/// Refreshes this node's members of one room and returns the room's live cards, and the
+/// members of this node that were replaced meanwhile. An entry that is missing is put back
+/// (Redis restarted, or this node was cut off longer than the TTL) unless a live member now
+/// has its certificate: then it was replaced, and its node must close it. KEYS: cards, fps,
+/// ttl. ARGV: now, expiry, key lifetime, then field, card, fingerprint for each member.
+/// Returns {live cards, replaced fields}.
 const REFRESH: &str = r"
+local replaced = {}
 for i = 4, #ARGV, 3 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
-  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[i])
+  local f = ARGV[i]
+  if redis.call('HEXISTS', KEYS[1], f) == 1 then
+    redis.call('ZADD', KEYS[3], ARGV[2], f)
+  else
+    local taken = false
+    local fps = redis.call('HGETALL', KEYS[2])
+    for j = 1, #fps, 2 do
+      local score = redis.call('ZSCORE', KEYS[3], fps[j])
+      if fps[j + 1] == ARGV[i + 2] and score and tonumber(score) > tonumber(ARGV[1]) then taken = true end
+    end
+    if taken then
+      table.insert(replaced, f)
+    else
+      redis.call('HSET', KEYS[1], f, ARGV[i + 1])
+      redis.call('HSET', KEYS[2], f, ARGV[i + 2])
+      redis.call('ZADD', KEYS[3], ARGV[2], f)
+    end
+  end
 end
 for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 local live = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf')
@@ -95,8 +114,11 @@ for _, f in ipairs(live) do
   local card = redis.call('HGET', KEYS[1], f)
   if card then table.insert(out, card) end
 end
-return out
+return {out, replaced}
 ";
+
+/// Room refreshes in flight at once.
+const REFRESHES_IN_FLIGHT: usize = 32;
 
 /// Notes waiting to be published, at most; beyond, a note is counted lost.
 const OUTBOX: usize = 65_536;
@@ -328,8 +350,7 @@ impl RedisBackplane {
                 ));
             }
         }
-        let mut commands = self.link.commands();
-        for (room, members) in by_room {
+        let refreshes = futures_util::stream::iter(by_room).map(|(room, members)| async move {
             let mut invocation = self.refresh_script.prepare_invoke();
             invocation
                 .key(self.key(&room, "cards"))
@@ -341,15 +362,27 @@ impl RedisBackplane {
             for (field, card, fingerprint) in &members {
                 invocation.arg(field).arg(card.as_ref()).arg(fingerprint);
             }
-            let live: Vec<Vec<u8>> = invocation.invoke_async(&mut commands).await?;
+            let mut commands = self.link.commands();
+            let reply: (Vec<Vec<u8>>, Vec<String>) = invocation.invoke_async(&mut commands).await?;
+            Ok::<_, redis::RedisError>((room, reply))
+        });
+        let results: Vec<_> = refreshes.buffer_unordered(REFRESHES_IN_FLIGHT).collect().await;
+        for result in results {
+            let (room, (live, replaced)) = result?;
+            let Some(room) = shared.registry.room(&room) else { continue };
+            for field in replaced {
+                let conn = field.rsplit('/').next().and_then(|c| c.parse().ok());
+                if let Some(mailbox) = conn.and_then(|conn| room.replace_local(conn, None)) {
+                    info!(room = %room.id(), "a member was replaced on another node: closing it");
+                    mailbox.kill(crate::Close::Replaced);
+                }
+            }
             let cards: Vec<Card> = live
                 .into_iter()
                 .filter_map(|bytes| Card::decode(bytes.into()).ok())
                 .filter(|card| card.node != self.node)
                 .collect();
-            if let Some(room) = shared.registry.room(&room) {
-                super::resync(shared, &room, cards).await;
-            }
+            super::resync(shared, &room, cards).await;
         }
         Ok(())
     }
