@@ -278,36 +278,56 @@ struct Peer {
 impl Peer {
     /// The pending phase, then membership; returns why the connection ends.
     async fn serve(&self, mut stream: WsStream) -> Close {
-        let hello = match self.await_hello(&mut stream).await {
+        // The phases before and after relaying run as futures of their own, on the heap, so
+        // that their state does not size the connection's task for its whole life (the idle
+        // memory per connection, docs/performance.md).
+        let (hello, name) = match Box::pin(self.await_hello(&mut stream)).await {
             Ok(hello) => hello,
             Err(close) => return close,
         };
+        let (room, relay_done) = match Box::pin(self.join(hello, &name)).await {
+            Ok(joined) => joined,
+            Err(close) => return close,
+        };
+        let close = self.relay(&room, &mut stream).await;
+        relay_done.cancel();
+        Box::pin(self.leave(&room, &name, &close)).await;
+        close
+    }
+
+    /// Joins the room, here and in the cluster, and tells the others. Returns the room and the
+    /// token to cancel once this member stops relaying.
+    async fn join(
+        &self,
+        hello: Message,
+        name: &PeerName,
+    ) -> Result<(Arc<Room>, tokio_util::sync::CancellationToken), Close> {
         // A certificate revoked by a reload while this connection waited for its HELLO.
         if self.shared.revoked.load().contains(&self.identity.serial) {
-            return Close::Revoked;
+            return Err(Close::Revoked);
         }
         let backplane = &self.shared.backplane;
         let card = Card {
             node: backplane.node().to_owned(),
             conn: self.mailbox.conn().0,
             fingerprint: self.identity.fingerprint,
-            name: hello.1.clone(),
-            hello: hello.0.clone(),
+            name: name.clone(),
+            hello: hello.clone(),
         };
         let presence = match backplane.join(&self.room_id, &card, self.shared.config.max_peers).await {
             Ok(presence) => presence,
-            Err(JoinError::Full) => return Close::RoomFull,
+            Err(JoinError::Full) => return Err(Close::RoomFull),
             Err(JoinError::Unavailable(why)) => {
                 warn!(reason = %why, "cluster presence unreachable: cannot join");
-                return Close::ClusterUnavailable(why);
+                return Err(Close::ClusterUnavailable(why));
             }
         };
         let relay_done = tokio_util::sync::CancellationToken::new();
         let member = Member {
             mailbox: self.mailbox.clone(),
             fingerprint: self.identity.fingerprint,
-            hello: hello.0.clone(),
-            name: hello.1.clone(),
+            hello,
+            name: name.clone(),
             subject: Arc::from(self.identity.subject.as_str()),
             serial: Arc::from(self.identity.serial.as_str()),
             since: std::time::SystemTime::now(),
@@ -318,15 +338,12 @@ impl Peer {
             Ok(joined) => joined,
             Err(space) => {
                 backplane.leave(&self.room_id, card.conn).await;
-                return if space == Space::TooManyRooms { Close::TooManyRooms } else { Close::RoomFull };
+                return Err(if space == Space::TooManyRooms { Close::TooManyRooms } else { Close::RoomFull });
             }
         };
         let room = Arc::clone(&joined.room);
         self.announce(joined, &card, presence.replaced).await;
-        let close = self.relay(&room, &mut stream).await;
-        relay_done.cancel();
-        self.leave(&room, &hello.1, &close).await;
-        close
+        Ok((room, relay_done))
     }
 
     /// Waits for the first data frame, which must be a valid `CONN:HELLO`.

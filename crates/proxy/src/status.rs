@@ -23,6 +23,22 @@ pub struct RoomStatus {
     pub held_bytes: usize,
     /// The members, in join order.
     pub members: Vec<MemberStatus>,
+    /// Cluster mode: the members on other nodes, as this node knows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub elsewhere: Vec<RemoteMemberStatus>,
+}
+
+/// A member on another node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteMemberStatus {
+    /// The node it is connected to.
+    pub node: String,
+    /// Client certificate SHA-256 fingerprint, uppercase hex.
+    pub fingerprint: String,
+    /// `peerClass` from its HELLO.
+    pub peer_class: Option<String>,
+    /// `peerId` from its HELLO.
+    pub peer_id: Option<String>,
 }
 
 /// One member of a room.
@@ -56,6 +72,16 @@ impl RoomStatus {
             held_messages: state.held.len(),
             held_bytes: state.held_bytes,
             members: state.members.iter().map(MemberStatus::of).collect(),
+            elsewhere: state
+                .remote
+                .iter()
+                .map(|card| RemoteMemberStatus {
+                    node: card.node.clone(),
+                    fingerprint: card.fingerprint.to_string(),
+                    peer_class: card.name.class.clone(),
+                    peer_id: card.name.id.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -178,8 +204,13 @@ mod tests {
             frames_out: 4,
             bytes_out: 400,
         };
-        let rooms =
-            vec![RoomStatus { id: "gw/1".into(), held_messages: 0, held_bytes: 0, members: vec![member] }];
+        let rooms = vec![RoomStatus {
+            id: "gw/1".into(),
+            held_messages: 0,
+            held_bytes: 0,
+            members: vec![member],
+            elsewhere: vec![],
+        }];
         let text = table(&rooms, UNIX_EPOCH + std::time::Duration::from_secs(1_000 + 3_725));
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");

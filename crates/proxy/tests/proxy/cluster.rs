@@ -39,6 +39,12 @@ async fn peers_on_two_nodes_exchange_hellos_and_frames_in_order_both_ways() {
     let (mut gateway, hello_g) = two.join("gateway", "gw/gw-1", "g").await;
     assert_eq!(gateway.recv_text().await, hello_m, "the newcomer gets the other node's member's HELLO");
     assert_eq!(manager.recv_text().await, hello_g, "the member gets the newcomer's HELLO across nodes");
+    let (status, rooms) = one.admin("GET", "/v1/rooms/gw/gw-1").await;
+    assert_eq!(status, 200);
+    let room: Value = serde_json::from_str(&rooms).unwrap();
+    assert_eq!(room["members"][0]["peer_id"], "m");
+    assert_eq!(room["elsewhere"][0]["peer_id"], "g", "{room}");
+    assert!(room["elsewhere"][0]["node"].as_str().unwrap().starts_with("two-"), "{room}");
 
     for n in 1..=300 {
         manager.send_text(&event(n)).await;
