@@ -10,7 +10,7 @@ use crate::support::ProxyProcess;
 fn node(dir: &Path, redis: &Redis, name: &str) -> ProxyProcess {
     let file = dir.join(format!("{name}.toml"));
     let text = format!(
-        "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = \"certs/dev/micronets-ws-proxy.pkeycert.pem\"\nclient_ca = \"certs/dev/micronets-ws-root.cert.pem\"\n[admin]\nbind = \"127.0.0.1:0\"\n[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\npresence_ttl = \"1500ms\"\ncommand_timeout = \"500ms\"\n",
+        "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = \"certs/dev/micronets-ws-proxy.pkeycert.pem\"\nclient_ca = \"certs/dev/micronets-ws-root.cert.pem\"\n[admin]\nbind = \"127.0.0.1:0\"\n[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\npresence_ttl = \"2s\"\ncommand_timeout = \"500ms\"\n",
         redis.url()
     );
     std::fs::write(&file, text).unwrap();

@@ -204,11 +204,15 @@ impl ClusterSection {
         }
         let presence_ttl = duration("cluster.presence_ttl", &self.presence_ttl)?;
         let command_timeout = duration("cluster.command_timeout", &self.command_timeout)?;
-        if presence_ttl < command_timeout * 3 {
+        if presence_ttl < command_timeout * 4 {
             return Err(invalid(
                 "cluster.presence_ttl",
-                "must be at least 3 times cluster.command_timeout (presence is refreshed every third)".into(),
+                "must be at least 4 times cluster.command_timeout (presence is refreshed every quarter)"
+                    .into(),
             ));
+        }
+        if presence_ttl > crate::cluster::view::REMEMBER_DEPARTED {
+            return Err(invalid("cluster.presence_ttl", "must be at most 60s".into()));
         }
         Ok(Some(ClusterConfig {
             redis_url: self.redis_url,

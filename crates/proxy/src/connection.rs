@@ -314,12 +314,12 @@ impl Peer {
             name: name.clone(),
             hello: hello.clone(),
         };
-        let presence = match backplane.join(&self.room_id, &card, self.shared.config.max_peers).await {
-            Ok(presence) => presence,
+        let roster = match backplane.join(&self.room_id, &card, self.shared.config.max_peers).await {
+            Ok(roster) => roster,
             Err(JoinError::Full) => return Err(Close::RoomFull),
-            Err(JoinError::Unavailable(why)) => {
-                warn!(reason = %why, "cluster presence unreachable: cannot join");
-                return Err(Close::ClusterUnavailable(why));
+            Err(JoinError::Unavailable(e)) => {
+                warn!(error = %e, "cluster presence unreachable: cannot join");
+                return Err(Close::ClusterUnavailable(e.to_string()));
             }
         };
         let relay_done = tokio_util::sync::CancellationToken::new();
@@ -334,7 +334,13 @@ impl Peer {
             relay_done: relay_done.clone(),
             replaced_by: None,
         };
-        let joined = match self.shared.registry.join(&self.room_id, member, presence.others) {
+        let replaced_field = roster.replaced.as_ref().map(Card::field);
+        let joined = match self.shared.registry.join(
+            &self.room_id,
+            member,
+            roster.others,
+            replaced_field.as_deref(),
+        ) {
             Ok(joined) => joined,
             Err(space) => {
                 backplane.leave(&self.room_id, card.conn).await;
@@ -342,7 +348,7 @@ impl Peer {
             }
         };
         let room = Arc::clone(&joined.room);
-        self.announce(joined, &card, presence.replaced).await;
+        self.announce(joined, &card, roster.replaced).await;
         Ok((room, relay_done))
     }
 
@@ -412,6 +418,15 @@ impl Peer {
             info!(old_peer = ?replaced.name.id, "replacing the member with the same certificate");
             replaced.mailbox.kill(Close::Replaced);
             let _ = time::timeout(wait, replaced.relay_done.cancelled()).await;
+            // The members on other nodes learn it from here: it is no longer a member to
+            // leave by itself.
+            let note = Note::Left {
+                room: self.room_id.to_string(),
+                node: card.node.clone(),
+                conn: replaced.mailbox.conn().0,
+                reason: "replaced".into(),
+            };
+            self.shared.backplane.send(&joined.room.remote_nodes(), &note);
             replaced_name = Some(replaced.name);
         }
         if let Some(old) = replaced_elsewhere {
@@ -429,6 +444,11 @@ impl Peer {
             let left = self.peer_left(&name, "replaced");
             for other in &joined.others {
                 self.deliver(other, left.clone()).await;
+            }
+        }
+        for card in &joined.learned {
+            for other in &joined.others {
+                self.deliver(other, card.hello.clone()).await;
             }
         }
         for other in &joined.others {
@@ -655,36 +675,36 @@ impl Peer {
         }
     }
 
-    /// Leaves the room and tells the remaining members, here and on other nodes.
+    /// Leaves the room and tells the remaining members, here and on other nodes; then gives
+    /// its place in the cluster back.
     async fn leave(&self, room: &Arc<Room>, name: &PeerName, close: &Close) {
         let left = self.shared.registry.leave(room, self.mailbox.conn());
         if left.discarded > 0 {
             Metrics::add(&self.shared.metrics.held_discarded, left.discarded as u64);
             warn!(discarded = left.discarded, "sender left before any peer joined: held messages discarded");
         }
-        if !left.was_member {
-            return;
-        }
-        let reason = match close {
-            Close::PeerClosed => "closed".to_owned(),
-            Close::Transport(_) => "connection lost".to_owned(),
-            // Replaced from another node (from this one, it is no longer a member here).
-            Close::Replaced => "replaced".to_owned(),
-            other => other.reason(),
-        };
         let backplane = &self.shared.backplane;
-        let note = Note::Left {
-            room: self.room_id.to_string(),
-            node: backplane.node().to_owned(),
-            conn: self.mailbox.conn().0,
-            reason: reason.clone(),
-        };
-        backplane.send(&left.nodes, &note);
-        backplane.leave(&self.room_id, self.mailbox.conn().0).await;
-        let message = self.peer_left(name, &reason);
-        for other in &left.others {
-            self.deliver(other, message.clone()).await;
+        if left.was_member {
+            let reason = match close {
+                Close::PeerClosed => "closed".to_owned(),
+                Close::Transport(_) => "connection lost".to_owned(),
+                // Replaced from another node (from this one, it is no longer a member here).
+                Close::Replaced => "replaced".to_owned(),
+                other => other.reason(),
+            };
+            let note = Note::Left {
+                room: self.room_id.to_string(),
+                node: backplane.node().to_owned(),
+                conn: self.mailbox.conn().0,
+                reason: reason.clone(),
+            };
+            backplane.send(&left.nodes, &note);
+            let message = self.peer_left(name, &reason);
+            for other in &left.others {
+                self.deliver(other, message.clone()).await;
+            }
         }
+        backplane.leave(&self.room_id, self.mailbox.conn().0).await;
     }
 
     /// Delivers a member's frame to the other members, in order: to the other nodes hosting

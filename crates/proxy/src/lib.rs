@@ -157,7 +157,10 @@ impl Proxy {
             key: "cluster".into(),
             reason: "connect the cluster before cloning the proxy".into(),
         })?;
-        tracing::info!(node = backplane.node_name(), "cluster mode: presence and inboxes in redis");
+        tracing::info!(
+            node = cluster::Backplane::node(&backplane),
+            "cluster mode: presence and inboxes in redis"
+        );
         shared.backplane = Arc::new(backplane);
         Ok(Proxy { shared: Arc::new(shared) })
     }
@@ -225,9 +228,15 @@ impl Proxy {
     /// them at most the configured grace period.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let backplane = Arc::clone(&self.shared.backplane).run(Arc::clone(&self.shared));
+        tokio::pin!(backplane);
         tokio::select! {
             () = listener::serve(Arc::clone(&self.shared), listener, shutdown) => {}
-            () = backplane => {}
+            () = &mut backplane => {}
+        }
+        // The departures of the drained members still have to reach the other nodes.
+        tokio::select! {
+            () = self.shared.backplane.drain() => {}
+            () = &mut backplane => {}
         }
     }
 }

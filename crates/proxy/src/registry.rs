@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::cluster::view::distinct_nodes;
 use crate::cluster::wire::Card;
 use crate::identity::Fingerprint;
 use crate::relay::{ConnId, Mailbox};
@@ -40,6 +41,9 @@ pub(crate) struct Joined {
     pub(crate) others: Vec<Mailbox>,
     /// The member with the same certificate that the newcomer replaced.
     pub(crate) replaced: Option<Replaced>,
+    /// Members on other nodes that this node learnt of with the join: the members that were
+    /// here before must be given their HELLO.
+    pub(crate) learned: Vec<Card>,
     /// How many held messages the newcomer was given.
     pub(crate) held_delivered: usize,
     /// Members after the join.
@@ -79,9 +83,9 @@ impl Registry {
             return if self.rooms.len() < self.max_rooms { Space::Free } else { Space::TooManyRooms };
         };
         let state = room.lock();
-        let free = state.members.len() + state.remote.len() < self.max_peers
+        let free = state.members.len() + state.remote().len() < self.max_peers
             || state.members.iter().any(|m| m.fingerprint == *fingerprint)
-            || state.remote.iter().any(|c| c.fingerprint == *fingerprint);
+            || state.remote().iter().any(|c| c.fingerprint == *fingerprint);
         if free { Space::Free } else { Space::RoomFull }
     }
 
@@ -98,7 +102,13 @@ impl Registry {
     ///
     /// # Errors
     /// [`Space::RoomFull`] or [`Space::TooManyRooms`] when there is no place.
-    pub(crate) fn join(&self, id: &RoomId, member: Member, remote: Vec<Card>) -> Result<Joined, Space> {
+    pub(crate) fn join(
+        &self,
+        id: &RoomId,
+        member: Member,
+        remote: Vec<Card>,
+        replaced_elsewhere: Option<&str>,
+    ) -> Result<Joined, Space> {
         loop {
             // Checked again here, not only before the upgrade: connections that all passed the
             // upgrade's check could otherwise open a room each when their HELLOs come.
@@ -128,8 +138,13 @@ impl Registry {
             for card in &remote {
                 member.mailbox.push_initial(card.hello.clone());
             }
-            if state.remote != remote {
-                state.remote = remote;
+            let view_before = state.remote().len();
+            let learned = if remote.is_empty() && replaced_elsewhere.is_none() {
+                Vec::new()
+            } else {
+                state.elsewhere().learn(remote, replaced_elsewhere, tokio::time::Instant::now())
+            };
+            if !learned.is_empty() || state.remote().len() != view_before {
                 room.changed();
             }
             let held = std::mem::take(&mut state.held);
@@ -149,7 +164,7 @@ impl Registry {
             room.changed();
             let members = state.members.len();
             drop(state);
-            return Ok(Joined { room, others, replaced, held_delivered, members });
+            return Ok(Joined { room, others, replaced, learned, held_delivered, members });
         }
     }
 
@@ -165,21 +180,16 @@ impl Registry {
         }
         let others: Vec<Mailbox> =
             if was_member { state.members.iter().map(|m| m.mailbox.clone()).collect() } else { Vec::new() };
-        let mut nodes: Vec<String> = Vec::new();
+        let mut nodes = Vec::new();
         if was_member {
-            for card in &state.remote {
-                if !nodes.contains(&card.node) && Some(&card.node) != replaced_by.as_ref() {
-                    nodes.push(card.node.clone());
-                }
-            }
+            nodes = distinct_nodes(state.remote());
+            nodes.retain(|n| Some(n) != replaced_by.as_ref());
             nodes.extend(replaced_by);
         }
         let mut discarded = 0;
         let empty = state.members.is_empty();
         if empty {
-            state.remote.clear();
-        }
-        if empty {
+            state.elsewhere = None;
             discarded = state.held.len();
             state.held.clear();
             state.held_bytes = 0;

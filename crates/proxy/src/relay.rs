@@ -96,6 +96,8 @@ struct Queue {
     /// The answer to the peer's latest ping, written before the next frames. Only the latest
     /// is kept (RFC 6455 section 5.5.3), so a ping flood costs no memory.
     pong: Option<Bytes>,
+    /// Since when frames from other nodes have found the queue over its limits.
+    over_since: Option<Instant>,
 }
 
 /// What [`Mailbox::offer`] did with a frame.
@@ -240,6 +242,37 @@ impl Mailbox {
                 return Delivery::Slow;
             }
         }
+    }
+
+    /// Queues a frame from another node without waiting, so that one slow receiver never holds
+    /// up the node's inbox. Past the queue's limits the frame is still taken, up to twice them;
+    /// a receiver that stays over them for `patience`, or reaches twice them, is slow.
+    pub(crate) fn deliver_now(&self, message: Message, patience: Duration) -> Delivery {
+        if self.is_killed() {
+            return Delivery::Gone;
+        }
+        let len = message.len();
+        let mut queue = self.lock();
+        let over = queue.frames.len() >= self.inner.max_frames
+            || (queue.bytes > 0 && queue.bytes + len > self.inner.max_bytes);
+        if over {
+            let since = *queue.over_since.get_or_insert_with(Instant::now);
+            let too_far = queue.frames.len() >= 2 * self.inner.max_frames
+                || queue.bytes + len > 2 * self.inner.max_bytes;
+            if too_far || since.elapsed() >= patience {
+                return Delivery::Slow;
+            }
+        } else {
+            queue.over_since = None;
+        }
+        let wake = queue.frames.is_empty();
+        queue.bytes += len;
+        queue.frames.push_back(message);
+        drop(queue);
+        if wake {
+            self.inner.writer.wake();
+        }
+        Delivery::Queued
     }
 
     /// Moves everything queued into `batch` (which must be empty) and returns its size in
@@ -427,6 +460,27 @@ mod tests {
         assert_eq!(mailbox.deliver(text("a"), wait).await, Delivery::Queued);
         assert_eq!(mailbox.deliver(text("b"), wait).await, Delivery::Queued);
         assert_eq!(mailbox.deliver(text("c"), wait).await, Delivery::Slow);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_from_other_nodes_never_wait_and_a_receiver_over_its_limits_turns_slow() {
+        let mailbox = Mailbox::new(ConnId(4), 2, 1 << 20);
+        let patience = Duration::from_secs(5);
+        for frame in ["a", "b", "c"] {
+            assert_eq!(mailbox.deliver_now(text(frame), patience), Delivery::Queued);
+        }
+        // Over the limit for less than the patience: still taken, up to twice the limit.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(mailbox.deliver_now(text("d"), patience), Delivery::Queued);
+        assert_eq!(mailbox.deliver_now(text("e"), patience), Delivery::Slow, "twice the limit");
+        let mailbox = Mailbox::new(ConnId(5), 4, 1 << 20);
+        for frame in ["a", "b", "c", "d", "e"] {
+            assert_eq!(mailbox.deliver_now(text(frame), patience), Delivery::Queued);
+        }
+        tokio::time::advance(patience).await;
+        assert_eq!(mailbox.deliver_now(text("f"), patience), Delivery::Slow, "over the limit too long");
+        mailbox.kill(Close::SlowConsumer);
+        assert_eq!(mailbox.deliver_now(text("g"), patience), Delivery::Gone);
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use tokio::sync::oneshot;
 
+use crate::cluster::view::{Elsewhere, distinct_nodes};
 use crate::cluster::wire::Card;
 use crate::identity::Fingerprint;
 use crate::relay::{ConnId, Mailbox};
@@ -127,18 +128,6 @@ pub(crate) enum Route {
     NotMember,
 }
 
-/// What [`Room::sync_remote`] changed.
-pub(crate) struct Synced {
-    /// Members elsewhere now forgotten.
-    pub(crate) gone: Vec<Card>,
-    /// Members elsewhere learnt of.
-    pub(crate) new: Vec<Card>,
-    /// The local members, to be told.
-    pub(crate) receivers: Vec<Mailbox>,
-    /// Frames held for a member to come, now for the new ones.
-    pub(crate) held: Vec<Message>,
-}
-
 /// Limits of the hold buffer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HoldLimits {
@@ -191,12 +180,45 @@ pub(crate) struct State {
     pub(crate) held_bytes: usize,
     /// Set when the room leaves the registry; a joiner that finds it set retries.
     pub(crate) closed: bool,
-    /// The members on other nodes, as this node knows them.
-    pub(crate) remote: Vec<Card>,
-    /// Who waits for a member elsewhere (by field) to be gone: a newcomer that replaced it.
-    pub(crate) departures: Vec<(String, oneshot::Sender<()>)>,
-    /// Members elsewhere that the last reading of presence did not find.
-    pub(crate) suspects: Vec<String>,
+    /// Cluster mode: the members on other nodes, as this node knows them (boxed: a room of a
+    /// single node carries one pointer for it).
+    pub(crate) elsewhere: Option<Box<Elsewhere>>,
+}
+
+impl State {
+    /// The members on other nodes.
+    pub(crate) fn remote(&self) -> &[Card] {
+        self.elsewhere.as_deref().map_or(&[], Elsewhere::cards)
+    }
+
+    pub(crate) fn elsewhere(&mut self) -> &mut Elsewhere {
+        self.elsewhere.get_or_insert_with(Box::default)
+    }
+
+    fn mailboxes(&self) -> Vec<Mailbox> {
+        self.members.iter().map(|m| m.mailbox.clone()).collect()
+    }
+
+    /// Hands what was held for a member to come to `send`, for the nodes of `to`; called
+    /// under the room's lock, so no later frame of the sender can overtake them.
+    fn release_held(&mut self, to: &[Card], send: impl FnOnce(&[String], Vec<Message>)) {
+        if to.is_empty() || self.held.is_empty() {
+            return;
+        }
+        let held = self.held.drain(..).map(|h| h.frame).collect();
+        self.held_bytes = 0;
+        send(&distinct_nodes(to), held);
+    }
+}
+
+/// What [`Room::sync_remote`] changed.
+pub(crate) struct Synced {
+    /// Members elsewhere now forgotten.
+    pub(crate) gone: Vec<Card>,
+    /// Members elsewhere learnt of.
+    pub(crate) new: Vec<Card>,
+    /// The local members, to be told.
+    pub(crate) receivers: Vec<Mailbox>,
 }
 
 impl Room {
@@ -220,7 +242,7 @@ impl Room {
     }
 
     /// Decides where a frame from `sender` goes (filling `targets`, which the caller keeps
-    /// from frame to frame, see [`Targets::current`]); holds it when the sender is alone.
+    /// from frame to frame, see [`Targets::is_current`]); holds it when the sender is alone.
     /// `message_id` is called only when the frame is held.
     pub(crate) fn route(
         &self,
@@ -240,11 +262,7 @@ impl Room {
         }
         let others = state.members.iter().filter(|m| m.mailbox.conn() != sender);
         targets.mailboxes.extend(others.map(|m| m.mailbox.clone()));
-        for card in &state.remote {
-            if !targets.nodes.contains(&card.node) {
-                targets.nodes.push(card.node.clone());
-            }
-        }
+        targets.nodes.extend(distinct_nodes(state.remote()));
         if !(targets.mailboxes.is_empty() && targets.nodes.is_empty()) {
             return Route::Deliver;
         }
@@ -266,7 +284,7 @@ impl Room {
 
     /// The mailboxes of the members on this node.
     pub(crate) fn local_mailboxes(&self) -> Vec<Mailbox> {
-        self.lock().members.iter().map(|m| m.mailbox.clone()).collect()
+        self.lock().mailboxes()
     }
 
     /// Marks the local member `conn` as replaced by a newcomer (on `node`, when known);
@@ -280,86 +298,54 @@ impl Room {
 
     /// The other nodes hosting members.
     pub(crate) fn remote_nodes(&self) -> Vec<String> {
-        let state = self.lock();
-        let mut nodes: Vec<String> = Vec::new();
-        for card in &state.remote {
-            if !nodes.contains(&card.node) {
-                nodes.push(card.node.clone());
-            }
-        }
-        nodes
+        distinct_nodes(self.lock().remote())
     }
 
-    /// Records a member that joined on another node. Returns the local members (to be given
-    /// its HELLO) and what was held for a member to come (to be sent to it), or `None` when
-    /// it was known already.
-    pub(crate) fn add_remote(&self, card: Card) -> Option<(Vec<Mailbox>, Vec<Message>)> {
+    /// Records a member that joined on another node; what was held for a member to come goes
+    /// to `send_held`. Returns the local members (to be given its HELLO), or `None` when it
+    /// was known already.
+    pub(crate) fn add_remote(
+        &self,
+        card: Card,
+        send_held: impl FnOnce(&[String], Vec<Message>),
+    ) -> Option<Vec<Mailbox>> {
         let mut state = self.lock();
-        if state.remote.iter().any(|c| c.node == card.node && c.conn == card.conn) {
+        if !state.elsewhere().add(card.clone()) {
             return None;
         }
-        state.remote.push(card);
         self.changed();
-        let held: Vec<Message> = state.held.drain(..).map(|h| h.frame).collect();
-        state.held_bytes = 0;
-        Some((state.members.iter().map(|m| m.mailbox.clone()).collect(), held))
+        state.release_held(std::slice::from_ref(&card), send_held);
+        Some(state.mailboxes())
     }
 
-    /// Forgets a member on another node. Returns its card and the local members (to be told)
-    /// when it was known.
-    pub(crate) fn remove_remote(&self, node: &str, conn: u64) -> Option<(Card, Vec<Mailbox>)> {
+    /// Forgets a member on another node that left. Returns its card and the local members
+    /// (to be told) when it was known.
+    pub(crate) fn remove_remote(&self, field: &str) -> Option<(Card, Vec<Mailbox>)> {
         let mut state = self.lock();
-        let field = crate::cluster::wire::member_field(node, conn);
-        for (_, done) in state.departures.extract_if(.., |(f, _)| *f == field) {
-            let _ = done.send(());
-        }
-        let i = state.remote.iter().position(|c| c.node == node && c.conn == conn)?;
-        let card = state.remote.remove(i);
+        let card = state.elsewhere().remove(field, Instant::now())?;
         self.changed();
-        Some((card, state.members.iter().map(|m| m.mailbox.clone()).collect()))
+        Some((card, state.mailboxes()))
     }
 
-    /// Brings the view of the other nodes' members up to date with presence (`live`):
-    /// members new to this node are added; a member missing from two readings in a row is
-    /// forgotten (one reading may race the note of a normal departure, which says more).
-    /// Returns those forgotten, those added, the local members to tell, and what was held
-    /// for a member to come when one was added.
-    pub(crate) fn sync_remote(&self, live: Vec<Card>) -> Synced {
+    /// Brings the view of the other nodes' members up to date with a reading of presence
+    /// (see [`Elsewhere::sync`]); what was held goes to `send_held` when members came.
+    pub(crate) fn sync_remote(
+        &self,
+        live: Vec<Card>,
+        send_held: impl FnOnce(&[String], Vec<Message>),
+    ) -> Synced {
         let mut state = self.lock();
-        let state = &mut *state;
-        let known = |c: &Card, list: &[Card]| list.iter().any(|k| k.node == c.node && k.conn == c.conn);
-        let new: Vec<Card> = live.iter().filter(|c| !known(c, &state.remote)).cloned().collect();
-        let missing: Vec<String> =
-            state.remote.iter().filter(|c| !known(c, &live)).map(Card::field).collect();
-        let gone_fields: Vec<String> =
-            missing.iter().filter(|f| state.suspects.contains(f)).cloned().collect();
-        let gone: Vec<Card> = state.remote.extract_if(.., |c| gone_fields.contains(&c.field())).collect();
-        state.suspects = missing.into_iter().filter(|f| !gone_fields.contains(f)).collect();
-        for field in &gone_fields {
-            for (_, done) in state.departures.extract_if(.., |(f, _)| f == field) {
-                let _ = done.send(());
-            }
-        }
-        state.remote.extend(new.iter().cloned());
+        let (gone, new) = state.elsewhere().sync(live, Instant::now());
         if !gone.is_empty() || !new.is_empty() {
             self.changed();
         }
-        let mut held = Vec::new();
-        if !new.is_empty() {
-            held = state.held.drain(..).map(|h| h.frame).collect();
-            state.held_bytes = 0;
-        }
-        let receivers = state.members.iter().map(|m| m.mailbox.clone()).collect();
-        Synced { gone, new, receivers, held }
+        state.release_held(&new, send_held);
+        Synced { gone, new, receivers: state.mailboxes() }
     }
 
     /// Resolves once the member `field` elsewhere is reported gone.
     pub(crate) fn departure(&self, field: String) -> oneshot::Receiver<()> {
-        let (done, wait) = oneshot::channel();
-        let mut state = self.lock();
-        state.departures.retain(|(_, d)| !d.is_closed());
-        state.departures.push((field, done));
-        wait
+        self.lock().elsewhere().departure(field)
     }
 
     /// When the oldest held message expires.

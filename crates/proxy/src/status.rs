@@ -73,7 +73,7 @@ impl RoomStatus {
             held_bytes: state.held_bytes,
             members: state.members.iter().map(MemberStatus::of).collect(),
             elsewhere: state
-                .remote
+                .remote()
                 .iter()
                 .map(|card| RemoteMemberStatus {
                     node: card.node.clone(),

@@ -15,6 +15,7 @@ use redis::io::tcp::TcpSettings;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, PushInfo, PushKind, RedisFuture, TlsCertificates, Value};
 use tokio::sync::{Mutex, MutexGuard, mpsc};
 
+use super::BackplaneError;
 use crate::config::ClusterConfig;
 
 /// Longest pause between attempts to reach Redis again.
@@ -95,10 +96,13 @@ impl Link {
     ///
     /// # Errors
     /// Why Redis cannot be used.
-    pub(crate) async fn connect(config: &ClusterConfig) -> Result<Link, String> {
+    pub(crate) async fn connect(config: &ClusterConfig) -> Result<Link, BackplaneError> {
         let timeout = config.command_timeout;
         let root = match &config.ca_file {
-            Some(path) => Some(std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?),
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|source| BackplaneError::CaFile { path: path.clone(), source })?,
+            ),
             None => None,
         };
         let certificates = || TlsCertificates { client_tls: None, root_cert: root.clone() };
@@ -114,7 +118,10 @@ impl Link {
                     .push_sender(tx)
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
-                    .tcp_settings(tcp);
+                    .tcp_settings(tcp)
+                    // A command is never sent twice: a note published twice would be
+                    // delivered twice.
+                    .retries(0);
                 if root.is_some() {
                     builder = builder.certs(certificates());
                 }
@@ -136,14 +143,12 @@ impl Link {
         };
         let link = tokio::time::timeout(timeout * 2, connecting)
             .await
-            .map_err(|_| "no connection within the command timeout".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| BackplaneError::Timeout(timeout * 2))??;
         let mut commands = link.commands();
         let ping = redis::cmd("PING");
         tokio::time::timeout(timeout, ping.query_async::<String>(&mut commands))
             .await
-            .map_err(|_| "no answer to PING within the command timeout".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| BackplaneError::Timeout(timeout))??;
         Ok(link)
     }
 
@@ -174,6 +179,8 @@ impl Link {
                 Ok(Inbox::Server(pubsub.into_on_message()))
             }
             Link::Cluster { commands, pushes } => {
+                // The one reader of the cluster's pushes holds them while subscribed; the
+                // guard is given back when the subscription is made again.
                 let pushes = pushes.lock().await;
                 commands.clone().ssubscribe(channel).await?;
                 Ok(Inbox::Cluster(pushes))

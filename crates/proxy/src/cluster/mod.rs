@@ -13,7 +13,9 @@
 //! members.
 
 mod link;
+mod presence;
 pub(crate) mod redis;
+pub(crate) mod view;
 pub(crate) mod wire;
 
 use std::future::Future;
@@ -34,22 +36,28 @@ use wire::{Card, Note};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The whole room as presence knows it when a member joins.
-#[derive(Debug, Default)]
-pub(crate) struct Presence {
-    /// The members on other nodes.
-    pub(crate) others: Vec<Card>,
-    /// A member elsewhere with the newcomer's certificate, which the newcomer replaces.
-    pub(crate) replaced: Option<Card>,
+pub(crate) use presence::Roster;
+
+/// Why Redis could not be used for a command.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BackplaneError {
+    #[error(transparent)]
+    Redis(#[from] ::redis::RedisError),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("cannot read {}: {source}", path.display())]
+    CaFile { path: std::path::PathBuf, source: std::io::Error },
+    #[error("unexpected reply from the join script")]
+    Reply,
 }
 
 /// Why the cluster could not take a member.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum JoinError {
     /// The room is full cluster-wide.
     Full,
-    /// Presence cannot be reached; the reason, for the log.
-    Unavailable(String),
+    /// Presence cannot be reached.
+    Unavailable(BackplaneError),
 }
 
 /// What a node shares with the other nodes.
@@ -64,7 +72,7 @@ pub(crate) trait Backplane: Send + Sync {
         room: &'a RoomId,
         fingerprint: &'a Fingerprint,
         max_peers: usize,
-    ) -> BoxFuture<'a, Result<Space, String>>;
+    ) -> BoxFuture<'a, Result<Space, BackplaneError>>;
 
     /// Takes a place for a local member in one atomic step: capacity, and the removal of a
     /// member elsewhere with the same certificate.
@@ -73,7 +81,7 @@ pub(crate) trait Backplane: Send + Sync {
         room: &'a RoomId,
         card: &'a Card,
         max_peers: usize,
-    ) -> BoxFuture<'a, Result<Presence, JoinError>>;
+    ) -> BoxFuture<'a, Result<Roster, JoinError>>;
 
     /// Gives a local member's place back.
     fn leave<'a>(&'a self, room: &'a RoomId, conn: u64) -> BoxFuture<'a, ()>;
@@ -87,6 +95,10 @@ pub(crate) trait Backplane: Send + Sync {
 
     /// The node's own work (publishing, its inbox, refreshing presence) while it serves.
     fn run(self: Arc<Self>, shared: Arc<Shared>) -> BoxFuture<'static, ()>;
+
+    /// Resolves once every queued note is published (bounded in time), so that the
+    /// departures of a drain reach the other nodes.
+    fn drain(&self) -> BoxFuture<'_, ()>;
 
     /// Notes published to other nodes, and notes lost (not published) so far.
     fn counts(&self) -> (u64, u64);
@@ -105,17 +117,12 @@ impl Backplane for Local {
         _: &'a RoomId,
         _: &'a Fingerprint,
         _: usize,
-    ) -> BoxFuture<'a, Result<Space, String>> {
+    ) -> BoxFuture<'a, Result<Space, BackplaneError>> {
         Box::pin(std::future::ready(Ok(Space::Free)))
     }
 
-    fn join<'a>(
-        &'a self,
-        _: &'a RoomId,
-        _: &'a Card,
-        _: usize,
-    ) -> BoxFuture<'a, Result<Presence, JoinError>> {
-        Box::pin(std::future::ready(Ok(Presence::default())))
+    fn join<'a>(&'a self, _: &'a RoomId, _: &'a Card, _: usize) -> BoxFuture<'a, Result<Roster, JoinError>> {
+        Box::pin(std::future::ready(Ok(Roster::default())))
     }
 
     fn leave<'a>(&'a self, _: &'a RoomId, _: u64) -> BoxFuture<'a, ()> {
@@ -135,13 +142,18 @@ impl Backplane for Local {
         Box::pin(std::future::pending())
     }
 
+    fn drain(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     fn counts(&self) -> (u64, u64) {
         (0, 0)
     }
 }
 
-/// Carries out a note from another node.
-pub(crate) async fn apply(shared: &Arc<Shared>, note: Note) {
+/// Carries out a note from another node. Nothing here waits: a local member that does not
+/// keep up is closed (see [`Mailbox::deliver_now`]), and the node's inbox goes on.
+pub(crate) fn apply(shared: &Shared, note: Note) {
     match note {
         Note::Frame { room, origin, conn, frame } => {
             let Some(room) = shared.registry.room(&room) else {
@@ -151,19 +163,21 @@ pub(crate) async fn apply(shared: &Arc<Shared>, note: Note) {
             let receivers = room.local_mailboxes();
             let flow = shared.metrics.relayed.of(FrameKind::of(&frame));
             flow.add(receivers.len() as u64, (frame.len() * receivers.len()) as u64);
-            deliver_all(shared, &receivers, &frame).await;
+            deliver_all(shared, &receivers, &frame);
         }
         Note::Joined { room, card } => {
             let Some(room) = shared.registry.room(&room) else { return };
-            if let Some((receivers, held)) = room.add_remote(card.clone()) {
-                deliver_all(shared, &receivers, &card.hello).await;
-                send_held(shared, room.id(), std::slice::from_ref(&card), held);
+            let hello = card.hello.clone();
+            if let Some(receivers) =
+                room.add_remote(card, |nodes, held| send_held(shared, room.id(), nodes, held))
+            {
+                deliver_all(shared, &receivers, &hello);
             }
         }
         Note::Left { room, node, conn, reason } => {
             let Some(room) = shared.registry.room(&room) else { return };
-            if let Some((card, receivers)) = room.remove_remote(&node, conn) {
-                deliver_all(shared, &receivers, &shared.peer_left(&card.name, &reason)).await;
+            if let Some((card, receivers)) = room.remove_remote(&wire::member_field(&node, conn)) {
+                deliver_all(shared, &receivers, &shared.peer_left(&card.name, &reason));
             }
         }
         Note::Replace { room, conn, by } => {
@@ -175,40 +189,33 @@ pub(crate) async fn apply(shared: &Arc<Shared>, note: Note) {
     }
 }
 
-/// Brings a local room's view of the other nodes' members in line with presence, telling the
-/// local members of each change.
-pub(crate) async fn resync(shared: &Arc<Shared>, room: &Room, live: Vec<Card>) {
-    let synced = room.sync_remote(live);
+/// Brings a local room's view of the other nodes' members in line with a reading of
+/// presence, telling the local members of each change.
+pub(crate) fn resync(shared: &Shared, room: &Room, live: Vec<Card>) {
+    let synced = room.sync_remote(live, |nodes, held| send_held(shared, room.id(), nodes, held));
     for card in synced.gone {
         warn!(room = %room.id(), node = card.node, "a member's node stopped refreshing its presence: forgotten");
-        deliver_all(shared, &synced.receivers, &shared.peer_left(&card.name, "node lost")).await;
+        deliver_all(shared, &synced.receivers, &shared.peer_left(&card.name, "node lost"));
     }
     for card in &synced.new {
-        deliver_all(shared, &synced.receivers, &card.hello).await;
+        deliver_all(shared, &synced.receivers, &card.hello);
     }
-    send_held(shared, room.id(), &synced.new, synced.held);
 }
 
 /// Sends what was held for a member to come to the nodes of the members that came.
-fn send_held(shared: &Shared, room: &RoomId, to: &[Card], held: Vec<Message>) {
-    let mut nodes: Vec<String> = Vec::new();
-    for card in to {
-        if !nodes.contains(&card.node) {
-            nodes.push(card.node.clone());
-        }
-    }
+fn send_held(shared: &Shared, room: &RoomId, nodes: &[String], held: Vec<Message>) {
     let origin = shared.backplane.node().to_owned();
     for frame in held {
         let note = Note::Frame { room: room.to_string(), origin: origin.clone(), conn: 0, frame };
-        shared.backplane.send(&nodes, &note);
+        shared.backplane.send(nodes, &note);
     }
 }
 
-/// Queues a frame from another node for local members; one that does not read in time is
-/// closed with 1013, as for a local sender.
-async fn deliver_all(shared: &Shared, receivers: &[Mailbox], frame: &Message) {
+/// Queues a frame for local members without waiting; one that stays over its queue's limits
+/// for `slow_consumer_timeout` is closed with 1013, as for a local sender.
+fn deliver_all(shared: &Shared, receivers: &[Mailbox], frame: &Message) {
     for receiver in receivers {
-        if receiver.deliver(frame.clone(), shared.config.slow_consumer_timeout).await == Delivery::Slow {
+        if receiver.deliver_now(frame.clone(), shared.config.slow_consumer_timeout) == Delivery::Slow {
             Metrics::inc(&shared.metrics.slow_consumers);
             warn!(
                 receiver = receiver.conn().0,

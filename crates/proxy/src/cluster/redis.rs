@@ -1,127 +1,39 @@
-//! The Redis (or Valkey) backplane.
+//! The Redis (or Valkey) backplane: presence ([`super::presence`]), and one inbox channel per
+//! node, `<prefix>:inbox:<node>`.
 //!
-//! Presence, per room `R` under the key prefix `P` (the `{R}` hash tag keeps a room's keys in
-//! one Redis Cluster slot):
-//! - `P:{R}:cards`, a hash from member field (`<node>/<conn>`) to its [`Card`];
-//! - `P:{R}:fps`, a hash from member field to certificate fingerprint, for the checks;
-//! - `P:{R}:ttl`, a sorted set from member field to its expiry (Unix ms). Each node refreshes
-//!   its members every third of `presence_ttl`; the entries of a node that stops doing so
-//!   are skipped by every reader and removed by the next join.
-//!
-//! Joins run [`JOIN`], one Lua script that drops expired entries, checks capacity, removes a
-//! member with the same certificate and inserts the newcomer, atomically.
-//!
-//! Each node subscribes once to its inbox `P:inbox:<node>` and publishes notes from one task
-//! over one connection, so the notes from one node to another keep their order. A note that
-//! cannot be published is counted as lost: delivery across nodes is at most once while Redis
-//! is unreachable (docs/cluster.md).
+//! A node publishes its notes from one task, in order, so the notes from one node to another
+//! keep their order; a note that cannot be published, or that no node was listening for, is
+//! counted as lost: delivery across nodes is at most once while Redis is unreachable
+//! (docs/cluster.md). Three tasks run while the node serves: the publisher, the inbox reader
+//! and the presence refresh; Redis counts as reachable while the last two succeed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::{Script, Value};
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
 use super::link::{Link, MAX_BACKOFF};
+use super::presence::Store;
 use super::wire::{Card, Note, member_field};
-use super::{Backplane, BoxFuture, JoinError, Presence};
+use super::{Backplane, BackplaneError, BoxFuture, JoinError, Roster};
 use crate::config::ClusterConfig;
 use crate::identity::Fingerprint;
 use crate::registry::Space;
 use crate::room::RoomId;
 use crate::{Error, Result, Shared};
 
-/// Drops expired entries, checks capacity, replaces a member with the same certificate,
-/// inserts the newcomer. KEYS: cards, fps, ttl. ARGV: now, expiry, field, card,
-/// fingerprint, max_peers, key lifetime (ms). Returns {0} when full, else {1, replaced card
-/// or "", the room's cards as a flat field/card list}.
-const JOIN: &str = r"
-local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
-for _, f in ipairs(dead) do
-  redis.call('HDEL', KEYS[1], f); redis.call('HDEL', KEYS[2], f); redis.call('ZREM', KEYS[3], f)
-end
-local fps = redis.call('HGETALL', KEYS[2])
-local replaced = nil
-local count = 0
-for i = 1, #fps, 2 do
-  if fps[i] ~= ARGV[3] then
-    count = count + 1
-    if fps[i + 1] == ARGV[5] then replaced = fps[i] end
-  end
-end
-if replaced then count = count - 1 end
-if count >= tonumber(ARGV[6]) then return {0} end
-local old = ''
-if replaced then
-  old = redis.call('HGET', KEYS[1], replaced) or ''
-  redis.call('HDEL', KEYS[1], replaced); redis.call('HDEL', KEYS[2], replaced); redis.call('ZREM', KEYS[3], replaced)
-end
-redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[5])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[7]) end
-return {1, old, redis.call('HGETALL', KEYS[1])}
-";
-
-/// Live members and whether one has this fingerprint. KEYS: cards, fps, ttl. ARGV: now,
-/// fingerprint. Returns {live members, 1 if one has the fingerprint}.
-const SPACE: &str = r"
-local live = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf')
-local same = 0
-for _, f in ipairs(live) do
-  if redis.call('HGET', KEYS[2], f) == ARGV[2] then same = 1 end
-end
-return {#live, same}
-";
-
-/// Refreshes this node's members of one room and returns the room's live cards, and the
-/// members of this node that were replaced meanwhile. An entry that is missing is put back
-/// (Redis restarted, or this node was cut off longer than the TTL) unless a live member now
-/// has its certificate: then it was replaced, and its node must close it. KEYS: cards, fps,
-/// ttl. ARGV: now, expiry, key lifetime, then field, card, fingerprint for each member.
-/// Returns {live cards, replaced fields}.
-const REFRESH: &str = r"
-local replaced = {}
-for i = 4, #ARGV, 3 do
-  local f = ARGV[i]
-  if redis.call('HEXISTS', KEYS[1], f) == 1 then
-    redis.call('ZADD', KEYS[3], ARGV[2], f)
-  else
-    local taken = false
-    local fps = redis.call('HGETALL', KEYS[2])
-    for j = 1, #fps, 2 do
-      local score = redis.call('ZSCORE', KEYS[3], fps[j])
-      if fps[j + 1] == ARGV[i + 2] and score and tonumber(score) > tonumber(ARGV[1]) then taken = true end
-    end
-    if taken then
-      table.insert(replaced, f)
-    else
-      redis.call('HSET', KEYS[1], f, ARGV[i + 1])
-      redis.call('HSET', KEYS[2], f, ARGV[i + 2])
-      redis.call('ZADD', KEYS[3], ARGV[2], f)
-    end
-  end
-end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
-local live = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf')
-local out = {}
-for _, f in ipairs(live) do
-  local card = redis.call('HGET', KEYS[1], f)
-  if card then table.insert(out, card) end
-end
-return {out, replaced}
-";
-
 /// Room refreshes in flight at once.
 const REFRESHES_IN_FLIGHT: usize = 32;
-
-/// Notes waiting to be published, at most; beyond, a note is counted lost.
-const OUTBOX: usize = 65_536;
+/// Notes waiting to be published, at most, and their bytes (each counted with
+/// [`NOTE_OVERHEAD`] more); beyond either, a note is counted lost.
+const OUTBOX_NOTES: usize = 65_536;
+const OUTBOX_BYTES: usize = 64 << 20;
+const NOTE_OVERHEAD: usize = 64;
 /// Notes published in one round trip, at most.
 const BATCH: usize = 256;
 
@@ -137,30 +49,28 @@ pub(crate) struct RedisBackplane {
     node: String,
     config: ClusterConfig,
     link: Link,
+    store: Store,
     outbox: mpsc::Sender<(String, Bytes)>,
     /// Taken by the publisher when the node starts serving.
     outbox_rx: Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
-    healthy: AtomicBool,
+    /// Bytes queued in the outbox or being published (bounded by [`OUTBOX_BYTES`]).
+    queued_bytes: AtomicUsize,
+    /// Notes queued or being published, and its signal when it reaches zero.
+    queued_notes: AtomicUsize,
+    drained: Notify,
+    /// The inbox subscription is live.
+    subscribed: AtomicBool,
+    /// The last presence refresh succeeded.
+    refreshed: AtomicBool,
     /// Set when the subscription should be made again (a refresh failed: the connection may
     /// be a black hole).
     resubscribe: Notify,
+    /// Held by a refresh from its reading of `mine` to its last script, and by a departure
+    /// while it removes the member: a refresh never puts back a member that has left.
+    presence: tokio::sync::Mutex<()>,
     mine: Mutex<HashMap<String, Mine>>,
-    join_script: Script,
-    space_script: Script,
-    refresh_script: Script,
-    /// Notes published, and notes lost (not published).
     published: AtomicU64,
     lost: AtomicU64,
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-fn hex(fingerprint: &Fingerprint) -> String {
-    fingerprint.to_string()
 }
 
 impl RedisBackplane {
@@ -169,68 +79,60 @@ impl RedisBackplane {
     /// # Errors
     /// [`Error::Cluster`] saying why Redis cannot be used.
     pub(crate) async fn connect(config: &ClusterConfig) -> Result<Self> {
-        let link = Link::connect(config).await.map_err(|reason| Error::Cluster {
+        let link = Link::connect(config).await.map_err(|e| Error::Cluster {
             url: crate::config::redacted_url(&config.redis_url),
-            reason,
+            reason: e.to_string(),
         })?;
-        debug!("redis reached");
-        let suffix: u32 = rand_suffix();
-        let node = format!("{}-{suffix:08x}", config.node_id);
-        let (outbox, outbox_rx) = mpsc::channel(OUTBOX);
+        let node = format!("{}-{:08x}", config.node_id, rand_suffix());
+        let (outbox, outbox_rx) = mpsc::channel(OUTBOX_NOTES);
         Ok(RedisBackplane {
             node,
+            store: Store::new(&config.key_prefix, config.presence_ttl),
             config: config.clone(),
             link,
             outbox,
             outbox_rx: Mutex::new(Some(outbox_rx)),
-            healthy: AtomicBool::new(true),
+            queued_bytes: AtomicUsize::new(0),
+            queued_notes: AtomicUsize::new(0),
+            drained: Notify::new(),
+            subscribed: AtomicBool::new(false),
+            refreshed: AtomicBool::new(true),
             resubscribe: Notify::new(),
+            presence: tokio::sync::Mutex::new(()),
             mine: Mutex::new(HashMap::new()),
-            join_script: Script::new(JOIN),
-            space_script: Script::new(SPACE),
-            refresh_script: Script::new(REFRESH),
             published: AtomicU64::new(0),
             lost: AtomicU64::new(0),
         })
-    }
-
-    /// This node's name in presence.
-    pub(crate) fn node_name(&self) -> &str {
-        &self.node
-    }
-
-    fn key(&self, room: &str, what: &str) -> String {
-        format!("{}:{{{room}}}:{what}", self.config.key_prefix)
     }
 
     fn inbox(&self, node: &str) -> String {
         format!("{}:inbox:{node}", self.config.key_prefix)
     }
 
-    fn key_lifetime_ms(&self) -> u64 {
-        u64::try_from(self.config.presence_ttl.as_millis()).unwrap_or(u64::MAX).saturating_mul(4)
-    }
-
-    fn expiry(&self) -> i64 {
-        unix_ms().saturating_add(i64::try_from(self.config.presence_ttl.as_millis()).unwrap_or(i64::MAX))
-    }
-
-    fn set_healthy(&self, healthy: bool) {
-        if self.healthy.swap(healthy, Ordering::Relaxed) != healthy {
-            if healthy {
-                info!("redis reachable again");
-            } else {
+    /// Sets one of the two health flags, logging when reachability changes.
+    fn set(&self, flag: &AtomicBool, value: bool) {
+        let before = self.healthy();
+        flag.store(value, Ordering::Relaxed);
+        match (before, self.healthy()) {
+            (false, true) => info!("redis reachable again"),
+            (true, false) => {
                 warn!(
                     "redis unreachable: rooms on this node keep relaying; joins and frames across nodes fail"
-                );
+                )
             }
+            _ => {}
         }
     }
 
-    /// The node's work while it serves: publishing, the inbox, and refreshing presence.
+    fn mine(&self) -> std::sync::MutexGuard<'_, HashMap<String, Mine>> {
+        self.mine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The node's work while it serves: publishing, the inbox, and refreshing presence. A
+    /// second call (the node served twice) waits forever: one node has one set of tasks.
     async fn serve(self: Arc<Self>, shared: Arc<Shared>) {
         let outbox = self.outbox_rx.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let Some(outbox) = outbox else { return };
+        let Some(outbox) = outbox else { return std::future::pending().await };
         tokio::join!(self.publish(outbox), self.subscribe(&shared), self.refresh(&shared));
     }
 
@@ -241,13 +143,10 @@ impl RedisBackplane {
         while outbox.recv_many(&mut batch, BATCH).await > 0 {
             let mut by_node: Vec<(&str, redis::Pipeline, u64)> = Vec::new();
             for (node, note) in &batch {
-                let i = match by_node.iter().position(|(n, _, _)| n == node) {
-                    Some(i) => i,
-                    None => {
-                        by_node.push((node, redis::pipe(), 0));
-                        by_node.len() - 1
-                    }
-                };
+                let i = by_node.iter().position(|(n, _, _)| n == node).unwrap_or_else(|| {
+                    by_node.push((node, redis::pipe(), 0));
+                    by_node.len() - 1
+                });
                 let (_, pipe, count) = &mut by_node[i];
                 pipe.cmd(self.link.publish()).arg(self.inbox(node)).arg(note.as_ref());
                 *count += 1;
@@ -267,14 +166,17 @@ impl RedisBackplane {
                         if unheard > 0 {
                             debug!(notes = unheard, "notes published to an inbox nobody listens on: lost");
                         }
-                        self.set_healthy(true);
                     }
                     Err(e) => {
                         self.lost.fetch_add(n, Ordering::Relaxed);
                         warn!(error = %e, notes = n, "cannot publish to other nodes: notes lost");
-                        self.set_healthy(false);
                     }
                 }
+            }
+            let bytes: usize = batch.iter().map(|(_, note)| note.len() + NOTE_OVERHEAD).sum();
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            if self.queued_notes.fetch_sub(batch.len(), Ordering::AcqRel) == batch.len() {
+                self.drained.notify_waiters();
             }
             batch.clear();
         }
@@ -291,7 +193,7 @@ impl RedisBackplane {
             let mut inbox = match subscribing.await {
                 Ok(Ok(inbox)) => inbox,
                 failed => {
-                    self.set_healthy(false);
+                    self.set(&self.subscribed, false);
                     if let Ok(Err(e)) = failed {
                         debug!(error = %e, "cannot subscribe to the inbox; retrying");
                     }
@@ -301,6 +203,7 @@ impl RedisBackplane {
                 }
             };
             backoff = Duration::from_millis(100);
+            self.set(&self.subscribed, true);
             info!(channel, node = self.node, "subscribed to this node's inbox");
             loop {
                 let payload = tokio::select! {
@@ -309,82 +212,80 @@ impl RedisBackplane {
                 };
                 let Some(payload) = payload else { break };
                 match Note::decode(payload) {
-                    Ok(note) => super::apply(shared, note).await,
+                    Ok(note) => super::apply(shared, note),
                     Err(e) => warn!(error = %e, "malformed note in the inbox: dropped"),
                 }
             }
-            self.set_healthy(false);
+            self.set(&self.subscribed, false);
             warn!("inbox subscription lost; subscribing again");
         }
     }
 
-    /// Every third of the TTL: refreshes this node's members and brings each local room's view
-    /// of the other nodes' members up to date (members of a node that died are forgotten, with
-    /// PEER-LEFT; joins whose note was lost are learnt, with their HELLO).
+    /// Every quarter of the TTL: refreshes this node's members and brings each local room's
+    /// view of the other nodes' members up to date (members of a node that died are
+    /// forgotten, with PEER-LEFT; joins whose note was lost are learnt, with their HELLO).
     async fn refresh(&self, shared: &Arc<Shared>) {
-        let period = self.config.presence_ttl / 3;
-        let mut ticks = tokio::time::interval(period);
+        let mut ticks = tokio::time::interval(self.config.presence_ttl / 4);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
             match self.refresh_once(shared).await {
-                Ok(()) => self.set_healthy(true),
+                Ok(()) => self.set(&self.refreshed, true),
                 Err(e) => {
                     warn!(error = %e, "cannot refresh presence");
-                    self.set_healthy(false);
-                    self.resubscribe.notify_waiters();
+                    self.set(&self.refreshed, false);
+                    // The subscription's connection may be a black hole too.
+                    self.resubscribe.notify_one();
                 }
             }
         }
     }
 
-    async fn refresh_once(&self, shared: &Arc<Shared>) -> std::result::Result<(), redis::RedisError> {
+    async fn refresh_once(&self, shared: &Arc<Shared>) -> std::result::Result<(), BackplaneError> {
+        // A probe, so that a node without members notices a silent Redis too.
+        let mut commands = self.link.commands();
+        let ping = redis::cmd("PING");
+        tokio::time::timeout(self.config.command_timeout, ping.query_async::<String>(&mut commands))
+            .await
+            .map_err(|_| BackplaneError::Timeout(self.config.command_timeout))??;
+        let _presence = self.presence.lock().await;
         let mut by_room: HashMap<String, Vec<(String, Bytes, String)>> = HashMap::new();
-        {
-            let mine = self.mine.lock().unwrap_or_else(PoisonError::into_inner);
-            for (field, m) in mine.iter() {
-                by_room.entry(m.room.as_str().to_owned()).or_default().push((
-                    field.clone(),
-                    m.card.clone(),
-                    m.fingerprint.clone(),
-                ));
-            }
+        for (field, m) in self.mine().iter() {
+            let entry = (field.clone(), m.card.clone(), m.fingerprint.clone());
+            by_room.entry(m.room.as_str().to_owned()).or_default().push(entry);
         }
         let refreshes = futures_util::stream::iter(by_room).map(|(room, members)| async move {
-            let mut invocation = self.refresh_script.prepare_invoke();
-            invocation
-                .key(self.key(&room, "cards"))
-                .key(self.key(&room, "fps"))
-                .key(self.key(&room, "ttl"))
-                .arg(unix_ms())
-                .arg(self.expiry())
-                .arg(self.key_lifetime_ms());
-            for (field, card, fingerprint) in &members {
-                invocation.arg(field).arg(card.as_ref()).arg(fingerprint);
-            }
             let mut commands = self.link.commands();
-            let reply: (Vec<Vec<u8>>, Vec<String>) = invocation.invoke_async(&mut commands).await?;
-            Ok::<_, redis::RedisError>((room, reply))
+            let refreshed = tokio::time::timeout(
+                self.config.command_timeout,
+                self.store.refresh(&mut commands, &room, &self.node, &members),
+            )
+            .await
+            .map_err(|_| BackplaneError::Timeout(self.config.command_timeout))
+            .and_then(|r| r);
+            (room, refreshed)
         });
         let results: Vec<_> = refreshes.buffer_unordered(REFRESHES_IN_FLIGHT).collect().await;
-        for result in results {
-            let (room, (live, replaced)) = result?;
+        let mut failure = None;
+        for (room, result) in results {
+            let refreshed = match result {
+                Ok(refreshed) => refreshed,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    continue;
+                }
+            };
             let Some(room) = shared.registry.room(&room) else { continue };
-            for field in replaced {
+            for field in refreshed.replaced {
                 let conn = field.rsplit('/').next().and_then(|c| c.parse().ok());
                 if let Some(mailbox) = conn.and_then(|conn| room.replace_local(conn, None)) {
                     info!(room = %room.id(), "a member was replaced on another node: closing it");
                     mailbox.kill(crate::Close::Replaced);
                 }
             }
-            let cards: Vec<Card> = live
-                .into_iter()
-                .filter_map(|bytes| Card::decode(bytes.into()).ok())
-                .filter(|card| card.node != self.node)
-                .collect();
-            super::resync(shared, &room, cards).await;
+            super::resync(shared, &room, refreshed.others);
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 }
 
@@ -398,20 +299,11 @@ impl Backplane for RedisBackplane {
         room: &'a RoomId,
         fingerprint: &'a Fingerprint,
         max_peers: usize,
-    ) -> BoxFuture<'a, std::result::Result<Space, String>> {
+    ) -> BoxFuture<'a, std::result::Result<Space, BackplaneError>> {
         Box::pin(async move {
             let mut commands = self.link.commands();
-            let (live, same): (usize, i64) = self
-                .space_script
-                .key(self.key(room.as_str(), "cards"))
-                .key(self.key(room.as_str(), "fps"))
-                .key(self.key(room.as_str(), "ttl"))
-                .arg(unix_ms())
-                .arg(hex(fingerprint))
-                .invoke_async(&mut commands)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(if live < max_peers || same == 1 { Space::Free } else { Space::RoomFull })
+            let (live, same) = self.store.space(&mut commands, room, fingerprint).await?;
+            Ok(if live < max_peers || same { Space::Free } else { Space::RoomFull })
         })
     }
 
@@ -420,48 +312,35 @@ impl Backplane for RedisBackplane {
         room: &'a RoomId,
         card: &'a Card,
         max_peers: usize,
-    ) -> BoxFuture<'a, std::result::Result<Presence, JoinError>> {
+    ) -> BoxFuture<'a, std::result::Result<Roster, JoinError>> {
         Box::pin(async move {
-            let field = card.field();
             let encoded = card.encode();
-            let fingerprint = hex(&card.fingerprint);
             let mut commands = self.link.commands();
-            let reply: Value = self
-                .join_script
-                .key(self.key(room.as_str(), "cards"))
-                .key(self.key(room.as_str(), "fps"))
-                .key(self.key(room.as_str(), "ttl"))
-                .arg(unix_ms())
-                .arg(self.expiry())
-                .arg(&field)
-                .arg(encoded.as_ref())
-                .arg(&fingerprint)
-                .arg(max_peers)
-                .arg(self.key_lifetime_ms())
-                .invoke_async(&mut commands)
-                .await
-                .map_err(|e| JoinError::Unavailable(e.to_string()))?;
-            let presence = parse_join(reply, &self.node).map_err(JoinError::Unavailable)?;
-            let Some(presence) = presence else { return Err(JoinError::Full) };
-            self.mine
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(field, Mine { room: room.clone(), card: encoded, fingerprint });
-            Ok(presence)
+            let joined = self.store.join(&mut commands, room, card, &encoded, max_peers).await;
+            let roster = match joined {
+                Ok(Some(roster)) => roster,
+                Ok(None) => return Err(JoinError::Full),
+                Err(e) => {
+                    // The script may have run though its answer was lost: take the entry back.
+                    let _ = self.store.leave(&mut commands, room, &card.field()).await;
+                    return Err(JoinError::Unavailable(e));
+                }
+            };
+            let mine = Mine { room: room.clone(), card: encoded, fingerprint: card.fingerprint.to_string() };
+            self.mine().insert(card.field(), mine);
+            Ok(roster)
         })
     }
 
     fn leave<'a>(&'a self, room: &'a RoomId, conn: u64) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let field = member_field(&self.node, conn);
-            self.mine.lock().unwrap_or_else(PoisonError::into_inner).remove(&field);
-            let mut pipe = redis::pipe();
-            pipe.atomic()
-                .hdel(self.key(room.as_str(), "cards"), &field)
-                .hdel(self.key(room.as_str(), "fps"), &field)
-                .zrem(self.key(room.as_str(), "ttl"), &field);
+            let _presence = self.presence.lock().await;
+            if self.mine().remove(&field).is_none() {
+                return;
+            }
             let mut commands = self.link.commands();
-            if let Err(e) = pipe.query_async::<()>(&mut commands).await {
+            if let Err(e) = self.store.leave(&mut commands, room, &field).await {
                 // The entry expires within the TTL; the others learn of the departure by note.
                 debug!(error = %e, "cannot remove a member from presence");
             }
@@ -473,8 +352,18 @@ impl Backplane for RedisBackplane {
             return;
         }
         let bytes = note.encode();
+        let cost = bytes.len() + NOTE_OVERHEAD;
         for node in nodes {
-            if self.outbox.try_send((node.clone(), bytes.clone())).is_err() {
+            let queued = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+            self.queued_notes.fetch_add(1, Ordering::AcqRel);
+            let taken =
+                queued + cost <= OUTBOX_BYTES && self.outbox.try_send((node.clone(), bytes.clone())).is_ok();
+            if !taken {
+                // Full, or the publisher has stopped (the node is shutting down).
+                self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+                if self.queued_notes.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.drained.notify_waiters();
+                }
                 self.lost.fetch_add(1, Ordering::Relaxed);
                 warn!(node, "outbox to other nodes full: note lost");
             }
@@ -482,11 +371,29 @@ impl Backplane for RedisBackplane {
     }
 
     fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.subscribed.load(Ordering::Relaxed) && self.refreshed.load(Ordering::Relaxed)
     }
 
     fn run(self: Arc<Self>, shared: Arc<Shared>) -> BoxFuture<'static, ()> {
         Box::pin(RedisBackplane::serve(self, shared))
+    }
+
+    fn drain(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let limit = self.config.command_timeout * 2;
+            let _ = tokio::time::timeout(limit, async {
+                loop {
+                    let drained = self.drained.notified();
+                    tokio::pin!(drained);
+                    drained.as_mut().enable();
+                    if self.queued_notes.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                    drained.await;
+                }
+            })
+            .await;
+        })
     }
 
     fn counts(&self) -> (u64, u64) {
@@ -494,39 +401,15 @@ impl Backplane for RedisBackplane {
     }
 }
 
-/// Reads the join script's reply: `None` when the room is full.
-fn parse_join(reply: Value, node: &str) -> std::result::Result<Option<Presence>, String> {
-    let bad = || "unexpected reply from the join script".to_owned();
-    let Value::Array(items) = reply else { return Err(bad()) };
-    match items.first() {
-        Some(Value::Int(0)) => return Ok(None),
-        Some(Value::Int(1)) => {}
-        _ => return Err(bad()),
-    }
-    let replaced = match items.get(1) {
-        Some(Value::BulkString(bytes)) if !bytes.is_empty() => {
-            Card::decode(Bytes::copy_from_slice(bytes)).ok()
-        }
-        _ => None,
-    };
-    let Some(Value::Array(flat)) = items.get(2) else { return Err(bad()) };
-    let others = flat
-        .chunks(2)
-        .filter_map(|pair| match pair.get(1) {
-            Some(Value::BulkString(bytes)) => Card::decode(Bytes::copy_from_slice(bytes)).ok(),
-            _ => None,
-        })
-        .filter(|card| card.node != node)
-        .collect();
-    Ok(Some(Presence { others, replaced }))
-}
-
 /// A random number for the node's name.
 fn rand_suffix() -> u32 {
     let mut bytes = [0u8; 4];
     // The system's randomness; should it fail, the clock still tells restarts apart.
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        return u32::try_from(unix_ms() & 0xffff_ffff).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        return nanos;
     }
     u32::from_be_bytes(bytes)
 }

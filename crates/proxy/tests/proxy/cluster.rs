@@ -13,7 +13,7 @@ use crate::support::{Pki, TestProxy, WAIT, start, upgrade_request};
 /// Starts a node named `name` against `redis`, with `extra` TOML.
 async fn node(pki: &Arc<Pki>, redis: &Redis, name: &str, extra: &str) -> TestProxy {
     let cluster = format!(
-        "[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\npresence_ttl = \"1500ms\"\ncommand_timeout = \"500ms\"\n",
+        "[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\npresence_ttl = \"2s\"\ncommand_timeout = \"500ms\"\n",
         redis.url()
     );
     start(pki, &format!("{cluster}{extra}")).await
@@ -248,7 +248,7 @@ async fn nodes_share_rooms_through_a_redis_cluster_with_sharded_pub_sub() {
     let redis = crate::redis_server::RedisCluster::start().await;
     let config = |name: &str| {
         format!(
-            "[cluster]\nredis_url = \"{}\"\nredis_cluster = true\nnode_id = \"{name}\"\npresence_ttl = \"1500ms\"\ncommand_timeout = \"500ms\"\n",
+            "[cluster]\nredis_url = \"{}\"\nredis_cluster = true\nnode_id = \"{name}\"\npresence_ttl = \"2s\"\ncommand_timeout = \"500ms\"\n",
             redis.urls()
         )
     };
@@ -282,7 +282,7 @@ async fn rediss_is_verified_with_the_configured_ca() {
     let url = format!("rediss://localhost:{}", redis.port);
     let config = |name: &str| {
         format!(
-            "[cluster]\nredis_url = \"{url}\"\nca_file = {:?}\nnode_id = \"{name}\"\npresence_ttl = \"1500ms\"\ncommand_timeout = \"500ms\"\n",
+            "[cluster]\nredis_url = \"{url}\"\nca_file = {:?}\nnode_id = \"{name}\"\npresence_ttl = \"2s\"\ncommand_timeout = \"500ms\"\n",
             pki.dev.root_cert().display().to_string()
         )
     };
@@ -310,4 +310,40 @@ async fn rediss_is_verified_with_the_configured_ca() {
         Err(e) => e.to_string(),
     };
     assert!(error.starts_with(&format!("cluster: redis at {url}:")), "{error}");
+}
+
+#[tokio::test]
+async fn a_reconnect_on_the_same_node_replaces_at_once_in_cluster_mode() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let one = node(&pki, &redis, "one", "").await;
+    let two = node(&pki, &redis, "two", "").await;
+    let (mut manager, _) = one.join("manager", "gw/gw-1", "m").await;
+    let (mut old, _) = two.join("gateway", "gw/gw-1", "old").await;
+    old.recv_text().await;
+    manager.recv_text().await;
+    // Same node: the registry replaces it; nothing waits for another node.
+    let (_new, hello_new) = two.join("gateway", "gw/gw-1", "new").await;
+    assert_eq!(old.expect_close().await.0, 1008);
+    assert_eq!(manager.recv_message().await["reason"], "replaced");
+    assert_eq!(manager.recv_text().await, hello_new);
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_that_drains_tells_the_other_nodes_at_once() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let one = node(&pki, &redis, "one", "").await;
+    let two = node(&pki, &redis, "two", "").await;
+    let (mut manager, _) = one.join("manager", "gw/gw-1", "m").await;
+    let (mut gateway, _) = two.join("gateway", "gw/gw-1", "g").await;
+    gateway.recv_text().await;
+    manager.recv_text().await;
+    two.stop().await;
+    let left = manager.recv_message().await;
+    assert_eq!(left["messageType"], "CONN:PEER-LEFT");
+    assert_eq!(left["reason"], "server shutting down", "by note, not by the TTL: {left}");
+    one.stop().await;
 }
