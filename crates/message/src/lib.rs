@@ -21,6 +21,9 @@
 mod content;
 mod envelope;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 mod header;
 mod http_map;
 mod id;
