@@ -26,6 +26,9 @@ mod cluster;
 pub mod config;
 mod connection;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzz;
 pub mod identity;
 mod listener;
 pub mod logging;

@@ -157,6 +157,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+impl<R> FrameReader<R> {
+    /// Whether the read buffer is within what `arrived` bytes of input justify: it grows with
+    /// what arrives, a step at a time, never with what a header announces. Allocation may
+    /// double, hence the factor.
+    pub(crate) fn within_memory_bound(&self, arrived: usize) -> bool {
+        self.buf.capacity() <= 2 * (arrived + GROW_STEP.max(READ_CHUNK))
+    }
+}
+
 impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
     type Item = Result<Message, ReadError>;
 

@@ -1,0 +1,243 @@
+//! The entry points of the `frames` and `upgrade_request` fuzz targets (`fuzz/`), and the
+//! tests that replay their corpora. Compiled for tests and under the `fuzzing` feature only;
+//! not part of the API.
+//!
+//! Both drive the proxy's readers without a runtime: the transport is in memory and always
+//! ready (or pending once before a chunk, and woken at once), so polling with a no-op waker
+//! runs a reader to its end, and a bound on the number of polls turns a reader that stops
+//! making progress into a failure instead of a hang. A broken invariant panics.
+
+#![allow(clippy::expect_used)]
+
+use std::future::Future;
+use std::io;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, Waker};
+
+use futures_util::Stream;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::room::RoomId;
+use crate::upgrade::{self, Refusal};
+use crate::websocket::FrameReader;
+
+/// The largest payload of a control frame, and of a close frame's reason.
+const MAX_CONTROL: usize = 125;
+const PREFIX: &str = "/micronets/v1/ws-proxy/";
+
+/// Reads `data` as a client's frames, in the chunks its first bytes choose, and checks what
+/// comes out: no message over the limit, text that is UTF-8, control frames within RFC 6455's
+/// bounds, a read buffer that grows with what arrives, and the same messages (and the same
+/// error) as from reading `data` in one piece.
+///
+/// Layout of `data`: the message limit (top bit set: 1 MiB, else 16 bytes per unit), four
+/// chunk sizes (see [`Chunked`]), then the stream; the first chunk is handed to the reader as
+/// the bytes that came with the upgrade request.
+pub fn frames(data: &[u8]) {
+    let [limit, s0, s1, s2, s3, stream @ ..] = data else { return };
+    let max_message = if limit & 0x80 != 0 { 1 << 20 } else { usize::from(*limit) * 16 };
+    let sizes = [*s0, *s1, *s2, *s3];
+    let (leftover, rest) = stream.split_at(chunk_size(*s0).min(stream.len()));
+    let mut transport = Chunked::new(rest, &sizes);
+    transport.next = 1;
+    let in_pieces = read_all(FrameReader::new(transport, leftover, max_message), stream.len());
+    let at_once = read_all(FrameReader::new(stream, &[], max_message), stream.len());
+    assert_eq!(in_pieces, at_once, "the messages depend on how the bytes arrived");
+    let mut payload = 0;
+    for message in in_pieces.iter().flatten() {
+        check_message(message, max_message);
+        payload += message.len();
+    }
+    assert!(payload <= stream.len(), "{payload} bytes of messages from {} bytes", stream.len());
+}
+
+/// Every message the reader yields, up to and including its first error, polled with a
+/// no-op waker. Each poll yields, or returns `Pending` because the transport did (once per
+/// chunk at most), so a reader that needs more polls than that has stopped making progress.
+fn read_all<R: AsyncRead + Unpin>(
+    mut reader: FrameReader<R>,
+    arrived: usize,
+) -> Vec<Result<Message, String>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut out = Vec::new();
+    let max_polls = 2 * arrived + 8;
+    for _ in 0..max_polls {
+        let next = Pin::new(&mut reader).poll_next(&mut cx);
+        assert!(reader.within_memory_bound(arrived), "the read buffer outgrew {arrived} bytes of input");
+        match next {
+            Poll::Pending => {}
+            Poll::Ready(None) => return out,
+            Poll::Ready(Some(Ok(message))) => out.push(Ok(message)),
+            Poll::Ready(Some(Err(e))) => {
+                out.push(Err(format!("{e:?}")));
+                return out;
+            }
+        }
+    }
+    panic!("the frame reader made no progress in {max_polls} polls");
+}
+
+fn check_message(message: &Message, max_message: usize) {
+    match message {
+        Message::Text(text) => {
+            assert!(text.len() <= max_message, "a {}-byte text message", text.len());
+            assert!(std::str::from_utf8(text.as_str().as_bytes()).is_ok());
+        }
+        Message::Binary(bytes) => assert!(bytes.len() <= max_message, "a {}-byte message", bytes.len()),
+        Message::Ping(bytes) | Message::Pong(bytes) => assert!(bytes.len() <= MAX_CONTROL),
+        Message::Close(None) => {}
+        Message::Close(Some(frame)) => {
+            assert!(frame.code.is_allowed(), "close code {}", frame.code);
+            assert!(frame.reason.len() + 2 <= MAX_CONTROL);
+        }
+        Message::Frame(_) => panic!("the reader yielded a raw frame"),
+    }
+}
+
+/// Reads `data` as an upgrade request, at once and in small pieces, and checks the outcome:
+/// both ways agree, an accepted request names a valid room and keeps exactly the bytes past its
+/// head, the 101 or the refusal written back is a well-formed response, and a refusal's path
+/// is fit for a log line.
+pub fn upgrade_request(data: &[u8]) {
+    let mut at_once = data;
+    let whole = run(upgrade::read_request(&mut at_once, PREFIX), 1);
+    let whole = outcome(data, data.len() - at_once.len(), whole);
+    let mut pieces = Chunked::new(data, &[1, 100, 0x80 | 7, 1, 0x80]);
+    let split = run(upgrade::read_request(&mut pieces, PREFIX), 2 * data.len() + 2);
+    let split = outcome(data, data.len() - pieces.data.len(), split);
+    assert_eq!(whole, split, "the outcome depends on how the request arrived");
+}
+
+/// An upgrade's outcome, checked, in a form that does not depend on how the bytes arrived.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Upgrade { room: RoomId, path: String, head: usize },
+    Refused { status: u16, reason: String, path: Option<String> },
+    Closed,
+}
+
+fn outcome(data: &[u8], consumed: usize, result: Result<upgrade::UpgradeRequest, Refusal>) -> Outcome {
+    assert!(consumed <= 16 * 1024, "read {consumed} bytes of a request head");
+    match result {
+        Ok(request) => {
+            assert_eq!(RoomId::parse(request.room.as_str()).as_ref(), Ok(&request.room));
+            assert_eq!(request.path, format!("{PREFIX}{}", request.room));
+            assert!(data[..consumed].ends_with(&request.leftover), "leftover bytes are not the read's tail");
+            let mut response = Vec::new();
+            run(upgrade::accept(&mut response, &request), 1).expect("writing to a Vec");
+            assert_eq!(parse_response(&response).0, 101);
+            let head = consumed - request.leftover.len();
+            Outcome::Upgrade { room: request.room, path: request.path, head }
+        }
+        Err(Refusal::Status { status, reason, path }) => {
+            assert!([400, 404, 426, 431].contains(&status), "status {status} for a request alone");
+            if let Some(path) = &path {
+                assert!(!path.chars().any(|c| c.is_control() || c == ' '), "path {path:?} in a log line");
+            }
+            let mut response = Vec::new();
+            run(upgrade::refuse(&mut response, status, &reason), 1).expect("writing to a Vec");
+            let (code, body) = parse_response(&response);
+            assert_eq!((code, body), (status, format!("{reason}\n").into_bytes()));
+            Outcome::Refused { status, reason, path }
+        }
+        Err(Refusal::Closed(_)) => {
+            assert_eq!(consumed, data.len(), "closed before the end of the input");
+            Outcome::Closed
+        }
+    }
+}
+
+/// The status and body of a whole HTTP response, whose Content-Length (if any) is exact.
+fn parse_response(bytes: &[u8]) -> (u16, Vec<u8>) {
+    let mut headers = [httparse::EMPTY_HEADER; 8];
+    let mut response = httparse::Response::new(&mut headers);
+    let Ok(httparse::Status::Complete(head)) = response.parse(bytes) else {
+        panic!("malformed response {:?}", String::from_utf8_lossy(bytes));
+    };
+    let body = &bytes[head..];
+    if let Some(length) = response.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length")) {
+        assert_eq!(length.value, body.len().to_string().as_bytes(), "Content-Length");
+    }
+    (response.code.expect("a complete response has a status"), body.to_vec())
+}
+
+/// An in-memory transport that hands out its bytes in chunks of the sizes given, cycling
+/// through them: `1..=127` bytes, `0` for all that is left, and with the top bit set, one
+/// `Pending` (woken at once) before the chunk.
+struct Chunked<'a> {
+    data: &'a [u8],
+    sizes: &'a [u8],
+    next: usize,
+    paused: bool,
+}
+
+impl<'a> Chunked<'a> {
+    fn new(data: &'a [u8], sizes: &'a [u8]) -> Self {
+        Chunked { data, sizes, next: 0, paused: false }
+    }
+}
+
+impl AsyncRead for Chunked<'_> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let spec = this.sizes.get(this.next % this.sizes.len().max(1)).copied().unwrap_or(0);
+        if spec & 0x80 != 0 && !this.paused {
+            this.paused = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.paused = false;
+        this.next += 1;
+        let size = chunk_size(spec);
+        let (now, later) = this.data.split_at(size.min(this.data.len()).min(buf.remaining()));
+        buf.put_slice(now);
+        this.data = later;
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn chunk_size(spec: u8) -> usize {
+    match spec & 0x7F {
+        0 => usize::MAX,
+        n => usize::from(n),
+    }
+}
+
+/// Polls `future` to its end with a no-op waker, at most `max_polls` times.
+fn run<F: Future>(future: F, max_polls: usize) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..max_polls {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+    }
+    panic!("no progress in {max_polls} polls");
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every input of a target's committed corpus, and so every past crash, still passes.
+    fn replay(target: &str, check: fn(&[u8])) {
+        let dir = format!("{}/../../fuzz/corpus/{target}", env!("CARGO_MANIFEST_DIR"));
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            eprintln!("replaying {}", path.display());
+            check(&std::fs::read(&path).unwrap());
+            count += 1;
+        }
+        assert!(count > 0, "{dir} holds no inputs");
+    }
+
+    #[test]
+    fn replays_the_frames_corpus() {
+        replay("frames", super::frames);
+    }
+
+    #[test]
+    fn replays_the_upgrade_request_corpus() {
+        replay("upgrade_request", super::upgrade_request);
+    }
+}
