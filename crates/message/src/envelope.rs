@@ -1,5 +1,8 @@
 //! The typed envelope: `{"message": {...}}` with a [`Kind`] for each message type.
 
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -129,7 +132,9 @@ impl Envelope {
     ///
     /// # Errors
     /// [`Error::Json`] for text that is not JSON, [`Error::Envelope`] or [`Error::Base64`]
-    /// for JSON that is not a valid envelope; the message names the field.
+    /// for JSON that is not a valid envelope (a name repeated in the envelope or its `message`
+    /// object included, as [`crate::Header::parse`] refuses it too); the message names the
+    /// field.
     pub fn parse(text: &str) -> Result<Self> {
         Self::from_slice(text.as_bytes())
     }
@@ -139,8 +144,10 @@ impl Envelope {
     /// # Errors
     /// As [`Envelope::parse`].
     pub fn from_slice(bytes: &[u8]) -> Result<Self> {
-        let value: Value = serde_json::from_slice(bytes).map_err(Error::from_serde)?;
-        Self::from_value(value)
+        let mut json = serde_json::Deserializer::from_slice(bytes);
+        let top = Names { envelope: true }.deserialize(&mut json).map_err(Error::from_serde)?;
+        json.end().map_err(Error::from_serde)?;
+        Self::from_value(Value::Object(top))
     }
 
     /// Reads an envelope from a JSON value.
@@ -195,6 +202,57 @@ impl Envelope {
     #[must_use]
     pub fn to_json(&self) -> String {
         self.to_value().to_string()
+    }
+}
+
+/// Reads the envelope object, or (`envelope: false`) its `message` object, refusing a name
+/// that repeats in either.
+///
+/// serde_json's `Value` keeps the last of repeated names, other parsers keep the first, and
+/// [`crate::Header`] refuses them: an envelope that repeated `messageType` or `peerClass` would
+/// say one thing to the proxy and another to a peer. What these objects hold (a `messageBody`)
+/// is data, read by serde_json's rules.
+#[derive(Clone, Copy)]
+struct Names {
+    envelope: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Names {
+    type Value = Map<String, Value>;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Names {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.envelope {
+            "an envelope: an object with a \"message\" object"
+        } else {
+            "a \"message\" object"
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        let mut fields = Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if fields.contains_key(&name) {
+                return Err(A::Error::custom(format_args!("duplicate field `{name}`")));
+            }
+            let value = if self.envelope && name == "message" {
+                Value::Object(map.next_value_seed(Names { envelope: false })?)
+            } else {
+                map.next_value()?
+            };
+            fields.insert(name, value);
+        }
+        Ok(fields)
     }
 }
 
@@ -261,5 +319,47 @@ fn take_id(fields: &mut Map<String, Value>, name: &str) -> Result<Option<Message
 fn put_opt(fields: &mut Map<String, Value>, name: &str, value: Option<&str>) {
     if let Some(value) = value {
         fields.insert(name.to_owned(), Value::from(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(text: &str) -> String {
+        match Envelope::parse(text) {
+            Err(Error::Envelope(reason)) => reason,
+            other => panic!("expected an envelope error for {text}, got {other:?}"),
+        }
+    }
+
+    /// A repeated name would mean one thing to a parser that keeps the last (serde_json's
+    /// `Value`) and another to one that keeps the first; `Header` refuses it, and so must this.
+    #[test]
+    fn names_repeated_in_the_envelope_or_its_message_are_refused() {
+        let reason = refused(r#"{"message": {"messageType": "EVENT:x", "messageType": "CONN:HELLO"}}"#);
+        assert!(reason.contains("duplicate field `messageType`"), "{reason}");
+        let reason =
+            refused(r#"{"message": {"messageType": "CONN:HELLO", "peerClass": "a", "peerClass": "b"}}"#);
+        assert!(reason.contains("duplicate field `peerClass`"), "{reason}");
+        let reason = refused(r#"{"message": {"messageType": "a"}, "message": {"messageType": "b"}}"#);
+        assert!(reason.contains("duplicate field `message`"), "{reason}");
+        let reason = refused(r#"{"x": 1, "message": {"messageType": "a"}, "x": 2}"#);
+        assert!(reason.contains("duplicate field `x`"), "{reason}");
+    }
+
+    #[test]
+    fn the_body_is_data_and_keeps_serde_json_rules() {
+        let envelope =
+            Envelope::parse(r#"{"message": {"messageType": "x", "messageBody": {"a": 1, "a": 2}}}"#);
+        assert_eq!(envelope.unwrap().extra["messageBody"], serde_json::json!({"a": 2}));
+    }
+
+    #[test]
+    fn what_is_not_an_envelope_object_is_an_envelope_error() {
+        for text in ["5", "[]", r#"{"message": 5}"#, r#"{"message": []}"#, "{}"] {
+            assert!(matches!(Envelope::parse(text), Err(Error::Envelope(_))), "{text}");
+        }
+        assert!(matches!(Envelope::parse(r#"{"message": {"#), Err(Error::Json(_))));
     }
 }
