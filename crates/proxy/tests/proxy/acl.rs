@@ -41,6 +41,16 @@ async fn each_gateway_joins_only_its_own_room_and_the_manager_any_gateway_room()
     let (code, reason) = impostor.expect_close().await;
     assert_eq!(code, 1008);
     assert!(reason.contains("peerClass must be \"gw-service\""), "{reason}");
+
+    // The required peerClass, and another one before it: a parser that keeps the first name
+    // would read the other, so the HELLO is refused (found by the envelope fuzz target).
+    let mut doubled = proxy.connect("gw-2", "gw/gw-2").await;
+    doubled
+        .send_text(r#"{"message": {"messageType": "CONN:HELLO", "peerClass": "manager", "peerClass": "gw-service"}}"#)
+        .await;
+    let (code, reason) = doubled.expect_close().await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("duplicate field `peerClass`"), "{reason}");
     proxy.stop().await;
 }
 
