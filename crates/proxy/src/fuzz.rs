@@ -39,8 +39,7 @@ pub fn frames(data: &[u8]) {
     let max_message = if limit & 0x80 != 0 { 1 << 20 } else { usize::from(*limit) * 16 };
     let sizes = [*s0, *s1, *s2, *s3];
     let (leftover, rest) = stream.split_at(chunk_size(*s0).min(stream.len()));
-    let mut transport = Chunked::new(rest, &sizes);
-    transport.next = 1;
+    let transport = Chunked { next: 1, ..Chunked::new(rest, &sizes) };
     let in_pieces = read_all(FrameReader::new(transport, leftover, max_message), stream.len());
     let at_once = read_all(FrameReader::new(stream, &[], max_message), stream.len());
     assert_eq!(in_pieces, at_once, "the messages depend on how the bytes arrived");
