@@ -95,9 +95,9 @@ fn check_message(message: &Message, max_message: usize) {
 }
 
 /// Reads `data` as an upgrade request, at once and in small pieces, and checks the outcome:
-/// both ways agree, an accepted request names a valid room and keeps exactly the bytes past its
-/// head, the 101 or the refusal written back is a well-formed response, and a refusal's path
-/// is fit for a log line.
+/// both ways agree; an accepted request names a valid room, keeps a target that is its path
+/// and a query, at most 64 headers and exactly the bytes past its head; the 101 or the refusal
+/// written back is a well-formed response; and a refusal's path is fit for a log line.
 pub fn upgrade_request(data: &[u8]) {
     let mut at_once = data;
     let whole = run(upgrade::read_request(&mut at_once, PREFIX), 1);
@@ -122,6 +122,9 @@ fn outcome(data: &[u8], consumed: usize, result: Result<upgrade::UpgradeRequest,
         Ok(request) => {
             assert_eq!(RoomId::parse(request.room.as_str()).as_ref(), Ok(&request.room));
             assert_eq!(request.path, format!("{PREFIX}{}", request.room));
+            let query = request.target.strip_prefix(&request.path).expect("the target starts with the path");
+            assert!(query.is_empty() || query.starts_with('?'), "target {:?}", request.target);
+            assert!(request.headers.len() <= 64 && request.headers.iter().all(|(name, _)| !name.is_empty()));
             assert!(data[..consumed].ends_with(&request.leftover), "leftover bytes are not the read's tail");
             let mut response = Vec::new();
             run(upgrade::accept(&mut response, &request), 1).expect("writing to a Vec");
