@@ -195,6 +195,9 @@ impl Proxy {
                 None => std::future::pending().await,
             }
         };
+        // Ready from here: the listener is bound, so connections queue until they are
+        // accepted, and /readyz must not say otherwise once "listening on" is out.
+        self.shared.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         systemd::notify(systemd::State::Ready);
         tokio::select! {
             signal = self.serve_and_drain(listener, signals.stop) => signal,
