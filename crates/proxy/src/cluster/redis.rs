@@ -95,7 +95,8 @@ impl RedisBackplane {
             queued_bytes: AtomicUsize::new(0),
             queued_notes: AtomicUsize::new(0),
             drained: Notify::new(),
-            subscribed: AtomicBool::new(false),
+            // Redis answered at connect; the subscription follows at once, and says so if it fails.
+            subscribed: AtomicBool::new(true),
             refreshed: AtomicBool::new(true),
             resubscribe: Notify::new(),
             presence: tokio::sync::Mutex::new(()),
