@@ -97,6 +97,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `micronets_proxy=debug` (`log.level`).
     pub log_level: String,
+    /// Largest upgrade request head, in bytes and in header lines; past either, HTTP 431.
+    pub max_request_head_bytes: usize,
+    /// See `max_request_head_bytes`.
+    pub max_request_headers: usize,
     /// Who may join which room (`[[acl.rules]]`); empty: everyone, everywhere.
     pub acl: crate::acl::Acl,
     /// The external authorization hook (`[auth_hook]`); `None` when `url` is empty.
@@ -369,6 +373,8 @@ struct LimitsSection {
     max_frames_per_second: u64,
     max_bytes_per_second: u64,
     max_handshakes_per_second: u64,
+    max_request_head_bytes: usize,
+    max_request_headers: usize,
     max_frame_bytes: usize,
     queue_frames: usize,
     queue_bytes: usize,
@@ -386,6 +392,8 @@ impl Default for LimitsSection {
             max_frames_per_second: 0,
             max_bytes_per_second: 0,
             max_handshakes_per_second: 0,
+            max_request_head_bytes: 16 * 1024,
+            max_request_headers: 64,
             max_frame_bytes: 1 << 20,
             queue_frames: 1024,
             queue_bytes: 8 << 20,
@@ -559,6 +567,12 @@ impl FileConfig {
             return Err(invalid("limits.max_hello_bytes", "must be at least 256".into()));
         }
         positive("limits.queue_frames", limits.queue_frames)?;
+        if !(1024..=65536).contains(&limits.max_request_head_bytes) {
+            return Err(invalid("limits.max_request_head_bytes", "must be between 1024 and 65536".into()));
+        }
+        if !(8..=256).contains(&limits.max_request_headers) {
+            return Err(invalid("limits.max_request_headers", "must be between 8 and 256".into()));
+        }
         if limits.max_frame_bytes < 1024 {
             return Err(invalid("limits.max_frame_bytes", "must be at least 1024".into()));
         }
@@ -593,6 +607,8 @@ impl FileConfig {
             max_frames_per_second: limits.max_frames_per_second,
             max_bytes_per_second: limits.max_bytes_per_second,
             max_handshakes_per_second: limits.max_handshakes_per_second,
+            max_request_head_bytes: limits.max_request_head_bytes,
+            max_request_headers: limits.max_request_headers,
             max_frame_bytes: limits.max_frame_bytes,
             queue_frames: limits.queue_frames,
             queue_bytes: limits.queue_bytes,
@@ -712,6 +728,10 @@ mod tests {
         assert!(err.contains("unknown field `bogus`"), "{err}");
         let err = config("[limits]\nmax_frame_bytes = \"big\"\n").unwrap_err().to_string();
         assert!(err.contains("max_frame_bytes"), "{err}");
+        let err = config("[limits]\nmax_request_head_bytes = 100\n").unwrap_err().to_string();
+        assert!(err.contains("limits.max_request_head_bytes"), "{err}");
+        let err = config("[limits]\nmax_request_headers = 1000\n").unwrap_err().to_string();
+        assert!(err.contains("limits.max_request_headers"), "{err}");
     }
 
     #[test]

@@ -154,7 +154,13 @@ async fn upgrade(
     deadline: Instant,
 ) -> Option<(WsSink, WsStream, RoomId, Option<String>, Slot<Fingerprint>)> {
     let config = &shared.config;
-    let request = match time::timeout_at(deadline, upgrade::read_request(&mut tls, &config.path_prefix)).await
+    let limits =
+        upgrade::HeadLimits { bytes: config.max_request_head_bytes, headers: config.max_request_headers };
+    let request = match time::timeout_at(
+        deadline,
+        upgrade::read_request(&mut tls, &config.path_prefix, limits),
+    )
+    .await
     {
         Ok(result) => result,
         Err(_) => Err(Refusal::Closed("no upgrade request within handshake_timeout".into())),

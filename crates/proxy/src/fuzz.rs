@@ -100,10 +100,11 @@ fn check_message(message: &Message, max_message: usize) {
 /// written back is a well-formed response; and a refusal's path is fit for a log line.
 pub fn upgrade_request(data: &[u8]) {
     let mut at_once = data;
-    let whole = run(upgrade::read_request(&mut at_once, PREFIX), 1);
+    let whole = run(upgrade::read_request(&mut at_once, PREFIX, upgrade::HeadLimits::default()), 1);
     let whole = outcome(data, data.len() - at_once.len(), whole);
     let mut pieces = Chunked::new(data, &[1, 100, 0x80 | 7, 1, 0x80]);
-    let split = run(upgrade::read_request(&mut pieces, PREFIX), 2 * data.len() + 2);
+    let split =
+        run(upgrade::read_request(&mut pieces, PREFIX, upgrade::HeadLimits::default()), 2 * data.len() + 2);
     let split = outcome(data, data.len() - pieces.data.len(), split);
     assert_eq!(whole, split, "the outcome depends on how the request arrived");
 }

@@ -10,9 +10,19 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::room::RoomId;
 
-/// Largest request head accepted.
-const MAX_HEAD: usize = 16 * 1024;
-const MAX_HEADERS: usize = 64;
+/// How large a request head may be (`limits.max_request_head_bytes`,
+/// `limits.max_request_headers`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeadLimits {
+    pub(crate) bytes: usize,
+    pub(crate) headers: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits { bytes: 16 * 1024, headers: 64 }
+    }
+}
 
 /// A valid upgrade request.
 #[derive(Debug)]
@@ -45,13 +55,19 @@ impl Refusal {
 }
 
 /// Reads the request head and checks path and upgrade headers.
-pub(crate) async fn read_request<S>(stream: &mut S, prefix: &str) -> Result<UpgradeRequest, Refusal>
+pub(crate) async fn read_request<S>(
+    stream: &mut S,
+    prefix: &str,
+    limits: HeadLimits,
+) -> Result<UpgradeRequest, Refusal>
 where
     S: AsyncRead + Unpin,
 {
     let mut buf = Vec::with_capacity(1024);
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // Parsed again from the start after every read (heads are short, and mostly arrive
+        // in one read).
+        let mut headers = vec![httparse::EMPTY_HEADER; limits.headers];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(&buf) {
             Ok(httparse::Status::Complete(head_len)) => {
@@ -64,11 +80,12 @@ where
             }
             Err(e) => return Err(Refusal::status(400, format!("malformed HTTP request: {e}"), None)),
         }
-        if buf.len() >= MAX_HEAD {
-            return Err(Refusal::status(431, "request head larger than 16 KiB", None));
+        if buf.len() >= limits.bytes {
+            let why = format!("request head larger than {} bytes", limits.bytes);
+            return Err(Refusal::status(431, why, None));
         }
         let mut chunk = [0u8; 2048];
-        let want = chunk.len().min(MAX_HEAD - buf.len());
+        let want = chunk.len().min(limits.bytes - buf.len());
         match stream.read(&mut chunk[..want]).await {
             Ok(0) => return Err(Refusal::Closed("closed before sending a whole request".into())),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -170,7 +187,7 @@ mod tests {
 
     async fn parse(request: &str) -> Result<UpgradeRequest, Refusal> {
         let mut bytes = request.as_bytes();
-        read_request(&mut bytes, PREFIX).await
+        read_request(&mut bytes, PREFIX, HeadLimits::default()).await
     }
 
     fn upgrade(path: &str) -> String {
@@ -204,6 +221,23 @@ mod tests {
         assert_eq!(status(parse(&upgrade("/micronets/v1/ws-proxy/a/../b")).await), 404);
         assert_eq!(status(parse(&upgrade("/micronets/v1/ws-proxy/a%20b")).await), 404);
         assert_eq!(status(parse("GET /nope HTTP/1.1\r\n\r\n").await), 404);
+    }
+
+    #[tokio::test]
+    async fn the_head_limits_are_the_configured_ones() {
+        let limits = HeadLimits { bytes: 1024, headers: 8 };
+        let with = |extra: &str| {
+            upgrade("/micronets/v1/ws-proxy/r").replacen("\r\n\r\n", &format!("\r\n{extra}\r\n\r\n"), 1)
+        };
+        let read = |text: String| async move { read_request(&mut text.as_bytes(), PREFIX, limits).await };
+        assert!(read(with("X-A: 1")).await.is_ok());
+        assert_eq!(status(read(with("X-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4")).await), 431, "9 headers");
+        let Err(Refusal::Status { status, reason, .. }) =
+            read(with(&format!("X-A: {}", "a".repeat(1100)))).await
+        else {
+            panic!("a long head is refused")
+        };
+        assert_eq!((status, reason.as_str()), (431, "request head larger than 1024 bytes"));
     }
 
     #[tokio::test]
