@@ -171,14 +171,7 @@ impl Mailbox {
         if self.is_killed() {
             return false;
         }
-        let mut queue = self.lock();
-        let wake = queue.frames.is_empty();
-        queue.bytes += message.len();
-        queue.frames.push_back(message);
-        drop(queue);
-        if wake {
-            self.inner.writer.wake();
-        }
+        self.push(self.lock(), message);
         true
     }
 
@@ -206,15 +199,20 @@ impl Mailbox {
             queue.wanted = true;
             return Offer::Full(message);
         }
-        // The writer parks only on an empty queue, so only the first frame needs a wake-up.
+        self.push(queue, message);
+        Offer::Queued
+    }
+
+    /// Appends a frame to the locked queue, then wakes the writer if it was parked: it parks
+    /// only on an empty queue, so only the first frame needs a wake-up.
+    fn push(&self, mut queue: MutexGuard<'_, Queue>, message: Message) {
         let wake = queue.frames.is_empty();
-        queue.bytes += len;
+        queue.bytes += message.len();
         queue.frames.push_back(message);
         drop(queue);
         if wake {
             self.inner.writer.wake();
         }
-        Offer::Queued
     }
 
     /// Queues a frame, waiting at most `timeout` for room in the queue.
@@ -265,13 +263,7 @@ impl Mailbox {
         } else {
             queue.over_since = None;
         }
-        let wake = queue.frames.is_empty();
-        queue.bytes += len;
-        queue.frames.push_back(message);
-        drop(queue);
-        if wake {
-            self.inner.writer.wake();
-        }
+        self.push(queue, message);
         Delivery::Queued
     }
 
