@@ -106,9 +106,14 @@ impl Link {
             None => None,
         };
         let certificates = || TlsCertificates { client_tls: None, root_cert: root.clone() };
-        // Unacknowledged writes abort the connection after this long: a silent Redis (a black
-        // hole) is noticed by the kernel too, not only by the command timeouts.
-        let tcp = TcpSettings::default().set_nodelay(true).set_user_timeout(timeout * 3);
+        // A silent Redis (a black hole) is noticed by the kernel too, not only by the command
+        // timeouts: unacknowledged writes abort the connection after three command timeouts,
+        // and an idle one (the inbox's) is probed from one command timeout on (the kernel
+        // counts whole seconds).
+        let probe = timeout.max(std::time::Duration::from_secs(1));
+        let keepalive = socket2::TcpKeepalive::new().with_time(probe).with_interval(probe).with_retries(3);
+        let tcp =
+            TcpSettings::default().set_nodelay(true).set_keepalive(keepalive).set_user_timeout(timeout * 3);
         let connecting = async {
             if config.redis_cluster {
                 let seeds: Vec<&str> = config.redis_url.split(',').map(str::trim).collect();
