@@ -455,6 +455,49 @@ mod tests {
         }
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever headers (as httparse hands them over: any token name, any bytes but CR
+        /// and LF) and whatever certificate text: no panic, nothing the client sent under a
+        /// reserved name, and the proxy's own headers always there, once each.
+        #[test]
+        fn forwarding_stands_up_to_any_headers_and_certificate_text(
+            pairs in proptest::collection::vec(
+                ("[!#$%&'*+.^_`|~0-9A-Za-z-]{1,24}", proptest::collection::vec(any::<u8>().prop_filter("no CR/LF", |b| *b != b'\r' && *b != b'\n'), 0..40)),
+                0..20,
+            ),
+            dn in ".{0,60}",
+            cn in proptest::option::of(".{0,20}"),
+        ) {
+            let mut identity = identity();
+            identity.subject = dn;
+            identity.common_name = cn;
+            let headers: Vec<(String, Vec<u8>)> = pairs;
+            let out = forwarded_headers(&subject(&identity, &headers));
+            const OURS: [&str; 12] = [
+                "x-forwarded-host", "x-forwarded-for", "x-forwarded-proto", "x-original-uri",
+                "x-original-method", "x-micronets-room", "x-client-cert-subject", "x-client-cert-cn",
+                "x-client-cert-san", "x-client-cert-serial", "x-client-cert-fingerprint",
+                "x-client-cert-not-after",
+            ];
+            for (name, _) in &out {
+                prop_assert!(!DROPPED.contains(&name.as_str()), "{name} is passed on");
+                if RESERVED_PREFIXES.iter().any(|p| name.as_str().starts_with(p)) {
+                    prop_assert!(OURS.contains(&name.as_str()), "the client's {name} is passed on");
+                    let count = out.iter().filter(|(n, _)| n == name).count();
+                    prop_assert!(count == 1, "{name} {count} times");
+                }
+            }
+            for required in ["x-forwarded-for", "x-original-uri", "x-micronets-room", "x-client-cert-subject", "x-client-cert-fingerprint"] {
+                prop_assert_eq!(value(&out, required).len(), 1, "{}", required);
+            }
+            let _ = cache_key(&subject(&identity, &headers), &out);
+        }
+    }
+
     #[test]
     fn the_cache_key_changes_with_any_header_the_hook_sees() {
         let identity = identity();
