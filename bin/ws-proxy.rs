@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use micronets_certgen::dev::{CLIENTS, DevPki};
-use micronets_proxy::{FileConfig, Overrides, Proxy};
+use micronets_certgen::dev::CLIENTS;
+use micronets_proxy::{Overrides, daemon};
 
 mod legacy_args;
 
@@ -93,14 +92,19 @@ fn main() -> ExitCode {
             }
         };
     }
-    let (proxy, config) = match prepare(&cli) {
-        Ok(ready) => ready,
+    let checked = match &cli.command {
+        Some(Command::CheckConfig { config }) => Some(config),
+        _ => None,
+    };
+    let path = checked.or(cli.config.as_ref());
+    let proxy = match daemon::load(path.map(PathBuf::as_path), cli.dev, &cli.overrides, checked.is_none()) {
+        Ok(proxy) => proxy,
         Err(e) => {
-            eprintln!("ws-proxy: {e:#}");
+            eprintln!("ws-proxy: {e}");
             return ExitCode::from(64);
         }
     };
-    if let Some(Command::CheckConfig { config: path }) = &cli.command {
+    if let Some(path) = checked {
         println!("{}: OK", path.display());
         return ExitCode::SUCCESS;
     }
@@ -111,82 +115,18 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(serve(proxy, config, cli.dev))
-}
-
-/// Loads, merges and validates the configuration and the TLS material; sets up logging.
-fn prepare(cli: &Cli) -> anyhow::Result<(Proxy, micronets_proxy::Config)> {
-    let checking = matches!(cli.command, Some(Command::CheckConfig { .. }));
-    let path = match &cli.command {
-        Some(Command::CheckConfig { config }) => Some(config),
-        _ => cli.config.as_ref(),
-    };
-    let file = match path {
-        Some(path) => FileConfig::load(path)?,
-        None if cli.dev => {
-            let pki = DevPki::new("certs/dev");
-            micronets_certgen::dev::ensure(&pki).context("cannot create the dev PKI in certs/dev")?;
-            FileConfig::dev(&pki)
+    let dev = cli.dev;
+    runtime.block_on(daemon::run(proxy, |addr, config| {
+        if dev {
+            let url = format!("wss://{addr}{}gw/gateway", config.path_prefix);
+            for client in [&CLIENTS[0], &CLIENTS[1]] {
+                eprintln!(
+                    "try: ws-client --client-cert {}/{}.pkeycert.pem --ca-cert {}/micronets-ws-root.cert.pem {url}",
+                    daemon::DEV_PKI_DIR,
+                    client.basename,
+                    daemon::DEV_PKI_DIR,
+                );
+            }
         }
-        None => FileConfig::default(),
-    };
-    let config = file.into_config(&cli.overrides)?;
-    if !checking {
-        micronets_proxy::logging::init(config.log_format, &config.log_level)?;
-    }
-    let proxy = match path {
-        Some(path) => Proxy::from_file(config.clone(), path.clone(), cli.overrides.clone())?,
-        None => Proxy::new(config.clone())?,
-    };
-    Ok((proxy, config))
-}
-
-async fn serve(proxy: Proxy, config: micronets_proxy::Config, dev: bool) -> ExitCode {
-    let proxy = match proxy.connect().await {
-        Ok(proxy) => proxy,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::from(1);
-        }
-    };
-    let Some(listener) = bind(config.bind, "peers").await else { return ExitCode::from(1) };
-    let admin = match config.admin_bind {
-        Some(admin) => Some(match bind(admin, "the admin endpoint").await {
-            Some(admin) => admin,
-            None => return ExitCode::from(1),
-        }),
-        None => None,
-    };
-    let signals = match micronets_proxy::DaemonSignals::install() {
-        Ok(signals) => signals,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install the signal handlers");
-            return ExitCode::from(1);
-        }
-    };
-    let addr = listener.local_addr().map_or_else(|_| config.bind.to_string(), |a| a.to_string());
-    tracing::info!("listening on {addr}");
-    if let Some(Ok(admin)) = admin.as_ref().map(tokio::net::TcpListener::local_addr) {
-        tracing::info!("admin endpoint on http://{admin}");
-    }
-    if dev {
-        let url = format!("wss://{addr}{}gw/gateway", config.path_prefix);
-        for client in [&CLIENTS[0], &CLIENTS[1]] {
-            eprintln!(
-                "try: ws-client --client-cert certs/dev/{}.pkeycert.pem --ca-cert certs/dev/micronets-ws-root.cert.pem {url}",
-                client.basename
-            );
-        }
-    }
-    match proxy.serve_until_signalled(listener, admin, signals).await {
-        None => ExitCode::SUCCESS,
-        Some(signal) => ExitCode::from(signal.exit_code()),
-    }
-}
-
-async fn bind(addr: std::net::SocketAddr, what: &str) -> Option<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| tracing::error!(bind = %addr, error = %e, "cannot listen for {what}"))
-        .ok()
+    }))
 }

@@ -25,6 +25,7 @@ pub mod auth_hook;
 mod cluster;
 pub mod config;
 mod connection;
+pub mod daemon;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

@@ -1,0 +1,90 @@
+//! The daemon's start and life, for `ws-proxy`: load the configuration (a file, or the dev
+//! PKI), set up logging, connect the cluster, bind the listeners, install the signals, say
+//! "listening on", serve until signalled, and turn the end into an exit status.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+use crate::config::{FileConfig, Overrides};
+use crate::{Config, DaemonSignals, Proxy, Result};
+
+/// Where the development mode keeps its PKI.
+pub const DEV_PKI_DIR: &str = "certs/dev";
+
+/// Loads and validates the configuration (`path`; without one, the dev PKI's with `dev`,
+/// else the built-in defaults) and the TLS material; with `start_logging`, sets up logging
+/// first, so what loading warns about is logged.
+///
+/// # Errors
+/// The configuration, TLS or dev-PKI error, naming the file or key.
+pub fn load(path: Option<&Path>, dev: bool, overrides: &Overrides, start_logging: bool) -> Result<Proxy> {
+    let file = match path {
+        Some(path) => FileConfig::load(path)?,
+        None if dev => {
+            let pki = micronets_certgen::dev::DevPki::new(DEV_PKI_DIR);
+            micronets_certgen::dev::ensure(&pki)?;
+            FileConfig::dev(&pki)
+        }
+        None => FileConfig::default(),
+    };
+    let config = file.into_config(overrides)?;
+    if start_logging {
+        crate::logging::init(config.log_format, &config.log_level)?;
+    }
+    match path {
+        Some(path) => Proxy::from_file(config, path.to_owned(), overrides.clone()),
+        None => Proxy::new(config),
+    }
+}
+
+/// Runs the daemon to its end: connects the cluster, binds, installs the signals, logs
+/// "listening on" (and calls `on_listening` with the address and the configuration),
+/// serves, drains. Exit status: 0
+/// after a complete drain, 128 + the signal's number when a second signal cut it short, 1 when
+/// it could not start (the reason is logged).
+pub async fn run(proxy: Proxy, on_listening: impl FnOnce(SocketAddr, &Config)) -> ExitCode {
+    let proxy = match proxy.connect().await {
+        Ok(proxy) => proxy,
+        Err(e) => {
+            error!(error = %e, "cannot start");
+            return ExitCode::from(1);
+        }
+    };
+    let config = &proxy.shared.config;
+    let Some(listener) = bind(config.bind, "peers").await else { return ExitCode::from(1) };
+    let admin = match config.admin_bind {
+        Some(addr) => match bind(addr, "the admin endpoint").await {
+            Some(admin) => Some(admin),
+            None => return ExitCode::from(1),
+        },
+        None => None,
+    };
+    let signals = match DaemonSignals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            error!(error = %e, "cannot install the signal handlers");
+            return ExitCode::from(1);
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(config.bind);
+    info!("listening on {addr}");
+    if let Some(Ok(admin)) = admin.as_ref().map(TcpListener::local_addr) {
+        info!("admin endpoint on http://{admin}");
+    }
+    on_listening(addr, config);
+    match proxy.serve_until_signalled(listener, admin, signals).await {
+        None => ExitCode::SUCCESS,
+        Some(signal) => ExitCode::from(signal.exit_code()),
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Option<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| error!(bind = %addr, error = %e, "cannot listen for {what}"))
+        .ok()
+}
