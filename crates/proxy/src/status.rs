@@ -134,6 +134,18 @@ pub fn table(rooms: &[RoomStatus], now: SystemTime) -> String {
                 format!("{}/{}", m.bytes_in, m.bytes_out),
             ]);
         }
+        for r in &room.elsewhere {
+            rows.push([
+                room.id.clone(),
+                r.peer_class.clone().unwrap_or_else(|| "-".into()),
+                r.peer_id.clone().unwrap_or_else(|| "-".into()),
+                format!("(on node {})", r.node),
+                r.fingerprint.chars().take(16).collect(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
     }
     let widths: Vec<usize> =
         (0..header.len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
@@ -143,8 +155,11 @@ pub fn table(rooms: &[RoomStatus], now: SystemTime) -> String {
         let _ = writeln!(out, "{}", cells.join("  ").trim_end());
     }
     let members: usize = rooms.iter().map(|r| r.members.len()).sum();
+    let elsewhere: usize = rooms.iter().map(|r| r.elsewhere.len()).sum();
     let held: usize = rooms.iter().map(|r| r.held_messages).sum();
-    let _ = writeln!(out, "{} rooms, {members} members, {held} messages held", rooms.len());
+    let on_other_nodes =
+        if elsewhere > 0 { format!(" (and {elsewhere} on other nodes)") } else { String::new() };
+    let _ = writeln!(out, "{} rooms, {members} members{on_other_nodes}, {held} messages held", rooms.len());
     out
 }
 
@@ -212,6 +227,19 @@ mod tests {
             elsewhere: vec![],
         }];
         let text = table(&rooms, UNIX_EPOCH + std::time::Duration::from_secs(1_000 + 3_725));
+        let mut clustered = rooms.clone();
+        clustered[0].elsewhere.push(RemoteMemberStatus {
+            node: "two-1a2b3c4d".into(),
+            fingerprint: "CD".repeat(32),
+            peer_class: Some("gw".into()),
+            peer_id: Some("g".into()),
+        });
+        let with_remote = table(&clustered, UNIX_EPOCH);
+        assert!(with_remote.contains("(on node two-1a2b3c4d)"), "{with_remote}");
+        assert!(
+            with_remote.ends_with("1 rooms, 1 members (and 1 on other nodes), 0 messages held\n"),
+            "{with_remote}"
+        );
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("ROOM"), "{text}");
