@@ -308,20 +308,17 @@ fn cache_key(subject: &Subject<'_>, headers: &[(HeaderName, HeaderValue)]) -> [u
 
 /// The client TLS configuration for an `https://` hook.
 fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            for cert in crate::tls::read_certs(path)? {
-                roots.add(cert).map_err(|e| Error::Tls { path: path.to_owned(), reason: e.to_string() })?;
-            }
-        }
+    let roots = match ca_file {
+        Some(path) => crate::tls::trust(&[path])?,
         None => {
+            let mut roots = rustls::RootCertStore::empty();
             // The system store may hold certificates webpki cannot use; those are skipped.
             for cert in rustls_native_certs::load_native_certs().certs {
                 let _ = roots.add(cert);
             }
+            roots
         }
-    }
+    };
     if roots.is_empty() {
         return Err(Error::Config {
             key: "auth_hook.ca_file".into(),
@@ -330,7 +327,7 @@ fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCon
     }
     let config =
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_protocol_versions(crate::tls::VERSIONS)
             .map_err(|e| Error::Config { key: "auth_hook.url".into(), reason: e.to_string() })?
             .with_root_certificates(roots)
             .with_no_client_auth();

@@ -73,12 +73,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
 /// holds a key that does not match the certificate, or a CA that webpki refuses.
 pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = RootCertStore::empty();
-    for path in &config.client_ca {
-        for cert in read_certs(path)? {
-            roots.add(cert).map_err(|e| tls_error(path, format!("unusable CA certificate: {e}")))?;
-        }
-    }
+    let roots = trust(&config.client_ca)?;
     let crls = config.crl_files.iter().map(|path| read_crls(path)).collect::<Result<Vec<_>>>()?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls.into_iter().flatten())
@@ -93,12 +88,28 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
     let key_path = config.server_key.as_deref().unwrap_or(&config.server_cert);
     let key = read_key(key_path)?;
     let server = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(VERSIONS)
         .map_err(|e| tls_error(&config.server_cert, e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| tls_error(key_path, format!("server certificate and key do not go together: {e}")))?;
     Ok(Arc::new(server))
+}
+
+/// The TLS versions the proxy speaks, as server and as client (of the authorization hook).
+pub(crate) const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The CA certificates of the PEM bundles `paths`, as a trust store.
+pub(crate) fn trust(paths: &[impl AsRef<Path>]) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for path in paths {
+        let path = path.as_ref();
+        for cert in read_certs(path)? {
+            roots.add(cert).map_err(|e| tls_error(path, format!("unusable CA certificate: {e}")))?;
+        }
+    }
+    Ok(roots)
 }
 
 /// Why a TLS handshake failed, as a short stable label (for logs and metrics) and a detail.

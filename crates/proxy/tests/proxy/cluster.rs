@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::redis_server::Redis;
-use crate::support::{Pki, TestProxy, WAIT, start, upgrade_request};
+use crate::support::{Client, Pki, TestProxy, WAIT, start, upgrade_request};
 
 /// Starts a node named `name` against `redis`, with `extra` TOML.
 async fn node(pki: &Arc<Pki>, redis: &Redis, name: &str, extra: &str) -> TestProxy {
@@ -17,6 +17,16 @@ async fn node(pki: &Arc<Pki>, redis: &Redis, name: &str, extra: &str) -> TestPro
         redis.url()
     );
     start(pki, &format!("{cluster}{extra}")).await
+}
+
+/// The manager (peerId `m`) on `one` and the gateway (peerId `gateway_id`) on `two` in room
+/// `gw/gw-1`, past the HELLO exchange.
+async fn across(one: &TestProxy, two: &TestProxy, gateway_id: &str) -> (Client, Client) {
+    let (mut manager, _) = one.join("manager", "gw/gw-1", "m").await;
+    let (mut gateway, _) = two.join("gateway", "gw/gw-1", gateway_id).await;
+    gateway.recv_text().await;
+    manager.recv_text().await;
+    (manager, gateway)
 }
 
 fn event(n: u64) -> String {
@@ -90,10 +100,7 @@ async fn a_reconnect_on_another_node_replaces_the_old_connection() {
     let one = node(&pki, &redis, "one", "").await;
     let two = node(&pki, &redis, "two", "").await;
     let three = node(&pki, &redis, "three", "").await;
-    let (mut manager, _) = one.join("manager", "gw/gw-1", "m").await;
-    let (mut old, _) = two.join("gateway", "gw/gw-1", "old").await;
-    old.recv_text().await;
-    manager.recv_text().await;
+    let (mut manager, mut old) = across(&one, &two, "old").await;
 
     let (mut new, hello_new) = three.join("gateway", "gw/gw-1", "new").await;
     let (code, reason) = old.expect_close().await;
@@ -169,10 +176,7 @@ async fn a_redis_restart_keeps_local_rooms_relaying_and_cross_node_rooms_recover
     let mut redis = Redis::start().await;
     let one = node(&pki, &redis, "one", "[rooms]\nmax_peers = 3\n").await;
     let two = node(&pki, &redis, "two", "[rooms]\nmax_peers = 3\n").await;
-    let (mut manager, _) = one.join("manager", "gw/gw-1", "m").await;
-    let (mut gateway, _) = two.join("gateway", "gw/gw-1", "g").await;
-    gateway.recv_text().await;
-    manager.recv_text().await;
+    let (mut manager, mut gateway) = across(&one, &two, "g").await;
     let (mut local, _) = one.join("test-client", "gw/gw-1", "l").await;
     local.recv_text().await;
     local.recv_text().await;
@@ -288,10 +292,7 @@ async fn rediss_is_verified_with_the_configured_ca() {
     };
     let one = start(&pki, &config("one")).await;
     let two = start(&pki, &config("two")).await;
-    let (mut manager, _) = one.join("manager", "gw/gw-1", "m").await;
-    let (mut gateway, _) = two.join("gateway", "gw/gw-1", "g").await;
-    gateway.recv_text().await;
-    manager.recv_text().await;
+    let (mut manager, mut gateway) = across(&one, &two, "g").await;
     manager.send_text(&event(5)).await;
     assert_eq!(message_id(&gateway.recv_text().await), 5);
     one.stop().await;
@@ -318,10 +319,7 @@ async fn a_reconnect_on_the_same_node_replaces_at_once_in_cluster_mode() {
     let redis = Redis::start().await;
     let one = node(&pki, &redis, "one", "").await;
     let two = node(&pki, &redis, "two", "").await;
-    let (mut manager, _) = one.join("manager", "gw/gw-1", "m").await;
-    let (mut old, _) = two.join("gateway", "gw/gw-1", "old").await;
-    old.recv_text().await;
-    manager.recv_text().await;
+    let (mut manager, mut old) = across(&one, &two, "old").await;
     // Same node: the registry replaces it; nothing waits for another node.
     let (_new, hello_new) = two.join("gateway", "gw/gw-1", "new").await;
     assert_eq!(old.expect_close().await.0, 1008);
@@ -337,10 +335,7 @@ async fn a_node_that_drains_tells_the_other_nodes_at_once() {
     let redis = Redis::start().await;
     let one = node(&pki, &redis, "one", "").await;
     let two = node(&pki, &redis, "two", "").await;
-    let (mut manager, _) = one.join("manager", "gw/gw-1", "m").await;
-    let (mut gateway, _) = two.join("gateway", "gw/gw-1", "g").await;
-    gateway.recv_text().await;
-    manager.recv_text().await;
+    let (mut manager, _gateway) = across(&one, &two, "g").await;
     two.stop().await;
     let left = manager.recv_message().await;
     assert_eq!(left["messageType"], "CONN:PEER-LEFT");
