@@ -50,8 +50,10 @@ impl CertInfo {
     ///
     /// # Errors
     /// The parser's message when the DER is not a certificate.
-    pub fn from_der(der: &[u8]) -> std::result::Result<Self, String> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    pub fn from_der(
+        der: &[u8],
+    ) -> std::result::Result<Self, x509_parser::nom::Err<x509_parser::error::X509Error>> {
+        let (_, cert) = X509Certificate::from_der(der)?;
         let mut sans = Vec::new();
         if let Ok(Some(ext)) = cert.subject_alternative_name() {
             for name in &ext.value.general_names {
@@ -122,7 +124,7 @@ impl CertInfo {
             .iter()
             .map(|der| {
                 CertInfo::from_der(der)
-                    .map_err(|reason| Error::BadCertificate { path: path.to_owned(), reason })
+                    .map_err(|e| Error::BadCertificate { path: path.to_owned(), reason: e.to_string() })
             })
             .collect()
     }

@@ -10,10 +10,12 @@
 //! Main entry points: [`issue_root`] and [`Authority::issue_leaf`] produce an [`Issued`]
 //! certificate and key; [`files::write_outputs`] puts them on disk; [`inspect::CertInfo`]
 //! describes a certificate; [`verify::verify`] checks a chain with webpki, the verifier rustls
-//! uses; [`dev::ensure`] creates or refreshes a whole development PKI.
+//! uses; [`dev::ensure`] creates or refreshes a whole development PKI; [`cli`] is the
+//! `certgen` command line over all of them.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod cli;
 pub mod crl;
 pub mod dev;
 mod error;

@@ -17,12 +17,26 @@ pub enum Line {
     Nothing,
 }
 
+/// Why a console line is not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    /// A line starting with `{` that is not an envelope.
+    #[error("not sent: {0}")]
+    Envelope(String),
+    /// `event NAME BODY` whose body is not JSON.
+    #[error("not sent: the event body is not JSON: {0}")]
+    EventBody(String),
+    /// Neither an envelope, an event nor `quit`.
+    #[error("not sent: type a JSON envelope, `event NAME JSON`, or `quit`")]
+    Unknown,
+}
+
 /// Reads a console line: `quit`; a JSON envelope, sent as it is (after checking that it is
 /// one); or `event NAME JSON`, an `EVENT:NAME` with that JSON body and the id `next_id` gives.
 ///
 /// # Errors
 /// Why the line is refused; nothing is sent.
-pub fn parse_line(line: &str, next_id: impl FnOnce() -> i64) -> Result<Line, String> {
+pub fn parse_line(line: &str, next_id: impl FnOnce() -> i64) -> Result<Line, LineError> {
     let line = line.trim();
     if line.is_empty() {
         return Ok(Line::Nothing);
@@ -33,17 +47,17 @@ pub fn parse_line(line: &str, next_id: impl FnOnce() -> i64) -> Result<Line, Str
     if line.starts_with('{') {
         return match Envelope::parse(line) {
             Ok(_) => Ok(Line::Send(line.to_owned())),
-            Err(e) => Err(format!("not sent: {e}")),
+            Err(e) => Err(LineError::Envelope(e.to_string())),
         };
     }
     if let Some(rest) = line.strip_prefix("event ") {
         let (name, body) = rest.trim().split_once(char::is_whitespace).unwrap_or((rest.trim(), "null"));
-        let body: serde_json::Value = serde_json::from_str(body.trim())
-            .map_err(|e| format!("not sent: the event body is not JSON: {e}"))?;
+        let body: serde_json::Value =
+            serde_json::from_str(body.trim()).map_err(|e| LineError::EventBody(e.to_string()))?;
         let event = Event { name: name.to_owned(), content: Content::json(body) };
         return Ok(Line::Send(Envelope::new(Kind::Event(event)).with_id(next_id()).to_json()));
     }
-    Err("not sent: type a JSON envelope, `event NAME JSON`, or `quit`".to_owned())
+    Err(LineError::Unknown)
 }
 
 /// One line for a received frame: a text frame as the JSON it is (re-serialized only when it
@@ -80,9 +94,9 @@ mod tests {
         let envelope = Envelope::parse(&event).unwrap();
         assert_eq!(envelope.message_type(), "EVENT:leaseAcquired");
         assert_eq!(envelope.message_id, Some(9.into()));
-        assert!(parse_line("hello there", || 1).unwrap_err().contains("not sent"));
-        assert!(parse_line("{broken", || 1).unwrap_err().contains("invalid JSON"));
-        assert!(parse_line("event x {bad", || 1).unwrap_err().contains("not JSON"));
+        assert!(parse_line("hello there", || 1).unwrap_err().to_string().contains("not sent"));
+        assert!(parse_line("{broken", || 1).unwrap_err().to_string().contains("invalid JSON"));
+        assert!(parse_line("event x {bad", || 1).unwrap_err().to_string().contains("not JSON"));
     }
 
     #[test]

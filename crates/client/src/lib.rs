@@ -10,10 +10,13 @@
 //!   one), and hands every other frame to the caller.
 //! - [`bridge`] serves HTTP through a session; [`forward::Forwarder`] is the handler that
 //!   performs requests against a local service; [`console`] reads and prints lines.
+//! - [`run`] puts them together as `ws-client` runs them, from the options its command line
+//!   ([`cli`]) gives.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bridge;
+pub mod cli;
 pub mod connect;
 pub mod console;
 mod error;

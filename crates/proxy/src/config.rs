@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -101,10 +101,11 @@ pub struct Config {
     pub max_request_head_bytes: usize,
     /// See `max_request_head_bytes`.
     pub max_request_headers: usize,
-    /// Who may join which room (`[[acl.rules]]`); empty: everyone, everywhere.
-    pub acl: crate::acl::Acl,
+    /// Who may join which room (`[[acl.rules]]`, in order); empty: everyone, everywhere. The
+    /// edge compiles them (`edge/acl.rs`), and refuses to start on a rule it cannot use.
+    pub acl: Vec<AclRule>,
     /// The external authorization hook (`[auth_hook]`); `None` when `url` is empty.
-    pub auth_hook: Option<crate::auth_hook::HookConfig>,
+    pub auth_hook: Option<HookConfig>,
     /// Cluster mode (`[cluster]`); `None` when `redis_url` is empty: a single node.
     pub cluster: Option<ClusterConfig>,
 }
@@ -129,6 +130,42 @@ pub struct ClusterConfig {
     pub presence_ttl: Duration,
     /// How long one Redis command, or a connection attempt, may take.
     pub command_timeout: Duration,
+}
+
+/// The most `cluster.presence_ttl` may be: other nodes remember a departure this long, so a
+/// reading of presence older than it cannot bring a departed member back.
+pub const MAX_PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+/// The external authorization hook's settings, validated (`[auth_hook]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookConfig {
+    /// Where to ask: `http://` or `https://`.
+    pub url: http::Uri,
+    /// How long a check may take, connection included.
+    pub timeout: Duration,
+    /// How long a 2xx or 4xx answer is reused.
+    pub cache_ttl: Duration,
+    /// How many answers the cache keeps; zero turns the cache off.
+    pub cache_entries: usize,
+    /// How many checks may be in flight at once; more wait (within `timeout`).
+    pub max_in_flight: usize,
+    /// CA bundle for an `https://` hook; `None` uses the system trust store.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One ACL rule as written in the configuration file (`[[acl.rules]]`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    pub(crate) room: String,
+    pub(crate) allow: bool,
+    pub(crate) cn: Option<String>,
+    pub(crate) o: Option<String>,
+    pub(crate) ou: Option<String>,
+    pub(crate) san_dns: Option<String>,
+    pub(crate) san_uri: Option<String>,
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) peer_class: Option<String>,
 }
 
 /// The TOML file, as written.
@@ -215,7 +252,7 @@ impl ClusterSection {
                     .into(),
             ));
         }
-        if presence_ttl > crate::cluster::view::REMEMBER_DEPARTED {
+        if presence_ttl > MAX_PRESENCE_TTL {
             return Err(invalid("cluster.presence_ttl", "must be at most 60s".into()));
         }
         Ok(Some(ClusterConfig {
@@ -272,7 +309,7 @@ impl Default for AuthHookSection {
 }
 
 impl AuthHookSection {
-    fn into_config(self) -> Result<Option<crate::auth_hook::HookConfig>> {
+    fn into_config(self) -> Result<Option<HookConfig>> {
         if self.url.is_empty() {
             return Ok(None);
         }
@@ -288,7 +325,7 @@ impl AuthHookSection {
         }
         let timeout = duration("auth_hook.timeout", &self.timeout)?;
         positive("auth_hook.max_in_flight", self.max_in_flight)?;
-        Ok(Some(crate::auth_hook::HookConfig {
+        Ok(Some(HookConfig {
             url,
             timeout,
             cache_ttl: duration("auth_hook.cache_ttl", &self.cache_ttl)?,
@@ -302,7 +339,7 @@ impl AuthHookSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct AclSection {
-    rules: Vec<crate::acl::RuleSpec>,
+    rules: Vec<AclRule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -620,7 +657,7 @@ impl FileConfig {
             admin_bind,
             log_format: overrides.log_format.unwrap_or(self.log.format),
             log_level: self.log.level,
-            acl: crate::acl::Acl::new(&self.acl.rules).map_err(|reason| invalid("acl.rules", reason))?,
+            acl: self.acl.rules,
             auth_hook: self.auth_hook.into_config()?,
             cluster: self.cluster.into_config()?,
         })

@@ -18,9 +18,9 @@ use futures_util::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::room::RoomId;
-use crate::upgrade::{self, Refusal};
-use crate::websocket::FrameReader;
+use crate::edge::upgrade::{self, Refusal};
+use crate::rooms::id::RoomId;
+use crate::rooms::websocket::FrameReader;
 
 /// The largest payload of a control frame, and of a close frame's reason.
 const MAX_CONTROL: usize = 125;

@@ -26,6 +26,11 @@ pub struct PeerIdentity {
     pub not_after: i64,
 }
 
+/// A certificate that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("certificate cannot be parsed: {0}")]
+pub struct CertificateError(#[from] x509_parser::nom::Err<x509_parser::error::X509Error>);
+
 /// A certificate's SHA-256 fingerprint.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprint(pub [u8; 32]);
@@ -46,10 +51,10 @@ impl PeerIdentity {
     /// Reads the identity of a DER certificate.
     ///
     /// # Errors
-    /// The parser's message when the DER is not a certificate (which cannot happen for a
+    /// [`CertificateError`] when the DER is not a certificate (which cannot happen for a
     /// certificate rustls has verified).
-    pub fn from_der(der: &[u8]) -> Result<Self, String> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+    pub fn from_der(der: &[u8]) -> Result<Self, CertificateError> {
+        let (_, cert) = X509Certificate::from_der(der)?;
         let subject = cert.subject();
         let mut sans = Vec::new();
         if let Ok(Some(ext)) = cert.subject_alternative_name() {

@@ -338,6 +338,12 @@ impl Metrics {
         self.conn_errors.inc(status);
     }
 
+    /// `CONN:ERROR`s sent with this status.
+    #[must_use]
+    pub fn conn_errors(&self, status: u16) -> u64 {
+        self.conn_errors.get(&status)
+    }
+
     /// Counts an answer of the authorization hook by result label.
     pub fn auth_hook_checked(&self, result: &'static str) {
         self.auth_hook_checks.inc(result);

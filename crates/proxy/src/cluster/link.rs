@@ -15,7 +15,7 @@ use redis::io::tcp::TcpSettings;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, PushInfo, PushKind, RedisFuture, TlsCertificates, Value};
 use tokio::sync::{Mutex, MutexGuard, mpsc};
 
-use super::BackplaneError;
+use super::error::BackplaneError;
 use crate::config::ClusterConfig;
 
 /// Longest pause between attempts to reach Redis again.

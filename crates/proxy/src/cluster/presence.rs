@@ -2,7 +2,7 @@
 //!
 //! Per room `R`, under the key prefix `P` (the `{R}` hash tag keeps a room's keys in one
 //! Redis Cluster slot, so its scripts run on one shard):
-//! - `P:{R}:cards`, a hash from member field (`<node>/<conn>`) to its [`Card`];
+//! - `P:{R}:cards`, a hash from member field (`<node>/<conn>`) to its card (`wire.rs`);
 //! - `P:{R}:fps`, a hash from member field to certificate fingerprint, for the checks;
 //! - `P:{R}:ttl`, a sorted set from member field to its expiry (Unix ms).
 //!
@@ -15,11 +15,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use redis::{Script, Value};
 
-use super::BackplaneError;
+use super::error::BackplaneError;
 use super::link::Commands;
-use super::wire::Card;
+use super::wire::{decode_card, field};
 use crate::identity::Fingerprint;
-use crate::room::RoomId;
+use crate::rooms::id::{NodeId, RoomId};
+use crate::rooms::nodes::Roster;
+use crate::rooms::remote::Card;
 
 /// Drops expired entries, checks capacity, replaces a member with the same certificate,
 /// inserts the newcomer. KEYS: cards, fps, ttl. ARGV: now, expiry, field, card,
@@ -101,13 +103,6 @@ for _, f in ipairs(live) do
 end
 return {out, replaced}
 ";
-
-/// What a join found: the room's members on other nodes, and the member elsewhere it replaced.
-#[derive(Debug, Default)]
-pub(crate) struct Roster {
-    pub(crate) others: Vec<Card>,
-    pub(crate) replaced: Option<Card>,
-}
 
 /// What a refresh of one room found.
 pub(crate) struct Refreshed {
@@ -196,7 +191,7 @@ impl Store {
             .key(self.key(room.as_str(), "ttl"))
             .arg(unix_ms())
             .arg(self.expiry())
-            .arg(card.field())
+            .arg(field(&card.key()))
             .arg(encoded.as_ref())
             .arg(card.fingerprint.to_string())
             .arg(max_peers)
@@ -226,15 +221,15 @@ impl Store {
     pub(crate) async fn refresh(
         &self,
         commands: &mut Commands,
-        room: &str,
-        node: &str,
+        room: &RoomId,
+        node: &NodeId,
         members: &[(String, Bytes, String)],
     ) -> Result<Refreshed, BackplaneError> {
         let mut invocation = self.refresh.prepare_invoke();
         invocation
-            .key(self.key(room, "cards"))
-            .key(self.key(room, "fps"))
-            .key(self.key(room, "ttl"))
+            .key(self.key(room.as_str(), "cards"))
+            .key(self.key(room.as_str(), "fps"))
+            .key(self.key(room.as_str(), "ttl"))
             .arg(unix_ms())
             .arg(self.expiry())
             .arg(self.key_lifetime());
@@ -244,8 +239,8 @@ impl Store {
         let (live, replaced): (Vec<Vec<u8>>, Vec<String>) = invocation.invoke_async(commands).await?;
         let others = live
             .into_iter()
-            .filter_map(|bytes| Card::decode(bytes.into()).ok())
-            .filter(|card| card.node != node)
+            .filter_map(|bytes| decode_card(bytes.into()).ok())
+            .filter(|card| card.node != *node)
             .collect();
         Ok(Refreshed { others, replaced })
     }
@@ -253,7 +248,7 @@ impl Store {
 
 /// Reads the join script's reply: `None` when the room is full. A member replaced on this
 /// same node is not reported: the registry replaces it.
-fn parse_join(reply: Value, node: &str) -> Result<Option<Roster>, BackplaneError> {
+fn parse_join(reply: Value, node: &NodeId) -> Result<Option<Roster>, BackplaneError> {
     let Value::Array(items) = reply else { return Err(BackplaneError::Reply) };
     match items.first() {
         Some(Value::Int(0)) => return Ok(None),
@@ -262,7 +257,7 @@ fn parse_join(reply: Value, node: &str) -> Result<Option<Roster>, BackplaneError
     }
     let replaced = match items.get(1) {
         Some(Value::BulkString(bytes)) if !bytes.is_empty() => {
-            Card::decode(Bytes::copy_from_slice(bytes)).ok()
+            decode_card(Bytes::copy_from_slice(bytes)).ok()
         }
         _ => None,
     };
@@ -270,10 +265,10 @@ fn parse_join(reply: Value, node: &str) -> Result<Option<Roster>, BackplaneError
     let others = flat
         .chunks(2)
         .filter_map(|pair| match pair.get(1) {
-            Some(Value::BulkString(bytes)) => Card::decode(Bytes::copy_from_slice(bytes)).ok(),
+            Some(Value::BulkString(bytes)) => decode_card(Bytes::copy_from_slice(bytes)).ok(),
             _ => None,
         })
-        .filter(|card| card.node != node)
+        .filter(|card| card.node != *node)
         .collect();
-    Ok(Some(Roster { others, replaced: replaced.filter(|card| card.node != node) }))
+    Ok(Some(Roster { others, replaced: replaced.filter(|card| card.node != *node) }))
 }

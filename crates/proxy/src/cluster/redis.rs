@@ -17,15 +17,23 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
+use tokio_tungstenite::tungstenite::Message;
+
+use super::backplane::Backplane;
+use super::error::BackplaneError;
+use super::inbox;
 use super::link::{Link, MAX_BACKOFF};
 use super::presence::Store;
-use super::wire::{Card, Note, member_field};
-use super::{Backplane, BackplaneError, BoxFuture, JoinError, Roster};
-use crate::config::ClusterConfig;
+use super::view::new_view;
+use super::wire::{Note, conn_of_field, encode_card, field};
+use crate::config::{ClusterConfig, redacted_url};
+use crate::error::{Error, Result};
 use crate::identity::Fingerprint;
-use crate::registry::Space;
-use crate::room::RoomId;
-use crate::{Error, Result, Shared};
+use crate::rooms::hub::Hub;
+use crate::rooms::id::{ConnId, NodeId, RoomId};
+use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
+use crate::rooms::registry::Space;
+use crate::rooms::remote::{Card, MemberKey, NewView};
 
 /// Room refreshes in flight at once.
 const REFRESHES_IN_FLIGHT: usize = 32;
@@ -46,13 +54,13 @@ struct Mine {
 
 /// Presence and inboxes in Redis.
 pub(crate) struct RedisBackplane {
-    node: String,
+    node: NodeId,
     config: ClusterConfig,
     link: Link,
     store: Store,
-    outbox: mpsc::Sender<(String, Bytes)>,
+    outbox: mpsc::Sender<(NodeId, Bytes)>,
     /// Taken by the publisher when the node starts serving.
-    outbox_rx: Mutex<Option<mpsc::Receiver<(String, Bytes)>>>,
+    outbox_rx: Mutex<Option<mpsc::Receiver<(NodeId, Bytes)>>>,
     /// Bytes queued in the outbox or being published (bounded by [`OUTBOX_BYTES`]).
     queued_bytes: AtomicUsize,
     /// Notes queued or being published, and its signal when it reaches zero.
@@ -79,11 +87,10 @@ impl RedisBackplane {
     /// # Errors
     /// [`Error::Cluster`] saying why Redis cannot be used.
     pub(crate) async fn connect(config: &ClusterConfig) -> Result<Self> {
-        let link = Link::connect(config).await.map_err(|e| Error::Cluster {
-            url: crate::config::redacted_url(&config.redis_url),
-            reason: e.to_string(),
-        })?;
-        let node = format!("{}-{:08x}", config.node_id, rand_suffix());
+        let link = Link::connect(config)
+            .await
+            .map_err(|e| Error::Cluster { url: redacted_url(&config.redis_url), reason: e.to_string() })?;
+        let node = NodeId::new(&format!("{}-{:08x}", config.node_id, rand_suffix()));
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_NOTES);
         Ok(RedisBackplane {
             node,
@@ -106,7 +113,7 @@ impl RedisBackplane {
         })
     }
 
-    fn inbox(&self, node: &str) -> String {
+    fn inbox(&self, node: &NodeId) -> String {
         format!("{}:inbox:{node}", self.config.key_prefix)
     }
 
@@ -131,20 +138,20 @@ impl RedisBackplane {
 
     /// The node's work while it serves: publishing, the inbox, and refreshing presence. A
     /// second call (the node served twice) waits forever: one node has one set of tasks.
-    async fn serve(self: Arc<Self>, shared: Arc<Shared>) {
+    async fn serve(self: Arc<Self>, hub: Arc<Hub>) {
         let outbox = self.outbox_rx.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some(outbox) = outbox else { return std::future::pending().await };
-        tokio::join!(self.publish(outbox), self.subscribe(&shared), self.refresh(&shared));
+        tokio::join!(self.publish(outbox), self.subscribe(&hub), self.refresh(&hub));
     }
 
     /// Publishes queued notes in order, in batches: one pipeline per receiving node (on a
     /// Redis Cluster a pipeline must stay in one slot), the pipelines of a batch at once.
-    async fn publish(&self, mut outbox: mpsc::Receiver<(String, Bytes)>) {
+    async fn publish(&self, mut outbox: mpsc::Receiver<(NodeId, Bytes)>) {
         let mut batch = Vec::with_capacity(BATCH);
         while outbox.recv_many(&mut batch, BATCH).await > 0 {
-            let mut by_node: Vec<(&str, redis::Pipeline, u64)> = Vec::new();
+            let mut by_node: Vec<(&NodeId, redis::Pipeline, u64)> = Vec::new();
             for (node, note) in &batch {
-                let i = by_node.iter().position(|(n, _, _)| n == node).unwrap_or_else(|| {
+                let i = by_node.iter().position(|(n, _, _)| *n == node).unwrap_or_else(|| {
                     by_node.push((node, redis::pipe(), 0));
                     by_node.len() - 1
                 });
@@ -185,7 +192,7 @@ impl RedisBackplane {
 
     /// Listens on this node's inbox, subscribing again (with backoff) whenever the
     /// subscription is lost, and carries out each note.
-    async fn subscribe(&self, shared: &Arc<Shared>) {
+    async fn subscribe(&self, hub: &Hub) {
         let channel = self.inbox(&self.node);
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -205,7 +212,7 @@ impl RedisBackplane {
             };
             backoff = Duration::from_millis(100);
             self.set(&self.subscribed, true);
-            info!(channel, node = self.node, "subscribed to this node's inbox");
+            info!(channel, node = %self.node, "subscribed to this node's inbox");
             loop {
                 let payload = tokio::select! {
                     () = self.resubscribe.notified() => break,
@@ -213,7 +220,7 @@ impl RedisBackplane {
                 };
                 let Some(payload) = payload else { break };
                 match Note::decode(payload) {
-                    Ok(note) => super::apply(shared, note),
+                    Ok(note) => inbox::apply(hub, note).await,
                     Err(e) => warn!(error = %e, "malformed note in the inbox: dropped"),
                 }
             }
@@ -225,12 +232,12 @@ impl RedisBackplane {
     /// Every quarter of the TTL: refreshes this node's members and brings each local room's
     /// view of the other nodes' members up to date (members of a node that died are
     /// forgotten, with PEER-LEFT; joins whose note was lost are learnt, with their HELLO).
-    async fn refresh(&self, shared: &Arc<Shared>) {
+    async fn refresh(&self, hub: &Hub) {
         let mut ticks = tokio::time::interval(self.config.presence_ttl / 4);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            match self.refresh_once(shared).await {
+            match self.refresh_once(hub).await {
                 Ok(()) => self.set(&self.refreshed, true),
                 Err(e) => {
                     warn!(error = %e, "cannot refresh presence");
@@ -242,7 +249,7 @@ impl RedisBackplane {
         }
     }
 
-    async fn refresh_once(&self, shared: &Arc<Shared>) -> std::result::Result<(), BackplaneError> {
+    async fn refresh_once(&self, hub: &Hub) -> std::result::Result<(), BackplaneError> {
         // A probe, so that a node without members notices a silent Redis too.
         let mut commands = self.link.commands();
         let ping = redis::cmd("PING");
@@ -250,10 +257,10 @@ impl RedisBackplane {
             .await
             .map_err(|_| BackplaneError::Timeout(self.config.command_timeout))??;
         let _presence = self.presence.lock().await;
-        let mut by_room: HashMap<String, Vec<(String, Bytes, String)>> = HashMap::new();
+        let mut by_room: HashMap<RoomId, Vec<(String, Bytes, String)>> = HashMap::new();
         for (field, m) in self.mine().iter() {
             let entry = (field.clone(), m.card.clone(), m.fingerprint.clone());
-            by_room.entry(m.room.as_str().to_owned()).or_default().push(entry);
+            by_room.entry(m.room.clone()).or_default().push(entry);
         }
         let refreshes = futures_util::stream::iter(by_room).map(|(room, members)| async move {
             let mut commands = self.link.commands();
@@ -276,79 +283,22 @@ impl RedisBackplane {
                     continue;
                 }
             };
-            let Some(room) = shared.registry.room(&room) else { continue };
+            let Some(room) = hub.registry.room(room.as_str()) else { continue };
             for field in refreshed.replaced {
-                let conn = field.rsplit('/').next().and_then(|c| c.parse().ok());
-                if let Some(mailbox) = conn.and_then(|conn| room.replace_local(conn, None)) {
+                if let Some(mailbox) = conn_of_field(&field).and_then(|conn| room.replace_local(conn, None)) {
                     info!(room = %room.id(), "a member was replaced on another node: closing it");
-                    mailbox.kill(crate::Close::Replaced);
+                    mailbox.kill(crate::error::Close::Replaced);
                 }
             }
-            super::resync(shared, &room, refreshed.others);
+            inbox::resync(hub, &room, refreshed.others).await;
         }
         failure.map_or(Ok(()), Err)
     }
 }
 
-impl Backplane for RedisBackplane {
-    fn node(&self) -> &str {
-        &self.node
-    }
-
-    fn space<'a>(
-        &'a self,
-        room: &'a RoomId,
-        fingerprint: &'a Fingerprint,
-        max_peers: usize,
-    ) -> BoxFuture<'a, std::result::Result<Space, BackplaneError>> {
-        Box::pin(async move {
-            let mut commands = self.link.commands();
-            let (live, same) = self.store.space(&mut commands, room, fingerprint).await?;
-            Ok(if live < max_peers || same { Space::Free } else { Space::RoomFull })
-        })
-    }
-
-    fn join<'a>(
-        &'a self,
-        room: &'a RoomId,
-        card: &'a Card,
-        max_peers: usize,
-    ) -> BoxFuture<'a, std::result::Result<Roster, JoinError>> {
-        Box::pin(async move {
-            let encoded = card.encode();
-            let mut commands = self.link.commands();
-            let joined = self.store.join(&mut commands, room, card, &encoded, max_peers).await;
-            let roster = match joined {
-                Ok(Some(roster)) => roster,
-                Ok(None) => return Err(JoinError::Full),
-                Err(e) => {
-                    // The script may have run though its answer was lost: take the entry back.
-                    let _ = self.store.leave(&mut commands, room, &card.field()).await;
-                    return Err(JoinError::Unavailable(e));
-                }
-            };
-            let mine = Mine { room: room.clone(), card: encoded, fingerprint: card.fingerprint.to_string() };
-            self.mine().insert(card.field(), mine);
-            Ok(roster)
-        })
-    }
-
-    fn leave<'a>(&'a self, room: &'a RoomId, conn: u64) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let field = member_field(&self.node, conn);
-            let _presence = self.presence.lock().await;
-            if self.mine().remove(&field).is_none() {
-                return;
-            }
-            let mut commands = self.link.commands();
-            if let Err(e) = self.store.leave(&mut commands, room, &field).await {
-                // The entry expires within the TTL; the others learn of the departure by note.
-                debug!(error = %e, "cannot remove a member from presence");
-            }
-        })
-    }
-
-    fn send(&self, nodes: &[String], note: &Note) {
+impl RedisBackplane {
+    /// Queues a note to the inboxes of `nodes`, in that order.
+    fn send(&self, nodes: &[NodeId], note: &Note) {
         if nodes.is_empty() {
             return;
         }
@@ -366,17 +316,102 @@ impl Backplane for RedisBackplane {
                     self.drained.notify_waiters();
                 }
                 self.lost.fetch_add(1, Ordering::Relaxed);
-                warn!(node, "outbox to other nodes full: note lost");
+                warn!(node = %node, "outbox to other nodes full: note lost");
             }
         }
     }
+}
 
+impl Nodes for RedisBackplane {
+    fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    fn view_maker(&self) -> NewView {
+        new_view
+    }
+
+    fn space<'a>(
+        &'a self,
+        room: &'a RoomId,
+        fingerprint: &'a Fingerprint,
+        max_peers: usize,
+    ) -> BoxFuture<'a, std::result::Result<Space, Unreachable>> {
+        Box::pin(async move {
+            let mut commands = self.link.commands();
+            let (live, same) = self.store.space(&mut commands, room, fingerprint).await?;
+            Ok(if live < max_peers || same { Space::Free } else { Space::RoomFull })
+        })
+    }
+
+    fn join<'a>(
+        &'a self,
+        room: &'a RoomId,
+        card: &'a Card,
+        max_peers: usize,
+    ) -> BoxFuture<'a, std::result::Result<Roster, JoinError>> {
+        Box::pin(async move {
+            let encoded = encode_card(card);
+            let mut commands = self.link.commands();
+            let joined = self.store.join(&mut commands, room, card, &encoded, max_peers).await;
+            let field = field(&card.key());
+            let roster = match joined {
+                Ok(Some(roster)) => roster,
+                Ok(None) => return Err(JoinError::Full),
+                Err(e) => {
+                    // The script may have run though its answer was lost: take the entry back.
+                    let _ = self.store.leave(&mut commands, room, &field).await;
+                    return Err(JoinError::Unreachable(e.into()));
+                }
+            };
+            let mine = Mine { room: room.clone(), card: encoded, fingerprint: card.fingerprint.to_string() };
+            self.mine().insert(field, mine);
+            Ok(roster)
+        })
+    }
+
+    fn leave<'a>(&'a self, room: &'a RoomId, conn: ConnId) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let field = field(&MemberKey { node: self.node.clone(), conn });
+            let _presence = self.presence.lock().await;
+            if self.mine().remove(&field).is_none() {
+                return;
+            }
+            let mut commands = self.link.commands();
+            if let Err(e) = self.store.leave(&mut commands, room, &field).await {
+                // The entry expires within the TTL; the others learn of the departure by note.
+                debug!(error = %e, "cannot remove a member from presence");
+            }
+        })
+    }
+
+    fn send_frame(&self, nodes: &[NodeId], room: &RoomId, from: ConnId, frame: &Message) {
+        let note =
+            Note::Frame { room: room.clone(), origin: self.node.clone(), conn: from, frame: frame.clone() };
+        self.send(nodes, &note);
+    }
+
+    fn send_joined(&self, nodes: &[NodeId], room: &RoomId, card: &Card) {
+        self.send(nodes, &Note::Joined { room: room.clone(), card: card.clone() });
+    }
+
+    fn send_left(&self, nodes: &[NodeId], room: &RoomId, who: &MemberKey, reason: &str) {
+        self.send(nodes, &Note::Left { room: room.clone(), who: who.clone(), reason: reason.to_owned() });
+    }
+
+    fn send_replace(&self, node: &NodeId, room: &RoomId, conn: ConnId) {
+        let note = Note::Replace { room: room.clone(), conn, by: self.node.clone() };
+        self.send(std::slice::from_ref(node), &note);
+    }
+}
+
+impl Backplane for RedisBackplane {
     fn healthy(&self) -> bool {
         self.subscribed.load(Ordering::Relaxed) && self.refreshed.load(Ordering::Relaxed)
     }
 
-    fn run(self: Arc<Self>, shared: Arc<Shared>) -> BoxFuture<'static, ()> {
-        Box::pin(RedisBackplane::serve(self, shared))
+    fn run(self: Arc<Self>, hub: Arc<Hub>) -> BoxFuture<'static, ()> {
+        Box::pin(RedisBackplane::serve(self, hub))
     }
 
     fn drain(&self) -> BoxFuture<'_, ()> {

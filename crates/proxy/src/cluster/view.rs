@@ -13,128 +13,119 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::wire::Card;
+use crate::config::MAX_PRESENCE_TTL;
+use crate::rooms::remote::{Card, MemberKey, RemoteView};
 
 /// How long a departure is remembered; longer than any reading of presence can lag behind
 /// (`cluster.presence_ttl` is at most this, see the configuration).
-pub(crate) const REMEMBER_DEPARTED: Duration = Duration::from_secs(60);
+const REMEMBER_DEPARTED: Duration = MAX_PRESENCE_TTL;
 
 /// The members of a room on other nodes, as this node knows them.
 #[derive(Debug, Default)]
 pub(crate) struct Elsewhere {
     cards: Vec<Card>,
-    /// Newcomers here waiting for a member elsewhere (by field) to be gone: they replaced it.
-    departures: Vec<(String, oneshot::Sender<()>)>,
+    /// Newcomers here waiting for a member elsewhere to be gone: they replaced it.
+    departures: Vec<(MemberKey, oneshot::Sender<()>)>,
     /// Members the last reading of presence did not find.
-    suspects: Vec<String>,
+    suspects: Vec<MemberKey>,
     /// Members reported gone (by a note, or missing from presence), and when.
-    departed: Vec<(String, Instant)>,
+    departed: Vec<(MemberKey, Instant)>,
     /// Members a newcomer here replaced, and when: not to be brought back, but their
     /// departure is still to be reported.
-    replaced: Vec<(String, Instant)>,
+    replaced: Vec<(MemberKey, Instant)>,
 }
 
-/// The distinct nodes of `cards`, in order of first appearance.
-pub(crate) fn distinct_nodes<'a>(cards: impl IntoIterator<Item = &'a Card>) -> Vec<String> {
-    let mut nodes: Vec<String> = Vec::new();
-    for card in cards {
-        if !nodes.contains(&card.node) {
-            nodes.push(card.node.clone());
-        }
-    }
-    nodes
+/// A room's view, for a room that learns of its first member elsewhere.
+pub(crate) fn new_view() -> Box<dyn RemoteView> {
+    Box::<Elsewhere>::default()
 }
 
 impl Elsewhere {
-    pub(crate) fn cards(&self) -> &[Card] {
-        &self.cards
+    fn knows(&self, who: &MemberKey) -> bool {
+        self.cards.iter().any(|c| c.node == who.node && c.conn == who.conn)
     }
 
-    fn knows(&self, field: &str) -> bool {
-        self.cards.iter().any(|c| c.field() == field)
+    fn left(&self, who: &MemberKey) -> bool {
+        self.departed.iter().any(|(k, _)| k == who)
     }
 
-    fn left(&self, field: &str) -> bool {
-        self.departed.iter().any(|(f, _)| f == field)
-    }
-
-    fn ruled_out(&self, field: &str) -> bool {
-        self.left(field) || self.replaced.iter().any(|(f, _)| f == field)
+    fn ruled_out(&self, who: &MemberKey) -> bool {
+        self.left(who) || self.replaced.iter().any(|(k, _)| k == who)
     }
 
     fn forget_old_departures(&mut self, now: Instant) {
-        let recent = |(_, at): &(String, Instant)| now.duration_since(*at) < REMEMBER_DEPARTED;
+        let recent = |(_, at): &(MemberKey, Instant)| now.duration_since(*at) < REMEMBER_DEPARTED;
         self.departed.retain(recent);
         self.replaced.retain(recent);
         self.departures.retain(|(_, waiter)| !waiter.is_closed());
     }
 
-    /// Records that the member `field` is gone: its waiters are told, and a later reading of
+    /// Records that the member `who` is gone: its waiters are told, and a later reading of
     /// presence made before its departure will not bring it back.
-    fn record_departure(&mut self, field: &str, now: Instant) {
-        for (_, waiter) in self.departures.extract_if(.., |(f, _)| f == field) {
+    fn record_departure(&mut self, who: &MemberKey, now: Instant) {
+        for (_, waiter) in self.departures.extract_if(.., |(k, _)| k == who) {
             let _ = waiter.send(());
         }
-        if !self.left(field) {
-            self.departed.push((field.to_owned(), now));
+        if !self.left(who) {
+            self.departed.push((who.clone(), now));
         }
     }
+}
 
-    /// Adds a member that joined elsewhere; `false` when it is known already or has left.
-    pub(crate) fn add(&mut self, card: Card) -> bool {
-        let field = card.field();
-        if self.knows(&field) || self.ruled_out(&field) {
+/// The rules of the module's opening paragraph, for the room's calls.
+impl RemoteView for Elsewhere {
+    fn cards(&self) -> &[Card] {
+        &self.cards
+    }
+
+    fn add(&mut self, card: Card) -> bool {
+        let who = card.key();
+        if self.knows(&who) || self.ruled_out(&who) {
             return false;
         }
         self.cards.push(card);
         true
     }
 
-    /// Removes a member that left elsewhere; returns its card when it was known.
-    pub(crate) fn remove(&mut self, field: &str, now: Instant) -> Option<Card> {
+    fn remove(&mut self, who: &MemberKey, now: Instant) -> Option<Card> {
         self.forget_old_departures(now);
-        self.record_departure(field, now);
-        let i = self.cards.iter().position(|c| c.field() == field)?;
+        self.record_departure(who, now);
+        let i = self.cards.iter().position(|c| c.key() == *who)?;
         Some(self.cards.remove(i))
     }
 
-    /// What a join read from presence: the members not yet known are added and returned (the
-    /// members here must be given their HELLO); the member the newcomer replaced is dropped
-    /// (the newcomer tells the others itself).
-    pub(crate) fn learn(&mut self, cards: Vec<Card>, replaced: Option<&str>, now: Instant) -> Vec<Card> {
+    fn learn(&mut self, cards: Vec<Card>, replaced: Option<&MemberKey>, now: Instant) -> Vec<Card> {
         self.forget_old_departures(now);
-        if let Some(field) = replaced {
-            self.cards.retain(|c| c.field() != field);
-            self.replaced.push((field.to_owned(), now));
+        if let Some(who) = replaced {
+            self.cards.retain(|c| c.key() != *who);
+            self.replaced.push((who.clone(), now));
         }
         cards.into_iter().filter(|card| self.add(card.clone())).collect()
     }
 
-    /// A reading of presence (`live`): returns the members now forgotten (missing twice in a
-    /// row) and the members learnt of.
-    pub(crate) fn sync(&mut self, live: Vec<Card>, now: Instant) -> (Vec<Card>, Vec<Card>) {
+    /// Members missing from two readings in a row are forgotten.
+    fn sync(&mut self, live: Vec<Card>, now: Instant) -> (Vec<Card>, Vec<Card>) {
         self.forget_old_departures(now);
-        let live_fields: Vec<String> = live.iter().map(Card::field).collect();
-        let missing: Vec<String> =
-            self.cards.iter().map(Card::field).filter(|f| !live_fields.contains(f)).collect();
-        let (gone_fields, still): (Vec<String>, Vec<String>) =
-            missing.into_iter().partition(|f| self.suspects.contains(f));
+        let live_keys: Vec<MemberKey> = live.iter().map(Card::key).collect();
+        let missing: Vec<MemberKey> =
+            self.cards.iter().map(Card::key).filter(|k| !live_keys.contains(k)).collect();
+        let (gone_keys, still): (Vec<MemberKey>, Vec<MemberKey>) =
+            missing.into_iter().partition(|k| self.suspects.contains(k));
         self.suspects = still;
-        let gone: Vec<Card> = self.cards.extract_if(.., |c| gone_fields.contains(&c.field())).collect();
-        for field in &gone_fields {
-            self.record_departure(field, now);
+        let gone: Vec<Card> = self.cards.extract_if(.., |c| gone_keys.contains(&c.key())).collect();
+        for who in &gone_keys {
+            self.record_departure(who, now);
         }
         let new = live.into_iter().filter(|card| self.add(card.clone())).collect();
         (gone, new)
     }
 
-    /// Resolves once the member `field` is reported gone.
-    pub(crate) fn departure(&mut self, field: String) -> oneshot::Receiver<()> {
+    fn departure(&mut self, who: MemberKey) -> oneshot::Receiver<()> {
         let (waiter, wait) = oneshot::channel();
-        if self.left(&field) {
+        if self.left(&who) {
             let _ = waiter.send(());
         } else {
-            self.departures.push((field, waiter));
+            self.departures.push((who, waiter));
         }
         wait
     }
@@ -144,16 +135,21 @@ impl Elsewhere {
 mod tests {
     use super::*;
     use crate::identity::Fingerprint;
-    use crate::room::PeerName;
+    use crate::rooms::id::{ConnId, NodeId, PeerName};
+    use crate::rooms::remote::distinct_nodes;
 
     fn card(node: &str, conn: u64) -> Card {
         Card {
-            node: node.into(),
-            conn,
+            node: NodeId::new(node),
+            conn: ConnId::from_wire(conn),
             fingerprint: Fingerprint([conn as u8; 32]),
             name: PeerName::default(),
             hello: tokio_tungstenite::tungstenite::Message::text("{}"),
         }
+    }
+
+    fn key(node: &str, conn: u64) -> MemberKey {
+        card(node, conn).key()
     }
 
     #[test]
@@ -166,7 +162,7 @@ mod tests {
         let (gone, new) = view.sync(vec![card("b", 1), card("c", 2), card("d", 3)], now);
         assert!(gone.is_empty());
         assert_eq!(new, vec![card("d", 3)]);
-        assert_eq!(distinct_nodes(view.cards()), ["b", "c", "d"]);
+        assert_eq!(distinct_nodes(view.cards()), [NodeId::new("b"), NodeId::new("c"), NodeId::new("d")]);
     }
 
     #[test]
@@ -174,8 +170,8 @@ mod tests {
         let mut view = Elsewhere::default();
         let now = Instant::now();
         view.add(card("b", 1));
-        assert_eq!(view.remove("b/1", now), Some(card("b", 1)));
-        assert_eq!(view.remove("b/1", now), None, "told once");
+        assert_eq!(view.remove(&key("b", 1), now), Some(card("b", 1)));
+        assert_eq!(view.remove(&key("b", 1), now), None, "told once");
         let (_, new) = view.sync(vec![card("b", 1)], now);
         assert!(new.is_empty());
         assert!(!view.add(card("b", 1)));
@@ -201,15 +197,15 @@ mod tests {
         let mut view = Elsewhere::default();
         let now = Instant::now();
         view.add(card("b", 1));
-        let mut wait = view.departure("b/1".into());
+        let mut wait = view.departure(key("b", 1));
         assert!(wait.try_recv().is_err());
-        assert_eq!(view.learn(vec![], Some("b/1"), now), vec![]);
+        assert_eq!(view.learn(vec![], Some(&key("b", 1)), now), vec![]);
         assert!(view.cards().is_empty());
         assert!(!view.add(card("b", 1)), "not brought back");
         assert!(wait.try_recv().is_err(), "its node has not said it is gone yet");
-        assert_eq!(view.remove("b/1", now), None, "already dropped: no PEER-LEFT from the note");
+        assert_eq!(view.remove(&key("b", 1), now), None, "already dropped: no PEER-LEFT from the note");
         assert!(wait.try_recv().is_ok());
-        let mut late = view.departure("b/1".into());
+        let mut late = view.departure(key("b", 1));
         assert!(late.try_recv().is_ok(), "a departure already seen resolves at once");
     }
 
@@ -217,7 +213,7 @@ mod tests {
     fn departures_are_forgotten_after_a_while() {
         let mut view = Elsewhere::default();
         let now = Instant::now();
-        view.remove("b/1", now);
+        view.remove(&key("b", 1), now);
         view.sync(vec![], now + REMEMBER_DEPARTED);
         assert!(view.add(card("b", 1)));
     }

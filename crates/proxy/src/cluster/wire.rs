@@ -1,5 +1,6 @@
-//! What nodes tell each other through their inboxes, and a member's card as presence keeps
-//! it: a small binary encoding, length-prefixed, so a frame's payload travels as it is.
+//! What nodes tell each other through their inboxes ([`Note`]), and a member's [`Card`] as
+//! presence keeps it: a small binary encoding, length-prefixed, so a frame's payload travels as
+//! it is.
 //!
 //! Every decode checks lengths and tags and fails with a reason; a malformed message from
 //! Redis is logged and dropped, never trusted.
@@ -8,46 +9,24 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::identity::Fingerprint;
-use crate::room::PeerName;
+use crate::rooms::id::{ConnId, InvalidRoomId, NodeId, PeerName, RoomId};
+use crate::rooms::remote::{Card, MemberKey};
 
 /// First byte of every encoding; a change of format changes it.
 const VERSION: u8 = 1;
-
-/// A member as every node sees it: where it is, who it is, and its HELLO.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Card {
-    pub(crate) node: String,
-    pub(crate) conn: u64,
-    pub(crate) fingerprint: Fingerprint,
-    pub(crate) name: PeerName,
-    /// The HELLO frame as the member sent it.
-    pub(crate) hello: Message,
-}
-
-impl Card {
-    /// The member's field in the room's presence hash: `<node>/<conn>`.
-    pub(crate) fn field(&self) -> String {
-        member_field(&self.node, self.conn)
-    }
-}
-
-/// A member's field in presence.
-pub(crate) fn member_field(node: &str, conn: u64) -> String {
-    format!("{node}/{conn}")
-}
 
 /// A message to another node's inbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Note {
     /// A member's data frame, for the members of `room` on the receiving node.
-    Frame { room: String, origin: String, conn: u64, frame: Message },
+    Frame { room: RoomId, origin: NodeId, conn: ConnId, frame: Message },
     /// A member joined `room`: record it and give its HELLO to the local members.
-    Joined { room: String, card: Card },
+    Joined { room: RoomId, card: Card },
     /// A member left `room`: forget it and tell the local members why.
-    Left { room: String, node: String, conn: u64, reason: String },
+    Left { room: RoomId, who: MemberKey, reason: String },
     /// Close the local member `conn`: a newer connection with its certificate joined `room`
     /// on node `by`, which waits for its departure.
-    Replace { room: String, conn: u64, by: String },
+    Replace { room: RoomId, conn: ConnId, by: NodeId },
 }
 
 /// Why bytes are not a valid encoding.
@@ -63,6 +42,8 @@ pub(crate) enum WireError {
     Utf8,
     #[error("{0} trailing bytes")]
     Trailing(usize),
+    #[error("room id: {0}")]
+    Room(#[from] InvalidRoomId),
 }
 
 const FRAME: u8 = 1;
@@ -81,28 +62,28 @@ impl Note {
         match self {
             Note::Frame { room, origin, conn, frame } => {
                 out.put_u8(FRAME);
-                put_str(&mut out, room);
-                put_str(&mut out, origin);
-                out.put_u64(*conn);
+                put_str(&mut out, room.as_str());
+                put_str(&mut out, origin.as_str());
+                out.put_u64(conn.get());
                 put_frame(&mut out, frame);
             }
             Note::Joined { room, card } => {
                 out.put_u8(JOINED);
-                put_str(&mut out, room);
+                put_str(&mut out, room.as_str());
                 put_card(&mut out, card);
             }
-            Note::Left { room, node, conn, reason } => {
+            Note::Left { room, who, reason } => {
                 out.put_u8(LEFT);
-                put_str(&mut out, room);
-                put_str(&mut out, node);
-                out.put_u64(*conn);
+                put_str(&mut out, room.as_str());
+                put_str(&mut out, who.node.as_str());
+                out.put_u64(who.conn.get());
                 put_str(&mut out, reason);
             }
             Note::Replace { room, conn, by } => {
                 out.put_u8(REPLACE);
-                put_str(&mut out, room);
-                out.put_u64(*conn);
-                put_str(&mut out, by);
+                put_str(&mut out, room.as_str());
+                out.put_u64(conn.get());
+                put_str(&mut out, by.as_str());
             }
         }
         out.freeze()
@@ -124,10 +105,14 @@ impl Note {
         let mut r = Reader(bytes);
         r.version()?;
         let note = match r.u8()? {
-            FRAME => Note::Frame { room: r.str()?, origin: r.str()?, conn: r.u64()?, frame: r.frame()? },
-            JOINED => Note::Joined { room: r.str()?, card: r.card()? },
-            LEFT => Note::Left { room: r.str()?, node: r.str()?, conn: r.u64()?, reason: r.str()? },
-            REPLACE => Note::Replace { room: r.str()?, conn: r.u64()?, by: r.str()? },
+            FRAME => Note::Frame { room: r.room()?, origin: r.node()?, conn: r.conn()?, frame: r.frame()? },
+            JOINED => Note::Joined { room: r.room()?, card: r.card()? },
+            LEFT => Note::Left {
+                room: r.room()?,
+                who: MemberKey { node: r.node()?, conn: r.conn()? },
+                reason: r.str()?,
+            },
+            REPLACE => Note::Replace { room: r.room()?, conn: r.conn()?, by: r.node()? },
             tag => return Err(WireError::Tag(tag)),
         };
         r.end()?;
@@ -135,26 +120,34 @@ impl Note {
     }
 }
 
-impl Card {
-    /// The encoding kept in presence.
-    pub(crate) fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(96 + self.hello.len());
-        out.put_u8(VERSION);
-        put_card(&mut out, self);
-        out.freeze()
-    }
+/// A card's encoding, as presence keeps it.
+pub(crate) fn encode_card(card: &Card) -> Bytes {
+    let mut out = BytesMut::with_capacity(96 + card.hello.len());
+    out.put_u8(VERSION);
+    put_card(&mut out, card);
+    out.freeze()
+}
 
-    /// Reads a card.
-    ///
-    /// # Errors
-    /// What is wrong with the bytes.
-    pub(crate) fn decode(bytes: Bytes) -> Result<Self, WireError> {
-        let mut r = Reader(bytes);
-        r.version()?;
-        let card = r.card()?;
-        r.end()?;
-        Ok(card)
-    }
+/// Reads a card.
+///
+/// # Errors
+/// What is wrong with the bytes.
+pub(crate) fn decode_card(bytes: Bytes) -> Result<Card, WireError> {
+    let mut r = Reader(bytes);
+    r.version()?;
+    let card = r.card()?;
+    r.end()?;
+    Ok(card)
+}
+
+/// A member's field in a room's presence hash: `<node>/<conn>`.
+pub(crate) fn field(who: &MemberKey) -> String {
+    who.to_string()
+}
+
+/// The connection of this node's member whose field is `field`.
+pub(crate) fn conn_of_field(field: &str) -> Option<ConnId> {
+    field.rsplit('/').next().and_then(|c| c.parse().ok()).map(ConnId::from_wire)
 }
 
 fn put_str(out: &mut BytesMut, text: &str) {
@@ -190,8 +183,8 @@ fn put_frame(out: &mut BytesMut, frame: &Message) {
 }
 
 fn put_card(out: &mut BytesMut, card: &Card) {
-    put_str(out, &card.node);
-    out.put_u64(card.conn);
+    put_str(out, card.node.as_str());
+    out.put_u64(card.conn.get());
     out.put_slice(&card.fingerprint.0);
     put_opt(out, card.name.class.as_deref());
     put_opt(out, card.name.id.as_deref());
@@ -233,6 +226,18 @@ impl Reader {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| WireError::Utf8)
     }
 
+    fn room(&mut self) -> Result<RoomId, WireError> {
+        Ok(RoomId::parse(&self.str()?)?)
+    }
+
+    fn node(&mut self) -> Result<NodeId, WireError> {
+        Ok(NodeId::new(&self.str()?))
+    }
+
+    fn conn(&mut self) -> Result<ConnId, WireError> {
+        self.u64().map(ConnId::from_wire)
+    }
+
     fn opt(&mut self) -> Result<Option<String>, WireError> {
         match self.u8()? {
             0 => Ok(None),
@@ -256,8 +261,8 @@ impl Reader {
     }
 
     fn card(&mut self) -> Result<Card, WireError> {
-        let node = self.str()?;
-        let conn = self.u64()?;
+        let node = self.node()?;
+        let conn = self.conn()?;
         self.need(32)?;
         let mut fingerprint = [0u8; 32];
         self.0.copy_to_slice(&mut fingerprint);
@@ -278,10 +283,18 @@ impl Reader {
 mod tests {
     use super::*;
 
+    fn room(id: &str) -> RoomId {
+        RoomId::parse(id).unwrap()
+    }
+
+    fn node(name: &str) -> NodeId {
+        NodeId::new(name)
+    }
+
     fn card() -> Card {
         Card {
-            node: "node-a-1f2e".into(),
-            conn: 42,
+            node: node("node-a-1f2e"),
+            conn: ConnId::from_wire(42),
             fingerprint: Fingerprint([9; 32]),
             name: PeerName { class: Some("gw".into()), id: None },
             hello: Message::text(r#"{"message": {"messageType": "CONN:HELLO"}}"#),
@@ -291,27 +304,37 @@ mod tests {
     #[test]
     fn notes_and_cards_round_trip() {
         let notes = [
-            Note::Frame { room: "gw/1".into(), origin: "a".into(), conn: 7, frame: Message::text("héllo") },
             Note::Frame {
-                room: "r".into(),
-                origin: "b".into(),
-                conn: u64::MAX,
+                room: room("gw/1"),
+                origin: node("a"),
+                conn: ConnId::from_wire(7),
+                frame: Message::text("héllo"),
+            },
+            Note::Frame {
+                room: room("r"),
+                origin: node("b"),
+                conn: ConnId::from_wire(u64::MAX),
                 frame: Message::binary(vec![0, 255, 1]),
             },
-            Note::Joined { room: "gw/1".into(), card: card() },
-            Note::Left { room: "gw/1".into(), node: "a".into(), conn: 3, reason: "closed".into() },
-            Note::Replace { room: "gw/1".into(), conn: 5, by: "b".into() },
+            Note::Joined { room: room("gw/1"), card: card() },
+            Note::Left {
+                room: room("gw/1"),
+                who: MemberKey { node: node("a"), conn: ConnId::from_wire(3) },
+                reason: "closed".into(),
+            },
+            Note::Replace { room: room("gw/1"), conn: ConnId::from_wire(5), by: node("b") },
         ];
         for note in notes {
             assert_eq!(Note::decode(note.encode()).unwrap(), note);
         }
-        assert_eq!(Card::decode(card().encode()).unwrap(), card());
-        assert_eq!(card().field(), "node-a-1f2e/42");
+        assert_eq!(decode_card(encode_card(&card())).unwrap(), card());
+        assert_eq!(field(&card().key()), "node-a-1f2e/42");
+        assert_eq!(conn_of_field("node-a-1f2e/42"), Some(ConnId::from_wire(42)));
     }
 
     #[test]
     fn malformed_bytes_are_refused_with_a_reason() {
-        let good = Note::Joined { room: "gw/1".into(), card: card() }.encode();
+        let good = Note::Joined { room: room("gw/1"), card: card() }.encode();
         for cut in 0..good.len() {
             assert!(Note::decode(good.slice(..cut)).is_err(), "cut at {cut}");
         }
@@ -320,10 +343,13 @@ mod tests {
         assert_eq!(Note::decode(trailing.into()), Err(WireError::Trailing(1)));
         assert_eq!(Note::decode(Bytes::from_static(&[2, 1])), Err(WireError::Version(2)));
         assert_eq!(Note::decode(Bytes::from_static(&[1, 9])), Err(WireError::Tag(9)));
-        let mut bad_text =
-            Note::Frame { room: "r".into(), origin: "o".into(), conn: 1, frame: Message::text("ab") }
-                .encode()
-                .to_vec();
+        let frame = Note::Frame {
+            room: room("r"),
+            origin: node("o"),
+            conn: ConnId::from_wire(1),
+            frame: Message::text("ab"),
+        };
+        let mut bad_text = frame.encode().to_vec();
         let last = bad_text.len() - 1;
         bad_text[last] = 0xff;
         assert_eq!(Note::decode(bad_text.into()), Err(WireError::Utf8));

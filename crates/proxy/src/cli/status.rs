@@ -1,118 +1,15 @@
-//! The rooms report: what `GET /v1/rooms` answers (rooms, their members, identities and
-//! counters), and the table `ws-proxy status` prints from it for a human.
+//! `ws-proxy status`: the rooms report of a running proxy, read from its admin endpoint and
+//! printed as a table for a human.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
+use super::admin_client;
 use crate::config::{FileConfig, Overrides};
-use crate::metrics::RoomTotals;
-use crate::room::{Member, State};
-
-/// One room, as the admin API reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoomStatus {
-    /// The room id.
-    pub id: String,
-    /// Messages held for the next member.
-    pub held_messages: usize,
-    /// Bytes held for the next member.
-    pub held_bytes: usize,
-    /// The members, in join order.
-    pub members: Vec<MemberStatus>,
-    /// Cluster mode: the members on other nodes, as this node knows them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub elsewhere: Vec<RemoteMemberStatus>,
-}
-
-/// A member on another node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RemoteMemberStatus {
-    /// The node it is connected to.
-    pub node: String,
-    /// Client certificate SHA-256 fingerprint, uppercase hex.
-    pub fingerprint: String,
-    /// `peerClass` from its HELLO.
-    pub peer_class: Option<String>,
-    /// `peerId` from its HELLO.
-    pub peer_id: Option<String>,
-}
-
-/// One member of a room.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberStatus {
-    /// Client certificate subject DN.
-    pub subject: String,
-    /// Client certificate SHA-256 fingerprint, uppercase hex.
-    pub fingerprint: String,
-    /// `peerClass` from its HELLO.
-    pub peer_class: Option<String>,
-    /// `peerId` from its HELLO.
-    pub peer_id: Option<String>,
-    /// When it joined, seconds since the Unix epoch.
-    pub connected_since: u64,
-    /// Data frames it sent.
-    pub frames_in: u64,
-    /// Bytes it sent.
-    pub bytes_in: u64,
-    /// Frames written to it.
-    pub frames_out: u64,
-    /// Bytes written to it.
-    pub bytes_out: u64,
-}
-
-impl RoomStatus {
-    /// The report of one room, from its locked state.
-    pub(crate) fn of(id: &str, state: &State) -> Self {
-        RoomStatus {
-            id: id.to_owned(),
-            held_messages: state.held.len(),
-            held_bytes: state.held_bytes,
-            members: state.members.iter().map(MemberStatus::of).collect(),
-            elsewhere: state
-                .remote()
-                .iter()
-                .map(|card| RemoteMemberStatus {
-                    node: card.node.clone(),
-                    fingerprint: card.fingerprint.to_string(),
-                    peer_class: card.name.class.clone(),
-                    peer_id: card.name.id.clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
-impl MemberStatus {
-    fn of(member: &Member) -> Self {
-        let stats = member.mailbox.stats();
-        MemberStatus {
-            subject: member.subject.to_string(),
-            fingerprint: member.fingerprint.to_string(),
-            peer_class: member.name.class.clone(),
-            peer_id: member.name.id.clone(),
-            connected_since: member.since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-            frames_in: stats.received.frames(),
-            bytes_in: stats.received.bytes(),
-            frames_out: stats.sent.frames(),
-            bytes_out: stats.sent.bytes(),
-        }
-    }
-}
-
-/// The room gauges of `/metrics`, counted from a report.
-#[must_use]
-pub fn totals(rooms: &[RoomStatus]) -> RoomTotals {
-    RoomTotals {
-        rooms: rooms.len() as u64,
-        members: rooms.iter().map(|r| r.members.len() as u64).sum(),
-        held_messages: rooms.iter().map(|r| r.held_messages as u64).sum(),
-        held_bytes: rooms.iter().map(|r| r.held_bytes as u64).sum(),
-    }
-}
+use crate::error::{Error, Result};
+use crate::ops::status::RoomStatus;
 
 /// The report as a table: one line per member, its room first.
 #[must_use]
@@ -167,15 +64,15 @@ pub fn table(rooms: &[RoomStatus], now: SystemTime) -> String {
 /// `admin.bind` of the `config` file, else the default) and returns it as a [`table`].
 ///
 /// # Errors
-/// [`crate::Error::Config`] or [`crate::Error::ConfigFile`] when the configuration cannot be
-/// read or turns the endpoint off; [`crate::Error::Admin`] when the endpoint cannot be read or
-/// its answer is not a report.
-pub fn report(admin: Option<SocketAddr>, config: Option<&Path>) -> crate::Result<String> {
+/// [`Error::Config`] or [`Error::ConfigFile`] when the configuration cannot be read or turns
+/// the endpoint off; [`Error::Admin`] when the endpoint cannot be read or its answer is not a
+/// report.
+pub fn report(admin: Option<SocketAddr>, config: Option<&Path>) -> Result<String> {
     let addr = match (admin, config) {
         (Some(addr), _) => addr,
         (None, config) => {
             let file = config.map_or_else(|| Ok(FileConfig::default()), FileConfig::load)?;
-            file.into_config(&Overrides::default())?.admin_bind.ok_or_else(|| crate::Error::Config {
+            file.into_config(&Overrides::default())?.admin_bind.ok_or_else(|| Error::Config {
                 key: "admin.bind".into(),
                 reason: "the admin endpoint is off (\"\"); pass --admin ADDR".into(),
             })?
@@ -184,10 +81,10 @@ pub fn report(admin: Option<SocketAddr>, config: Option<&Path>) -> crate::Result
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| crate::Error::Admin { addr, reason: format!("cannot start a runtime: {e}") })?;
-    let body = runtime.block_on(crate::admin::get(addr, "/v1/rooms"))?;
+        .map_err(|e| Error::Admin { addr, reason: format!("cannot start a runtime: {e}") })?;
+    let body = runtime.block_on(admin_client::get(addr, "/v1/rooms"))?;
     let rooms: Vec<RoomStatus> = serde_json::from_str(&body)
-        .map_err(|e| crate::Error::Admin { addr, reason: format!("not a rooms report: {e}") })?;
+        .map_err(|e| Error::Admin { addr, reason: format!("not a rooms report: {e}") })?;
     Ok(table(&rooms, SystemTime::now()))
 }
 
@@ -205,6 +102,7 @@ fn uptime(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::status::{MemberStatus, RemoteMemberStatus, totals};
 
     #[test]
     fn the_table_has_one_line_per_member_and_a_summary() {

@@ -9,8 +9,11 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use crate::config::{FileConfig, Overrides};
-use crate::{Config, DaemonSignals, Proxy, Result};
+use super::logging;
+use super::proxy::Proxy;
+use super::shutdown::DaemonSignals;
+use crate::config::{Config, FileConfig, Overrides};
+use crate::error::Result;
 
 /// Where the development mode keeps its PKI.
 pub const DEV_PKI_DIR: &str = "certs/dev";
@@ -33,7 +36,7 @@ pub fn load(path: Option<&Path>, dev: bool, overrides: &Overrides, start_logging
     };
     let config = file.into_config(overrides)?;
     if start_logging {
-        crate::logging::init(config.log_format, &config.log_level)?;
+        logging::init(config.log_format, &config.log_level)?;
     }
     match path {
         Some(path) => Proxy::from_file(config, path.to_owned(), overrides.clone()),

@@ -22,6 +22,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::error::Close;
+
 /// How much the read buffer grows by when it needs room.
 const READ_CHUNK: usize = 8 * 1024;
 /// The most the read buffer grows by ahead of bytes that have arrived.
@@ -51,6 +53,18 @@ pub(crate) enum ReadError {
     Protocol(&'static str),
     /// The transport failed, or ended inside a frame.
     Io(io::Error),
+}
+
+impl ReadError {
+    /// Why the connection ends after this error; `max_message` is the configured limit.
+    pub(crate) fn into_close(self, max_message: usize) -> Close {
+        match self {
+            ReadError::TooBig => Close::TooBig(max_message),
+            ReadError::InvalidUtf8 => Close::InvalidUtf8,
+            ReadError::Protocol(why) => Close::Protocol(why.to_owned()),
+            ReadError::Io(e) => Close::Transport(e.to_string()),
+        }
+    }
 }
 
 /// Reads messages from a client: unmasks, reassembles fragments, checks UTF-8 and sizes.

@@ -21,7 +21,7 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Registry};
 
 use crate::config::LogFormat;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Identical lines let through per window.
 pub const BURST: u32 = 10;
@@ -237,7 +237,7 @@ mod tests {
             "different fields, different lines"
         );
         let report = limiter.take_suppressed();
-        assert_eq!(report, vec![("micronets_proxy::logging::tests: handshake failed".to_owned(), 7)]);
+        assert_eq!(report, vec![(concat!(module_path!(), ": handshake failed").to_owned(), 7)]);
     }
 
     #[test]

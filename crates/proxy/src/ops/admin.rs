@@ -1,35 +1,33 @@
 //! The admin endpoint (`admin.bind`, plain HTTP/1.1, GET only): `/healthz` (the process
 //! answers), `/readyz` (listening and not draining), `/metrics` (Prometheus text format),
-//! `/v1/rooms` and `/v1/rooms/<id>` (JSON, see [`crate::status`]); and the small client
-//! `ws-proxy status` uses to read it.
+//! `/v1/rooms` and `/v1/rooms/<id>` (JSON, see `status.rs`). `ws-proxy status` reads it with
+//! the client in `cli/admin_client.rs`.
 //!
 //! It serves operators and monitoring, not peers: a few connections at a time, each bounded in
 //! time, served by tasks that end with the endpoint.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, error, warn};
 
-use crate::{Error, Result, Shared};
+use super::state::Shared;
+use super::status;
+use crate::metrics::{CONTENT_TYPE, ClusterTotals};
 
 /// Admin connections served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 16;
 /// The longest an admin connection may stay open.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long `ws-proxy status` waits for the endpoint.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the admin endpoint on `listener`, forever.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
@@ -88,17 +86,18 @@ fn respond<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
         "/readyz" => text(StatusCode::OK, "ready\n".into()),
         "/metrics" => {
             let (published, lost) = shared.backplane.counts();
-            let cluster = shared.config.cluster.is_some().then_some(crate::metrics::ClusterTotals {
+            let cluster = shared.config.cluster.is_some().then_some(ClusterTotals {
                 up: shared.backplane.healthy(),
                 published,
                 lost,
             });
-            let body = shared.metrics.render(crate::status::totals(&shared.registry.snapshot()), cluster);
-            with_type(StatusCode::OK, crate::metrics::CONTENT_TYPE, body)
+            let body =
+                shared.metrics.render(status::totals(&status::snapshot(&shared.hub.registry)), cluster);
+            with_type(StatusCode::OK, CONTENT_TYPE, body)
         }
-        "/v1/rooms" => json(StatusCode::OK, &shared.registry.snapshot()),
+        "/v1/rooms" => json(StatusCode::OK, &status::snapshot(&shared.hub.registry)),
         path => match path.strip_prefix("/v1/rooms/") {
-            Some(id) => match shared.registry.snapshot().into_iter().find(|room| room.id == id) {
+            Some(id) => match status::snapshot(&shared.hub.registry).into_iter().find(|room| room.id == id) {
                 Some(room) => json(StatusCode::OK, &room),
                 None => {
                     json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": format!("no room {id:?}") }))
@@ -131,42 +130,4 @@ fn with_type(status: StatusCode, content_type: &'static str, body: String) -> Re
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     response
-}
-
-/// `GET path` from the admin endpoint at `addr`; returns the body of a 200 answer.
-///
-/// # Errors
-/// [`Error::Admin`] when the endpoint cannot be reached, does not answer in time, or answers
-/// with another status.
-pub(crate) async fn get(addr: SocketAddr, path: &str) -> Result<String> {
-    let fail = |reason: String| Error::Admin { addr, reason };
-    let exchange = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| fail(format!("cannot connect: {e}")))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let request = Request::get(path)
-            .header(header::HOST, addr.to_string())
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| fail(e.to_string()))?;
-        let driven = async {
-            let response: Response<Incoming> =
-                sender.send_request(request).await.map_err(|e| fail(e.to_string()))?;
-            let status = response.status();
-            let body = response.into_body().collect().await.map_err(|e| fail(e.to_string()))?.to_bytes();
-            let body = String::from_utf8_lossy(&body).into_owned();
-            if status == StatusCode::OK {
-                Ok(body)
-            } else {
-                Err(fail(format!("{path}: {status}: {}", body.trim())))
-            }
-        };
-        tokio::select! {
-            result = driven => result,
-            Err(e) = connection => Err(fail(e.to_string())),
-        }
-    };
-    tokio::time::timeout(CLIENT_TIMEOUT, exchange)
-        .await
-        .unwrap_or_else(|_| Err(fail("no answer in time".into())))
 }

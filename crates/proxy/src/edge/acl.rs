@@ -1,4 +1,4 @@
-//! Authorization: which certificate may join which room (`[[acl.rules]]`, design.md section 6).
+//! Authorization: which certificate may join which room (`[[acl.rules]]`, docs/security.md).
 //!
 //! Rules are tried in order and the first that matches both the room and the certificate
 //! decides. Once any rule exists, a connection no rule matches is refused (default deny);
@@ -7,29 +7,54 @@
 //! `/`-separated segment, `**` across segments), or a template filled from the certificate
 //! (`gw/{cn}`: each gateway into its own room only). An allowing rule may also name the
 //! `peerClass` its HELLO must carry. The decision is made before the upgrade (HTTP 403), and
-//! [`check_access`] gives the same decision in words, for `ws-proxy check-access`.
+//! `ws-proxy check-access` gives the same decision in words ([`Acl::judge`]).
 
-use std::path::Path;
-
-use serde::Deserialize;
-
+use crate::config::AclRule;
 use crate::identity::PeerIdentity;
-use crate::room::RoomId;
-use crate::{Error, FileConfig, Overrides};
+use crate::rooms::id::RoomId;
 
-/// One rule as written in the configuration file.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RuleSpec {
-    room: String,
-    allow: bool,
-    cn: Option<String>,
-    o: Option<String>,
-    ou: Option<String>,
-    san_dns: Option<String>,
-    san_uri: Option<String>,
-    fingerprint: Option<String>,
-    peer_class: Option<String>,
+/// A rule of `[[acl.rules]]` that cannot be used, and which one (counted from 1).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("rule {number}: {problem}")]
+pub struct AclError {
+    /// The rule's place in the file, from 1.
+    pub number: usize,
+    /// What is wrong with it.
+    pub problem: RuleProblem,
+}
+
+/// What is wrong with one rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleProblem {
+    /// A certificate matcher given as an empty string.
+    #[error("an empty {0} never matches")]
+    EmptyMatcher(&'static str),
+    /// A `fingerprint` that is not a SHA-256 in hex.
+    #[error("fingerprint {0:?} is not 64 hex digits (SHA-256)")]
+    Fingerprint(String),
+    /// `peer_class` on a denying rule.
+    #[error("peer_class only limits an allowing rule")]
+    PeerClassOnDeny,
+    /// `room = ""`.
+    #[error("room pattern is empty")]
+    EmptyPattern,
+    /// A `{` without its `}`.
+    #[error("room {0:?}: unclosed '{{'")]
+    Unclosed(String),
+    /// A template field other than `cn`, `o`, `ou`.
+    #[error("room {room:?}: unknown template field {{{field}}} (cn, o or ou)")]
+    UnknownField {
+        /// The pattern.
+        room: String,
+        /// The field named.
+        field: String,
+    },
+    /// A `}` without its `{`.
+    #[error("room {0:?}: '}}' without '{{'")]
+    StrayBrace(String),
+    /// Characters no room id holds.
+    #[error("room {0:?}: a room id holds only letters, digits, . _ ~ : @ - and single '/'")]
+    Characters(String),
 }
 
 /// The validated rules.
@@ -102,11 +127,14 @@ pub enum Decision {
 
 impl Acl {
     /// Validates the rules of `[[acl.rules]]`.
-    pub(crate) fn new(specs: &[RuleSpec]) -> Result<Self, String> {
+    ///
+    /// # Errors
+    /// The first rule that cannot be used, and why.
+    pub fn new(specs: &[AclRule]) -> Result<Self, AclError> {
         let rules = specs
             .iter()
             .enumerate()
-            .map(|(i, spec)| Rule::new(spec).map_err(|e| format!("rule {}: {e}", i + 1)))
+            .map(|(i, spec)| Rule::new(spec).map_err(|problem| AclError { number: i + 1, problem }))
             .collect::<Result<_, _>>()?;
         Ok(Acl { rules })
     }
@@ -130,7 +158,8 @@ impl Acl {
     }
 
     /// The decision, and in words which rule made it.
-    fn judge(&self, identity: &PeerIdentity, room: &RoomId) -> (Decision, String) {
+    #[must_use]
+    pub fn judge(&self, identity: &PeerIdentity, room: &RoomId) -> (Decision, String) {
         if self.rules.is_empty() {
             let why = "no ACL rules: every valid certificate may join every room".to_owned();
             return (Decision::Allow { peer_class: None }, why);
@@ -151,35 +180,8 @@ impl Acl {
     }
 }
 
-/// `ws-proxy check-access`: what the rules of the configuration file `config` decide for the
-/// first certificate in `cert` joining `room`, and why, as lines for a person; and whether it
-/// is allowed.
-///
-/// # Errors
-/// [`Error::ConfigFile`] or [`Error::Config`] for the configuration, [`Error::Tls`] for the
-/// certificate file, [`Error::Config`] (key `room`) for an invalid room id.
-pub fn check_access(config: &Path, cert: &Path, room: &str) -> crate::Result<(bool, String)> {
-    let config = FileConfig::load(config)?.into_config(&Overrides::default())?;
-    let certs = crate::tls::read_certs(cert)?;
-    let der =
-        certs.first().ok_or_else(|| Error::Tls { path: cert.to_owned(), reason: "no certificate".into() })?;
-    let identity =
-        PeerIdentity::from_der(der).map_err(|reason| Error::Tls { path: cert.to_owned(), reason })?;
-    let room = RoomId::parse(room).map_err(|e| Error::Config { key: "room".into(), reason: e.into() })?;
-    let (decision, why) = config.acl.judge(&identity, &room);
-    let verdict = match &decision {
-        Decision::Allow { peer_class: Some(class) } => {
-            format!("allowed, if its CONN:HELLO carries peerClass {class:?}")
-        }
-        Decision::Allow { peer_class: None } => "allowed".to_owned(),
-        Decision::Deny(_) => "denied: the upgrade is refused with HTTP 403".to_owned(),
-    };
-    let report = format!("certificate: {}\nroom: {room}\n{why}\n{verdict}\n", identity.subject);
-    Ok((matches!(decision, Decision::Allow { .. }), report))
-}
-
 impl Rule {
-    fn new(spec: &RuleSpec) -> Result<Self, String> {
+    fn new(spec: &AclRule) -> Result<Self, RuleProblem> {
         let pattern = parse_pattern(&spec.room)?;
         let fields = [
             (Field::Cn, &spec.cn),
@@ -193,13 +195,13 @@ impl Rule {
             .into_iter()
             .filter_map(|(field, value)| value.as_ref().map(|v| (field, v)))
             .map(|(field, value)| match field {
-                _ if value.is_empty() => Err(format!("an empty {} never matches", field_name(field))),
+                _ if value.is_empty() => Err(RuleProblem::EmptyMatcher(field_name(field))),
                 Field::Fingerprint => normalize_fingerprint(value).map(|v| (field, v)),
                 _ => Ok((field, value.clone())),
             })
             .collect::<Result<_, _>>()?;
         if spec.peer_class.is_some() && !spec.allow {
-            return Err("peer_class only limits an allowing rule".into());
+            return Err(RuleProblem::PeerClassOnDeny);
         }
         Ok(Rule {
             text: spec.room.clone(),
@@ -231,18 +233,18 @@ fn field_name(field: Field) -> &'static str {
 }
 
 /// `AB:CD:...` or `abcd...` -> 64 uppercase hex digits.
-fn normalize_fingerprint(text: &str) -> Result<String, String> {
+fn normalize_fingerprint(text: &str) -> Result<String, RuleProblem> {
     let hex: String = text.chars().filter(|c| *c != ':').collect::<String>().to_ascii_uppercase();
     if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
         Ok(hex)
     } else {
-        Err(format!("fingerprint {text:?} is not 64 hex digits (SHA-256)"))
+        Err(RuleProblem::Fingerprint(text.to_owned()))
     }
 }
 
-fn parse_pattern(text: &str) -> Result<Vec<Token>, String> {
+fn parse_pattern(text: &str) -> Result<Vec<Token>, RuleProblem> {
     if text.is_empty() {
-        return Err("room pattern is empty".into());
+        return Err(RuleProblem::EmptyPattern);
     }
     let mut tokens = Vec::new();
     let mut rest = text;
@@ -255,12 +257,14 @@ fn parse_pattern(text: &str) -> Result<Vec<Token>, String> {
             rest = after;
         } else if let Some(after) = rest.strip_prefix('{') {
             let (name, after) =
-                after.split_once('}').ok_or_else(|| format!("room {text:?}: unclosed '{{'"))?;
+                after.split_once('}').ok_or_else(|| RuleProblem::Unclosed(text.to_owned()))?;
             let field = match name {
                 "cn" => Field::Cn,
                 "o" => Field::O,
                 "ou" => Field::Ou,
-                _ => return Err(format!("room {text:?}: unknown template field {{{name}}} (cn, o or ou)")),
+                _ => {
+                    return Err(RuleProblem::UnknownField { room: text.to_owned(), field: name.to_owned() });
+                }
             };
             tokens.push(Token::Field(field));
             rest = after;
@@ -268,12 +272,10 @@ fn parse_pattern(text: &str) -> Result<Vec<Token>, String> {
             let end = rest.find(['*', '{']).unwrap_or(rest.len());
             let (literal, after) = rest.split_at(end);
             if literal.contains('}') {
-                return Err(format!("room {text:?}: '}}' without '{{'"));
+                return Err(RuleProblem::StrayBrace(text.to_owned()));
             }
             if !literal.split('/').all(|part| part.is_empty() || is_segment(part)) || literal.contains("//") {
-                return Err(format!(
-                    "room {text:?}: a room id holds only letters, digits, . _ ~ : @ - and single '/'"
-                ));
+                return Err(RuleProblem::Characters(text.to_owned()));
             }
             tokens.push(Token::Literal(literal.to_owned()));
             rest = after;
@@ -312,6 +314,7 @@ fn glob(pattern: &[Token], room: &str, identity: &PeerIdentity) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::AclRule as RuleSpec;
     use crate::identity::Fingerprint;
 
     fn identity(cn: &str, o: &str, sans: &[&str]) -> PeerIdentity {
@@ -408,7 +411,7 @@ mod tests {
             (rule("gw/a b", true), "letters, digits"),
             (RuleSpec { cn: Some(String::new()), ..rule("r", true) }, "an empty cn"),
         ] {
-            let err = Acl::new(&[rule("ok", true), spec]).unwrap_err();
+            let err = Acl::new(&[rule("ok", true), spec]).unwrap_err().to_string();
             assert!(err.starts_with("rule 2: ") && err.contains(expected), "{err}");
         }
     }

@@ -1,13 +1,13 @@
-//! Stopping: the signals that stop the daemon, and closing members spread over the drain
-//! window so that a fleet of peers does not reconnect (to another node, or to this one once it
-//! restarts) all in the same instant.
+//! Stopping: the signals the daemon obeys, and closing members spread over the drain window so
+//! that a fleet of peers does not reconnect (to another node, or to this one once it restarts)
+//! all in the same instant.
 
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal as unix_signal};
 
 use crate::error::Close;
-use crate::relay::Mailbox;
+use crate::rooms::mailbox::Mailbox;
 
 /// The finest step of the spread: members closed within one step go together.
 const SPREAD_STEP: Duration = Duration::from_millis(10);
@@ -60,6 +60,30 @@ impl Signals {
     }
 }
 
+/// The signals the daemon obeys (SIGTERM and SIGINT stop it, SIGHUP reloads), listened to
+/// from the moment they are installed: install them before saying "listening" (or READY to
+/// systemd), so that a signal sent at once is not met by its default action, which ends the
+/// process.
+pub struct DaemonSignals {
+    stop: Signals,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl DaemonSignals {
+    /// Installs the handlers; needs a running Tokio runtime.
+    ///
+    /// # Errors
+    /// When a signal handler cannot be installed.
+    pub fn install() -> std::io::Result<Self> {
+        Ok(DaemonSignals { stop: Signals::new()?, hangup: unix_signal(SignalKind::hangup())? })
+    }
+
+    /// The stop signals, and SIGHUP.
+    pub(crate) fn into_parts(self) -> (Signals, tokio::signal::unix::Signal) {
+        (self.stop, self.hangup)
+    }
+}
+
 /// Closes `members` with 1001, in even batches from now until (about) `window` from now.
 pub(crate) async fn close_spread(members: Vec<Mailbox>, window: Duration) {
     if members.is_empty() {
@@ -80,11 +104,11 @@ pub(crate) async fn close_spread(members: Vec<Mailbox>, window: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::ConnId;
+    use crate::rooms::id::ConnId;
 
     #[tokio::test(start_paused = true)]
     async fn members_are_closed_in_batches_across_the_window() {
-        let members: Vec<Mailbox> = (0..10).map(|i| Mailbox::new(ConnId(i), 1, 1024)).collect();
+        let members: Vec<Mailbox> = (0..10).map(|_| Mailbox::new(ConnId::next(), 1, 1024)).collect();
         let window = Duration::from_secs(1);
         let start = tokio::time::Instant::now();
         let closing = tokio::spawn(close_spread(members.clone(), window));

@@ -11,7 +11,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,25 +25,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsConnector;
 
+use crate::config::HookConfig;
+use crate::error::{Error, Result};
 use crate::identity::PeerIdentity;
-use crate::{Error, Result};
-
-/// The hook's settings, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HookConfig {
-    /// Where to ask: `http://` or `https://`.
-    pub url: Uri,
-    /// How long a check may take, connection included.
-    pub timeout: Duration,
-    /// How long a 2xx or 4xx answer is reused.
-    pub cache_ttl: Duration,
-    /// How many answers the cache keeps; zero turns the cache off.
-    pub cache_entries: usize,
-    /// How many checks may be in flight at once; more wait (within `timeout`).
-    pub max_in_flight: usize,
-    /// CA bundle for an `https://` hook; `None` uses the system trust store.
-    pub ca_file: Option<PathBuf>,
-}
 
 /// The hook's answer for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +38,29 @@ pub(crate) enum Verdict {
     Deny(u16),
     /// No usable answer; the request is refused (fail closed).
     Unavailable(String),
+}
+
+/// Why one request to the hook got no status.
+#[derive(Debug, thiserror::Error)]
+enum HookError {
+    /// The limit on checks in flight was closed (cannot happen while the hook lives).
+    #[error("no place among the checks in flight")]
+    Closed,
+    /// The request could not be made from the configured URL.
+    #[error("cannot build the request: {0}")]
+    Request(#[from] http::Error),
+    /// The URL's authority is not a valid `Host` header.
+    #[error("cannot build the request: {0}")]
+    Host(#[from] http::header::InvalidHeaderValue),
+    /// No TCP connection.
+    #[error("cannot connect to {host}:{port}: {source}")]
+    Connect { host: String, port: u16, source: std::io::Error },
+    /// The TLS handshake with an `https://` hook failed.
+    #[error("TLS with the hook failed: {0}")]
+    Tls(std::io::Error),
+    /// HTTP/1.1 with the hook failed.
+    #[error("HTTP with the hook failed: {0}")]
+    Http(#[from] hyper::Error),
 }
 
 /// A verdict and whether it came from the cache.
@@ -165,7 +171,7 @@ impl AuthHook {
             Ok(Ok(status)) if (200..300).contains(&status) => Verdict::Allow,
             Ok(Ok(status)) if (400..500).contains(&status) => Verdict::Deny(status),
             Ok(Ok(status)) => Verdict::Unavailable(format!("the hook answered {status}")),
-            Ok(Err(why)) => Verdict::Unavailable(why),
+            Ok(Err(why)) => Verdict::Unavailable(why.to_string()),
             Err(_) => Verdict::Unavailable(format!("no answer within {:?}", self.timeout)),
         };
         if !matches!(verdict, Verdict::Unavailable(_)) {
@@ -175,14 +181,12 @@ impl AuthHook {
     }
 
     /// One request to the hook; its status.
-    async fn ask(&self, headers: Vec<(HeaderName, HeaderValue)>) -> std::result::Result<u16, String> {
-        let _permit = self.in_flight.acquire().await.map_err(|e| e.to_string())?;
-        let mut request = Request::get(self.url.clone())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("cannot build the request: {e}"))?;
+    async fn ask(&self, headers: Vec<(HeaderName, HeaderValue)>) -> std::result::Result<u16, HookError> {
+        let _permit = self.in_flight.acquire().await.map_err(|_| HookError::Closed)?;
+        let mut request = Request::get(self.url.clone()).body(Empty::<Bytes>::new())?;
         let fields = request.headers_mut();
         if let Some(authority) = self.url.authority() {
-            fields.insert(HOST, HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?);
+            fields.insert(HOST, HeaderValue::from_str(authority.as_str())?);
         }
         fields.insert(CONNECTION, HeaderValue::from_static("close"));
         fields.insert(USER_AGENT, HeaderValue::from_static(concat!("ws-proxy/", env!("CARGO_PKG_VERSION"))));
@@ -191,14 +195,11 @@ impl AuthHook {
         }
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
-            .map_err(|e| format!("cannot connect to {}:{}: {e}", self.host, self.port))?;
+            .map_err(|source| HookError::Connect { host: self.host.clone(), port: self.port, source })?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
             Some((connector, name)) => {
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| format!("TLS with the hook failed: {e}"))?;
+                let tls = connector.connect(name.clone(), tcp).await.map_err(HookError::Tls)?;
                 exchange(tls, request).await
             }
             None => exchange(tcp, request).await,
@@ -208,14 +209,11 @@ impl AuthHook {
 
 /// Sends the request on a fresh HTTP/1.1 connection and returns the response's status; the
 /// connection is dropped with the body unread.
-async fn exchange<IO>(io: IO, request: Request<Empty<Bytes>>) -> std::result::Result<u16, String>
+async fn exchange<IO>(io: IO, request: Request<Empty<Bytes>>) -> std::result::Result<u16, HookError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| format!("HTTP with the hook failed: {e}"))?;
-    let failed = |e: hyper::Error| format!("HTTP with the hook failed: {e}");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     let response = sender.send_request(request);
     tokio::pin!(connection, response);
     // The connection may finish (the hook answered and closed) before the response is picked
@@ -224,11 +222,11 @@ where
         biased;
         response = &mut response => response,
         result = &mut connection => {
-            result.map_err(failed)?;
+            result?;
             response.await
         }
     };
-    response.map(|r| r.status().as_u16()).map_err(failed)
+    Ok(response?.status().as_u16())
 }
 
 /// The headers the hook gets: the client's own, less [`DROPPED`] and [`RESERVED_PREFIXES`],
@@ -309,7 +307,7 @@ fn cache_key(subject: &Subject<'_>, headers: &[(HeaderName, HeaderValue)]) -> [u
 /// The client TLS configuration for an `https://` hook.
 fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>> {
     let roots = match ca_file {
-        Some(path) => crate::tls::trust(&[path])?,
+        Some(path) => super::tls::trust(&[path])?,
         None => {
             let mut roots = rustls::RootCertStore::empty();
             // The system store may hold certificates webpki cannot use; those are skipped.
@@ -327,7 +325,7 @@ fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCon
     }
     let config =
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_protocol_versions(crate::tls::VERSIONS)
+            .with_protocol_versions(super::tls::VERSIONS)
             .map_err(|e| Error::Config { key: "auth_hook.url".into(), reason: e.to_string() })?
             .with_root_certificates(roots)
             .with_no_client_auth();

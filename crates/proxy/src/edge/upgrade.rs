@@ -8,7 +8,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::room::RoomId;
+use crate::rooms::id::RoomId;
 
 /// How large a request head may be (`limits.max_request_head_bytes`,
 /// `limits.max_request_headers`).
@@ -109,7 +109,7 @@ fn check(request: &httparse::Request<'_, '_>, prefix: &str) -> Result<UpgradeReq
     let Some(rest) = path.strip_prefix(prefix) else {
         return Err(Refusal::status(404, format!("path must start with {prefix}"), Some(path)));
     };
-    let room = RoomId::parse(rest).map_err(|why| Refusal::status(404, why, Some(path)))?;
+    let room = RoomId::parse(rest).map_err(|why| Refusal::status(404, why.to_string(), Some(path)))?;
     let not_upgrade = |why: &str| Refusal::status(400, format!("not a WebSocket upgrade: {why}"), Some(path));
     if request.method != Some("GET") {
         return Err(not_upgrade("method is not GET"));

@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use x509_parser::prelude::FromDer;
 
 use crate::config::Config;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 fn tls_error(path: &Path, reason: impl Into<String>) -> Error {
     Error::Tls { path: path.to_owned(), reason: reason.into() }

@@ -1,0 +1,164 @@
+//! `ws-client`'s command line, and the options it turns into.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use micronets_message::Hello;
+
+use crate::bridge::BridgeOptions;
+use crate::connect::{ConnectOptions, Target, proxy_from_env};
+use crate::forward::Forwarder;
+use crate::run::{Retry, RunOptions};
+use crate::tls::TlsOptions;
+use crate::{Error, Result};
+
+/// The original test client's flags that are not single letters, and their long forms.
+pub const LEGACY: [(&str, &str); 2] = [("-cc", "--client-cert"), ("-ca", "--ca-cert")];
+
+/// The largest frame the client sends or takes; bodies are at most half of it.
+const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// `ws-client URL [options]`.
+#[derive(Parser)]
+#[command(
+    name = "ws-client",
+    version,
+    about = "A peer of the Micronets WebSocket relay: console, HTTP bridge, gateway forwarder"
+)]
+pub struct Cli {
+    /// wss://host:port/micronets/v1/ws-proxy/<room>
+    url: String,
+    /// Client certificate: a pkeycert, or a certificate with --client-key (original flag -cc).
+    #[arg(long)]
+    client_cert: Option<PathBuf>,
+    /// Client key, when not in --client-cert.
+    #[arg(long)]
+    client_key: Option<PathBuf>,
+    /// CA bundle for the relay's certificate [default: the system trust store] (original flag -ca).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Verify the relay's chain but not its host name (the original certificates have no SAN).
+    #[arg(long)]
+    skip_hostname_check: bool,
+    /// Do not verify the relay's certificate at all. Dangerous.
+    #[arg(long)]
+    insecure: bool,
+    /// Tunnel through this HTTP proxy with CONNECT [default: HTTPS_PROXY unless NO_PROXY matches].
+    #[arg(long)]
+    via: Option<String>,
+    /// Extra upgrade request header, e.g. 'Authorization: Bearer ...' (repeatable).
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// peerClass of our HELLO.
+    #[arg(long, default_value = "micronets-ws-test-client")]
+    peer_class: String,
+    /// peerId of our HELLO [default: random].
+    #[arg(long)]
+    peer_id: Option<String>,
+    /// Address of the HTTP bridge.
+    #[arg(short = 'a', long, default_value = "127.0.0.1")]
+    http_proxy_address: IpAddr,
+    /// Serve the HTTP bridge on this port (0: any free port).
+    #[arg(short = 'p', long)]
+    http_proxy_port: Option<u16>,
+    /// Serve incoming REST:REQUESTs against this local HTTP service, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    forward_to: Option<String>,
+    /// Bridge: answer 504 after this long without a response ("30s", "500ms" or seconds).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    request_timeout: Duration,
+    /// Forwarder: answer 504 after this long without the local service's response.
+    #[arg(long, default_value = "25s", value_parser = duration)]
+    forward_timeout: Duration,
+    /// Reconnect after failures, with capped exponential backoff and jitter.
+    #[arg(long)]
+    reconnect: bool,
+    /// With --reconnect: stop when the relay refuses the upgrade (404, 409, ...).
+    #[arg(long)]
+    no_retry_bad_handshake: bool,
+    /// Log the handshake and every frame (types, ids and sizes).
+    #[arg(long)]
+    trace: bool,
+}
+
+/// A command-line duration that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a duration like 2s, 500ms or 30")]
+struct BadDuration(String);
+
+/// A duration on the command line: `2s`, `500ms`, or plain seconds.
+fn duration(text: &str) -> std::result::Result<Duration, BadDuration> {
+    let text = text.trim();
+    let parsed = if let Some(ms) = text.strip_suffix("ms") {
+        ms.parse::<u64>().ok().map(Duration::from_millis)
+    } else {
+        text.strip_suffix('s')
+            .unwrap_or(text)
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64)
+    };
+    parsed.ok_or_else(|| BadDuration(text.to_owned()))
+}
+
+impl Cli {
+    /// The log filter the command line asks for.
+    #[must_use]
+    pub fn log_filter(&self) -> &'static str {
+        if self.trace { "micronets_client=trace,info" } else { "info" }
+    }
+
+    /// What the command line asks the client to do.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a URL, header or forward target that cannot be used.
+    pub fn into_options(self) -> Result<RunOptions> {
+        let target = Target::of_url(&self.url)?;
+        if self.insecure {
+            tracing::warn!("--insecure: the relay's certificate is NOT verified; anyone can impersonate it");
+        }
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| h.split_once(':').map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned())))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::Invalid("--header takes 'Name: value'".into()))?;
+        let tls = TlsOptions {
+            client_cert: self.client_cert,
+            client_key: self.client_key,
+            ca_cert: self.ca_cert,
+            skip_hostname_check: self.skip_hostname_check,
+            insecure: self.insecure,
+        };
+        let via = self.via.or_else(|| proxy_from_env(&target.host));
+        let connect = ConnectOptions {
+            url: self.url,
+            tls,
+            via,
+            headers,
+            timeout: Duration::from_secs(20),
+            max_frame_bytes: MAX_FRAME_BYTES,
+        };
+        let forward = match self.forward_to {
+            Some(base) => Some(Arc::new(Forwarder::new(&base, self.forward_timeout, MAX_FRAME_BYTES / 2)?)),
+            None => None,
+        };
+        let bridge_options =
+            BridgeOptions { request_timeout: self.request_timeout, max_body: MAX_FRAME_BYTES / 2 };
+        let bridge =
+            self.http_proxy_port.map(|port| (SocketAddr::new(self.http_proxy_address, port), bridge_options));
+        let peer_id = self.peer_id.unwrap_or_else(crate::session::random_peer_id);
+        let hello = Hello { peer_class: Some(self.peer_class), peer_id: Some(peer_id) };
+        let retry = Retry {
+            reconnect: self.reconnect,
+            stop_on_bad_handshake: self.no_retry_bad_handshake,
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        };
+        Ok(RunOptions { connect, hello, bridge, forward, retry })
+    }
+}

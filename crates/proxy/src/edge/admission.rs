@@ -1,0 +1,86 @@
+//! Admission: whether a valid upgrade request may go ahead, checked in order of cost before
+//! the 101 is sent, so a refused peer learns why (an HTTP status) before any frame flows: the
+//! per-certificate connection limit (429), the ACL (403), the authorization hook (403, or 503
+//! when it cannot answer), then room and rooms capacity here and cluster-wide (409, 503).
+
+use std::net::IpAddr;
+
+use tracing::{info, warn};
+
+use super::acl::Decision;
+use super::auth_hook::{Subject, Verdict};
+use super::gate::Gate;
+use super::slots::Slot;
+use super::upgrade::{Refusal, UpgradeRequest};
+use crate::identity::{Fingerprint, PeerIdentity};
+use crate::rooms::hub::Hub;
+use crate::rooms::registry::Space;
+
+/// What an admitted request carries into the room: the `peerClass` its HELLO must carry (from
+/// the ACL rule that let it in), and its place under the per-certificate limit.
+pub(crate) struct Pass {
+    pub(crate) peer_class: Option<String>,
+    pub(crate) slot: Slot<Fingerprint>,
+}
+
+/// Decides on one upgrade request from `peer`, whose certificate is `identity`.
+///
+/// # Errors
+/// The refusal to answer with.
+pub(crate) async fn admit(
+    gate: &Gate,
+    hub: &Hub,
+    identity: &PeerIdentity,
+    peer: IpAddr,
+    request: &UpgradeRequest,
+) -> Result<Pass, Refusal> {
+    let path = Some(request.path.as_str());
+    let Some(slot) = gate.per_identity.acquire(identity.fingerprint) else {
+        return Err(Refusal::status(429, "too many connections with this certificate", path));
+    };
+    // The loaded rules are let go at once, not held across the hook's check.
+    let decision = gate.acl.load().decide(identity, &request.room);
+    let peer_class = match decision {
+        Decision::Deny(why) => {
+            info!(reason = %why, path = %request.path, "ACL: refused");
+            return Err(Refusal::status(403, "this certificate may not join this room", path));
+        }
+        Decision::Allow { peer_class } => peer_class,
+    };
+    if let Some(hook) = &gate.auth_hook {
+        let subject = Subject {
+            identity,
+            peer,
+            target: &request.target,
+            room: request.room.as_str(),
+            headers: &request.headers,
+        };
+        let answer = hook.check(&subject).await;
+        gate.metrics.auth_hook_checked(answer.label());
+        match answer.verdict {
+            Verdict::Allow => {}
+            Verdict::Deny(status) => {
+                info!(hook_status = status, cached = answer.cached, path = %request.path, "authorization hook: refused");
+                return Err(Refusal::status(403, "refused by the authorization service", path));
+            }
+            Verdict::Unavailable(why) => {
+                warn!(reason = %why, path = %request.path, "authorization hook unavailable: refused (fail closed)");
+                return Err(Refusal::status(503, "authorization service unavailable: try again later", path));
+            }
+        }
+    }
+    let max_peers = gate.config.max_peers;
+    let space = match hub.registry.space(&request.room, &identity.fingerprint) {
+        Space::Free => hub.nodes.space(&request.room, &identity.fingerprint, max_peers).await,
+        local => Ok(local),
+    };
+    match space {
+        Ok(Space::Free) => Ok(Pass { peer_class, slot }),
+        Ok(Space::RoomFull) => Err(Refusal::status(409, "room full", path)),
+        Ok(Space::TooManyRooms) => Err(Refusal::status(503, "too many rooms: try again later", path)),
+        Err(why) => {
+            warn!(reason = %why, path = %request.path, "cluster presence unreachable: refused");
+            Err(Refusal::status(503, "cluster unavailable: try again later", path))
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! One accepted TCP connection: the TLS handshake, the peer's identity, the upgrade request and
+//! its admission, all within `handshake_timeout`; then the member's life in its room
+//! (`rooms/member.rs`).
+//!
+//! Errors never leave this module: [`run`] logs each connection's end once, with its reason, at
+//! a level that says whose fault it was.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{self, Instant};
+use tracing::{Span, debug, info, warn};
+
+use super::admission::{self, Pass};
+use super::gate::Gate;
+use super::slots::Slot;
+use super::tls;
+use super::upgrade::{self, HeadLimits, Refusal};
+use crate::error::Close;
+use crate::identity::PeerIdentity;
+use crate::metrics::OpenConnection;
+use crate::rooms::hub::Hub;
+use crate::rooms::member::{self, Admitted};
+use crate::rooms::websocket::{FrameReader, FrameWriter};
+
+type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+type WsStream = FrameReader<ReadHalf<Tls>>;
+type WsSink = FrameWriter<WriteHalf<Tls>>;
+
+/// An upgraded connection: its two halves (the TLS stream lives on the heap behind them, so it
+/// does not size the connection's task), and who it is and where it goes.
+struct Established {
+    sink: WsSink,
+    stream: WsStream,
+    admitted: Admitted,
+    /// Its place under `max_connections_per_identity`.
+    _identity_slot: Slot<crate::identity::Fingerprint>,
+}
+
+/// A connection's places under the limits counted at accept, given back when it ends.
+pub(crate) struct Places {
+    /// Its place under `max_connections`.
+    pub(crate) _permit: OwnedSemaphorePermit,
+    /// Counts it as open.
+    pub(crate) _open: OpenConnection,
+    /// Its place under `max_connections_per_ip`.
+    pub(crate) _ip: Slot<IpAddr>,
+}
+
+/// Serves one accepted TCP connection to its end; its `places` are given back when this
+/// returns.
+pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, places: Places) {
+    let _places = places;
+    // Boxed, so the handshake's large and short-lived state (TLS, the request head) is freed
+    // once it is done instead of sizing the task that lives as long as the connection.
+    let established = tokio::select! {
+        biased;
+        () = hub.shutdown.cancelled() => {
+            gate.metrics.connection_ended("shutdown");
+            debug!("shutting down: connection dropped before the upgrade");
+            None
+        }
+        established = Box::pin(establish(&gate, &hub, tcp)) => established,
+    };
+    let Some(Established { sink, stream, admitted, _identity_slot }) = established else {
+        return;
+    };
+    let close = member::serve(&hub, admitted, stream, sink, |identity| gate.recheck(identity)).await;
+    gate.metrics.connection_ended(close.label());
+    let code = u16::from(close.close_code());
+    match close {
+        Close::PeerClosed | Close::Transport(_) => {
+            debug!(code, reason = %close.reason(), "connection closed")
+        }
+        ref c if c.is_peer_fault() => info!(code, reason = %close.reason(), "connection closed by the proxy"),
+        _ => info!(code, reason = %close.reason(), "connection closed"),
+    }
+}
+
+/// TLS handshake, identity and upgrade, all within `handshake_timeout`.
+async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream) -> Option<Established> {
+    let deadline = Instant::now() + gate.config.handshake_timeout;
+    let peer = tcp.peer_addr().map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let acceptor = tokio_rustls::TlsAcceptor::from(gate.tls.load_full());
+    let tls = match time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let (label, detail) = tls::handshake_failure(&e);
+            gate.metrics.handshake_failed(label);
+            info!(reason = label, detail = %detail, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            gate.metrics.handshake_failed("timeout");
+            info!(reason = "timeout", "TLS handshake not completed within handshake_timeout");
+            return None;
+        }
+    };
+    let certificate = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let identity = match certificate.map(|c| PeerIdentity::from_der(c)) {
+        Some(Ok(identity)) => identity,
+        Some(Err(e)) => {
+            gate.metrics.handshake_failed("bad_certificate");
+            warn!(error = %e, "verified client certificate cannot be parsed");
+            return None;
+        }
+        None => {
+            gate.metrics.handshake_failed("no_client_certificate");
+            warn!("handshake completed without a client certificate");
+            return None;
+        }
+    };
+    Span::current().record("subject", tracing::field::display(&identity.subject));
+    Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
+    let established = upgrade(gate, hub, tls, identity, peer, deadline).await?;
+    Span::current().record("room", tracing::field::display(&established.admitted.room));
+    Some(established)
+}
+
+/// Reads the upgrade request within the handshake deadline and answers it: a refusal (logged,
+/// counted) or the 101 and a WebSocket.
+async fn upgrade(
+    gate: &Gate,
+    hub: &Hub,
+    mut tls: Tls,
+    identity: PeerIdentity,
+    peer: IpAddr,
+    deadline: Instant,
+) -> Option<Established> {
+    let config = &gate.config;
+    let limits = HeadLimits { bytes: config.max_request_head_bytes, headers: config.max_request_headers };
+    let request = match time::timeout_at(
+        deadline,
+        upgrade::read_request(&mut tls, &config.path_prefix, limits),
+    )
+    .await
+    {
+        Ok(result) => result,
+        Err(_) => Err(Refusal::Closed("no upgrade request within handshake_timeout".into())),
+    };
+    let refusal = match request {
+        Err(refusal) => refusal,
+        Ok(request) => match admission::admit(gate, hub, &identity, peer, &request).await {
+            Err(refusal) => refusal,
+            Ok(Pass { peer_class, slot }) => {
+                if let Err(e) = upgrade::accept(&mut tls, &request).await {
+                    gate.metrics.connection_ended("upgrade_incomplete");
+                    debug!(error = %e, "peer left during the upgrade");
+                    return None;
+                }
+                let (read, write) = tokio::io::split(tls);
+                let stream = FrameReader::new(read, &request.leftover, config.max_frame_bytes);
+                let admitted = Admitted { identity, room: request.room, peer_class };
+                return Some(Established {
+                    sink: FrameWriter::new(write),
+                    stream,
+                    admitted,
+                    _identity_slot: slot,
+                });
+            }
+        },
+    };
+    match refusal {
+        Refusal::Closed(why) => {
+            gate.metrics.connection_ended("upgrade_incomplete");
+            info!(reason = %why, "upgrade not completed");
+        }
+        Refusal::Status { status, reason, path } => {
+            gate.metrics.upgrade_refused(status);
+            info!(status, reason = %reason, path = path.as_deref().unwrap_or("-"), "upgrade refused");
+            let _ = time::timeout(config.handshake_timeout, async {
+                let _ = upgrade::refuse(&mut tls, status, &reason).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            })
+            .await;
+        }
+    }
+    None
+}

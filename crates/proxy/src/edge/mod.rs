@@ -1,0 +1,22 @@
+//! The edge: a connection's way in, up to the moment it is an upgraded WebSocket in a room.
+//!
+//! - `listener.rs`: the accept loop and the limits counted at accept;
+//! - `connection.rs`: TCP -> TLS -> identity -> upgrade -> admission, within
+//!   `handshake_timeout`, then the member's life (`rooms/member.rs`);
+//! - `tls.rs`: the mutual-TLS server configuration and why a handshake failed;
+//! - `upgrade.rs`: reading the HTTP upgrade request and answering it;
+//! - `admission.rs`: whether an upgrade may go ahead, using `acl.rs` (the rules),
+//!   `auth_hook.rs` (the operator's HTTP service) and `slots.rs` (per-key connection counts);
+//! - `gate.rs`: what every connection shares at the edge, and what a reload swaps.
+//!
+//! The map of the whole crate is in docs/architecture.md.
+
+pub mod acl;
+pub(crate) mod admission;
+pub(crate) mod auth_hook;
+pub(crate) mod connection;
+pub(crate) mod gate;
+pub(crate) mod listener;
+pub(crate) mod slots;
+pub mod tls;
+pub(crate) mod upgrade;

@@ -1,0 +1,16 @@
+//! Running the daemon: the assembled [`Proxy`] (`proxy.rs`) and its start (`daemon.rs`), the
+//! admin endpoint (`admin.rs`, with the rooms report of `status.rs`), hot reload
+//! (`reload.rs`), stopping and draining (`shutdown.rs`), systemd notifications (`systemd.rs`)
+//! and log output (`logging.rs`). `state.rs` holds what these parts share.
+
+pub(crate) mod admin;
+pub mod daemon;
+pub mod logging;
+pub(crate) mod proxy;
+pub(crate) mod reload;
+pub mod shutdown;
+pub(crate) mod state;
+pub mod status;
+pub mod systemd;
+
+pub use proxy::Proxy;

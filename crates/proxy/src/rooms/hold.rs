@@ -1,0 +1,121 @@
+//! The hold buffer: what a member alone in its room sent, kept in order for the next member
+//! (docs/protocol.md, "Alone in a room"). It is bounded in messages, bytes and age; a message
+//! it cannot take, or one that ages out, is never delivered and its sender is told.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use micronets_message::MessageId;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::id::ConnId;
+
+/// Limits of the hold buffer (`rooms.hold_max_messages`, `rooms.hold_max_bytes`,
+/// `rooms.hold_max_age`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HoldLimits {
+    pub(crate) max_messages: usize,
+    pub(crate) max_bytes: usize,
+    pub(crate) max_age: Duration,
+}
+
+/// A message held for a member alone in its room.
+pub(crate) struct Held {
+    pub(crate) frame: Message,
+    /// The connection that sent it.
+    pub(crate) from: ConnId,
+    /// Its `messageId`, to tell its sender when it is never delivered.
+    pub(crate) message_id: Option<MessageId<'static>>,
+    pub(crate) expires: Instant,
+}
+
+/// A room's held messages, oldest first.
+#[derive(Default)]
+pub(crate) struct Hold {
+    held: VecDeque<Held>,
+    bytes: usize,
+}
+
+impl Hold {
+    /// Holds `frame` if the limits allow; `false` when they do not (nothing is held).
+    /// `message_id` is called only when the frame is held.
+    pub(crate) fn push(
+        &mut self,
+        frame: &Message,
+        from: ConnId,
+        message_id: impl FnOnce() -> Option<MessageId<'static>>,
+        limits: HoldLimits,
+    ) -> bool {
+        if self.held.len() >= limits.max_messages || self.bytes + frame.len() > limits.max_bytes {
+            return false;
+        }
+        self.bytes += frame.len();
+        let expires = Instant::now() + limits.max_age;
+        self.held.push_back(Held { frame: frame.clone(), from, message_id: message_id(), expires });
+        true
+    }
+
+    /// Takes everything held, oldest first.
+    pub(crate) fn take_all(&mut self) -> VecDeque<Held> {
+        self.bytes = 0;
+        std::mem::take(&mut self.held)
+    }
+
+    /// Removes and returns the messages that expired by `now`.
+    pub(crate) fn expire(&mut self, now: Instant) -> Vec<Held> {
+        let mut expired = Vec::new();
+        while self.held.front().is_some_and(|h| h.expires <= now) {
+            if let Some(held) = self.held.pop_front() {
+                self.bytes -= held.frame.len();
+                expired.push(held);
+            }
+        }
+        expired
+    }
+
+    /// When the oldest held message expires.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        self.held.front().map(|h| h.expires)
+    }
+
+    /// Messages held.
+    pub(crate) fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether nothing is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_buffer_is_bounded_and_ages_out_oldest_first() {
+        let limits = HoldLimits { max_messages: 2, max_bytes: 10, max_age: Duration::from_secs(60) };
+        let mut hold = Hold::default();
+        let from = ConnId::next();
+        assert!(hold.push(&Message::text("abcd"), from, || None, limits));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(hold.push(&Message::text("efgh"), from, || Some(MessageId::from(7)), limits));
+        assert!(!hold.push(&Message::text("i"), from, || None, limits), "two messages at most");
+        assert_eq!((hold.len(), hold.bytes()), (2, 8));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let expired = hold.expire(Instant::now());
+        assert_eq!(expired.len(), 1);
+        assert_eq!(expired[0].frame, Message::text("abcd"));
+        assert_eq!((hold.len(), hold.bytes()), (1, 4));
+        let rest = hold.take_all();
+        assert_eq!(rest.front().map(|h| h.message_id.clone()), Some(Some(MessageId::from(7))));
+        assert!(hold.is_empty() && hold.bytes() == 0 && hold.next_expiry().is_none());
+    }
+}
