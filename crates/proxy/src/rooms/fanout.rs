@@ -39,7 +39,11 @@ pub(crate) async fn deliver_all(hub: &Hub, receivers: &[Mailbox], message: Messa
 pub(crate) async fn deliver(hub: &Hub, receiver: &Mailbox, message: Message, sender: Sender) {
     let patience = hub.config.slow_consumer_timeout;
     let delivery = match sender {
-        Sender::Local => receiver.deliver(message, patience).await,
+        // Most deliveries find room at once; the waiting future is made only when they do not.
+        Sender::Local => match receiver.try_deliver(message) {
+            Ok(delivery) => delivery,
+            Err(message) => receiver.deliver(message, patience).await,
+        },
         Sender::OtherNode => receiver.deliver_now(message, patience),
     };
     if delivery == Delivery::Slow {

@@ -192,35 +192,52 @@ impl<'a> Forward<'a> {
             return false;
         }
         // The common case: the room has not changed since the last frame.
-        if targets.is_current(self.room) {
-            self.deliver_all(targets, message, tally).await;
-            return false;
-        }
-        let requires_response = header.as_ref().is_some_and(|h| h.requires_response);
-        let message_id = || header.as_ref().and_then(|h| h.message_id.as_ref()).map(MessageId::to_owned_id);
-        let limits = self.hub.hold_limits();
-        match self.room.route(self.mailbox.conn(), &message, requires_response, message_id, limits, targets) {
-            Route::Deliver => self.deliver_all(targets, message, tally).await,
-            Route::Held => {
-                Metrics::inc(&self.hub.metrics.held);
-                debug!(len = message.len(), "held: no other member yet");
-                return true;
-            }
-            Route::HoldFull => {
-                Metrics::inc(&self.hub.metrics.held_refused);
-                self.error(503, "no peer connected and the hold buffer is full", message_id()).await;
-            }
-            Route::Alone => {
-                let reason = "no peer connected";
-                if header.as_ref().is_some_and(|h| h.message_type == REST_REQUEST) {
-                    let response = self.hub.replies.response(503, reason, message_id());
-                    self.reply(response).await;
-                } else {
-                    self.error(503, reason, message_id()).await;
+        if !targets.is_current(self.room) {
+            let requires_response = header.as_ref().is_some_and(|h| h.requires_response);
+            let message_id =
+                || header.as_ref().and_then(|h| h.message_id.as_ref()).map(MessageId::to_owned_id);
+            let limits = self.hub.hold_limits();
+            match self.room.route(
+                self.mailbox.conn(),
+                &message,
+                requires_response,
+                message_id,
+                limits,
+                targets,
+            ) {
+                Route::Deliver => {}
+                Route::Held => {
+                    Metrics::inc(&self.hub.metrics.held);
+                    debug!(len = message.len(), "held: no other member yet");
+                    return true;
                 }
+                Route::HoldFull => {
+                    Metrics::inc(&self.hub.metrics.held_refused);
+                    self.error(503, "no peer connected and the hold buffer is full", message_id()).await;
+                    return false;
+                }
+                Route::Alone => {
+                    let reason = "no peer connected";
+                    if header.as_ref().is_some_and(|h| h.message_type == REST_REQUEST) {
+                        let response = self.hub.replies.response(503, reason, message_id());
+                        self.reply(response).await;
+                    } else {
+                        self.error(503, reason, message_id()).await;
+                    }
+                    return false;
+                }
+                Route::NotMember => return false,
             }
-            Route::NotMember => {}
         }
+        // To the other nodes hosting members first (queued, without waiting), then to the
+        // local members, in order.
+        if !targets.nodes().is_empty() {
+            self.hub.nodes.send_frame(targets.nodes(), self.room.id(), self.mailbox.conn(), &message);
+        }
+        let receivers = targets.mailboxes();
+        tally.relayed(&message, receivers.len() as u64);
+        debug!(len = message.len(), receivers = receivers.len(), nodes = targets.nodes().len(), "relayed");
+        fanout::deliver_all(self.hub, receivers, message, Sender::Local).await;
         false
     }
 
@@ -232,19 +249,6 @@ impl<'a> Forward<'a> {
             info!(len = held.frame.len(), "held message expired: no peer joined in time");
             self.error(503, &format!("no peer joined within {}s", age.as_secs()), held.message_id).await;
         }
-    }
-
-    /// Delivers a member's frame to the other members, in order: to the other nodes hosting
-    /// members first (queued, without waiting), then to the local members.
-    async fn deliver_all(&self, targets: &Targets, message: Message, tally: &mut FrameTally) {
-        if !targets.nodes().is_empty() {
-            self.hub.nodes.send_frame(targets.nodes(), self.room.id(), self.mailbox.conn(), &message);
-        }
-        let receivers = targets.mailboxes();
-        let count = receivers.len() as u64;
-        tally.relayed(&message, count);
-        debug!(len = message.len(), receivers = count, nodes = targets.nodes().len(), "relayed");
-        fanout::deliver_all(self.hub, receivers, message, Sender::Local).await;
     }
 
     /// Queues a `CONN:ERROR` to this member, counted by status.

@@ -193,10 +193,17 @@ impl Mailbox {
         }
     }
 
+    /// Queues a frame if there is room now, without waiting; gives the frame back when the
+    /// queue is full. The common case, a receiver that keeps up: one lock, no timer, no clock.
+    pub(crate) fn try_deliver(&self, message: Message) -> Result<Delivery, Message> {
+        match self.offer(message) {
+            Offer::Queued => Ok(Delivery::Queued),
+            Offer::Gone => Ok(Delivery::Gone),
+            Offer::Full(message) => Err(message),
+        }
+    }
+
     /// Queues a frame, waiting at most `timeout` for room in the queue.
-    ///
-    /// The common case, a receiver that keeps up, takes one lock and neither a timer nor a
-    /// clock reading.
     pub(crate) async fn deliver(&self, message: Message, timeout: Duration) -> Delivery {
         let mut message = match self.offer(message) {
             Offer::Queued => return Delivery::Queued,
