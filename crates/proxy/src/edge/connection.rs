@@ -37,7 +37,7 @@ struct Established {
     stream: WsStream,
     admitted: Admitted,
     /// Its place under `max_connections_per_identity`.
-    _identity_slot: Slot<crate::identity::Fingerprint>,
+    identity_slot: Slot<crate::identity::Fingerprint>,
 }
 
 /// A connection's places under the limits counted at accept, given back when it ends.
@@ -54,21 +54,26 @@ pub(crate) struct Places {
 /// returns.
 pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, places: Places) {
     let _places = places;
-    // Boxed, so the handshake's large and short-lived state (TLS, the request head) is freed
-    // once it is done instead of sizing the task that lives as long as the connection.
-    let established = tokio::select! {
-        biased;
-        () = hub.shutdown.cancelled() => {
-            gate.metrics.connection_ended("shutdown");
-            debug!("shutting down: connection dropped before the upgrade");
-            None
-        }
-        established = Box::pin(establish(&gate, &hub, tcp)) => established,
+    // The handshake's state ends inside this block, so the task that lives as long as the
+    // connection keeps none of it across the member's life.
+    let (member, _identity_slot) = {
+        // Boxed, so the handshake's large and short-lived state (TLS, the request head) is
+        // freed once it is done instead of sizing the task.
+        let established = tokio::select! {
+            biased;
+            () = hub.shutdown.cancelled() => {
+                gate.metrics.connection_ended("shutdown");
+                debug!("shutting down: connection dropped before the upgrade");
+                None
+            }
+            established = Box::pin(establish(&gate, &hub, tcp)) => established,
+        };
+        let Some(Established { sink, stream, admitted, identity_slot }) = established else {
+            return;
+        };
+        (member::serve(&hub, admitted, stream, sink, |identity| gate.recheck(identity)), identity_slot)
     };
-    let Some(Established { sink, stream, admitted, _identity_slot }) = established else {
-        return;
-    };
-    let close = member::serve(&hub, admitted, stream, sink, |identity| gate.recheck(identity)).await;
+    let close = member.await;
     gate.metrics.connection_ended(close.label());
     let code = u16::from(close.close_code());
     match close {
@@ -158,7 +163,7 @@ async fn upgrade(
                     sink: FrameWriter::new(write),
                     stream,
                     admitted,
-                    _identity_slot: slot,
+                    identity_slot: slot,
                 });
             }
         },

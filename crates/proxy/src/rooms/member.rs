@@ -5,6 +5,7 @@
 //! [`serve`] is generic over the stream of frames read from the peer and the sink its writer
 //! writes to, so the whole life of a member can be driven with channels in tests.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,26 +45,32 @@ pub(crate) struct Admitted {
 /// Serves an upgraded connection to its end: reads its frames from `stream`, writes to `sink`
 /// from a writer task of its own, and returns why it ended. `recheck` is asked again when the
 /// HELLO arrives, before the join: the certificate may have been revoked meanwhile.
-pub(crate) async fn serve<St, Si>(
-    hub: &Arc<Hub>,
+///
+/// The writer starts at once; the future this returns holds the connection's state once each
+/// (an `async fn` would also keep its moved-from arguments, for every idle connection).
+pub(crate) fn serve<'a, St, Si>(
+    hub: &'a Arc<Hub>,
     admitted: Admitted,
-    mut stream: St,
+    stream: St,
     sink: Si,
-    recheck: impl Fn(&PeerIdentity) -> Result<(), Close>,
-) -> Close
+    recheck: impl Fn(&PeerIdentity) -> Result<(), Close> + 'a,
+) -> impl Future<Output = Close> + 'a
 where
-    St: Stream<Item = Result<Message, ReadError>> + Unpin,
+    St: Stream<Item = Result<Message, ReadError>> + Unpin + 'a,
     Si: Sink<Message> + Send + Unpin + 'static,
     Si::Error: Send,
 {
     let config = &hub.config;
     let mailbox = Mailbox::new(ConnId::next(), config.queue_frames, config.queue_bytes);
     let writer = hub.tracker.spawn(write_loop(sink, mailbox.clone(), config.ping_interval));
-    let peer = Peer { hub, admitted, mailbox: mailbox.clone() };
-    let close = peer.live(&mut stream, recheck).await;
-    mailbox.kill(close.clone());
-    let _ = time::timeout(WRITER_GRACE, writer).await;
-    mailbox.kill_reason().unwrap_or(close)
+    let peer = Peer { hub, admitted, mailbox };
+    let mut stream = stream;
+    async move {
+        let close = peer.live(&mut stream, recheck).await;
+        peer.mailbox.kill(close.clone());
+        let _ = time::timeout(WRITER_GRACE, writer).await;
+        peer.mailbox.kill_reason().unwrap_or(close)
+    }
 }
 
 /// A connected peer after the upgrade.
