@@ -2,7 +2,7 @@
 //!
 //! The reference spec carries a body as a JSON value when `dataFormat` is `application/json`,
 //! as base64 when it is `application/octet-stream`, and as a string otherwise. We add two rules
-//! (design.md section 6, ws-client): any `*+json` type travels as a JSON value too, and binary
+//! (docs/protocol.md, "Relaying"): any `*+json` type travels as a JSON value too, and binary
 //! bodies keep their real media type in an extra `contentType` field, which the original
 //! clients ignore.
 

@@ -1,9 +1,10 @@
 //! Configuration: the TOML file's shape ([`FileConfig`]), command-line overrides
 //! ([`Overrides`]), and the validated [`Config`] the server runs on.
 //!
-//! Every key is optional with the default of design.md section 6; unknown keys are refused.
-//! Validation happens here, before anything binds, and `ws-proxy check-config` runs exactly this
-//! code.
+//! Every key is optional with the default `docs/ws-proxy.example.toml` shows; unknown keys are
+//! refused. Each value is validated here, before anything binds; the ACL's rules are compiled
+//! by the edge (`edge/acl.rs`) when the proxy is made, which `ws-proxy check-config` does too.
+//! Every part of the crate reads the validated [`Config`]; this file imports none of them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -62,7 +62,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Why a WebSocket connection is closed by the proxy, or how it ended.
 ///
 /// Every variant maps to a close code in [`Close::close_code`]; adding one forces that
-/// decision (design.md section 5, "Close codes").
+/// decision (docs/protocol.md, "Close codes").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Close {
     /// The peer closed the connection (close frame or EOF).
