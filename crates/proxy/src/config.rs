@@ -169,6 +169,11 @@ pub struct AclRule {
     pub(crate) peer_class: Option<String>,
 }
 
+/// TOML text that is not a configuration: its syntax, an unknown key, a value of the wrong type.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.to_string().trim_end())]
+pub struct ParseError(toml::de::Error);
+
 /// The TOML file, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -533,15 +538,15 @@ impl FileConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::ConfigFile { path: path.to_owned(), reason: e.to_string() })?;
-        Self::parse(&text).map_err(|reason| Error::ConfigFile { path: path.to_owned(), reason })
+        Self::parse(&text).map_err(|e| Error::ConfigFile { path: path.to_owned(), reason: e.to_string() })
     }
 
     /// Parses TOML text.
     ///
     /// # Errors
-    /// The TOML error, which names the offending key.
-    pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    /// [`ParseError`], which names the offending key.
+    pub fn parse(text: &str) -> std::result::Result<Self, ParseError> {
+        toml::from_str(text).map_err(ParseError)
     }
 
     /// The configuration `ws-proxy --dev` serves: localhost only, the dev PKI in `dir`.
@@ -723,7 +728,7 @@ mod tests {
 
     fn config(text: &str) -> Result<Config> {
         FileConfig::parse(text)
-            .map_err(|reason| Error::ConfigFile { path: "t".into(), reason })?
+            .map_err(|e| Error::ConfigFile { path: "t".into(), reason: e.to_string() })?
             .into_config(&Overrides::default())
     }
 

@@ -51,9 +51,6 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The listener failed in a way that stops the server.
-    #[error("listener: {0}")]
-    Listener(#[source] std::io::Error),
 }
 
 /// `Result` with this crate's [`Error`].
@@ -97,8 +94,6 @@ pub enum Close {
     TooManyRooms,
     /// Cluster mode: presence in Redis could not be reached to join the room.
     ClusterUnavailable(String),
-    /// Our fault.
-    Internal(String),
 }
 
 impl Close {
@@ -118,7 +113,6 @@ impl Close {
             Close::InvalidUtf8 => CloseCode::Invalid,
             Close::Protocol(_) => CloseCode::Protocol,
             Close::SlowConsumer | Close::TooManyRooms | Close::ClusterUnavailable(_) => CloseCode::Again,
-            Close::Internal(_) => CloseCode::Error,
         }
     }
 
@@ -142,7 +136,6 @@ impl Close {
             Close::InvalidUtf8 => "text frame is not valid UTF-8".to_owned(),
             Close::Protocol(e) => format!("protocol error: {e}"),
             Close::SlowConsumer => "slow consumer: frames not read in time".to_owned(),
-            Close::Internal(e) => format!("internal error: {e}"),
         };
         truncate_utf8(text, 123)
     }
@@ -167,7 +160,6 @@ impl Close {
             Close::InvalidUtf8 => "invalid_utf8",
             Close::Protocol(_) => "protocol_error",
             Close::SlowConsumer => "slow_consumer",
-            Close::Internal(_) => "internal_error",
         }
     }
 
@@ -212,7 +204,6 @@ mod tests {
         assert_eq!(u16::from(Close::RoomFull.close_code()), 1008);
         assert_eq!(u16::from(Close::Replaced.close_code()), 1008);
         assert_eq!(u16::from(Close::TooBig(1).close_code()), 1009);
-        assert_eq!(u16::from(Close::Internal(String::new()).close_code()), 1011);
         assert_eq!(u16::from(Close::SlowConsumer.close_code()), 1013);
     }
 
