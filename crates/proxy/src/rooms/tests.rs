@@ -114,6 +114,17 @@ impl Peer {
     }
 }
 
+/// Two members of room `gw/1` that have exchanged their HELLOs.
+async fn pair(hub: &Arc<Hub>) -> (Peer, Peer) {
+    let mut a = Peer::connect(hub, "a", "gw/1");
+    a.hello("a");
+    let mut b = Peer::connect(hub, "b", "gw/1");
+    b.hello("b");
+    a.next().await;
+    b.next().await;
+    (a, b)
+}
+
 #[tokio::test]
 async fn members_get_each_others_hello_and_frames_byte_for_byte_never_an_echo() {
     let hub = hub("");
@@ -193,12 +204,7 @@ async fn a_held_message_that_ages_out_is_answered_503() {
 #[tokio::test]
 async fn invalid_envelopes_and_a_members_own_hello_are_refused_400_and_the_connection_stays() {
     let hub = hub("");
-    let mut a = Peer::connect(&hub, "a", "gw/1");
-    a.hello("a");
-    let mut b = Peer::connect(&hub, "b", "gw/1");
-    b.hello("b");
-    a.next().await;
-    b.next().await;
+    let (mut a, mut b) = pair(&hub).await;
     a.send(r#"{"message": {"messageId": 3, "messageType": 5}}"#);
     let error = a.next_message().await;
     assert_eq!((error["statusCode"].as_u64(), error["inResponseTo"].as_u64()), (Some(400), Some(3)));
@@ -214,12 +220,7 @@ async fn invalid_envelopes_and_a_members_own_hello_are_refused_400_and_the_conne
 #[tokio::test]
 async fn frames_over_the_rate_are_refused_429_and_not_relayed() {
     let hub = hub("[limits]\nmax_frames_per_second = 2\n");
-    let mut a = Peer::connect(&hub, "a", "gw/1");
-    a.hello("a");
-    let mut b = Peer::connect(&hub, "b", "gw/1");
-    b.hello("b");
-    a.next().await;
-    b.next().await;
+    let (mut a, mut b) = pair(&hub).await;
     for id in 1..=3 {
         a.send(&format!(r#"{{"message": {{"messageId": {id}, "messageType": "EVENT:x"}}}}"#));
     }
