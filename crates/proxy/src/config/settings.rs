@@ -1,0 +1,163 @@
+//! The validated configuration every part of the proxy reads ([`Config`]), with the settings of
+//! its optional sections.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where to listen (`listen.bind`).
+    pub bind: SocketAddr,
+    /// The URL path prefix before the room id (`listen.path_prefix`).
+    pub path_prefix: String,
+    /// Server certificate chain, and the key unless `server_key` is set (`tls.server_cert`).
+    pub server_cert: PathBuf,
+    /// A separate server key file (`tls.server_key`).
+    pub server_key: Option<PathBuf>,
+    /// CA bundles client certificates must chain to (`tls.client_ca`, plus a CA directory's
+    /// files when given on the command line).
+    pub client_ca: Vec<PathBuf>,
+    /// Certificate revocation lists client certificates are checked against (`tls.crl_files`).
+    pub crl_files: Vec<PathBuf>,
+    /// Deadline for the TLS handshake and the HTTP upgrade request (`tls.handshake_timeout`).
+    pub handshake_timeout: Duration,
+    /// Members per room (`rooms.max_peers`), at least 2.
+    pub max_peers: usize,
+    /// Deadline for a connection's `CONN:HELLO` (`rooms.hello_timeout`).
+    pub hello_timeout: Duration,
+    /// Messages held for a member alone in its room (`rooms.hold_max_messages`).
+    pub hold_max_messages: usize,
+    /// Bytes held for a member alone in its room (`rooms.hold_max_bytes`).
+    pub hold_max_bytes: usize,
+    /// How long a held message waits for a member (`rooms.hold_max_age`).
+    pub hold_max_age: Duration,
+    /// Open connections at most (`limits.max_connections`).
+    pub max_connections: usize,
+    /// Open connections from one source address at most, 0 for no limit; more are dropped
+    /// before any TLS work (`limits.max_connections_per_ip`).
+    pub max_connections_per_ip: usize,
+    /// Open connections with one certificate at most, 0 for no limit; more are refused with
+    /// HTTP 429 (`limits.max_connections_per_identity`).
+    pub max_connections_per_identity: usize,
+    /// Rooms at most: a connection that would open one more is refused (`limits.max_rooms`).
+    pub max_rooms: usize,
+    /// Largest `CONN:HELLO` frame accepted; a member's HELLO is kept and given to every later
+    /// member (`limits.max_hello_bytes`).
+    pub max_hello_bytes: usize,
+    /// Frames one member may send per second, 0 for no limit (`limits.max_frames_per_second`).
+    pub max_frames_per_second: u64,
+    /// Bytes one member may send per second, 0 for no limit (`limits.max_bytes_per_second`).
+    pub max_bytes_per_second: u64,
+    /// New connections accepted per second, 0 for no limit; past it they are dropped before
+    /// any TLS work (`limits.max_handshakes_per_second`).
+    pub max_handshakes_per_second: u64,
+    /// Largest frame accepted (`limits.max_frame_bytes`).
+    pub max_frame_bytes: usize,
+    /// Frames queued to one member at most (`limits.queue_frames`).
+    pub queue_frames: usize,
+    /// Bytes queued to one member at most (`limits.queue_bytes`).
+    pub queue_bytes: usize,
+    /// How long a member's full queue may block a sender before the member is closed
+    /// (`limits.slow_consumer_timeout`).
+    pub slow_consumer_timeout: Duration,
+    /// Ping period (`keepalive.ping_interval`).
+    pub ping_interval: Duration,
+    /// How long past a ping a connection may stay silent (`keepalive.pong_timeout`).
+    pub pong_timeout: Duration,
+    /// How long a shutdown waits for connections to close (`shutdown.grace`), counted from the
+    /// end of the drain window.
+    pub shutdown_grace: Duration,
+    /// The span over which a shutdown closes members, so they do not all reconnect at once
+    /// (`shutdown.drain_window`).
+    pub drain_window: Duration,
+    /// Where the admin endpoint listens (`admin.bind`); `None` when it is off.
+    pub admin_bind: Option<SocketAddr>,
+    /// Log format (`log.format`).
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `micronets_proxy=debug` (`log.level`).
+    pub log_level: String,
+    /// Largest upgrade request head, in bytes and in header lines; past either, HTTP 431.
+    pub max_request_head_bytes: usize,
+    /// See `max_request_head_bytes`.
+    pub max_request_headers: usize,
+    /// Who may join which room (`[[acl.rules]]`, in order); empty: everyone, everywhere. The
+    /// edge compiles them (`edge/acl.rs`), and refuses to start on a rule it cannot use.
+    pub acl: Vec<AclRule>,
+    /// The external authorization hook (`[auth_hook]`); `None` when `url` is empty.
+    pub auth_hook: Option<HookConfig>,
+    /// Cluster mode (`[cluster]`); `None` when `redis_url` is empty: a single node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The cluster settings, validated (`[cluster]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://`, `rediss://` or `redis+unix://` URL; for a Redis Cluster, the URLs of one or
+    /// more of its nodes, separated by commas.
+    pub redis_url: String,
+    /// Whether `redis_url` names a Redis Cluster (sharded pub/sub, RESP3).
+    pub redis_cluster: bool,
+    /// The CA bundle a `rediss://` server's certificate must chain to; `None` uses the system
+    /// trust store.
+    pub ca_file: Option<PathBuf>,
+    /// This node's name; a random suffix per start is added, so a restarted node never
+    /// meets the entries of its previous life.
+    pub node_id: String,
+    /// Prefix of every key and channel.
+    pub key_prefix: String,
+    /// How long a member's presence lasts without a refresh.
+    pub presence_ttl: Duration,
+    /// How long one Redis command, or a connection attempt, may take.
+    pub command_timeout: Duration,
+}
+
+/// The most `cluster.presence_ttl` may be: other nodes remember a departure this long, so a
+/// reading of presence older than it cannot bring a departed member back.
+pub const MAX_PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+/// The external authorization hook's settings, validated (`[auth_hook]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookConfig {
+    /// Where to ask: `http://` or `https://`.
+    pub url: http::Uri,
+    /// How long a check may take, connection included.
+    pub timeout: Duration,
+    /// How long a 2xx or 4xx answer is reused.
+    pub cache_ttl: Duration,
+    /// How many answers the cache keeps; zero turns the cache off.
+    pub cache_entries: usize,
+    /// How many checks may be in flight at once; more wait (within `timeout`).
+    pub max_in_flight: usize,
+    /// CA bundle for an `https://` hook; `None` uses the system trust store.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One ACL rule as written in the configuration file (`[[acl.rules]]`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    pub(crate) room: String,
+    pub(crate) allow: bool,
+    pub(crate) cn: Option<String>,
+    pub(crate) o: Option<String>,
+    pub(crate) ou: Option<String>,
+    pub(crate) san_dns: Option<String>,
+    pub(crate) san_uri: Option<String>,
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) peer_class: Option<String>,
+}

@@ -1,0 +1,416 @@
+//! From the file to the validated configuration: overrides applied, every value checked, each
+//! error naming its key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::file::{AuthHookSection, ClusterSection, FileConfig};
+use super::overrides::Overrides;
+use super::settings::{ClusterConfig, Config, HookConfig, MAX_PRESENCE_TTL};
+use crate::error::{Error, Result};
+
+impl FileConfig {
+    /// Applies overrides and validates everything.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first invalid key.
+    pub fn into_config(self, overrides: &Overrides) -> Result<Config> {
+        let bind_text = overrides.bind.clone().unwrap_or(self.listen.bind);
+        let mut bind: SocketAddr = bind_text
+            .parse()
+            .map_err(|_| invalid("listen.bind", format!("{bind_text:?} is not an address:port")))?;
+        if let Some(address) = &overrides.bind_address {
+            let ip = resolve_address(address)?;
+            bind.set_ip(ip);
+        }
+        if let Some(port) = overrides.bind_port {
+            bind.set_port(port);
+        }
+        let path_prefix = overrides.path_prefix.clone().unwrap_or(self.listen.path_prefix);
+        if !path_prefix.starts_with('/') || !path_prefix.ends_with('/') {
+            return Err(invalid(
+                "listen.path_prefix",
+                format!("{path_prefix:?} must start and end with '/'"),
+            ));
+        }
+        let server_cert = overrides.server_cert.clone().unwrap_or(self.tls.server_cert);
+        let server_key = Some(self.tls.server_key).filter(|p| !p.as_os_str().is_empty());
+        let mut client_ca = vec![overrides.client_ca.clone().unwrap_or(self.tls.client_ca)];
+        if let Some(dir) = &overrides.ca_dir {
+            client_ca.extend(ca_dir_files(dir)?);
+        }
+
+        let admin_text = overrides.admin_bind.clone().unwrap_or(self.admin.bind);
+        let admin_bind = match admin_text.as_str() {
+            "" => None,
+            text => Some(text.parse().map_err(|_| {
+                invalid("admin.bind", format!("{text:?} is not an address:port (or \"\" to turn it off)"))
+            })?),
+        };
+
+        let rooms = self.rooms;
+        if rooms.max_peers < 2 {
+            return Err(invalid("rooms.max_peers", "must be at least 2".into()));
+        }
+        let limits = self.limits;
+        positive("rooms.hold_max_messages", rooms.hold_max_messages)?;
+        positive("rooms.hold_max_bytes", rooms.hold_max_bytes)?;
+        positive("limits.max_connections", limits.max_connections)?;
+        positive("limits.max_rooms", limits.max_rooms)?;
+        if limits.max_hello_bytes < 256 {
+            return Err(invalid("limits.max_hello_bytes", "must be at least 256".into()));
+        }
+        positive("limits.queue_frames", limits.queue_frames)?;
+        if !(1024..=65536).contains(&limits.max_request_head_bytes) {
+            return Err(invalid("limits.max_request_head_bytes", "must be between 1024 and 65536".into()));
+        }
+        if !(8..=256).contains(&limits.max_request_headers) {
+            return Err(invalid("limits.max_request_headers", "must be between 8 and 256".into()));
+        }
+        if limits.max_frame_bytes < 1024 {
+            return Err(invalid("limits.max_frame_bytes", "must be at least 1024".into()));
+        }
+        if limits.max_bytes_per_second != 0 && limits.max_bytes_per_second < limits.max_frame_bytes as u64 {
+            return Err(invalid(
+                "limits.max_bytes_per_second",
+                "must be 0 (no limit) or at least limits.max_frame_bytes".into(),
+            ));
+        }
+        if limits.queue_bytes < limits.max_frame_bytes {
+            return Err(invalid("limits.queue_bytes", "must be at least limits.max_frame_bytes".into()));
+        }
+
+        Ok(Config {
+            bind,
+            path_prefix,
+            server_cert,
+            server_key,
+            client_ca,
+            crl_files: self.tls.crl_files,
+            handshake_timeout: duration("tls.handshake_timeout", &self.tls.handshake_timeout)?,
+            max_peers: rooms.max_peers,
+            hello_timeout: duration("rooms.hello_timeout", &rooms.hello_timeout)?,
+            hold_max_messages: rooms.hold_max_messages,
+            hold_max_bytes: rooms.hold_max_bytes,
+            hold_max_age: duration("rooms.hold_max_age", &rooms.hold_max_age)?,
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_connections_per_identity: limits.max_connections_per_identity,
+            max_rooms: limits.max_rooms,
+            max_hello_bytes: limits.max_hello_bytes,
+            max_frames_per_second: limits.max_frames_per_second,
+            max_bytes_per_second: limits.max_bytes_per_second,
+            max_handshakes_per_second: limits.max_handshakes_per_second,
+            max_request_head_bytes: limits.max_request_head_bytes,
+            max_request_headers: limits.max_request_headers,
+            max_frame_bytes: limits.max_frame_bytes,
+            queue_frames: limits.queue_frames,
+            queue_bytes: limits.queue_bytes,
+            slow_consumer_timeout: duration("limits.slow_consumer_timeout", &limits.slow_consumer_timeout)?,
+            ping_interval: duration("keepalive.ping_interval", &self.keepalive.ping_interval)?,
+            pong_timeout: duration("keepalive.pong_timeout", &self.keepalive.pong_timeout)?,
+            shutdown_grace: duration("shutdown.grace", &self.shutdown.grace)?,
+            drain_window: duration("shutdown.drain_window", &self.shutdown.drain_window)?,
+            admin_bind,
+            log_format: overrides.log_format.unwrap_or(self.log.format),
+            log_level: self.log.level,
+            acl: self.acl.rules,
+            auth_hook: self.auth_hook.into_config()?,
+            cluster: self.cluster.into_config()?,
+        })
+    }
+}
+
+impl ClusterSection {
+    fn into_config(self) -> Result<Option<ClusterConfig>> {
+        if self.redis_url.is_empty() {
+            return Ok(None);
+        }
+        let urls: Vec<&str> = self.redis_url.split(',').map(str::trim).collect();
+        if urls.len() > 1 && !self.redis_cluster {
+            return Err(invalid(
+                "cluster.redis_url",
+                "several URLs are for a Redis Cluster (redis_cluster = true)".into(),
+            ));
+        }
+        for url in urls {
+            let scheme = url.split("://").next().unwrap_or_default();
+            if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") || !url.contains("://") {
+                return Err(invalid(
+                    "cluster.redis_url",
+                    format!("{:?} is not a redis://, rediss:// or redis+unix:// URL", redacted_url(url)),
+                ));
+            }
+        }
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        let node_id = if self.node_id.is_empty() { host_name() } else { self.node_id };
+        if node_id.is_empty() || node_id.len() > 64 || !node_id.chars().all(plain) {
+            return Err(invalid("cluster.node_id", "must be 1-64 letters, digits, '-', '_' or '.'".into()));
+        }
+        if self.key_prefix.is_empty() || !self.key_prefix.chars().all(|c| plain(c) || c == ':') {
+            return Err(invalid(
+                "cluster.key_prefix",
+                "must be letters, digits, '-', '_', '.' or ':'".into(),
+            ));
+        }
+        let presence_ttl = duration("cluster.presence_ttl", &self.presence_ttl)?;
+        let command_timeout = duration("cluster.command_timeout", &self.command_timeout)?;
+        if presence_ttl < command_timeout * 4 {
+            return Err(invalid(
+                "cluster.presence_ttl",
+                "must be at least 4 times cluster.command_timeout (presence is refreshed every quarter)"
+                    .into(),
+            ));
+        }
+        if presence_ttl > MAX_PRESENCE_TTL {
+            return Err(invalid("cluster.presence_ttl", "must be at most 60s".into()));
+        }
+        Ok(Some(ClusterConfig {
+            redis_url: self.redis_url,
+            redis_cluster: self.redis_cluster,
+            ca_file: Some(self.ca_file).filter(|p| !p.as_os_str().is_empty()),
+            node_id,
+            key_prefix: self.key_prefix,
+            presence_ttl,
+            command_timeout,
+        }))
+    }
+}
+
+/// Redis URLs (one, or several separated by commas) without their passwords, for messages.
+pub(crate) fn redacted_url(urls: &str) -> String {
+    let one = |url: &str| match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    };
+    urls.split(',').map(|u| one(u.trim())).collect::<Vec<_>>().join(",")
+}
+
+/// This machine's name, for a node id; "node" when it cannot be read.
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String =
+        name.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).collect();
+    if name.is_empty() { "node".into() } else { name }
+}
+
+impl AuthHookSection {
+    fn into_config(self) -> Result<Option<HookConfig>> {
+        if self.url.is_empty() {
+            return Ok(None);
+        }
+        let url: http::Uri = self
+            .url
+            .parse()
+            .map_err(|e| invalid("auth_hook.url", format!("{:?} is not a URL: {e}", self.url)))?;
+        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+            return Err(invalid(
+                "auth_hook.url",
+                format!("{:?} must be an http:// or https:// URL", self.url),
+            ));
+        }
+        let timeout = duration("auth_hook.timeout", &self.timeout)?;
+        positive("auth_hook.max_in_flight", self.max_in_flight)?;
+        Ok(Some(HookConfig {
+            url,
+            timeout,
+            cache_ttl: duration("auth_hook.cache_ttl", &self.cache_ttl)?,
+            cache_entries: self.cache_entries,
+            max_in_flight: self.max_in_flight,
+            ca_file: Some(self.ca_file).filter(|p| !p.as_os_str().is_empty()),
+        }))
+    }
+}
+
+fn invalid(key: &str, reason: String) -> Error {
+    Error::Config { key: key.to_owned(), reason }
+}
+
+fn positive(key: &str, value: usize) -> Result<()> {
+    if value == 0 { Err(invalid(key, "must be at least 1".into())) } else { Ok(()) }
+}
+
+/// The original's `--bind-address` took a host name or an IP; `localhost` is the one name we
+/// resolve, everything else must be an IP (a proxy should not depend on DNS to start).
+fn resolve_address(address: &str) -> Result<std::net::IpAddr> {
+    if address == "localhost" {
+        return Ok(std::net::IpAddr::from([127, 0, 0, 1]));
+    }
+    address
+        .parse()
+        .map_err(|_| invalid("listen.bind", format!("bind address {address:?} is not an IP address")))
+}
+
+fn ca_dir_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::Tls { path: dir.to_owned(), reason: format!("cannot read CA directory: {e}") })?;
+    let mut files: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Parses `"10s"`, `"250ms"`, `"2m"`, `"1h"`: a whole number and a unit.
+///
+/// # Errors
+/// [`Error::Config`] naming `key` when the text is not such a duration or is zero.
+pub fn duration(key: &str, text: &str) -> Result<Duration> {
+    let bad =
+        || invalid(key, format!("{text:?} is not a duration like \"10s\", \"250ms\", \"2m\" or \"1h\""));
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let value = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if value.is_zero() {
+        return Err(invalid(key, "must be more than zero".into()));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogFormat;
+
+    fn config(text: &str) -> Result<Config> {
+        FileConfig::parse(text)
+            .map_err(|e| Error::ConfigFile { path: "t".into(), reason: e.to_string() })?
+            .into_config(&Overrides::default())
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = config("").unwrap();
+        assert_eq!(c.bind, "0.0.0.0:5050".parse().unwrap());
+        assert_eq!(c.path_prefix, "/micronets/v1/ws-proxy/");
+        assert_eq!(c.max_peers, 2);
+        assert_eq!(c.hello_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_frame_bytes, 1 << 20);
+        assert_eq!(c.queue_frames, 1024);
+        assert_eq!(c.ping_interval, Duration::from_secs(20));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.server_key, None);
+        assert_eq!(c.admin_bind, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(c.drain_window, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_empty_admin_bind_turns_the_endpoint_off() {
+        assert_eq!(config("[admin]\nbind = \"\"\n").unwrap().admin_bind, None);
+        let err = config("[admin]\nbind = \"localhost\"\n").unwrap_err().to_string();
+        assert!(err.contains("admin.bind"), "{err}");
+        let off = Overrides { admin_bind: Some(String::new()), ..Overrides::default() };
+        assert_eq!(FileConfig::default().into_config(&off).unwrap().admin_bind, None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = config("[rooms]\nmax_peers = 1\n").unwrap_err().to_string();
+        assert_eq!(err, "config key rooms.max_peers: must be at least 2");
+        let err = config("[keepalive]\nping_interval = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("keepalive.ping_interval") && err.contains("\"soon\""), "{err}");
+        let err = config("[listen]\nbind = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(err.contains("listen.bind"), "{err}");
+        let err = config("[listen]\npath_prefix = \"/x\"\n").unwrap_err().to_string();
+        assert!(err.contains("listen.path_prefix"), "{err}");
+        let err = config("[limits]\nbogus = 1\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+        let err = config("[limits]\nmax_frame_bytes = \"big\"\n").unwrap_err().to_string();
+        assert!(err.contains("max_frame_bytes"), "{err}");
+        let err = config("[limits]\nmax_request_head_bytes = 100\n").unwrap_err().to_string();
+        assert!(err.contains("limits.max_request_head_bytes"), "{err}");
+        let err = config("[limits]\nmax_request_headers = 1000\n").unwrap_err().to_string();
+        assert!(err.contains("limits.max_request_headers"), "{err}");
+    }
+
+    #[test]
+    fn redis_passwords_are_not_shown() {
+        assert_eq!(redacted_url("redis://user:secret@127.0.0.1:6379/0"), "redis://***@127.0.0.1:6379/0");
+        assert_eq!(redacted_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redacted_url("redis://:a@h1:1, redis://:b@h2:2"), "redis://***@h1:1,redis://***@h2:2");
+    }
+
+    #[test]
+    fn cluster_mode_is_off_unless_given_a_url_and_its_settings_are_checked() {
+        assert_eq!(config("").unwrap().cluster, None);
+        let c = config("[cluster]\nredis_url = \"redis://127.0.0.1:6379\"\nnode_id = \"a\"\n")
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(
+            (c.node_id.as_str(), c.presence_ttl, c.redis_cluster),
+            ("a", Duration::from_secs(6), false)
+        );
+        for (extra, key) in [
+            ("redis_url = \"http://x\"", "cluster.redis_url"),
+            ("redis_url = \"redis://a:1,redis://b:2\"", "cluster.redis_url"),
+            ("redis_url = \"redis://a\"\nnode_id = \"a b\"", "cluster.node_id"),
+            ("redis_url = \"redis://a\"\npresence_ttl = \"2s\"", "cluster.presence_ttl"),
+        ] {
+            let err = config(&format!("[cluster]\n{extra}\n")).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        let many = config("[cluster]\nredis_url = \"redis://a:1, redis://b:2\"\nredis_cluster = true\n");
+        assert!(many.unwrap().cluster.unwrap().redis_cluster);
+    }
+
+    #[test]
+    fn the_auth_hook_is_off_unless_given_a_url_and_its_url_is_checked() {
+        assert_eq!(config("").unwrap().auth_hook, None);
+        let hook = config("[auth_hook]\nurl = \"http://127.0.0.1:8181/authz\"\n").unwrap().auth_hook.unwrap();
+        assert_eq!(hook.url.path(), "/authz");
+        assert_eq!(hook.timeout, Duration::from_secs(2));
+        for bad in ["127.0.0.1:8181", "ftp://127.0.0.1/", "http://", "http://a b/"] {
+            let err = config(&format!("[auth_hook]\nurl = {bad:?}\n")).unwrap_err().to_string();
+            assert!(err.contains("auth_hook.url"), "{bad}: {err}");
+        }
+        let err = config("[auth_hook]\nurl = \"http://h/\"\nmax_in_flight = 0\n").unwrap_err().to_string();
+        assert!(err.contains("auth_hook.max_in_flight"), "{err}");
+    }
+
+    #[test]
+    fn the_documented_example_is_valid_and_matches_the_defaults() {
+        let example = FileConfig::parse(include_str!("../../../../docs/ws-proxy.example.toml")).unwrap();
+        let example = example.into_config(&Overrides::default()).unwrap();
+        let defaults = FileConfig::default().into_config(&Overrides::default()).unwrap();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("k", "250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(duration("k", "2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(duration("k", "1h").unwrap(), Duration::from_secs(3600));
+        for bad in ["", "s", "10", "1.5s", "-1s", "10 s", "0s", "5d"] {
+            assert!(duration("k", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn overrides_win() {
+        let overrides = Overrides {
+            bind: Some("127.0.0.1:0".into()),
+            bind_port: Some(6000),
+            path_prefix: Some("/p/".into()),
+            log_format: Some(LogFormat::Json),
+            ..Overrides::default()
+        };
+        let c = FileConfig::default().into_config(&overrides).unwrap();
+        assert_eq!(c.bind, "127.0.0.1:6000".parse().unwrap());
+        assert_eq!(c.path_prefix, "/p/");
+        assert_eq!(c.log_format, LogFormat::Json);
+        let localhost = Overrides { bind_address: Some("localhost".into()), ..Overrides::default() };
+        assert_eq!(
+            FileConfig::default().into_config(&localhost).unwrap().bind,
+            "127.0.0.1:5050".parse().unwrap()
+        );
+    }
+}

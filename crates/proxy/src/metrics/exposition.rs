@@ -1,0 +1,252 @@
+//! The Prometheus text exposition of the counters, made when `/metrics` is scraped.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::{ClusterTotals, Flow, FrameKind, LATENCY_SAMPLE_EVERY, Metrics, RoomTotals};
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric, with the room gauges given.
+    #[must_use]
+    pub fn render(self: &Arc<Self>, rooms: RoomTotals, cluster: Option<ClusterTotals>) -> String {
+        let mut registry = Registry::with_prefix("ws_proxy");
+        registry.register_collector(Box::new(Scrape { metrics: Arc::clone(self), rooms, cluster }));
+        let mut text = String::new();
+        // Writing to a String cannot fail, and every collector below only writes.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+        text
+    }
+}
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The metrics and room gauges of one scrape.
+#[derive(Debug)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    rooms: RoomTotals,
+    cluster: Option<ClusterTotals>,
+}
+
+type Labels<'a> = [(&'static str, &'a str); 1];
+
+impl Scrape {
+    fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+        e.encode_descriptor(name, help, None, MetricType::Counter)?
+            .encode_counter::<NoLabelSet, _, u64>(&value, None)
+    }
+
+    fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+        e.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)
+    }
+
+    fn labelled<L: EncodeLabelSet>(
+        e: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        values: &[(L, u64)],
+    ) -> std::fmt::Result {
+        let mut metric = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, value) in values {
+            metric.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(value, None)?;
+        }
+        Ok(())
+    }
+
+    fn by<K: ToString>(key: &'static str, entries: Vec<(K, u64)>) -> Vec<([(&'static str, String); 1], u64)> {
+        entries.into_iter().map(|(k, v)| ([(key, k.to_string())], v)).collect()
+    }
+
+    fn traffic(&self, flow: fn(&Flow) -> u64) -> Vec<([(&'static str, &'static str); 2], u64)> {
+        let m = &self.metrics;
+        [("in", &m.received), ("out", &m.relayed)]
+            .into_iter()
+            .flat_map(|(direction, traffic)| {
+                FrameKind::ALL
+                    .map(|kind| ([("direction", direction), ("type", kind.label())], flow(traffic.of(kind))))
+            })
+            .collect()
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let m = &self.metrics;
+        let version: Labels = [("version", env!("CARGO_PKG_VERSION"))];
+        e.encode_descriptor("build_info", "The proxy's version; always 1.", None, MetricType::Gauge)?
+            .encode_family(&version)?
+            .encode_gauge(&1u64)?;
+        Self::gauge(
+            &mut e,
+            "connections_open",
+            "Accepted connections not yet ended.",
+            Metrics::get(&m.connections_open),
+        )?;
+        Self::counter(
+            &mut e,
+            "connections_accepted",
+            "Connections accepted under max_connections.",
+            Metrics::get(&m.connections_accepted),
+        )?;
+        let mut outcomes = m.outcomes.entries();
+        outcomes.push(("refused", Metrics::get(&m.connections_refused)));
+        Self::labelled(
+            &mut e,
+            "connections",
+            "Connections by outcome: refused at max_connections, tls_failed, upgrade_refused, upgrade_incomplete, or the reason a WebSocket ended.",
+            &Self::by("outcome", outcomes),
+        )?;
+        Self::labelled(
+            &mut e,
+            "tls_handshake_failures",
+            "Failed TLS handshakes by reason.",
+            &Self::by("reason", m.handshake_failures.entries()),
+        )?;
+        Self::labelled(
+            &mut e,
+            "upgrade_refusals",
+            "Upgrade requests refused, by HTTP status.",
+            &Self::by("status", m.upgrade_refusals.entries()),
+        )?;
+        Self::labelled(
+            &mut e,
+            "auth_hook_checks",
+            "Answers of the authorization hook: allowed, denied (4xx), either from the cache (_cached), or unavailable (refused: fail closed).",
+            &Self::by("result", m.auth_hook_checks.entries()),
+        )?;
+        if let Some(cluster) = self.cluster {
+            Self::gauge(
+                &mut e,
+                "cluster_up",
+                "1 while the cluster's Redis is reachable.",
+                u64::from(cluster.up),
+            )?;
+            Self::counter(
+                &mut e,
+                "cluster_notes_published",
+                "Notes (frames, joins, departures) published to other nodes' inboxes.",
+                cluster.published,
+            )?;
+            Self::counter(
+                &mut e,
+                "cluster_notes_lost",
+                "Notes for other nodes that could not be published (Redis unreachable, outbox full).",
+                cluster.lost,
+            )?;
+        }
+        Self::gauge(&mut e, "rooms", "Rooms with at least one member.", self.rooms.rooms)?;
+        Self::gauge(&mut e, "members", "Members of all rooms.", self.rooms.members)?;
+        Self::counter(
+            &mut e,
+            "joins",
+            "Peers that sent their HELLO and joined a room.",
+            Metrics::get(&m.joins),
+        )?;
+        Self::labelled(
+            &mut e,
+            "frames",
+            "Data frames received from members (in) and queued to receivers (out, one per receiver).",
+            &self.traffic(Flow::frames),
+        )?;
+        Self::labelled(
+            &mut e,
+            "bytes",
+            "Bytes of the data frames counted by ws_proxy_frames_total.",
+            &self.traffic(Flow::bytes),
+        )?;
+        Self::labelled(
+            &mut e,
+            "conn_errors",
+            "CONN:ERROR messages sent by the proxy, by statusCode.",
+            &Self::by("status", m.conn_errors.entries()),
+        )?;
+        Self::counter(
+            &mut e,
+            "replies",
+            "Messages the proxy answered itself (CONN:ERROR, REST:RESPONSE 503).",
+            Metrics::get(&m.errors_sent),
+        )?;
+        Self::counter(
+            &mut e,
+            "slow_consumer_disconnects",
+            "Receivers closed with 1013 for not reading.",
+            Metrics::get(&m.slow_consumers),
+        )?;
+        Self::gauge(&mut e, "held_messages", "Messages in hold buffers now.", self.rooms.held_messages)?;
+        Self::gauge(&mut e, "held_bytes", "Bytes in hold buffers now.", self.rooms.held_bytes)?;
+        Self::counter(
+            &mut e,
+            "held",
+            "Messages held for a member alone in its room.",
+            Metrics::get(&m.held),
+        )?;
+        Self::counter(
+            &mut e,
+            "held_refused",
+            "Messages the hold buffer refused or that expired (their sender got a 503).",
+            Metrics::get(&m.held_refused),
+        )?;
+        Self::counter(
+            &mut e,
+            "held_discarded",
+            "Held messages discarded because their sender left first.",
+            Metrics::get(&m.held_discarded),
+        )?;
+        let latency = &m.relay_latency;
+        let help = format!(
+            "Time from a frame's arrival to its being queued to every receiver (or held or refused); sampled: one frame in {LATENCY_SAMPLE_EVERY} per connection."
+        );
+        e.encode_descriptor("relay_latency_seconds", &help, None, MetricType::Histogram)?
+            .encode_histogram::<NoLabelSet>(
+                Duration::from_nanos(latency.sum_nanos.load(Ordering::Relaxed)).as_secs_f64(),
+                latency.count(),
+                &latency.buckets(),
+                None,
+            )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{FrameTally, PeerStats};
+    use tokio_tungstenite::tungstenite::Message;
+
+    #[test]
+    fn the_exposition_names_every_metric_with_its_labels() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.handshake_failed("unknown_ca");
+        metrics.conn_error_sent(400);
+        let mut tally = FrameTally::default();
+        tally.relayed(&Message::text("hello"), 2);
+        tally.publish(&metrics, &PeerStats::default());
+        metrics.relay_latency.observe(Duration::from_micros(30));
+        let text = metrics.render(RoomTotals { rooms: 1, members: 2, held_messages: 0, held_bytes: 0 }, None);
+        for line in [
+            "ws_proxy_build_info{version=\"",
+            "ws_proxy_connections_total{outcome=\"tls_failed\"} 1",
+            "ws_proxy_connections_total{outcome=\"refused\"} 0",
+            "ws_proxy_tls_handshake_failures_total{reason=\"unknown_ca\"} 1",
+            "ws_proxy_conn_errors_total{status=\"400\"} 1",
+            "ws_proxy_frames_total{direction=\"out\",type=\"text\"} 2",
+            "ws_proxy_bytes_total{direction=\"out\",type=\"text\"} 10",
+            "ws_proxy_frames_total{direction=\"in\",type=\"binary\"} 0",
+            "ws_proxy_rooms 1",
+            "ws_proxy_members 2",
+            "ws_proxy_relay_latency_seconds_bucket{le=\"5e-05\"} 1",
+            "ws_proxy_relay_latency_seconds_bucket{le=\"2.5e-05\"} 0",
+            "ws_proxy_relay_latency_seconds_bucket{le=\"+Inf\"} 1",
+            "ws_proxy_relay_latency_seconds_count 1",
+            "# HELP ws_proxy_relay_latency_seconds Time from",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}
