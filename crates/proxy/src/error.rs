@@ -88,6 +88,13 @@ pub enum Close {
     SlowConsumer,
     /// Its certificate was revoked (a reload brought a CRL that lists it).
     Revoked,
+    /// Its certificate's notAfter passed while it was connected.
+    CertificateExpired,
+    /// A reload made its certificate unacceptable: its CA is no longer trusted, or the ACL no
+    /// longer lets it into its room.
+    NoLongerAdmitted,
+    /// It said HELLO with the certificate of a member that it was not cleared to replace.
+    IdentityConflict,
     /// It kept sending over its rate limit.
     RateLimited,
     /// Its HELLO would have opened a room past `max_rooms`.
@@ -108,6 +115,9 @@ impl Close {
             | Close::RoomFull
             | Close::Replaced
             | Close::Revoked
+            | Close::CertificateExpired
+            | Close::NoLongerAdmitted
+            | Close::IdentityConflict
             | Close::RateLimited => CloseCode::Policy,
             Close::TooBig(_) => CloseCode::Size,
             Close::InvalidUtf8 => CloseCode::Invalid,
@@ -129,6 +139,9 @@ impl Close {
             Close::RoomFull => "room full".to_owned(),
             Close::Replaced => "replaced by a newer connection".to_owned(),
             Close::Revoked => "certificate revoked".to_owned(),
+            Close::CertificateExpired => "certificate expired".to_owned(),
+            Close::NoLongerAdmitted => "certificate no longer admitted".to_owned(),
+            Close::IdentityConflict => "identity already connected".to_owned(),
             Close::RateLimited => "rate limit exceeded".to_owned(),
             Close::TooManyRooms => "too many rooms: try again later".to_owned(),
             Close::ClusterUnavailable(_) => "cluster unavailable: try again later".to_owned(),
@@ -153,6 +166,9 @@ impl Close {
             Close::RoomFull => "room_full",
             Close::Replaced => "replaced",
             Close::Revoked => "revoked",
+            Close::CertificateExpired => "certificate_expired",
+            Close::NoLongerAdmitted => "no_longer_admitted",
+            Close::IdentityConflict => "identity_conflict",
             Close::RateLimited => "send_rate_limited",
             Close::TooManyRooms => "too_many_rooms",
             Close::ClusterUnavailable(_) => "cluster_unavailable",

@@ -133,7 +133,7 @@ fn outcome(data: &[u8], consumed: usize, result: Result<upgrade::UpgradeRequest,
             let head = consumed - request.leftover.len();
             Outcome::Upgrade { room: request.room, path: request.path, head }
         }
-        Err(Refusal::Status { status, reason, path }) => {
+        Err(Refusal::Status { status, reason, path, retry_after }) => {
             assert!([400, 404, 426, 431].contains(&status), "status {status} for a request alone");
             // The path is logged: nothing in it may end or forge a line. (Other characters,
             // C1 controls included, are escaped by the text log format and by JSON.)
@@ -144,7 +144,7 @@ fn outcome(data: &[u8], consumed: usize, result: Result<upgrade::UpgradeRequest,
                 );
             }
             let mut response = Vec::new();
-            run(upgrade::refuse(&mut response, status, &reason), 1).expect("writing to a Vec");
+            run(upgrade::refuse(&mut response, status, &reason, retry_after), 1).expect("writing to a Vec");
             let (code, body) = parse_response(&response);
             assert_eq!((code, body), (status, format!("{reason}\n").into_bytes()));
             Outcome::Refused { status, reason, path }

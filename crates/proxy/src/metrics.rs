@@ -54,11 +54,14 @@ pub struct Metrics {
     pub held_discarded: AtomicU64,
     /// Time from a frame's arrival until it is queued to every receiver (sampled).
     pub relay_latency: Histogram,
+    /// Connecting certificates that expire within `tls.expiry_warning` (each certificate once).
+    pub expiry_warnings: AtomicU64,
     handshake_failures: Tally<&'static str>,
     upgrade_refusals: Tally<u16>,
     conn_errors: Tally<u16>,
     outcomes: Tally<&'static str>,
     auth_hook_checks: Tally<&'static str>,
+    identity_conflicts: Tally<&'static str>,
 }
 
 /// A data frame's type.
@@ -353,6 +356,19 @@ impl Metrics {
     #[must_use]
     pub fn auth_hook_checks(&self, result: &str) -> u64 {
         self.auth_hook_checks.get(result)
+    }
+
+    /// Counts a newcomer with a member's certificate, by outcome: `kept` (the member answered
+    /// its probe), `replaced`, `refused` (`same_identity = "refuse"`), `refused_at_hello` (a
+    /// member appeared after the upgrade).
+    pub fn identity_conflict(&self, outcome: &'static str) {
+        self.identity_conflicts.inc(outcome);
+    }
+
+    /// Identity conflicts with this outcome.
+    #[must_use]
+    pub fn identity_conflicts(&self, outcome: &str) -> u64 {
+        self.identity_conflicts.get(outcome)
     }
 
     /// Counts an accepted connection's end by outcome label.

@@ -116,6 +116,8 @@ mod tests {
             bytes_in: 300,
             frames_out: 4,
             bytes_out: 400,
+            address: "127.0.0.1:40000".into(),
+            conflicts_survived: 0,
         };
         let rooms = vec![RoomStatus {
             id: "gw/1".into(),

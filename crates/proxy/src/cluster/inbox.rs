@@ -4,7 +4,7 @@
 
 use tracing::{debug, warn};
 
-use super::wire::Note;
+use super::wire::RoomNote;
 use crate::error::Close;
 use crate::metrics::FrameKind;
 use crate::rooms::fanout::{self, Sender};
@@ -16,9 +16,9 @@ use crate::rooms::room::Room;
 
 /// Carries out a note from another node. Nothing here waits: a local member that does not
 /// keep up is closed (see `rooms/fanout.rs`), and the node's inbox goes on.
-pub(crate) async fn apply(hub: &Hub, note: Note) {
+pub(crate) async fn apply(hub: &Hub, note: RoomNote) {
     match note {
-        Note::Frame { room, origin, conn, frame } => {
+        RoomNote::Frame { room, origin, conn, frame } => {
             let Some(room) = hub.registry.room(room.as_str()) else {
                 debug!(room = %room, origin = %origin, conn = %conn, "frame for a room with no member here");
                 return;
@@ -28,7 +28,7 @@ pub(crate) async fn apply(hub: &Hub, note: Note) {
             flow.add(receivers.len() as u64, (frame.len() * receivers.len()) as u64);
             fanout::deliver_all(hub, &receivers, frame, Sender::OtherNode).await;
         }
-        Note::Joined { room, card } => {
+        RoomNote::Joined { room, card } => {
             let Some(room) = hub.registry.room(room.as_str()) else { return };
             let hello = card.hello.clone();
             if let Some(receivers) =
@@ -37,14 +37,14 @@ pub(crate) async fn apply(hub: &Hub, note: Note) {
                 fanout::deliver_all(hub, &receivers, hello, Sender::OtherNode).await;
             }
         }
-        Note::Left { room, who, reason } => {
+        RoomNote::Left { room, who, reason } => {
             let Some(room) = hub.registry.room(room.as_str()) else { return };
             if let Some((card, receivers)) = room.remove_remote(&who) {
                 let left = hub.replies.peer_left(&card.name, &reason);
                 fanout::deliver_all(hub, &receivers, left, Sender::OtherNode).await;
             }
         }
-        Note::Replace { room, conn, by } => {
+        RoomNote::Replace { room, conn, by } => {
             if let Some(mailbox) =
                 hub.registry.room(room.as_str()).and_then(|r| r.replace_local(conn, Some(&by)))
             {

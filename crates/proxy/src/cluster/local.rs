@@ -1,6 +1,8 @@
 //! A single node: nobody else, nothing shared. Every room is whole in this process.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Message;
 
@@ -11,7 +13,7 @@ use crate::rooms::hub::Hub;
 use crate::rooms::id::{ConnId, NodeId, RoomId};
 use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
 use crate::rooms::registry::Space;
-use crate::rooms::remote::{Card, MemberKey, NewView};
+use crate::rooms::remote::{Card, MayReplace, MemberKey, NewView};
 
 /// One node, nothing shared.
 pub(crate) struct Local {
@@ -39,12 +41,29 @@ impl Nodes for Local {
         _: &'a RoomId,
         _: &'a Fingerprint,
         _: usize,
-    ) -> BoxFuture<'a, Result<Space, Unreachable>> {
-        Box::pin(std::future::ready(Ok(Space::Free)))
+    ) -> BoxFuture<'a, Result<(Space, Option<MemberKey>), Unreachable>> {
+        Box::pin(std::future::ready(Ok((Space::Free, None))))
     }
 
-    fn join<'a>(&'a self, _: &'a RoomId, _: &'a Card, _: usize) -> BoxFuture<'a, Result<Roster, JoinError>> {
+    fn join<'a>(
+        &'a self,
+        _: &'a RoomId,
+        _: &'a Card,
+        _: usize,
+        _: &'a MayReplace,
+    ) -> BoxFuture<'a, Result<Roster, JoinError>> {
         Box::pin(std::future::ready(Ok(Roster::default())))
+    }
+
+    /// Never asked: a single node knows no member elsewhere.
+    fn probe<'a>(
+        &'a self,
+        _: &'a MemberKey,
+        _: &'a RoomId,
+        _: SocketAddr,
+        _: Duration,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(std::future::ready(false))
     }
 
     fn leave<'a>(&'a self, _: &'a RoomId, _: ConnId) -> BoxFuture<'a, ()> {

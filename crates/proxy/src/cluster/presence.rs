@@ -17,16 +17,18 @@ use redis::{Script, Value};
 
 use super::error::BackplaneError;
 use super::link::Commands;
-use super::wire::{decode_card, field};
+use super::wire::{decode_card, field, key_of_field};
 use crate::identity::Fingerprint;
 use crate::rooms::id::{NodeId, RoomId};
 use crate::rooms::nodes::Roster;
-use crate::rooms::remote::Card;
+use crate::rooms::remote::{Card, MayReplace, MemberKey};
 
-/// Drops expired entries, checks capacity, replaces a member with the same certificate,
-/// inserts the newcomer. KEYS: cards, fps, ttl. ARGV: now, expiry, field, card,
-/// fingerprint, max_peers, key lifetime (ms). Returns {0} when full, else {1, replaced card
-/// or "", the room's cards as a flat field/card list}.
+/// Drops expired entries, checks capacity, replaces the member with the same certificate when
+/// the newcomer may replace it, inserts the newcomer. KEYS: cards, fps, ttl. ARGV: now, expiry,
+/// field, card, fingerprint, max_peers, key lifetime (ms), the member the newcomer may replace
+/// (its field, "*" for any, "" for none). Returns {0} when full, {2} when a member has the
+/// certificate and may not be replaced, else {1, replaced card or "", the room's cards as a
+/// flat field/card list}.
 const JOIN: &str = r"
 local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
 for _, f in ipairs(dead) do
@@ -41,6 +43,7 @@ for i = 1, #fps, 2 do
     if fps[i + 1] == ARGV[5] then replaced = fps[i] end
   end
 end
+if replaced and ARGV[8] ~= '*' and ARGV[8] ~= replaced then return {2} end
 if replaced then count = count - 1 end
 if count >= tonumber(ARGV[6]) then return {0} end
 local old = ''
@@ -55,13 +58,13 @@ for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[7]) end
 return {1, old, redis.call('HGETALL', KEYS[1])}
 ";
 
-/// Live members and whether one has this fingerprint. KEYS: cards, fps, ttl. ARGV: now,
-/// fingerprint. Returns {live members, 1 if one has the fingerprint}.
+/// Live members and the one with this fingerprint. KEYS: cards, fps, ttl. ARGV: now,
+/// fingerprint. Returns {live members, the field of the one with the fingerprint or ""}.
 const SPACE: &str = r"
 local live = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[1], '+inf')
-local same = 0
+local same = ''
 for _, f in ipairs(live) do
-  if redis.call('HGET', KEYS[2], f) == ARGV[2] then same = 1 end
+  if redis.call('HGET', KEYS[2], f) == ARGV[2] then same = f end
 end
 return {#live, same}
 ";
@@ -103,6 +106,16 @@ for _, f in ipairs(live) do
 end
 return {out, replaced}
 ";
+
+/// What the join script did.
+pub(crate) enum Joining {
+    /// The newcomer is in; the room's members elsewhere, and the one it replaced.
+    Joined(Roster),
+    /// The room is full.
+    Full,
+    /// A member has the newcomer's certificate, and the newcomer may not replace it.
+    Conflict,
+}
 
 /// What a refresh of one room found.
 pub(crate) struct Refreshed {
@@ -156,14 +169,14 @@ impl Store {
         millis(self.entry_lifetime).saturating_mul(8)
     }
 
-    /// The live members of `room`, and whether one has this certificate.
+    /// The live members of `room`, and the one with this certificate.
     pub(crate) async fn space(
         &self,
         commands: &mut Commands,
         room: &RoomId,
         fingerprint: &Fingerprint,
-    ) -> Result<(usize, bool), BackplaneError> {
-        let (live, same): (usize, i64) = self
+    ) -> Result<(usize, Option<MemberKey>), BackplaneError> {
+        let (live, same): (usize, String) = self
             .space
             .key(self.key(room.as_str(), "cards"))
             .key(self.key(room.as_str(), "fps"))
@@ -172,10 +185,10 @@ impl Store {
             .arg(fingerprint.to_string())
             .invoke_async(commands)
             .await?;
-        Ok((live, same == 1))
+        Ok((live, key_of_field(&same)))
     }
 
-    /// Takes a place for `card` (see [`JOIN`]); `None` when the room is full.
+    /// Takes a place for `card` (see [`JOIN`]).
     pub(crate) async fn join(
         &self,
         commands: &mut Commands,
@@ -183,7 +196,13 @@ impl Store {
         card: &Card,
         encoded: &Bytes,
         max_peers: usize,
-    ) -> Result<Option<Roster>, BackplaneError> {
+        may_replace: &MayReplace,
+    ) -> Result<Joining, BackplaneError> {
+        let replaceable = match may_replace {
+            MayReplace::Nobody => String::new(),
+            MayReplace::Anyone => "*".to_owned(),
+            MayReplace::Only(who) => field(who),
+        };
         let reply: Value = self
             .join
             .key(self.key(room.as_str(), "cards"))
@@ -196,6 +215,7 @@ impl Store {
             .arg(card.fingerprint.to_string())
             .arg(max_peers)
             .arg(self.key_lifetime())
+            .arg(replaceable)
             .invoke_async(commands)
             .await?;
         parse_join(reply, &card.node)
@@ -248,10 +268,11 @@ impl Store {
 
 /// Reads the join script's reply: `None` when the room is full. A member replaced on this
 /// same node is not reported: the registry replaces it.
-fn parse_join(reply: Value, node: &NodeId) -> Result<Option<Roster>, BackplaneError> {
+fn parse_join(reply: Value, node: &NodeId) -> Result<Joining, BackplaneError> {
     let Value::Array(items) = reply else { return Err(BackplaneError::Reply) };
     match items.first() {
-        Some(Value::Int(0)) => return Ok(None),
+        Some(Value::Int(0)) => return Ok(Joining::Full),
+        Some(Value::Int(2)) => return Ok(Joining::Conflict),
         Some(Value::Int(1)) => {}
         _ => return Err(BackplaneError::Reply),
     }
@@ -270,5 +291,5 @@ fn parse_join(reply: Value, node: &NodeId) -> Result<Option<Roster>, BackplaneEr
         })
         .filter(|card| card.node != *node)
         .collect();
-    Ok(Some(Roster { others, replaced: replaced.filter(|card| card.node != *node) }))
+    Ok(Joining::Joined(Roster { others, replaced: replaced.filter(|card| card.node != *node) }))
 }

@@ -8,13 +8,14 @@
 //! and the presence refresh; Redis counts as reachable while the last two succeed.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use tokio_tungstenite::tungstenite::Message;
@@ -23,9 +24,9 @@ use super::backplane::Backplane;
 use super::error::BackplaneError;
 use super::inbox;
 use super::link::{Link, MAX_BACKOFF};
-use super::presence::Store;
+use super::presence::{Joining, Store};
 use super::view::new_view;
-use super::wire::{Note, conn_of_field, encode_card, field};
+use super::wire::{Note, RoomNote, encode_card, field, key_of_field};
 use crate::config::{ClusterConfig, redacted_url};
 use crate::error::{Error, Result};
 use crate::identity::Fingerprint;
@@ -33,7 +34,7 @@ use crate::rooms::hub::Hub;
 use crate::rooms::id::{ConnId, NodeId, RoomId};
 use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
 use crate::rooms::registry::Space;
-use crate::rooms::remote::{Card, MemberKey, NewView};
+use crate::rooms::remote::{Card, MayReplace, MemberKey, NewView};
 
 /// Room refreshes in flight at once.
 const REFRESHES_IN_FLIGHT: usize = 32;
@@ -77,6 +78,9 @@ pub(crate) struct RedisBackplane {
     /// while it removes the member: a refresh never puts back a member that has left.
     presence: tokio::sync::Mutex<()>,
     mine: Mutex<HashMap<String, Mine>>,
+    /// Probes sent to other nodes, waiting for their answer.
+    probes: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
+    next_probe: AtomicU64,
     published: AtomicU64,
     lost: AtomicU64,
 }
@@ -108,6 +112,8 @@ impl RedisBackplane {
             resubscribe: Notify::new(),
             presence: tokio::sync::Mutex::new(()),
             mine: Mutex::new(HashMap::new()),
+            probes: Mutex::new(HashMap::new()),
+            next_probe: AtomicU64::new(1),
             published: AtomicU64::new(0),
             lost: AtomicU64::new(0),
         })
@@ -192,7 +198,7 @@ impl RedisBackplane {
 
     /// Listens on this node's inbox, subscribing again (with backoff) whenever the
     /// subscription is lost, and carries out each note.
-    async fn subscribe(&self, hub: &Hub) {
+    async fn subscribe(self: &Arc<Self>, hub: &Arc<Hub>) {
         let channel = self.inbox(&self.node);
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -220,13 +226,59 @@ impl RedisBackplane {
                 };
                 let Some(payload) = payload else { break };
                 match Note::decode(payload) {
-                    Ok(note) => inbox::apply(hub, note).await,
+                    Ok(Note::Probe { room, conn, from, probe, newcomer, timeout_ms }) => {
+                        self.answer_probe(hub, room, conn, from, probe, newcomer, timeout_ms);
+                    }
+                    Ok(Note::Probed { probe, alive }) => {
+                        if let Some(waiter) = self.probes().remove(&probe) {
+                            let _ = waiter.send(alive);
+                        }
+                    }
+                    Ok(Note::Room(note)) => inbox::apply(hub, note).await,
                     Err(e) => warn!(error = %e, "malformed note in the inbox: dropped"),
                 }
             }
             self.set(&self.subscribed, false);
             warn!("inbox subscription lost; subscribing again");
         }
+    }
+
+    fn probes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<bool>>> {
+        self.probes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Probes this node's member `conn` of `room` for another node, in a task of its own (the
+    /// inbox never waits), and sends the answer back.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_probe(
+        self: &Arc<Self>,
+        hub: &Arc<Hub>,
+        room: RoomId,
+        conn: ConnId,
+        from: NodeId,
+        probe: u64,
+        newcomer: String,
+        timeout_ms: u64,
+    ) {
+        let this = Arc::clone(self);
+        let rooms = Arc::clone(hub);
+        // No member answers later than the configured timeout allows.
+        let timeout = Duration::from_millis(timeout_ms).min(crate::config::MAX_PROBE_TIMEOUT);
+        hub.tracker.spawn(async move {
+            let member = rooms.registry.room(room.as_str()).and_then(|r| r.local_member(conn).map(|m| (r, m)));
+            let alive = match member {
+                Some((room, (mailbox, address))) => {
+                    let alive = mailbox.probe(timeout).await;
+                    if alive {
+                        room.survived_conflict(conn);
+                    }
+                    info!(room = %room.id(), member = %address, newcomer, node = %from, alive, "identity conflict: probed this node's member for another node");
+                    alive
+                }
+                None => false,
+            };
+            this.send(std::slice::from_ref(&from), &Note::Probed { probe, alive });
+        });
     }
 
     /// Every quarter of the TTL: refreshes this node's members and brings each local room's
@@ -285,7 +337,8 @@ impl RedisBackplane {
             };
             let Some(room) = hub.registry.room(room.as_str()) else { continue };
             for field in refreshed.replaced {
-                if let Some(mailbox) = conn_of_field(&field).and_then(|conn| room.replace_local(conn, None)) {
+                if let Some(mailbox) = key_of_field(&field).and_then(|who| room.replace_local(who.conn, None))
+                {
                     info!(room = %room.id(), "a member was replaced on another node: closing it");
                     mailbox.kill(crate::error::Close::Replaced);
                 }
@@ -336,11 +389,14 @@ impl Nodes for RedisBackplane {
         room: &'a RoomId,
         fingerprint: &'a Fingerprint,
         max_peers: usize,
-    ) -> BoxFuture<'a, std::result::Result<Space, Unreachable>> {
+    ) -> BoxFuture<'a, std::result::Result<(Space, Option<MemberKey>), Unreachable>> {
         Box::pin(async move {
             let mut commands = self.link.commands();
-            let (live, same) = self.store.space(&mut commands, room, fingerprint).await?;
-            Ok(if live < max_peers || same { Space::Free } else { Space::RoomFull })
+            let (live, holder) = self.store.space(&mut commands, room, fingerprint).await?;
+            let space = if live < max_peers || holder.is_some() { Space::Free } else { Space::RoomFull };
+            // A member of this node that joined since the registry was asked is met at the
+            // newcomer's HELLO (a conflict there), not probed through Redis.
+            Ok((space, holder.filter(|who| who.node != self.node)))
         })
     }
 
@@ -349,15 +405,17 @@ impl Nodes for RedisBackplane {
         room: &'a RoomId,
         card: &'a Card,
         max_peers: usize,
+        may_replace: &'a MayReplace,
     ) -> BoxFuture<'a, std::result::Result<Roster, JoinError>> {
         Box::pin(async move {
             let encoded = encode_card(card);
             let mut commands = self.link.commands();
-            let joined = self.store.join(&mut commands, room, card, &encoded, max_peers).await;
+            let joined = self.store.join(&mut commands, room, card, &encoded, max_peers, may_replace).await;
             let field = field(&card.key());
             let roster = match joined {
-                Ok(Some(roster)) => roster,
-                Ok(None) => return Err(JoinError::Full),
+                Ok(Joining::Joined(roster)) => roster,
+                Ok(Joining::Full) => return Err(JoinError::Full),
+                Ok(Joining::Conflict) => return Err(JoinError::Conflict),
                 Err(e) => {
                     // The script may have run though its answer was lost: take the entry back.
                     let _ = self.store.leave(&mut commands, room, &field).await;
@@ -385,22 +443,56 @@ impl Nodes for RedisBackplane {
         })
     }
 
+    fn probe<'a>(
+        &'a self,
+        who: &'a MemberKey,
+        room: &'a RoomId,
+        newcomer: SocketAddr,
+        timeout: Duration,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let probe = self.next_probe.fetch_add(1, Ordering::Relaxed);
+            let (answer, answered) = oneshot::channel();
+            self.probes().insert(probe, answer);
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            let note = Note::Probe {
+                room: room.clone(),
+                conn: who.conn,
+                from: self.node.clone(),
+                probe,
+                newcomer: newcomer.to_string(),
+                timeout_ms,
+            };
+            self.send(std::slice::from_ref(&who.node), &note);
+            // The member's node takes the probe's time, and the two notes their way through Redis.
+            let wait = timeout + self.config.command_timeout * 2;
+            let alive = matches!(tokio::time::timeout(wait, answered).await, Ok(Ok(true)));
+            self.probes().remove(&probe);
+            alive
+        })
+    }
+
     fn send_frame(&self, nodes: &[NodeId], room: &RoomId, from: ConnId, frame: &Message) {
-        let note =
-            Note::Frame { room: room.clone(), origin: self.node.clone(), conn: from, frame: frame.clone() };
+        let note = Note::Room(RoomNote::Frame {
+            room: room.clone(),
+            origin: self.node.clone(),
+            conn: from,
+            frame: frame.clone(),
+        });
         self.send(nodes, &note);
     }
 
     fn send_joined(&self, nodes: &[NodeId], room: &RoomId, card: &Card) {
-        self.send(nodes, &Note::Joined { room: room.clone(), card: card.clone() });
+        self.send(nodes, &Note::Room(RoomNote::Joined { room: room.clone(), card: card.clone() }));
     }
 
     fn send_left(&self, nodes: &[NodeId], room: &RoomId, who: &MemberKey, reason: &str) {
-        self.send(nodes, &Note::Left { room: room.clone(), who: who.clone(), reason: reason.to_owned() });
+        let note = RoomNote::Left { room: room.clone(), who: who.clone(), reason: reason.to_owned() };
+        self.send(nodes, &Note::Room(note));
     }
 
     fn send_replace(&self, node: &NodeId, room: &RoomId, conn: ConnId) {
-        let note = Note::Replace { room: room.clone(), conn, by: self.node.clone() };
+        let note = Note::Room(RoomNote::Replace { room: room.clone(), conn, by: self.node.clone() });
         self.send(std::slice::from_ref(node), &note);
     }
 }

@@ -18,6 +18,18 @@ const VERSION: u8 = 1;
 /// A message to another node's inbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Note {
+    /// For the rooms of the receiving node (`inbox.rs`).
+    Room(RoomNote),
+    /// Probe the local member `conn` of `room` for at most `timeout_ms`, and answer node `from`
+    /// with `Probed`: a newcomer at `newcomer` has its certificate.
+    Probe { room: RoomId, conn: ConnId, from: NodeId, probe: u64, newcomer: String, timeout_ms: u64 },
+    /// The answer to probe `probe`: whether the member answered.
+    Probed { probe: u64, alive: bool },
+}
+
+/// What a node tells another about a room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RoomNote {
     /// A member's data frame, for the members of `room` on the receiving node.
     Frame { room: RoomId, origin: NodeId, conn: ConnId, frame: Message },
     /// A member joined `room`: record it and give its HELLO to the local members.
@@ -50,6 +62,8 @@ const FRAME: u8 = 1;
 const JOINED: u8 = 2;
 const LEFT: u8 = 3;
 const REPLACE: u8 = 4;
+const PROBE: u8 = 5;
+const PROBED: u8 = 6;
 
 const TEXT: u8 = 1;
 const BINARY: u8 = 2;
@@ -60,30 +74,44 @@ impl Note {
         let mut out = BytesMut::with_capacity(64 + self.payload_len());
         out.put_u8(VERSION);
         match self {
-            Note::Frame { room, origin, conn, frame } => {
+            Note::Room(RoomNote::Frame { room, origin, conn, frame }) => {
                 out.put_u8(FRAME);
                 put_str(&mut out, room.as_str());
                 put_str(&mut out, origin.as_str());
                 out.put_u64(conn.get());
                 put_frame(&mut out, frame);
             }
-            Note::Joined { room, card } => {
+            Note::Room(RoomNote::Joined { room, card }) => {
                 out.put_u8(JOINED);
                 put_str(&mut out, room.as_str());
                 put_card(&mut out, card);
             }
-            Note::Left { room, who, reason } => {
+            Note::Room(RoomNote::Left { room, who, reason }) => {
                 out.put_u8(LEFT);
                 put_str(&mut out, room.as_str());
                 put_str(&mut out, who.node.as_str());
                 out.put_u64(who.conn.get());
                 put_str(&mut out, reason);
             }
-            Note::Replace { room, conn, by } => {
+            Note::Room(RoomNote::Replace { room, conn, by }) => {
                 out.put_u8(REPLACE);
                 put_str(&mut out, room.as_str());
                 out.put_u64(conn.get());
                 put_str(&mut out, by.as_str());
+            }
+            Note::Probe { room, conn, from, probe, newcomer, timeout_ms } => {
+                out.put_u8(PROBE);
+                put_str(&mut out, room.as_str());
+                out.put_u64(conn.get());
+                put_str(&mut out, from.as_str());
+                out.put_u64(*probe);
+                put_str(&mut out, newcomer);
+                out.put_u64(*timeout_ms);
+            }
+            Note::Probed { probe, alive } => {
+                out.put_u8(PROBED);
+                out.put_u64(*probe);
+                out.put_u8(u8::from(*alive));
             }
         }
         out.freeze()
@@ -91,8 +119,8 @@ impl Note {
 
     fn payload_len(&self) -> usize {
         match self {
-            Note::Frame { frame, .. } => frame.len(),
-            Note::Joined { card, .. } => card.hello.len(),
+            Note::Room(RoomNote::Frame { frame, .. }) => frame.len(),
+            Note::Room(RoomNote::Joined { card, .. }) => card.hello.len(),
             _ => 0,
         }
     }
@@ -105,14 +133,28 @@ impl Note {
         let mut r = Reader(bytes);
         r.version()?;
         let note = match r.u8()? {
-            FRAME => Note::Frame { room: r.room()?, origin: r.node()?, conn: r.conn()?, frame: r.frame()? },
-            JOINED => Note::Joined { room: r.room()?, card: r.card()? },
-            LEFT => Note::Left {
+            FRAME => Note::Room(RoomNote::Frame {
+                room: r.room()?,
+                origin: r.node()?,
+                conn: r.conn()?,
+                frame: r.frame()?,
+            }),
+            JOINED => Note::Room(RoomNote::Joined { room: r.room()?, card: r.card()? }),
+            LEFT => Note::Room(RoomNote::Left {
                 room: r.room()?,
                 who: MemberKey { node: r.node()?, conn: r.conn()? },
                 reason: r.str()?,
+            }),
+            REPLACE => Note::Room(RoomNote::Replace { room: r.room()?, conn: r.conn()?, by: r.node()? }),
+            PROBE => Note::Probe {
+                room: r.room()?,
+                conn: r.conn()?,
+                from: r.node()?,
+                probe: r.u64()?,
+                newcomer: r.str()?,
+                timeout_ms: r.u64()?,
             },
-            REPLACE => Note::Replace { room: r.room()?, conn: r.conn()?, by: r.node()? },
+            PROBED => Note::Probed { probe: r.u64()?, alive: r.bool()? },
             tag => return Err(WireError::Tag(tag)),
         };
         r.end()?;
@@ -145,9 +187,11 @@ pub(crate) fn field(who: &MemberKey) -> String {
     who.to_string()
 }
 
-/// The connection of this node's member whose field is `field`.
-pub(crate) fn conn_of_field(field: &str) -> Option<ConnId> {
-    field.rsplit('/').next().and_then(|c| c.parse().ok()).map(ConnId::from_wire)
+/// The member whose field is `field`; `None` for "" or anything else that is not one.
+pub(crate) fn key_of_field(field: &str) -> Option<MemberKey> {
+    let (node, conn) = field.rsplit_once('/')?;
+    let conn = conn.parse().ok().map(ConnId::from_wire)?;
+    (!node.is_empty()).then(|| MemberKey { node: NodeId::new(node), conn })
 }
 
 fn put_str(out: &mut BytesMut, text: &str) {
@@ -224,6 +268,14 @@ impl Reader {
 
     fn str(&mut self) -> Result<String, WireError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| WireError::Utf8)
+    }
+
+    fn bool(&mut self) -> Result<bool, WireError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            tag => Err(WireError::Tag(tag)),
+        }
     }
 
     fn room(&mut self) -> Result<RoomId, WireError> {
@@ -304,37 +356,48 @@ mod tests {
     #[test]
     fn notes_and_cards_round_trip() {
         let notes = [
-            Note::Frame {
+            Note::Room(RoomNote::Frame {
                 room: room("gw/1"),
                 origin: node("a"),
                 conn: ConnId::from_wire(7),
                 frame: Message::text("héllo"),
-            },
-            Note::Frame {
+            }),
+            Note::Room(RoomNote::Frame {
                 room: room("r"),
                 origin: node("b"),
                 conn: ConnId::from_wire(u64::MAX),
                 frame: Message::binary(vec![0, 255, 1]),
-            },
-            Note::Joined { room: room("gw/1"), card: card() },
-            Note::Left {
+            }),
+            Note::Room(RoomNote::Joined { room: room("gw/1"), card: card() }),
+            Note::Room(RoomNote::Left {
                 room: room("gw/1"),
                 who: MemberKey { node: node("a"), conn: ConnId::from_wire(3) },
                 reason: "closed".into(),
+            }),
+            Note::Room(RoomNote::Replace { room: room("gw/1"), conn: ConnId::from_wire(5), by: node("b") }),
+            Note::Probe {
+                room: room("gw/1"),
+                conn: ConnId::from_wire(6),
+                from: node("c"),
+                probe: 77,
+                newcomer: "127.0.0.1:4000".into(),
+                timeout_ms: 3000,
             },
-            Note::Replace { room: room("gw/1"), conn: ConnId::from_wire(5), by: node("b") },
+            Note::Probed { probe: 77, alive: true },
+            Note::Probed { probe: 78, alive: false },
         ];
         for note in notes {
             assert_eq!(Note::decode(note.encode()).unwrap(), note);
         }
         assert_eq!(decode_card(encode_card(&card())).unwrap(), card());
         assert_eq!(field(&card().key()), "node-a-1f2e/42");
-        assert_eq!(conn_of_field("node-a-1f2e/42"), Some(ConnId::from_wire(42)));
+        assert_eq!(key_of_field("node-a-1f2e/42"), Some(card().key()));
+        assert_eq!(key_of_field(""), None);
     }
 
     #[test]
     fn malformed_bytes_are_refused_with_a_reason() {
-        let good = Note::Joined { room: room("gw/1"), card: card() }.encode();
+        let good = Note::Room(RoomNote::Joined { room: room("gw/1"), card: card() }).encode();
         for cut in 0..good.len() {
             assert!(Note::decode(good.slice(..cut)).is_err(), "cut at {cut}");
         }
@@ -343,12 +406,12 @@ mod tests {
         assert_eq!(Note::decode(trailing.into()), Err(WireError::Trailing(1)));
         assert_eq!(Note::decode(Bytes::from_static(&[2, 1])), Err(WireError::Version(2)));
         assert_eq!(Note::decode(Bytes::from_static(&[1, 9])), Err(WireError::Tag(9)));
-        let frame = Note::Frame {
+        let frame = Note::Room(RoomNote::Frame {
             room: room("r"),
             origin: node("o"),
             conn: ConnId::from_wire(1),
             frame: Message::text("ab"),
-        };
+        });
         let mut bad_text = frame.encode().to_vec();
         let last = bad_text.len() - 1;
         bad_text[last] = 0xff;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::settings::{AclRule, LogFormat};
+use super::settings::{AclRule, LogFormat, SameIdentity};
 use crate::error::{Error, Result};
 
 /// TOML text that is not a configuration: its syntax, an unknown key, a value of the wrong type.
@@ -107,6 +107,7 @@ pub(super) struct TlsSection {
     pub(super) client_ca: PathBuf,
     pub(super) crl_files: Vec<PathBuf>,
     pub(super) handshake_timeout: String,
+    pub(super) expiry_warning: String,
 }
 
 impl Default for TlsSection {
@@ -117,6 +118,7 @@ impl Default for TlsSection {
             client_ca: "/etc/micronets/certs/micronets-ws-root.cert.pem".into(),
             crl_files: Vec::new(),
             handshake_timeout: "10s".into(),
+            expiry_warning: "30d".into(),
         }
     }
 }
@@ -129,6 +131,8 @@ pub(super) struct RoomsSection {
     pub(super) hold_max_messages: usize,
     pub(super) hold_max_bytes: usize,
     pub(super) hold_max_age: String,
+    pub(super) same_identity: SameIdentity,
+    pub(super) replace_probe_timeout: String,
 }
 
 impl Default for RoomsSection {
@@ -139,6 +143,8 @@ impl Default for RoomsSection {
             hold_max_messages: 256,
             hold_max_bytes: 1 << 20,
             hold_max_age: "60s".into(),
+            same_identity: SameIdentity::Probe,
+            replace_probe_timeout: "3s".into(),
         }
     }
 }

@@ -16,6 +16,8 @@ mod validate;
 
 pub use file::{FileConfig, ParseError};
 pub use overrides::Overrides;
-pub use settings::{AclRule, ClusterConfig, Config, HookConfig, LogFormat, MAX_PRESENCE_TTL};
+pub use settings::{
+    AclRule, ClusterConfig, Config, HookConfig, LogFormat, MAX_PRESENCE_TTL, MAX_PROBE_TIMEOUT, SameIdentity,
+};
 pub use validate::duration;
 pub(crate) use validate::redacted_url;

@@ -18,6 +18,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// What happens when a connection presents the certificate of a member of the room it asks
+/// for (`rooms.same_identity`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameIdentity {
+    /// The member is pinged: if it answers within `rooms.replace_probe_timeout` it stays and
+    /// the newcomer is refused (409); if it stays silent it is replaced.
+    #[default]
+    Probe,
+    /// The newcomer replaces the member at once.
+    Replace,
+    /// The newcomer is refused (409) while the member is connected.
+    Refuse,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -40,6 +55,14 @@ pub struct Config {
     pub max_peers: usize,
     /// Deadline for a connection's `CONN:HELLO` (`rooms.hello_timeout`).
     pub hello_timeout: Duration,
+    /// A newcomer with a member's certificate (`rooms.same_identity`).
+    pub same_identity: SameIdentity,
+    /// How long a member has to answer the probe a newcomer with its certificate causes
+    /// (`rooms.replace_probe_timeout`).
+    pub replace_probe_timeout: Duration,
+    /// A connecting certificate that expires within this is logged and counted
+    /// (`tls.expiry_warning`).
+    pub expiry_warning: Duration,
     /// Messages held for a member alone in its room (`rooms.hold_max_messages`).
     pub hold_max_messages: usize,
     /// Bytes held for a member alone in its room (`rooms.hold_max_bytes`).
@@ -129,6 +152,10 @@ pub struct ClusterConfig {
 /// The most `cluster.presence_ttl` may be: other nodes remember a departure this long, so a
 /// reading of presence older than it cannot bring a departed member back.
 pub const MAX_PRESENCE_TTL: Duration = Duration::from_secs(60);
+
+/// The most `rooms.replace_probe_timeout` may be; a node probes for another node at most this
+/// long, whatever the other node asks.
+pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The external authorization hook's settings, validated (`[auth_hook]`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::file::{AuthHookSection, ClusterSection, FileConfig};
 use super::overrides::Overrides;
-use super::settings::{ClusterConfig, Config, HookConfig, MAX_PRESENCE_TTL};
+use super::settings::{ClusterConfig, Config, HookConfig, MAX_PRESENCE_TTL, MAX_PROBE_TIMEOUT};
 use crate::error::{Error, Result};
 
 impl FileConfig {
@@ -91,6 +91,9 @@ impl FileConfig {
             handshake_timeout: duration("tls.handshake_timeout", &self.tls.handshake_timeout)?,
             max_peers: rooms.max_peers,
             hello_timeout: duration("rooms.hello_timeout", &rooms.hello_timeout)?,
+            same_identity: rooms.same_identity,
+            replace_probe_timeout: probe_timeout(&rooms.replace_probe_timeout)?,
+            expiry_warning: duration("tls.expiry_warning", &self.tls.expiry_warning)?,
             hold_max_messages: rooms.hold_max_messages,
             hold_max_bytes: rooms.hold_max_bytes,
             hold_max_age: duration("rooms.hold_max_age", &rooms.hold_max_age)?,
@@ -223,6 +226,16 @@ impl AuthHookSection {
     }
 }
 
+/// `rooms.replace_probe_timeout`: a duration of at most [`MAX_PROBE_TIMEOUT`].
+fn probe_timeout(text: &str) -> Result<Duration> {
+    let key = "rooms.replace_probe_timeout";
+    let timeout = duration(key, text)?;
+    if timeout > MAX_PROBE_TIMEOUT {
+        return Err(invalid(key, format!("must be at most {}s", MAX_PROBE_TIMEOUT.as_secs())));
+    }
+    Ok(timeout)
+}
+
 fn invalid(key: &str, reason: String) -> Error {
     Error::Config { key: key.to_owned(), reason }
 }
@@ -251,13 +264,14 @@ fn ca_dir_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Parses `"10s"`, `"250ms"`, `"2m"`, `"1h"`: a whole number and a unit.
+/// Parses `"10s"`, `"250ms"`, `"2m"`, `"1h"`, `"30d"`: a whole number and a unit.
 ///
 /// # Errors
 /// [`Error::Config`] naming `key` when the text is not such a duration or is zero.
 pub fn duration(key: &str, text: &str) -> Result<Duration> {
-    let bad =
-        || invalid(key, format!("{text:?} is not a duration like \"10s\", \"250ms\", \"2m\" or \"1h\""));
+    let bad = || {
+        invalid(key, format!("{text:?} is not a duration like \"10s\", \"250ms\", \"2m\", \"1h\" or \"30d\""))
+    };
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (number, unit) = text.split_at(split);
@@ -267,6 +281,7 @@ pub fn duration(key: &str, text: &str) -> Result<Duration> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         _ => return Err(bad()),
     };
     if value.is_zero() {
@@ -389,7 +404,8 @@ mod tests {
         assert_eq!(duration("k", "250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(duration("k", "2m").unwrap(), Duration::from_secs(120));
         assert_eq!(duration("k", "1h").unwrap(), Duration::from_secs(3600));
-        for bad in ["", "s", "10", "1.5s", "-1s", "10 s", "0s", "5d"] {
+        assert_eq!(duration("k", "30d").unwrap(), Duration::from_secs(30 * 86_400));
+        for bad in ["", "s", "10", "1.5s", "-1s", "10 s", "0s", "5w", "1d2h"] {
             assert!(duration("k", bad).is_err(), "{bad}");
         }
     }

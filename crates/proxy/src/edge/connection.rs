@@ -1,11 +1,12 @@
 //! One accepted TCP connection: the TLS handshake, the peer's identity, the upgrade request and
 //! its admission, all within `handshake_timeout`; then the member's life in its room
-//! (`rooms/member.rs`).
+//! (`rooms/member.rs`). A resumed TLS session's certificate is verified again here: resumption
+//! skips rustls' own checks, and an expired or revoked certificate must not come back that way.
 //!
 //! Errors never leave this module: [`run`] logs each connection's end once, with its reason, at
 //! a level that says whose fault it was.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::io::{ReadHalf, WriteHalf};
@@ -24,6 +25,7 @@ use crate::identity::PeerIdentity;
 use crate::metrics::OpenConnection;
 use crate::rooms::hub::Hub;
 use crate::rooms::member::{self, Admitted};
+use crate::rooms::room::Certificates;
 use crate::rooms::websocket::{FrameReader, FrameWriter};
 
 type Tls = tokio_rustls::server::TlsStream<TcpStream>;
@@ -38,6 +40,12 @@ struct Established {
     admitted: Admitted,
     /// Its place under `max_connections_per_identity`.
     identity_slot: Slot<crate::identity::Fingerprint>,
+}
+
+/// Who the peer is: its identity, and the verified chain it was read from.
+struct Credentials {
+    identity: PeerIdentity,
+    chain: Certificates,
 }
 
 /// A connection's places under the limits counted at accept, given back when it ends.
@@ -88,8 +96,8 @@ pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, places: 
 /// TLS handshake, identity and upgrade, all within `handshake_timeout`.
 async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream) -> Option<Established> {
     let deadline = Instant::now() + gate.config.handshake_timeout;
-    let peer = tcp.peer_addr().map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
-    let acceptor = tokio_rustls::TlsAcceptor::from(gate.tls.load_full());
+    let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from((IpAddr::from([0, 0, 0, 0]), 0)));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&gate.tls.load().server));
     let tls = match time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -104,8 +112,20 @@ async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream) -> Option<Established
             return None;
         }
     };
-    let certificate = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-    let identity = match certificate.map(|c| PeerIdentity::from_der(c)) {
+    let session = tls.get_ref().1;
+    let chain: Certificates = session
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+        && let Err(e) = gate.verify_chain(&chain)
+    {
+        let label = tls::failure_label(&e);
+        gate.metrics.handshake_failed(label);
+        info!(reason = label, detail = %e, "resumed TLS session refused: its certificate does not verify now");
+        return None;
+    }
+    let identity = match chain.first().map(|c| PeerIdentity::from_der(c)) {
         Some(Ok(identity)) => identity,
         Some(Err(e)) => {
             gate.metrics.handshake_failed("bad_certificate");
@@ -120,7 +140,8 @@ async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream) -> Option<Established
     };
     Span::current().record("subject", tracing::field::display(&identity.subject));
     Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
-    let established = upgrade(gate, hub, tls, identity, peer, deadline).await?;
+    gate.expiry.check(&identity, gate.config.expiry_warning, &gate.metrics);
+    let established = upgrade(gate, hub, tls, Credentials { identity, chain }, peer, deadline).await?;
     Span::current().record("room", tracing::field::display(&established.admitted.room));
     Some(established)
 }
@@ -131,10 +152,11 @@ async fn upgrade(
     gate: &Gate,
     hub: &Hub,
     mut tls: Tls,
-    identity: PeerIdentity,
-    peer: IpAddr,
+    credentials: Credentials,
+    peer: SocketAddr,
     deadline: Instant,
 ) -> Option<Established> {
+    let Credentials { identity, chain } = credentials;
     let config = &gate.config;
     let limits = HeadLimits { bytes: config.max_request_head_bytes, headers: config.max_request_headers };
     let request = match time::timeout_at(
@@ -150,7 +172,7 @@ async fn upgrade(
         Err(refusal) => refusal,
         Ok(request) => match admission::admit(gate, hub, &identity, peer, &request).await {
             Err(refusal) => refusal,
-            Ok(Pass { peer_class, slot }) => {
+            Ok(Pass { peer_class, slot, may_replace }) => {
                 if let Err(e) = upgrade::accept(&mut tls, &request).await {
                     gate.metrics.connection_ended("upgrade_incomplete");
                     debug!(error = %e, "peer left during the upgrade");
@@ -158,7 +180,8 @@ async fn upgrade(
                 }
                 let (read, write) = tokio::io::split(tls);
                 let stream = FrameReader::new(read, &request.leftover, config.max_frame_bytes);
-                let admitted = Admitted { identity, room: request.room, peer_class };
+                let admitted =
+                    Admitted { identity, chain, address: peer, room: request.room, peer_class, may_replace };
                 return Some(Established {
                     sink: FrameWriter::new(write),
                     stream,
@@ -173,11 +196,11 @@ async fn upgrade(
             gate.metrics.connection_ended("upgrade_incomplete");
             info!(reason = %why, "upgrade not completed");
         }
-        Refusal::Status { status, reason, path } => {
+        Refusal::Status { status, reason, path, retry_after } => {
             gate.metrics.upgrade_refused(status);
             info!(status, reason = %reason, path = path.as_deref().unwrap_or("-"), "upgrade refused");
             let _ = time::timeout(config.handshake_timeout, async {
-                let _ = upgrade::refuse(&mut tls, status, &reason).await;
+                let _ = upgrade::refuse(&mut tls, status, &reason, retry_after).await;
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
             })
             .await;

@@ -1,28 +1,32 @@
 //! What every connection passes at the edge: the TLS material, the ACL, the revoked serials,
 //! the authorization hook and the per-address and per-certificate counts. A reload swaps the
-//! TLS material, the revocations and the ACL in at once for new connections.
+//! TLS material, the revocations and the ACL in at once for new connections, and the same
+//! checks decide which members may stay ([`Gate::still_admits`]).
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, UnixTime};
 
-use super::acl::Acl;
+use super::acl::{Acl, Decision};
 use super::auth_hook::AuthHook;
+use super::expiry::ExpiryWatch;
+use super::same_identity::ConflictLog;
 use super::slots::PerKey;
-use super::tls;
+use super::tls::{self, TlsMaterial};
 use crate::config::Config;
 use crate::error::{Close, Error, Result};
 use crate::identity::{Fingerprint, PeerIdentity};
 use crate::metrics::Metrics;
+use crate::rooms::id::RoomId;
 
 /// The edge's state, shared by every connection.
 pub(crate) struct Gate {
     pub(crate) config: Arc<Config>,
     /// The TLS material new handshakes use.
-    pub(crate) tls: ArcSwap<ServerConfig>,
+    pub(crate) tls: ArcSwap<TlsMaterial>,
     /// Who may join which room.
     pub(crate) acl: ArcSwap<Acl>,
     /// Serials the configured CRLs revoke, checked again when a connection joins.
@@ -33,12 +37,16 @@ pub(crate) struct Gate {
     pub(crate) per_ip: Arc<PerKey<IpAddr>>,
     /// Live connections per certificate (`max_connections_per_identity`).
     pub(crate) per_identity: Arc<PerKey<Fingerprint>>,
+    /// Certificates about to expire, each told once.
+    pub(crate) expiry: ExpiryWatch,
+    /// When each certificate's last identity conflict was logged.
+    pub(crate) conflicts: ConflictLog,
     pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The parts of the gate a reload replaces, loaded and checked before any is swapped in.
 pub(crate) struct Material {
-    tls: Arc<ServerConfig>,
+    tls: TlsMaterial,
     acl: Acl,
     revoked: Arc<HashSet<String>>,
 }
@@ -54,15 +62,16 @@ impl Material {
         // it names is read.
         let acl = Acl::new(&config.acl)
             .map_err(|e| Error::Config { key: "acl.rules".into(), reason: e.to_string() })?;
-        let tls = tls::server_config(config)?;
+        let tls = tls::material(config)?;
         let revoked = Arc::new(tls::revoked_serials(config)?);
         Ok(Material { tls, acl, revoked })
     }
+}
 
-    /// The serials the CRLs revoke.
-    pub(crate) fn revoked(&self) -> &Arc<HashSet<String>> {
-        &self.revoked
-    }
+/// What a reload changed, for the check of the members that stay.
+pub(crate) struct Swapped {
+    /// Whether the trusted CAs or the CRLs changed: every member's chain is verified again.
+    pub(crate) trust_changed: bool,
 }
 
 impl Gate {
@@ -77,12 +86,14 @@ impl Gate {
         }
         let auth_hook = config.auth_hook.as_ref().map(AuthHook::new).transpose()?;
         Ok(Gate {
-            tls: ArcSwap::new(material.tls),
+            tls: ArcSwap::from_pointee(material.tls),
             acl: ArcSwap::from_pointee(material.acl),
             revoked: ArcSwap::new(material.revoked),
             auth_hook,
             per_ip: PerKey::new(config.max_connections_per_ip),
             per_identity: PerKey::new(config.max_connections_per_identity),
+            expiry: ExpiryWatch::default(),
+            conflicts: ConflictLog::default(),
             metrics,
             config,
         })
@@ -90,10 +101,12 @@ impl Gate {
 
     /// Swaps `material` in for new connections: the revocations first, so a connection that
     /// joins after this meets them.
-    pub(crate) fn swap(&self, material: Material) {
-        self.tls.store(material.tls);
+    pub(crate) fn swap(&self, material: Material) -> Swapped {
+        let trust_changed = self.tls.load().trust != material.tls.trust;
         self.revoked.store(material.revoked);
+        self.tls.store(Arc::new(material.tls));
         self.acl.store(Arc::new(material.acl));
+        Swapped { trust_changed }
     }
 
     /// Whether a connection let in earlier may still join: its certificate may have been
@@ -103,5 +116,58 @@ impl Gate {
     /// [`Close::Revoked`].
     pub(crate) fn recheck(&self, identity: &PeerIdentity) -> std::result::Result<(), Close> {
         if self.revoked.load().contains(&identity.serial) { Err(Close::Revoked) } else { Ok(()) }
+    }
+
+    /// Verifies the certificate chain of a resumed TLS session against the current trust, CRLs
+    /// and clock, as the handshake would have: resumption skips that.
+    ///
+    /// # Errors
+    /// rustls's error, as a full handshake would have met it.
+    pub(crate) fn verify_chain(
+        &self,
+        chain: &[CertificateDer<'static>],
+    ) -> std::result::Result<(), rustls::Error> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(rustls::Error::NoCertificatesPresented);
+        };
+        self.tls.load().verifier.verify_client_cert(leaf, intermediates, UnixTime::now()).map(|_| ())
+    }
+
+    /// Whether a member of `room` whose HELLO said `peer_class` may stay after a reload: its
+    /// certificate not revoked, still chaining to a trusted CA (checked again when `swapped`
+    /// says the trust changed), and the ACL still letting it into the room.
+    ///
+    /// # Errors
+    /// Why it must go.
+    pub(crate) fn still_admits(
+        &self,
+        room: &RoomId,
+        chain: &[CertificateDer<'static>],
+        peer_class: Option<&str>,
+        swapped: &Swapped,
+    ) -> std::result::Result<(), Close> {
+        let identity = chain
+            .first()
+            .and_then(|leaf| PeerIdentity::from_der(leaf).ok())
+            .ok_or(Close::NoLongerAdmitted)?;
+        self.recheck(&identity)?;
+        if swapped.trust_changed {
+            use rustls::{CertificateError, Error as TlsError};
+            match self.verify_chain(chain) {
+                Ok(()) => {}
+                Err(TlsError::InvalidCertificate(CertificateError::Revoked)) => return Err(Close::Revoked),
+                Err(TlsError::InvalidCertificate(
+                    CertificateError::Expired | CertificateError::ExpiredContext { .. },
+                )) => return Err(Close::CertificateExpired),
+                Err(_) => return Err(Close::NoLongerAdmitted),
+            }
+        }
+        match self.acl.load().decide(&identity, room) {
+            Decision::Allow { peer_class: Some(required) } if peer_class != Some(required.as_str()) => {
+                Err(Close::NoLongerAdmitted)
+            }
+            Decision::Allow { .. } => Ok(()),
+            Decision::Deny(_) => Err(Close::NoLongerAdmitted),
+        }
     }
 }

@@ -6,7 +6,9 @@
 //! - `tls.rs`: the mutual-TLS server configuration and why a handshake failed;
 //! - `upgrade.rs`: reading the HTTP upgrade request and answering it;
 //! - `admission.rs`: whether an upgrade may go ahead, using `acl.rs` (the rules),
-//!   `auth_hook.rs` (the operator's HTTP service) and `slots.rs` (per-key connection counts);
+//!   `auth_hook.rs` (the operator's HTTP service), `slots.rs` (per-key connection counts) and
+//!   `same_identity.rs` (a newcomer with a member's certificate);
+//! - `expiry.rs`: certificates about to expire, told once each;
 //! - `gate.rs`: what every connection shares at the edge, and what a reload swaps.
 //!
 //! The map of the whole crate is in docs/architecture.md.
@@ -15,8 +17,10 @@ pub mod acl;
 pub(crate) mod admission;
 pub(crate) mod auth_hook;
 pub(crate) mod connection;
+pub(crate) mod expiry;
 pub(crate) mod gate;
 pub(crate) mod listener;
+pub(crate) mod same_identity;
 pub(crate) mod slots;
 pub mod tls;
 pub(crate) mod upgrade;

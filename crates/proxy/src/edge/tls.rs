@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::RootCertStore;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -66,15 +67,40 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
         .map_err(|_| tls_error(path, "no private key found (expected PKCS#8, SEC1 or PKCS#1 PEM)"))
 }
 
+/// The server's TLS configuration, and the verifier of client certificates in it: a resumed
+/// session skips the verifier, so the proxy asks it again itself (`connection.rs`).
+pub(crate) struct TlsMaterial {
+    pub(crate) server: Arc<ServerConfig>,
+    pub(crate) verifier: Arc<dyn ClientCertVerifier>,
+    /// SHA-256 over the trusted CA certificates and the CRLs: a reload that changes it checks
+    /// every member's certificate again.
+    pub(crate) trust: [u8; 32],
+}
+
 /// Builds the server's TLS configuration from the configured files.
 ///
 /// # Errors
 /// [`Error::Tls`] naming the file that is missing, unreadable, holds no certificate or key,
 /// holds a key that does not match the certificate, or a CA that webpki refuses.
 pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
+    Ok(material(config)?.server)
+}
+
+/// The server's TLS configuration and its client certificate verifier.
+///
+/// # Errors
+/// As [`server_config`].
+pub(crate) fn material(config: &Config) -> Result<TlsMaterial> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let roots = trust(&config.client_ca)?;
     let crls = config.crl_files.iter().map(|path| read_crls(path)).collect::<Result<Vec<_>>>()?;
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for path in &config.client_ca {
+        read_certs(path)?.iter().for_each(|cert| digest.update(cert));
+    }
+    crls.iter().flatten().for_each(|crl| digest.update(crl));
+    let mut trust = [0u8; 32];
+    trust.copy_from_slice(digest.finish().as_ref());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls.into_iter().flatten())
         // The leaf is checked against the CRLs; a CA without a CRL (a second root during a
@@ -90,10 +116,10 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
     let server = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)
         .map_err(|e| tls_error(&config.server_cert, e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key)
         .map_err(|e| tls_error(key_path, format!("server certificate and key do not go together: {e}")))?;
-    Ok(Arc::new(server))
+    Ok(TlsMaterial { server: Arc::new(server), verifier, trust })
 }
 
 /// The TLS versions the proxy speaks, as server and as client (of the authorization hook).
@@ -115,8 +141,7 @@ pub(crate) fn trust(paths: &[impl AsRef<Path>]) -> Result<RootCertStore> {
 /// Why a TLS handshake failed, as a short stable label (for logs and metrics) and a detail.
 #[must_use]
 pub fn handshake_failure(error: &std::io::Error) -> (&'static str, String) {
-    use rustls::{CertificateError, Error as TlsError};
-    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<TlsError>()) else {
+    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
         let label = match error.kind() {
             std::io::ErrorKind::UnexpectedEof => "eof",
             std::io::ErrorKind::ConnectionReset => "reset",
@@ -124,7 +149,14 @@ pub fn handshake_failure(error: &std::io::Error) -> (&'static str, String) {
         };
         return (label, error.to_string());
     };
-    let label = match tls {
+    (failure_label(tls), tls.to_string())
+}
+
+/// A short stable label for a TLS error: the same whether rustls found it in a handshake or the
+/// proxy found it checking a resumed session's certificate again.
+pub(crate) fn failure_label(tls: &rustls::Error) -> &'static str {
+    use rustls::{CertificateError, Error as TlsError};
+    match tls {
         TlsError::NoCertificatesPresented => "no_client_certificate",
         TlsError::InvalidCertificate(cert) => match cert {
             CertificateError::UnknownIssuer => "unknown_ca",
@@ -139,6 +171,5 @@ pub fn handshake_failure(error: &std::io::Error) -> (&'static str, String) {
         TlsError::InappropriateMessage { .. } | TlsError::InappropriateHandshakeMessage { .. } => "protocol",
         TlsError::InvalidMessage(_) => "invalid_message",
         _ => "other",
-    };
-    (label, tls.to_string())
+    }
 }

@@ -44,13 +44,25 @@ pub(crate) struct UpgradeRequest {
 pub(crate) enum Refusal {
     /// The client went away or the transport failed before a whole request arrived.
     Closed(String),
-    /// Answer with this status and reason.
-    Status { status: u16, reason: String, path: Option<String> },
+    /// Answer with this status and reason, and a `Retry-After` (seconds) when trying again
+    /// later may succeed.
+    Status { status: u16, reason: String, path: Option<String>, retry_after: Option<u32> },
 }
 
 impl Refusal {
     pub(crate) fn status(status: u16, reason: impl Into<String>, path: Option<&str>) -> Self {
-        Refusal::Status { status, reason: reason.into(), path: path.map(str::to_owned) }
+        Refusal::Status { status, reason: reason.into(), path: path.map(str::to_owned), retry_after: None }
+    }
+
+    /// The same refusal, saying when to try again.
+    #[must_use]
+    pub(crate) fn retry_after(self, seconds: u32) -> Self {
+        match self {
+            Refusal::Status { status, reason, path, .. } => {
+                Refusal::Status { status, reason, path, retry_after: Some(seconds) }
+            }
+            closed => closed,
+        }
     }
 }
 
@@ -152,11 +164,13 @@ pub(crate) async fn accept<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-/// Writes a refusal: the status, a plain-text body with the reason, and `Connection: close`.
+/// Writes a refusal: the status, a plain-text body with the reason, `Retry-After` when given,
+/// and `Connection: close`.
 pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
     stream: &mut S,
     status: u16,
     reason: &str,
+    retry_after: Option<u32>,
 ) -> std::io::Result<()> {
     let phrase = match status {
         400 => "Bad Request",
@@ -170,7 +184,13 @@ pub(crate) async fn refuse<S: AsyncWrite + Unpin>(
         _ => "Error",
     };
     let body = format!("{reason}\n");
-    let extra = if status == 426 { "Sec-WebSocket-Version: 13\r\n" } else { "" };
+    let mut extra = String::new();
+    if status == 426 {
+        extra.push_str("Sec-WebSocket-Version: 13\r\n");
+    }
+    if let Some(seconds) = retry_after {
+        extra.push_str(&format!("Retry-After: {seconds}\r\n"));
+    }
     let response = format!(
         "HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()

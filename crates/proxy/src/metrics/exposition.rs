@@ -121,6 +121,18 @@ impl Collector for Scrape {
             "Answers of the authorization hook: allowed, denied (4xx), either from the cache (_cached), or unavailable (refused: fail closed).",
             &Self::by("result", m.auth_hook_checks.entries()),
         )?;
+        Self::labelled(
+            &mut e,
+            "identity_conflicts",
+            "Newcomers with the certificate of a member of their room, by outcome: kept (the member answered its probe: 409), replaced, refused (same_identity = refuse: 409), refused_at_hello.",
+            &Self::by("outcome", m.identity_conflicts.entries()),
+        )?;
+        Self::counter(
+            &mut e,
+            "certificate_expiry_warnings",
+            "Connecting certificates that expire within tls.expiry_warning (each certificate counted once).",
+            Metrics::get(&m.expiry_warnings),
+        )?;
         if let Some(cluster) = self.cluster {
             Self::gauge(
                 &mut e,

@@ -1,7 +1,8 @@
 //! Hot reload: on SIGHUP (`systemctl reload`) the configuration file is read and validated
 //! again, and the server certificate, key, client CA bundles, CRLs and ACL rules are loaded
-//! from it and swapped in for new handshakes; members whose certificate a new CRL revokes are
-//! closed with 1008. Established connections keep the TLS session they have. A reload that
+//! from it and swapped in for new handshakes; members whose certificate the new material no
+//! longer admits (revoked, its CA no longer trusted, the ACL no longer letting it into its room)
+//! are closed with 1008. Established connections keep the TLS session they have. A reload that
 //! fails keeps everything as it was and logs why. Other settings are read at start-up only: a
 //! reload that changes them says so.
 
@@ -13,7 +14,7 @@ use super::state::Shared;
 use super::systemd;
 use crate::config::{Config, FileConfig};
 use crate::edge::gate::Material;
-use crate::error::{Close, Result};
+use crate::error::Result;
 
 /// Reads the configuration and the TLS material again and swaps them in (see
 /// `Proxy::reload`).
@@ -26,15 +27,22 @@ pub(crate) fn reload(shared: &Shared) -> Result<()> {
         None => Config::clone(&shared.config),
     };
     let material = Material::load(&config)?;
-    let revoked = Arc::clone(material.revoked());
-    // The set first, then the sweep: a connection that joins in between meets the new set.
-    shared.gate.swap(material);
-    let cut = shared.hub.registry.mailboxes_of(|m| revoked.contains(&*m.serial));
-    for member in &cut {
-        member.kill(Close::Revoked);
+    // The new material first, then the sweep: a connection that joins in between meets it.
+    let swapped = shared.gate.swap(material);
+    let members = shared
+        .hub
+        .registry
+        .each_member(|room, m| (room.clone(), m.mailbox.clone(), Arc::clone(&m.chain), m.name.class.clone()));
+    let mut closed = 0;
+    for (room, mailbox, chain, peer_class) in members {
+        if let Err(why) = shared.gate.still_admits(&room, &chain, peer_class.as_deref(), &swapped) {
+            info!(room = %room, conn = %mailbox.conn(), reason = %why.reason(), "reload: the member's certificate is no longer admitted");
+            mailbox.kill(why);
+            closed += 1;
+        }
     }
-    if !cut.is_empty() {
-        warn!(closed = cut.len(), "reload: closed the connections of revoked certificates with 1008");
+    if closed > 0 {
+        warn!(closed, "reload: closed with 1008 the members whose certificates are no longer admitted");
     }
     if needs_restart(&shared.config, &config) {
         warn!("reload: settings other than the TLS files changed; they apply at the next restart");

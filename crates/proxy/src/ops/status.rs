@@ -59,6 +59,13 @@ pub struct MemberStatus {
     pub frames_out: u64,
     /// Bytes written to it.
     pub bytes_out: u64,
+    /// Where it connected from.
+    #[serde(default)]
+    pub address: String,
+    /// Newcomers with its certificate it answered a probe for, and so kept its place
+    /// (`rooms.same_identity = "probe"`).
+    #[serde(default)]
+    pub conflicts_survived: u32,
 }
 
 /// Every room with its members, as owned data, sorted by room id.
@@ -103,6 +110,8 @@ impl MemberStatus {
             bytes_in: stats.received.bytes(),
             frames_out: stats.sent.frames(),
             bytes_out: stats.sent.bytes(),
+            address: member.address.to_string(),
+            conflicts_survived: member.conflicts_survived,
         }
     }
 }

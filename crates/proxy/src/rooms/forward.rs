@@ -17,7 +17,7 @@ use tracing::{debug, info};
 use super::fanout::{self, Sender};
 use super::hub::Hub;
 use super::mailbox::Mailbox;
-use super::room::{Room, Route, Targets};
+use super::room::{Asks, Room, Route, Targets};
 use super::websocket::ReadError;
 use crate::error::Close;
 use crate::metrics::{FrameTally, Metrics};
@@ -32,23 +32,26 @@ enum Event {
     Keepalive,
 }
 
-/// One member's forwarding: its mailbox (for the proxy's replies) and its room.
+/// One member's forwarding: its mailbox (for the proxy's replies), its room, and when its
+/// certificate expires.
 pub(crate) struct Forward<'a> {
     hub: &'a Hub,
     mailbox: &'a Mailbox,
     room: &'a Arc<Room>,
+    expires: Instant,
 }
 
 impl<'a> Forward<'a> {
-    pub(crate) fn new(hub: &'a Hub, mailbox: &'a Mailbox, room: &'a Arc<Room>) -> Self {
-        Forward { hub, mailbox, room }
+    pub(crate) fn new(hub: &'a Hub, mailbox: &'a Mailbox, room: &'a Arc<Room>, expires: Instant) -> Self {
+        Forward { hub, mailbox, room, expires }
     }
 
     /// Forwards the member's frames until the connection ends; returns why it ends.
     ///
     /// Frames come first: the rarer wake-ups (shutdown, kill, the hold buffer's expiry, the
     /// keepalive) are polled only when no frame is ready, and between frames the kill switch is
-    /// one atomic load. (`select!` would poll every branch for every frame, and a cancellation
+    /// one atomic load. One timer serves both the keepalive and the certificate's expiry: it
+    /// fires at whichever comes first. (`select!` would poll every branch for every frame, and a cancellation
     /// future takes a lock each time.) A steady stream cannot starve them: the runtime's
     /// budget makes the socket return `Pending` at least every 128 reads.
     pub(crate) async fn relay<St>(&self, stream: &mut St) -> Close
@@ -70,7 +73,7 @@ impl<'a> Forward<'a> {
         let shutdown = self.hub.shutdown.cancelled();
         let killed = self.mailbox.killed().cancelled();
         let hold_timer = time::sleep_until(Instant::now());
-        let keepalive = time::sleep(idle_limit);
+        let keepalive = time::sleep_until((Instant::now() + idle_limit).min(self.expires));
         tokio::pin!(shutdown, killed, hold_timer, keepalive);
         let mut holding = false;
         let arm_hold_timer =
@@ -100,6 +103,7 @@ impl<'a> Forward<'a> {
                 if std::mem::take(&mut unclocked_frames) {
                     last_frame = Instant::now();
                     tally.publish(&self.hub.metrics, self.mailbox.stats());
+                    self.mailbox.heard();
                 }
                 if shutdown.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Shutdown);
@@ -123,11 +127,15 @@ impl<'a> Forward<'a> {
                     continue;
                 }
                 Event::Keepalive => {
+                    let now = Instant::now();
+                    if self.expires <= now {
+                        return Close::CertificateExpired;
+                    }
                     let deadline = last_frame + idle_limit;
-                    if deadline <= Instant::now() {
+                    if deadline <= now {
                         return Close::KeepaliveTimeout;
                     }
-                    keepalive.as_mut().reset(deadline);
+                    keepalive.as_mut().reset(deadline.min(self.expires));
                     continue;
                 }
             };
@@ -193,18 +201,14 @@ impl<'a> Forward<'a> {
         }
         // The common case: the room has not changed since the last frame.
         if !targets.is_current(self.room) {
-            let requires_response = header.as_ref().is_some_and(|h| h.requires_response);
+            let asks = header.as_ref().map_or(Asks::default(), |h| Asks {
+                requires_response: h.requires_response,
+                is_response: h.in_response_to.is_some(),
+            });
             let message_id =
                 || header.as_ref().and_then(|h| h.message_id.as_ref()).map(MessageId::to_owned_id);
             let limits = self.hub.hold_limits();
-            match self.room.route(
-                self.mailbox.conn(),
-                &message,
-                requires_response,
-                message_id,
-                limits,
-                targets,
-            ) {
+            match self.room.route(self.mailbox.conn(), &message, asks, message_id, limits, targets) {
                 Route::Deliver => {}
                 Route::Held => {
                     Metrics::inc(&self.hub.metrics.held);
@@ -224,6 +228,14 @@ impl<'a> Forward<'a> {
                     } else {
                         self.error(503, reason, message_id()).await;
                     }
+                    return false;
+                }
+                Route::Unasked => {
+                    info!(
+                        len = message.len(),
+                        "a response whose asker has left: not held, its sender told (410)"
+                    );
+                    self.error(410, "the peer this answers has left: not delivered", message_id()).await;
                     return false;
                 }
                 Route::NotMember => return false,

@@ -62,6 +62,10 @@ struct Inner {
     kill: CancellationToken,
     reason: OnceLock<Close>,
     stats: PeerStats,
+    /// Set while someone waits to hear from the peer ([`Mailbox::probe`]).
+    probing: AtomicBool,
+    /// Told when the peer is heard from while `probing`.
+    heard: Notify,
 }
 
 #[derive(Default)]
@@ -74,6 +78,8 @@ struct Queue {
     /// The answer to the peer's latest ping, written before the next frames. Only the latest
     /// is kept (RFC 6455 section 5.5.3), so a ping flood costs no memory.
     pong: Option<Bytes>,
+    /// A ping to write before the next frames (a probe asks for it).
+    ping: bool,
     /// Since when frames from other nodes have found the queue over its limits.
     over_since: Option<Instant>,
 }
@@ -99,6 +105,8 @@ impl Mailbox {
             kill: CancellationToken::new(),
             reason: OnceLock::new(),
             stats: PeerStats::default(),
+            probing: AtomicBool::new(false),
+            heard: Notify::new(),
         };
         Mailbox { inner: Arc::new(inner) }
     }
@@ -156,11 +164,44 @@ impl Mailbox {
     /// Has the writer answer the peer's ping.
     pub(crate) fn pong(&self, payload: Bytes) {
         let mut queue = self.lock();
-        let wake = queue.frames.is_empty() && queue.pong.is_none();
+        let wake = queue.frames.is_empty() && queue.pong.is_none() && !queue.ping;
         queue.pong = Some(payload);
         drop(queue);
         if wake {
             self.inner.writer.wake();
+        }
+    }
+
+    /// Whether the peer answers: pings it and waits at most `timeout` for any frame from it (a
+    /// pong or anything else). A peer being closed does not answer.
+    pub(crate) async fn probe(&self, timeout: Duration) -> bool {
+        let heard = self.inner.heard.notified();
+        tokio::pin!(heard);
+        // Registered before the flag is raised, so an answer in between is not missed.
+        heard.as_mut().enable();
+        self.inner.probing.store(true, Ordering::Release);
+        let wake = {
+            let mut queue = self.lock();
+            let idle = queue.frames.is_empty() && queue.pong.is_none() && !queue.ping;
+            queue.ping = true;
+            idle
+        };
+        if wake {
+            self.inner.writer.wake();
+        }
+        let killed = self.inner.kill.cancelled();
+        tokio::select! {
+            biased;
+            () = killed => false,
+            answered = time::timeout(timeout, heard) => answered.is_ok(),
+        }
+    }
+
+    /// The peer was heard from: tells whoever probes it. One atomic load when nobody does; the
+    /// reader calls it once per wake-up that read frames.
+    pub(crate) fn heard(&self) {
+        if self.inner.probing.load(Ordering::Acquire) && self.inner.probing.swap(false, Ordering::AcqRel) {
+            self.inner.heard.notify_waiters();
         }
     }
 
@@ -256,7 +297,7 @@ impl Mailbox {
     /// bytes; parks the writer when there is nothing.
     pub(super) fn poll_batch(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Message>) -> Poll<usize> {
         let mut queue = self.lock();
-        if queue.frames.is_empty() && queue.pong.is_none() {
+        if queue.frames.is_empty() && queue.pong.is_none() && !queue.ping {
             // Under the lock: a sender that queues after this sees an empty queue and wakes us.
             self.inner.writer.register(cx.waker());
             return Poll::Pending;
@@ -264,6 +305,9 @@ impl Mailbox {
         std::mem::swap(&mut queue.frames, batch);
         if let Some(pong) = queue.pong.take() {
             batch.push_front(Message::Pong(pong));
+        }
+        if std::mem::take(&mut queue.ping) {
+            batch.push_front(Message::Ping(Bytes::new()));
         }
         let bytes = queue.bytes;
         let wanted = std::mem::take(&mut queue.wanted);
@@ -351,5 +395,24 @@ mod tests {
         let outcome = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
         assert_eq!(outcome, Delivery::Gone);
         assert!(!mailbox.push_initial(text("c")), "a killed mailbox takes nothing");
+    }
+
+    #[tokio::test]
+    async fn a_probe_is_answered_by_any_frame_and_not_by_silence() {
+        let mailbox = Mailbox::new(ConnId::next(), 8, 1 << 20);
+        let probing = mailbox.clone();
+        let probe = tokio::spawn(async move { probing.probe(Duration::from_secs(5)).await });
+        while !mailbox.inner.probing.load(Ordering::Acquire) {
+            tokio::task::yield_now().await;
+        }
+        assert!(mailbox.lock().ping, "a ping is queued for the writer");
+        mailbox.heard();
+        assert!(probe.await.unwrap(), "heard from");
+        assert!(!mailbox.probe(Duration::from_millis(30)).await, "silence");
+        let probing = mailbox.clone();
+        let probe = tokio::spawn(async move { probing.probe(Duration::from_secs(30)).await });
+        tokio::task::yield_now().await;
+        mailbox.kill(Close::Shutdown);
+        assert!(!probe.await.unwrap(), "a peer being closed does not answer");
     }
 }

@@ -22,9 +22,9 @@ use super::hub::Hub;
 use super::id::{ConnId, PeerName, RoomId};
 use super::mailbox::Mailbox;
 use super::nodes::JoinError;
-use super::registry::{Joined, Space};
-use super::remote::{Card, MemberKey};
-use super::room::{Member, Room};
+use super::registry::{Joined, Refused};
+use super::remote::{Card, MayReplace, MemberKey};
+use super::room::{Certificates, Member, Room};
 use super::websocket::ReadError;
 use super::writer::write_loop;
 use crate::error::Close;
@@ -34,12 +34,16 @@ use crate::metrics::Metrics;
 /// How long the writer gets to flush the close frame after the reader has finished.
 const WRITER_GRACE: Duration = Duration::from_secs(2);
 
-/// A connection the edge let in: who it is, the room it asked for, and the `peerClass` the ACL
-/// rule that let it in requires of its HELLO.
+/// A connection the edge let in: who it is and where from, the room it asked for, the
+/// `peerClass` the ACL rule that let it in requires of its HELLO, and which member with its
+/// certificate it may replace.
 pub(crate) struct Admitted {
     pub(crate) identity: PeerIdentity,
+    pub(crate) chain: Certificates,
+    pub(crate) address: std::net::SocketAddr,
     pub(crate) room: RoomId,
     pub(crate) peer_class: Option<String>,
+    pub(crate) may_replace: MayReplace,
 }
 
 /// Serves an upgraded connection to its end: reads its frames from `stream`, writes to `sink`
@@ -100,7 +104,8 @@ impl Peer<'_> {
             Ok(joined) => joined,
             Err(close) => return close,
         };
-        let close = Forward::new(self.hub, &self.mailbox, &room).relay(stream).await;
+        let expires = instant_of(self.admitted.identity.not_after);
+        let close = Forward::new(self.hub, &self.mailbox, &room, expires).relay(stream).await;
         relay_done.cancel();
         Box::pin(self.leave(&room, &name, &close)).await;
         close
@@ -181,9 +186,11 @@ impl Peer<'_> {
             name: name.clone(),
             hello: hello.clone(),
         };
-        let roster = match hub.nodes.join(self.room_id(), &card, hub.config.max_peers).await {
+        let may_replace = &self.admitted.may_replace;
+        let roster = match hub.nodes.join(self.room_id(), &card, hub.config.max_peers, may_replace).await {
             Ok(roster) => roster,
             Err(JoinError::Full) => return Err(Close::RoomFull),
+            Err(JoinError::Conflict) => return Err(self.conflict_at_hello()),
             Err(JoinError::Unreachable(e)) => {
                 warn!(error = %e, "cluster presence unreachable: cannot join");
                 return Err(Close::ClusterUnavailable(e.to_string()));
@@ -196,22 +203,44 @@ impl Peer<'_> {
             hello,
             name: name.clone(),
             subject: Arc::from(identity.subject.as_str()),
-            serial: Arc::from(identity.serial.as_str()),
             since: std::time::SystemTime::now(),
             relay_done: relay_done.clone(),
             replaced_by: None,
+            address: self.admitted.address,
+            chain: Arc::clone(&self.admitted.chain),
+            conflicts_survived: 0,
         };
         let replaced_key = roster.replaced.as_ref().map(Card::key);
-        let joined = match hub.registry.join(self.room_id(), member, roster.others, replaced_key.as_ref()) {
+        let here = hub.nodes.node();
+        let joined = match hub.registry.join(
+            self.room_id(),
+            member,
+            roster.others,
+            replaced_key.as_ref(),
+            may_replace,
+            here,
+        ) {
             Ok(joined) => joined,
-            Err(space) => {
+            Err(refused) => {
                 hub.nodes.leave(self.room_id(), card.conn).await;
-                return Err(if space == Space::TooManyRooms { Close::TooManyRooms } else { Close::RoomFull });
+                return Err(match refused {
+                    Refused::TooManyRooms => Close::TooManyRooms,
+                    Refused::RoomFull => Close::RoomFull,
+                    Refused::IdentityConflict => self.conflict_at_hello(),
+                });
             }
         };
         let room = Arc::clone(&joined.room);
         self.announce(joined, &card, roster.replaced).await;
         Ok((room, relay_done))
+    }
+
+    /// A member with this certificate appeared after the upgrade, and this connection was not
+    /// cleared to replace it: it leaves, and its next attempt probes the member.
+    fn conflict_at_hello(&self) -> Close {
+        self.hub.metrics.identity_conflict("refused_at_hello");
+        info!("a member with this certificate joined meanwhile: not replaced, closing with 1008");
+        Close::IdentityConflict
     }
 
     /// After a join: retire a replaced member (here or on another node), then tell the others
@@ -284,4 +313,14 @@ impl Peer<'_> {
         }
         hub.nodes.leave(self.room_id(), self.mailbox.conn()).await;
     }
+}
+
+/// The moment a certificate's notAfter (seconds since the Unix epoch) passes, on the clock
+/// timers use; now when it has passed already.
+fn instant_of(not_after: i64) -> time::Instant {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let left = u64::try_from(not_after).unwrap_or(0).saturating_sub(now);
+    let now = time::Instant::now();
+    // A far-off notAfter only needs to stay far off; a hundred years cannot overflow the clock.
+    now.checked_add(Duration::from_secs(left.min(100 * 365 * 86_400))).unwrap_or(now)
 }

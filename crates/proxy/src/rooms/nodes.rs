@@ -4,13 +4,15 @@
 //! (`cluster/redis.rs`). How the cluster carries these notes is its own business.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Message;
 
 use super::id::{ConnId, NodeId, RoomId};
 use super::registry::Space;
-use super::remote::{Card, MemberKey, NewView};
+use super::remote::{Card, MayReplace, MemberKey, NewView};
 use crate::identity::Fingerprint;
 
 /// A boxed future, for the trait's asynchronous methods.
@@ -27,6 +29,8 @@ pub(crate) struct Unreachable(pub(crate) Box<dyn std::error::Error + Send + Sync
 pub(crate) enum JoinError {
     /// The room is full cluster-wide.
     Full,
+    /// A member elsewhere has the newcomer's certificate, and the newcomer may not replace it.
+    Conflict,
     /// The other nodes cannot be asked.
     Unreachable(Unreachable),
 }
@@ -47,22 +51,34 @@ pub(crate) trait Nodes: Send + Sync {
     fn view_maker(&self) -> NewView;
 
     /// Whether the room has a place cluster-wide for a newcomer with this certificate (its
-    /// place counts as free when a member has the same certificate).
+    /// place counts as free when a member has the same certificate), and that member.
     fn space<'a>(
         &'a self,
         room: &'a RoomId,
         fingerprint: &'a Fingerprint,
         max_peers: usize,
-    ) -> BoxFuture<'a, Result<Space, Unreachable>>;
+    ) -> BoxFuture<'a, Result<(Space, Option<MemberKey>), Unreachable>>;
 
-    /// Takes a place for a local member in one atomic step: capacity, and the removal of a
-    /// member elsewhere with the same certificate.
+    /// Takes a place for a local member in one atomic step: capacity, and the removal of the
+    /// member with its certificate when `may_replace` covers it.
     fn join<'a>(
         &'a self,
         room: &'a RoomId,
         card: &'a Card,
         max_peers: usize,
+        may_replace: &'a MayReplace,
     ) -> BoxFuture<'a, Result<Roster, JoinError>>;
+
+    /// Asks the node of member `who` of `room` whether it answers a probe within `timeout`
+    /// (a newcomer at `newcomer` has its certificate); `false` when its node does not answer
+    /// in time either.
+    fn probe<'a>(
+        &'a self,
+        who: &'a MemberKey,
+        room: &'a RoomId,
+        newcomer: SocketAddr,
+        timeout: Duration,
+    ) -> BoxFuture<'a, bool>;
 
     /// Gives a local member's place back.
     fn leave<'a>(&'a self, room: &'a RoomId, conn: ConnId) -> BoxFuture<'a, ()>;

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::id::{ConnId, RoomId};
+use super::id::{ConnId, NodeId, RoomId};
 use super::mailbox::Mailbox;
-use super::remote::{Card, MemberKey, NewView};
-use super::room::{Admission, Entry, Left, Member, Room};
+use super::remote::{Card, MayReplace, MemberKey, NewView};
+use super::room::{Admission, Entry, Holder, Left, Member, Room};
 use crate::identity::Fingerprint;
 
 /// All rooms of this node.
@@ -34,6 +34,17 @@ pub(crate) enum Space {
     TooManyRooms,
 }
 
+/// Why a join found no place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The room has `max_peers` members.
+    RoomFull,
+    /// The room does not exist and `max_rooms` rooms do.
+    TooManyRooms,
+    /// A member has the newcomer's certificate, and the newcomer was not cleared to replace it.
+    IdentityConflict,
+}
+
 /// A join: the room, and what the newcomer is left to do.
 pub(crate) struct Joined {
     pub(crate) room: Arc<Room>,
@@ -50,12 +61,17 @@ impl Registry {
     /// Whether a newcomer with this certificate would find a place in room `id` now: the room
     /// has fewer members than `max_peers` (or one of them has the same certificate), or it does
     /// not exist yet and there are fewer than `max_rooms` rooms. (Concurrent newcomers may open
-    /// a few rooms past the limit; `max_connections` still bounds them.)
-    pub(crate) fn space(&self, id: &RoomId, fingerprint: &Fingerprint) -> Space {
+    /// a few rooms past the limit; `max_connections` still bounds them.) With it, the member
+    /// that holds the certificate, if this node knows one.
+    pub(crate) fn space(&self, id: &RoomId, fingerprint: &Fingerprint) -> (Space, Option<Holder>) {
         let Some(room) = self.room(id.as_str()) else {
-            return if self.rooms.len() < self.max_rooms { Space::Free } else { Space::TooManyRooms };
+            let space = if self.rooms.len() < self.max_rooms { Space::Free } else { Space::TooManyRooms };
+            return (space, None);
         };
-        if room.has_space_for(fingerprint, self.max_peers) { Space::Free } else { Space::RoomFull }
+        match room.space_for(fingerprint, self.max_peers) {
+            (true, holder) => (Space::Free, holder),
+            (false, _) => (Space::RoomFull, None),
+        }
     }
 
     /// The room `id`, if it has members on this node.
@@ -66,19 +82,21 @@ impl Registry {
     /// Makes `member` a member of room `id`, creating the room (see [`Room::admit`]).
     ///
     /// # Errors
-    /// [`Space::RoomFull`] or [`Space::TooManyRooms`] when there is no place.
+    /// Why there is no place.
     pub(crate) fn join(
         &self,
         id: &RoomId,
         mut member: Member,
         mut remote: Vec<Card>,
         replaced_elsewhere: Option<&MemberKey>,
-    ) -> Result<Joined, Space> {
+        may_replace: &MayReplace,
+        here: &NodeId,
+    ) -> Result<Joined, Refused> {
         loop {
             // Checked again here, not only before the upgrade: connections that all passed the
             // upgrade's check could otherwise open a room each when their HELLOs come.
             if !self.rooms.contains_key(id) && self.rooms.len() >= self.max_rooms {
-                return Err(Space::TooManyRooms);
+                return Err(Refused::TooManyRooms);
             }
             let room = Arc::clone(
                 self.rooms
@@ -86,9 +104,10 @@ impl Registry {
                     .or_insert_with(|| Arc::new(Room::new(id.clone(), self.new_view)))
                     .value(),
             );
-            match room.admit(member, remote, replaced_elsewhere, self.max_peers) {
+            match room.admit(member, remote, replaced_elsewhere, may_replace, here, self.max_peers) {
                 Admission::Joined(entry) => return Ok(Joined { room, entry }),
-                Admission::Full => return Err(Space::RoomFull),
+                Admission::Full => return Err(Refused::RoomFull),
+                Admission::Conflict => return Err(Refused::IdentityConflict),
                 Admission::Closed { member: back, remote: cards } => (member, remote) = (back, cards),
             }
         }
@@ -111,5 +130,11 @@ impl Registry {
     /// The mailboxes of the members (on this node) for which `pick` says yes, in every room.
     pub(crate) fn mailboxes_of(&self, pick: impl Fn(&Member) -> bool) -> Vec<Mailbox> {
         self.rooms().iter().flat_map(|room| room.mailboxes_of(&pick)).collect()
+    }
+
+    /// What `take` takes from each member (on this node) of every room, under each room's lock
+    /// in turn: take only what is cheap to clone, and work on it after.
+    pub(crate) fn each_member<T>(&self, take: impl Fn(&RoomId, &Member) -> T) -> Vec<T> {
+        self.rooms().iter().flat_map(|room| room.members_map(|m| take(room.id(), m))).collect()
     }
 }

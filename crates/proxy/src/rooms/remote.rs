@@ -51,6 +51,31 @@ impl fmt::Debug for MemberKey {
     }
 }
 
+/// Which member with its certificate a newcomer may replace when it joins: the edge decides it
+/// before the upgrade (`rooms.same_identity`), and the join holds to it, so a member that
+/// appeared since is never replaced by a newcomer that did not probe it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum MayReplace {
+    /// No member had its certificate: a member with it now is a conflict.
+    #[default]
+    Nobody,
+    /// Whichever member has its certificate (`same_identity = "replace"`).
+    Anyone,
+    /// This member, found silent.
+    Only(MemberKey),
+}
+
+impl MayReplace {
+    /// Whether the newcomer may replace `who`.
+    pub(crate) fn covers(&self, who: &MemberKey) -> bool {
+        match self {
+            MayReplace::Nobody => false,
+            MayReplace::Anyone => true,
+            MayReplace::Only(key) => key == who,
+        }
+    }
+}
+
 /// The distinct nodes of `cards`, in order of first appearance.
 pub(crate) fn distinct_nodes<'a>(cards: impl IntoIterator<Item = &'a Card>) -> Vec<NodeId> {
     let mut nodes: Vec<NodeId> = Vec::new();

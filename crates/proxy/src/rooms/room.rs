@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::hold::{Held, Hold, HoldLimits};
 use super::id::{ConnId, NodeId, PeerName, RoomId};
 use super::mailbox::Mailbox;
-use super::remote::{Card, MemberKey, NewView, RemoteView, distinct_nodes};
+use super::remote::{Card, MayReplace, MemberKey, NewView, RemoteView, distinct_nodes};
 use crate::identity::Fingerprint;
 
 /// A joined peer.
@@ -30,8 +30,6 @@ pub(crate) struct Member {
     pub(crate) name: PeerName,
     /// Its certificate's subject, for the rooms API.
     pub(crate) subject: Arc<str>,
-    /// Its certificate's serial (uppercase hex), to find it when its certificate is revoked.
-    pub(crate) serial: Arc<str>,
     /// When it joined.
     pub(crate) since: std::time::SystemTime,
     /// Cancelled when this member's connection has stopped relaying frames.
@@ -39,6 +37,24 @@ pub(crate) struct Member {
     /// The node of the newer connection with its certificate that replaced it, which must
     /// hear of its departure.
     pub(crate) replaced_by: Option<NodeId>,
+    /// Where it connected from.
+    pub(crate) address: std::net::SocketAddr,
+    /// Its verified certificate chain, leaf first, checked again when a reload changes the
+    /// trusted CAs.
+    pub(crate) chain: Certificates,
+    /// Newcomers with its certificate it answered a probe for, and so kept its place.
+    pub(crate) conflicts_survived: u32,
+}
+
+/// A verified certificate chain, leaf first.
+pub(crate) type Certificates = Arc<[rustls_pki_types::CertificateDer<'static>]>;
+
+/// The member of a room that holds a certificate.
+pub(crate) enum Holder {
+    /// A member on this node.
+    Here { mailbox: Mailbox, address: std::net::SocketAddr },
+    /// A member on another node.
+    Elsewhere(MemberKey),
 }
 
 /// Where a member's frame goes.
@@ -51,8 +67,18 @@ pub(crate) enum Route {
     HoldFull,
     /// Alone, and the frame asks for a response: answer 503 at once.
     Alone,
+    /// Alone, and the frame answers another (`inResponseTo`): whoever asked has left, and the
+    /// next member did not ask, so it is not held (answer 410).
+    Unasked,
     /// The sender is no longer a member (it was replaced): relay nothing.
     NotMember,
+}
+
+/// What a frame's header says about answers: whether it asks for one, and whether it is one.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Asks {
+    pub(crate) requires_response: bool,
+    pub(crate) is_response: bool,
 }
 
 /// The members a sender's frames go to, kept from frame to frame while the room's membership
@@ -90,6 +116,8 @@ pub(crate) enum Admission {
     Closed { member: Member, remote: Vec<Card> },
     /// The room has `max_peers` members.
     Full,
+    /// A member has the newcomer's certificate, and the newcomer may not replace it.
+    Conflict,
     /// A member now.
     Joined(Entry),
 }
@@ -217,24 +245,48 @@ impl Room {
         state.remote.get_or_insert_with(self.new_view).as_mut()
     }
 
-    /// Whether a newcomer with this certificate would find a place: fewer than `max_peers`
-    /// members here and elsewhere, or one of them has the same certificate.
-    pub(crate) fn has_space_for(&self, fingerprint: &Fingerprint, max_peers: usize) -> bool {
+    /// Whether a newcomer with this certificate would find a place (fewer than `max_peers`
+    /// members here and elsewhere, or one of them has its certificate), and the member that
+    /// holds its certificate, if any.
+    pub(crate) fn space_for(&self, fingerprint: &Fingerprint, max_peers: usize) -> (bool, Option<Holder>) {
         let state = self.lock();
-        state.members.len() + state.remote().len() < max_peers
-            || state.members.iter().any(|m| m.fingerprint == *fingerprint)
-            || state.remote().iter().any(|c| c.fingerprint == *fingerprint)
+        let here = state
+            .members
+            .iter()
+            .find(|m| m.fingerprint == *fingerprint)
+            .map(|m| Holder::Here { mailbox: m.mailbox.clone(), address: m.address });
+        let holder = here.or_else(|| {
+            state.remote().iter().find(|c| c.fingerprint == *fingerprint).map(|c| Holder::Elsewhere(c.key()))
+        });
+        let free = holder.is_some() || state.members.len() + state.remote().len() < max_peers;
+        (free, holder)
     }
 
-    /// Makes `member` a member, replacing a member with the same certificate. `remote` is the
-    /// cluster's word on the members elsewhere (empty on a single node). The newcomer's
-    /// mailbox receives, before anything else, the HELLOs of the members already there (this
-    /// node's in join order, then the others'), then the messages held for it.
+    /// The mailbox and address of the local member `conn`.
+    pub(crate) fn local_member(&self, conn: ConnId) -> Option<(Mailbox, std::net::SocketAddr)> {
+        let state = self.lock();
+        state.members.iter().find(|m| m.mailbox.conn() == conn).map(|m| (m.mailbox.clone(), m.address))
+    }
+
+    /// Counts a probe the member `conn` answered.
+    pub(crate) fn survived_conflict(&self, conn: ConnId) {
+        if let Some(member) = self.lock().members.iter_mut().find(|m| m.mailbox.conn() == conn) {
+            member.conflicts_survived = member.conflicts_survived.saturating_add(1);
+        }
+    }
+
+    /// Makes `member` a member, replacing the member with its certificate if `may_replace`
+    /// covers it (this node is `here`). `remote` is the cluster's word on the members elsewhere
+    /// (empty on a single node). The newcomer's mailbox receives, before anything else, the
+    /// HELLOs of the members already there (this node's in join order, then the others'), then
+    /// the messages held for it.
     pub(crate) fn admit(
         &self,
         member: Member,
         remote: Vec<Card>,
         replaced_elsewhere: Option<&MemberKey>,
+        may_replace: &MayReplace,
+        here: &NodeId,
         max_peers: usize,
     ) -> Admission {
         let mut state = self.lock();
@@ -242,6 +294,12 @@ impl Room {
             return Admission::Closed { member, remote };
         }
         let same_cert = state.members.iter().position(|m| m.fingerprint == member.fingerprint);
+        if let Some(old) = same_cert.and_then(|i| state.members.get(i)) {
+            let holder = MemberKey { node: here.clone(), conn: old.mailbox.conn() };
+            if !may_replace.covers(&holder) {
+                return Admission::Conflict;
+            }
+        }
         let present = state.members.len() + remote.len();
         if present - usize::from(same_cert.is_some()) >= max_peers {
             return Admission::Full;
@@ -324,13 +382,14 @@ impl Room {
     }
 
     /// Decides where a frame from `sender` goes (filling `targets`, which the caller keeps
-    /// from frame to frame, see [`Targets::is_current`]); holds it when the sender is alone.
-    /// `message_id` is called only when the frame is held.
+    /// from frame to frame, see [`Targets::is_current`]); holds it when the sender is alone,
+    /// unless it asks for a response or is one. `message_id` is called only when the frame is
+    /// held.
     pub(crate) fn route(
         &self,
         sender: ConnId,
         frame: &Message,
-        requires_response: bool,
+        asks: Asks,
         message_id: impl FnOnce() -> Option<MessageId<'static>>,
         limits: HoldLimits,
         targets: &mut Targets,
@@ -348,7 +407,10 @@ impl Room {
         if !(targets.mailboxes.is_empty() && targets.nodes.is_empty()) {
             return Route::Deliver;
         }
-        if requires_response {
+        if asks.is_response {
+            return Route::Unasked;
+        }
+        if asks.requires_response {
             return Route::Alone;
         }
         if state.hold.push(frame, sender, message_id, limits) { Route::Held } else { Route::HoldFull }
@@ -357,6 +419,11 @@ impl Room {
     /// The mailboxes of the members on this node.
     pub(crate) fn local_mailboxes(&self) -> Vec<Mailbox> {
         self.lock().mailboxes()
+    }
+
+    /// What `take` takes from each local member, under the room's lock.
+    pub(crate) fn members_map<T>(&self, take: impl Fn(&Member) -> T) -> Vec<T> {
+        self.lock().members.iter().map(take).collect()
     }
 
     /// The mailboxes of the local members for which `pick` says yes.

@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::hub::Hub;
 use super::id::RoomId;
 use super::member::{self, Admitted};
+use super::remote::MayReplace;
 use super::websocket::ReadError;
 use crate::cluster::local::Local;
 use crate::config::{Config, FileConfig, Overrides};
@@ -57,8 +58,14 @@ impl Peer {
     fn connect(hub: &Arc<Hub>, cn: &str, room: &str) -> Peer {
         let (send, stream) = mpsc::unbounded();
         let (sink, written) = mpsc::unbounded();
-        let admitted =
-            Admitted { identity: identity(cn), room: RoomId::parse(room).unwrap(), peer_class: None };
+        let admitted = Admitted {
+            identity: identity(cn),
+            chain: Arc::from(Vec::new()),
+            address: "127.0.0.1:40000".parse().unwrap(),
+            room: RoomId::parse(room).unwrap(),
+            peer_class: None,
+            may_replace: MayReplace::Nobody,
+        };
         let hub = Arc::clone(hub);
         let life = tokio::spawn(async move { member::serve(&hub, admitted, stream, sink, |_| Ok(())).await });
         Peer { send, written, life }

@@ -1,5 +1,6 @@
 //! Authorization: the ACL's decision before the upgrade (403), the peerClass an allowing rule
-//! requires at HELLO (1008), and rules changed by a reload.
+//! requires at HELLO (1008), and rules changed by a reload (for new connections, and for the
+//! members they no longer admit).
 
 use crate::support::{Pki, start, upgrade_request};
 
@@ -55,7 +56,7 @@ async fn each_gateway_joins_only_its_own_room_and_the_manager_any_gateway_room()
 }
 
 #[tokio::test]
-async fn a_reload_applies_new_rules_to_new_connections_only() {
+async fn a_reload_applies_new_rules_to_new_connections_and_closes_the_members_they_refuse() {
     let pki = Pki::new();
     let proxy = start(&pki, RULES).await;
     let (mut manager, _) = proxy.join("manager", "gw/gw-1", "m").await;
@@ -68,15 +69,20 @@ async fn a_reload_applies_new_rules_to_new_connections_only() {
 
     let refused = proxy.raw_request("manager", &upgrade_request("gw/gw-9")).await;
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
-    // The connections admitted before keep working.
+    // A member the new rules no longer let into its room is closed; the others stay.
+    let (code, reason) = manager.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1008, "certificate no longer admitted"));
+    lab.send_text(r#"{"message": {"messageId": 5, "messageType": "EVENT:alone", "requiresResponse": true}}"#)
+        .await;
+    assert_eq!(lab.recv_message().await["statusCode"], 503, "still connected, and answered");
     let mut gateway = proxy.connect("gw-1", "gw/gw-1").await;
     gateway
         .send_text(r#"{"message": {"messageId": 0, "messageType": "CONN:HELLO", "peerClass": "gw-service"}}"#)
         .await;
-    assert!(manager.recv_text().await.contains("CONN:HELLO"));
-    lab.send_text(r#"{"message": {"messageId": 5, "messageType": "EVENT:alone", "requiresResponse": true}}"#)
+    gateway
+        .send_text(r#"{"message": {"messageId": 6, "messageType": "EVENT:x", "requiresResponse": true}}"#)
         .await;
-    assert_eq!(lab.recv_message().await["statusCode"], 503, "still connected, and answered");
+    assert_eq!(gateway.recv_message().await["statusCode"], 503, "the rules that did not change still admit");
 
     std::fs::write(&proxy.file, config.replace("room = \"gw/*\"", "room = \"gw/{serial}\"")).unwrap();
     let err = proxy.proxy.reload().unwrap_err().to_string();
