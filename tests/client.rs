@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::proxy_support::{admin_request, sample};
 use crate::support::{Daemon, run_bin};
 
 const ROOM: &str = "/micronets/v1/ws-proxy/gw/gateway";
@@ -481,4 +482,71 @@ async fn https_proxy_from_the_environment_is_used() {
     );
     let request_line = tokio::time::timeout(std::time::Duration::from_secs(10), seen).await.unwrap().unwrap();
     assert!(request_line.starts_with("CONNECT localhost:"), "{request_line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gateways_with_one_certificate_settle_on_one_member_while_the_other_backs_off() {
+    let device = start_device().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let admin = proxy.admin();
+    let url = format!("wss://localhost:{}{ROOM}", proxy.addr.port());
+    let gateway = |peer_id: &str, ready: &str| {
+        let mut args = client_args(dir.path(), "gateway", &url);
+        args.extend(["--peer-class".into(), "micronets-gateway-service".into()]);
+        args.extend(["--peer-id".into(), peer_id.into(), "--forward-to".into(), format!("http://{device}")]);
+        spawn_client(dir.path(), args, ready)
+    };
+    let first = gateway("gw-a", "HELLO sent");
+    // --forward-to reconnects by default: the refusal is logged, and it backs off.
+    let second = gateway("gw-b", "409");
+    let observed = std::time::Instant::now();
+    let mut polls = 0;
+    while observed.elapsed() < std::time::Duration::from_secs(5) {
+        let rooms = admin_request(admin, "GET", "/v1/rooms").await.1;
+        let rooms: serde_json::Value = serde_json::from_str(&rooms).unwrap();
+        let members = rooms[0]["members"].as_array().cloned().unwrap_or_default();
+        assert_eq!(members.len(), 1, "{rooms}");
+        assert_eq!(members[0]["peer_id"], "gw-a", "the first is never displaced: {rooms}");
+        polls += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(polls >= 10, "observed for the whole window");
+    let metrics = admin_request(admin, "GET", "/metrics").await.1;
+    let kept = sample(&metrics, "ws_proxy_identity_conflicts_total{outcome=\"kept\"}");
+    assert!((1.0..=3.0).contains(&kept), "a bounded number of attempts in 5 s: {kept}\n{metrics}");
+    assert_eq!(sample(&metrics, "ws_proxy_identity_conflicts_total{outcome=\"replaced\"}"), 0.0, "{metrics}");
+    let refusals = second.log().lines().filter(|l| l.contains("409")).count();
+    assert_eq!(refusals, 1, "each refusal logged once:\n{}", second.log());
+    assert!(!first.log().contains("connection to the relay ended"), "{}", first.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_response_headers_leaves_headers_out_of_the_forwarders_responses() {
+    let device = start_device().await;
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let url = format!("wss://localhost:{}{ROOM}", proxy.addr.port());
+    let mut args = client_args(dir.path(), "gateway", &url);
+    args.extend(["--forward-to".into(), format!("http://{device}"), "--no-response-headers".into()]);
+    let _gateway = spawn_client(dir.path(), args, "HELLO sent");
+    let dev = dir.path().join("certs/dev");
+    // The original test client's bridge, as far as the wire goes.
+    let mut bridge = crate::proxy_support::Client::connect(
+        proxy.addr,
+        &dev.join("micronets-ws-root.cert.pem"),
+        &dev.join("micronets-manager.pkeycert.pem"),
+        ROOM,
+    )
+    .await
+    .unwrap();
+    bridge.hello("original-bridge").await;
+    assert!(bridge.recv_text().await.contains("CONN:HELLO"));
+    bridge
+        .send_text(r#"{"message": {"messageId": 9, "messageType": "REST:REQUEST", "requiresResponse": true, "method": "GET", "path": "/leases"}}"#)
+        .await;
+    let response = bridge.recv_message().await;
+    assert_eq!((response["statusCode"].as_u64(), response["inResponseTo"].as_u64()), (Some(200), Some(9)));
+    assert!(response.get("headers").is_none(), "no headers: {response}");
+    assert_eq!(response["messageBody"]["path"], "/leases", "the body still travels: {response}");
 }

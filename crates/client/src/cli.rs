@@ -73,9 +73,21 @@ pub struct Cli {
     /// Forwarder: answer 504 after this long without the local service's response.
     #[arg(long, default_value = "25s", value_parser = duration)]
     forward_timeout: Duration,
-    /// Reconnect after failures, with capped exponential backoff and jitter.
-    #[arg(long)]
+    /// Reconnect after failures, refusals and lost connections, with exponential backoff and
+    /// full jitter, waiting at least what the relay's Retry-After asks [default: with
+    /// --forward-to].
+    #[arg(long, conflicts_with = "no_reconnect")]
     reconnect: bool,
+    /// Do not reconnect, even with --forward-to.
+    #[arg(long)]
+    no_reconnect: bool,
+    /// The longest wait between reconnection attempts ("60s", "2m"...).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    max_retry_delay: Duration,
+    /// Forwarder: leave `headers` out of responses, for bridges that cannot read them (the
+    /// original test client's).
+    #[arg(long, requires = "forward_to")]
+    no_response_headers: bool,
     /// With --reconnect: stop when the relay refuses the upgrade (404, 409, ...).
     #[arg(long)]
     no_retry_bad_handshake: bool,
@@ -86,14 +98,16 @@ pub struct Cli {
 
 /// A command-line duration that is not one.
 #[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not a duration like 2s, 500ms or 30")]
+#[error("{0:?} is not a duration like 2s, 500ms, 2m or 30")]
 struct BadDuration(String);
 
-/// A duration on the command line: `2s`, `500ms`, or plain seconds.
+/// A duration on the command line: `2s`, `500ms`, `2m`, or plain seconds.
 fn duration(text: &str) -> std::result::Result<Duration, BadDuration> {
     let text = text.trim();
     let parsed = if let Some(ms) = text.strip_suffix("ms") {
         ms.parse::<u64>().ok().map(Duration::from_millis)
+    } else if let Some(minutes) = text.strip_suffix('m') {
+        minutes.parse::<u64>().ok().filter(|m| *m > 0).map(|m| Duration::from_secs(m * 60))
     } else {
         text.strip_suffix('s')
             .unwrap_or(text)
@@ -143,8 +157,14 @@ impl Cli {
             timeout: Duration::from_secs(20),
             max_frame_bytes: MAX_FRAME_BYTES,
         };
+        let gateway = self.forward_to.is_some();
         let forward = match self.forward_to {
-            Some(base) => Some(Arc::new(Forwarder::new(&base, self.forward_timeout, MAX_FRAME_BYTES / 2)?)),
+            Some(base) => {
+                let forwarder = Forwarder::new(&base, self.forward_timeout, MAX_FRAME_BYTES / 2)?;
+                let forwarder =
+                    if self.no_response_headers { forwarder.without_response_headers() } else { forwarder };
+                Some(Arc::new(forwarder))
+            }
             None => None,
         };
         let bridge_options =
@@ -154,10 +174,11 @@ impl Cli {
         let peer_id = self.peer_id.unwrap_or_else(crate::session::random_peer_id);
         let hello = Hello { peer_class: Some(self.peer_class), peer_id: Some(peer_id) };
         let retry = Retry {
-            reconnect: self.reconnect,
+            // A gateway serves a room: it keeps coming back unless told not to.
+            reconnect: self.reconnect || (gateway && !self.no_reconnect),
             stop_on_bad_handshake: self.no_retry_bad_handshake,
             initial: Duration::from_millis(500),
-            max: Duration::from_secs(30),
+            max: self.max_retry_delay,
         };
         Ok(RunOptions { connect, hello, bridge, forward, retry })
     }

@@ -139,9 +139,16 @@ pub async fn connect(options: &ConnectOptions) -> Result<Ws> {
             }
             Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                let retry_after = response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
                 Err(Error::BadHandshake {
                     status: response.status().as_u16(),
                     body: body.trim().chars().take(200).collect(),
+                    retry_after,
                 })
             }
             Err(e) => Err(Error::Connect { target: target.authority(), reason: e.to_string() }),

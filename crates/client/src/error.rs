@@ -34,6 +34,8 @@ pub enum Error {
         status: u16,
         /// The start of the response body (the proxy says why in it).
         body: String,
+        /// How long the relay asks to wait before trying again (`Retry-After`, in seconds).
+        retry_after: Option<std::time::Duration>,
     },
     /// The WebSocket failed.
     #[error("websocket: {0}")]

@@ -9,8 +9,9 @@ use micronets_message::Hello;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::backoff::{Backoff, RefusalLog, STABLE};
 use crate::bridge::{self, BridgeOptions};
 use crate::connect::{ConnectOptions, connect};
 use crate::console::{self, Line};
@@ -21,13 +22,14 @@ use crate::{Error, Result};
 /// Retry policy for connecting.
 #[derive(Clone, Copy, Debug)]
 pub struct Retry {
-    /// Reconnect after a failure or a lost connection (capped exponential backoff with jitter).
+    /// Reconnect after a failure, a refusal or a lost connection (exponential backoff with full
+    /// jitter, at least the relay's `Retry-After`).
     pub reconnect: bool,
     /// Give up at once when the relay answers the upgrade with a non-101 status.
     pub stop_on_bad_handshake: bool,
-    /// First delay.
+    /// The first wait's ceiling.
     pub initial: Duration,
-    /// Longest delay.
+    /// The longest wait's ceiling.
     pub max: Duration,
 }
 
@@ -82,7 +84,8 @@ where
     let (lines_tx, mut lines) = mpsc::channel::<String>(16);
     tokio::spawn(read_lines(input, lines_tx));
     let mut input_open = true;
-    let mut delay = options.retry.initial;
+    let mut backoff = Backoff::new(options.retry.initial, options.retry.max);
+    let mut refusals = RefusalLog::default();
     loop {
         let ws = match connect(&options.connect).await {
             Ok(ws) => ws,
@@ -92,14 +95,21 @@ where
                     error!("{e}");
                     return Ok(Outcome::Failed);
                 }
-                let wait = jitter(delay);
-                warn!(retry_in = ?wait, "{e}");
+                let retry_after = match &e {
+                    Error::BadHandshake { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                let wait = backoff.next(retry_after);
+                if refusals.is_new(&e.to_string()) {
+                    warn!(retry_in = ?wait, "{e}");
+                } else {
+                    debug!(retry_in = ?wait, repeats = refusals.repeats(), "{e}");
+                }
                 tokio::time::sleep(wait).await;
-                delay = (delay * 2).min(options.retry.max);
                 continue;
             }
         };
-        delay = options.retry.initial;
+        let connected = tokio::time::Instant::now();
         let (incoming_tx, mut incoming) = mpsc::channel::<Incoming>(64);
         let session =
             Arc::new(Session::start(ws, options.hello.clone(), handler.clone(), Some(incoming_tx)).await?);
@@ -146,15 +156,26 @@ where
                 return Ok(Outcome::Clean);
             }
             Stop::Ended(ended) => {
-                info!(code = ?ended.code, reason = %ended.reason, "connection to the relay ended");
                 if !options.retry.reconnect {
+                    info!(code = ?ended.code, reason = %ended.reason, "connection to the relay ended");
                     return Ok(if ended.is_clean() { Outcome::Clean } else { Outcome::Failed });
                 }
+                // A connection that ended soon after it was made was refused in effect (replaced,
+                // an identity conflict at HELLO): it does not start the backoff over.
+                if connected.elapsed() >= STABLE {
+                    backoff.reset();
+                    refusals.clear();
+                }
+                let wait = backoff.next(None);
+                let why = format!("connection to the relay ended: {} ({:?})", ended.reason, ended.code);
+                if refusals.is_new(&why) {
+                    info!(retry_in = ?wait, "{why}; reconnecting");
+                } else {
+                    debug!(retry_in = ?wait, repeats = refusals.repeats(), "{why}; reconnecting");
+                }
+                tokio::time::sleep(wait).await;
             }
         }
-        let wait = jitter(delay);
-        info!(retry_in = ?wait, "reconnecting");
-        tokio::time::sleep(wait).await;
     }
 }
 
@@ -190,11 +211,4 @@ async fn read_lines<I: AsyncBufRead + Unpin>(input: I, tx: mpsc::Sender<String>)
             return;
         }
     }
-}
-
-/// A random delay between half of `delay` and `delay`, so a fleet does not reconnect in step.
-fn jitter(delay: Duration) -> Duration {
-    let mut byte = [0u8; 1];
-    let fraction = if aws_lc_rs::rand::fill(&mut byte).is_ok() { f64::from(byte[0]) / 255.0 } else { 1.0 };
-    delay.mul_f64(0.5 + fraction / 2.0)
 }

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::redis_server::Redis;
-use crate::support::{Client, Pki, TestProxy, WAIT, start, upgrade_request};
+use crate::support::{Client, Live, Pki, TestProxy, WAIT, start, upgrade_request};
 
 /// Starts a node named `name` against `redis`, with `extra` TOML.
 async fn node(pki: &Arc<Pki>, redis: &Redis, name: &str, extra: &str) -> TestProxy {
@@ -341,4 +341,25 @@ async fn a_node_that_drains_tells_the_other_nodes_at_once() {
     assert_eq!(left["messageType"], "CONN:PEER-LEFT");
     assert_eq!(left["reason"], "server shutting down", "by note, not by the TTL: {left}");
     one.stop().await;
+}
+
+#[tokio::test]
+async fn a_live_member_on_another_node_keeps_its_place_and_the_newcomer_gets_409() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let one = node(&pki, &redis, "one", "").await;
+    let two = node(&pki, &redis, "two", "").await;
+    let (mut manager, gateway) = across(&one, &two, "g").await;
+    // It keeps reading, so it answers the ping its node sends for the newcomer's node.
+    let mut gateway = Live::new(gateway);
+    let head = one.raw_request("gateway", &upgrade_request("gw/gw-1")).await;
+    assert!(head.starts_with("HTTP/1.1 409") && head.contains("Retry-After: 10\r\n"), "{head}");
+    assert_eq!(one.metrics.identity_conflicts("kept"), 1);
+    let (_, rooms) = two.admin("GET", "/v1/rooms/gw/gw-1").await;
+    let room: Value = serde_json::from_str(&rooms).unwrap();
+    assert_eq!(room["members"][0]["conflicts_survived"], 1, "counted on the member's node: {room}");
+    manager.send_text(&event(3)).await;
+    assert!(format!("{:?}", gateway.recv().await).contains("EVENT:tick"), "still the member");
+    one.stop().await;
+    two.stop().await;
 }

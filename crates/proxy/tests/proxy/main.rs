@@ -6,6 +6,7 @@ mod admin;
 mod auth_hook;
 mod cluster;
 mod handshake;
+mod identity;
 mod redis_server;
 mod relay;
 mod reload;

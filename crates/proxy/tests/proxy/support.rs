@@ -93,6 +93,31 @@ impl Pki {
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// The pkeycert of a client identity `name` under the dev root that expires `lifetime` from
+    /// now (certgen issues whole days, so rcgen makes it), and its notAfter.
+    pub(crate) fn short_lived(&self, name: &str, lifetime: Duration) -> (PathBuf, std::time::SystemTime) {
+        let root_key = std::fs::read_to_string(self.dev.file(dev::ROOT, ".key.pem")).unwrap();
+        let root_cert = std::fs::read_to_string(self.dev.root_cert()).unwrap();
+        let issuer =
+            rcgen::Issuer::from_ca_cert_pem(&root_cert, rcgen::KeyPair::from_pem(&root_key).unwrap())
+                .unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "Test");
+        let now = time::OffsetDateTime::now_utc();
+        let not_after = now + lifetime;
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = not_after;
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let path = self.path(&format!("{name}.pkeycert.pem"));
+        std::fs::write(&path, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+        // X.509 keeps whole seconds.
+        let seconds = u64::try_from(not_after.unix_timestamp()).unwrap();
+        (path, std::time::UNIX_EPOCH + Duration::from_secs(seconds))
+    }
 }
 
 /// A proxy serving in this process.
@@ -166,6 +191,16 @@ impl TestProxy {
         )
         .await
         .unwrap_or_else(|e| panic!("connect as {identity} to {room}: {e}"))
+    }
+
+    /// Connects with the certificate file `cert` to `room`.
+    pub(crate) async fn connect_with(&self, cert: &Path, room: &str) -> Client {
+        within(
+            "connect",
+            Client::connect(self.addr, &self.pki.dev.root_cert(), cert, &format!("{PREFIX}{room}")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connect with {} to {room}: {e}", cert.display()))
     }
 
     /// Connects and sends a HELLO with `peer_id`, returning the client and the HELLO text.
@@ -267,6 +302,44 @@ pub(crate) async fn tls_connect(
     let tcp = TcpStream::connect(addr).await?;
     let connector = TlsConnector::from(client_tls(ca, cert));
     connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
+/// A peer whose frames a task of its own reads as they come, so it answers the proxy's pings
+/// as a live device does; the test takes the frames from a channel.
+pub(crate) struct Live {
+    sink: futures_util::stream::SplitSink<WebSocketStream<TlsStream<TcpStream>>, Message>,
+    frames: tokio::sync::mpsc::UnboundedReceiver<Message>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Live {
+    pub(crate) fn new(client: Client) -> Live {
+        let (sink, mut stream) = client.ws.split();
+        let (tx, frames) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(message)) = stream.next().await {
+                if !matches!(message, Message::Ping(_) | Message::Pong(_)) && tx.send(message).is_err() {
+                    return;
+                }
+            }
+        });
+        Live { sink, frames, reader }
+    }
+
+    pub(crate) async fn send_text(&mut self, text: &str) {
+        within("send", self.sink.send(Message::text(text))).await.unwrap();
+    }
+
+    /// The next data or close frame.
+    pub(crate) async fn recv(&mut self) -> Message {
+        within("receive", self.frames.recv()).await.expect("the connection ended")
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 /// A WebSocket peer.
