@@ -15,6 +15,7 @@ use super::gate::Gate;
 use super::same_identity;
 use super::slots::Slot;
 use super::upgrade::{Refusal, UpgradeRequest};
+use crate::config::SameIdentity;
 use crate::identity::{Fingerprint, PeerIdentity};
 use crate::rooms::hub::Hub;
 use crate::rooms::registry::Space;
@@ -106,6 +107,9 @@ pub(crate) async fn admit(
     };
     let may_replace = match holder {
         Some(holder) => same_identity::resolve(gate, hub, holder, identity, peer, request).await?,
+        // A member with this certificate may still join before this one's HELLO: in replace
+        // mode it is replaced then too, as it would have been now.
+        None if gate.config.same_identity == SameIdentity::Replace => MayReplace::Anyone,
         None => MayReplace::Nobody,
     };
     Ok(Pass { peer_class, slot, may_replace })
