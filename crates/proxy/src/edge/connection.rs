@@ -40,6 +40,8 @@ struct Established {
     admitted: Admitted,
     /// Its place under `max_connections_per_identity`.
     identity_slot: Slot<crate::identity::Fingerprint>,
+    /// The gate's generation it was admitted under.
+    generation: u64,
 }
 
 /// Who the peer is: its identity, and the verified chain it was read from.
@@ -76,10 +78,13 @@ pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, places: 
             }
             established = Box::pin(establish(&gate, &hub, tcp)) => established,
         };
-        let Some(Established { sink, stream, admitted, identity_slot }) = established else {
+        let Some(Established { sink, stream, admitted, identity_slot, generation }) = established else {
             return;
         };
-        (member::serve(&hub, admitted, stream, sink, |identity| gate.recheck(identity)), identity_slot)
+        let (room, chain) = (admitted.room.clone(), Arc::clone(&admitted.chain));
+        let gate = &*gate;
+        let recheck = move |peer_class: Option<&str>| gate.recheck(generation, &room, &chain, peer_class);
+        (member::serve(&hub, admitted, stream, sink, recheck), identity_slot)
     };
     let close = member.await;
     gate.metrics.connection_ended(close.label());
@@ -157,6 +162,7 @@ async fn upgrade(
     deadline: Instant,
 ) -> Option<Established> {
     let Credentials { identity, chain } = credentials;
+    let generation = gate.generation();
     let config = &gate.config;
     let limits = HeadLimits { bytes: config.max_request_head_bytes, headers: config.max_request_headers };
     let request = match time::timeout_at(
@@ -182,12 +188,8 @@ async fn upgrade(
                 let stream = FrameReader::new(read, &request.leftover, config.max_frame_bytes);
                 let admitted =
                     Admitted { identity, chain, address: peer, room: request.room, peer_class, may_replace };
-                return Some(Established {
-                    sink: FrameWriter::new(write),
-                    stream,
-                    admitted,
-                    identity_slot: slot,
-                });
+                let sink = FrameWriter::new(write);
+                return Some(Established { sink, stream, admitted, identity_slot: slot, generation });
             }
         },
     };

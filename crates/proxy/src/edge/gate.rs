@@ -1,11 +1,12 @@
-//! What every connection passes at the edge: the TLS material, the ACL, the revoked serials,
-//! the authorization hook and the per-address and per-certificate counts. A reload swaps the
-//! TLS material, the revocations and the ACL in at once for new connections, and the same
-//! checks decide which members may stay ([`Gate::still_admits`]).
+//! What every connection passes at the edge: the TLS material (the CA bundles and CRLs in its
+//! client-certificate verifier), the ACL, the authorization hook and the per-address and
+//! per-certificate counts. A reload swaps the TLS material and the ACL in at once for new
+//! connections, and the same checks decide which members, and which connections still waiting
+//! for their HELLO, may stay ([`Gate::still_admits`]).
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -29,8 +30,9 @@ pub(crate) struct Gate {
     pub(crate) tls: ArcSwap<TlsMaterial>,
     /// Who may join which room.
     pub(crate) acl: ArcSwap<Acl>,
-    /// Serials the configured CRLs revoke, checked again when a connection joins.
-    pub(crate) revoked: ArcSwap<HashSet<String>>,
+    /// Moves on every reload: a connection admitted under another generation is checked again
+    /// when its HELLO arrives.
+    generation: AtomicU64,
     /// The external authorization hook, when configured.
     pub(crate) auth_hook: Option<AuthHook>,
     /// Live connections per source address (`max_connections_per_ip`).
@@ -48,7 +50,6 @@ pub(crate) struct Gate {
 pub(crate) struct Material {
     tls: TlsMaterial,
     acl: Acl,
-    revoked: Arc<HashSet<String>>,
 }
 
 impl Material {
@@ -63,8 +64,7 @@ impl Material {
         let acl = Acl::new(&config.acl)
             .map_err(|e| Error::Config { key: "acl.rules".into(), reason: e.to_string() })?;
         let tls = tls::material(config)?;
-        let revoked = Arc::new(tls::revoked_serials(config)?);
-        Ok(Material { tls, acl, revoked })
+        Ok(Material { tls, acl })
     }
 }
 
@@ -88,7 +88,7 @@ impl Gate {
         Ok(Gate {
             tls: ArcSwap::from_pointee(material.tls),
             acl: ArcSwap::from_pointee(material.acl),
-            revoked: ArcSwap::new(material.revoked),
+            generation: AtomicU64::new(0),
             auth_hook,
             per_ip: PerKey::new(config.max_connections_per_ip),
             per_identity: PerKey::new(config.max_connections_per_identity),
@@ -99,23 +99,38 @@ impl Gate {
         })
     }
 
-    /// Swaps `material` in for new connections: the revocations first, so a connection that
-    /// joins after this meets them.
+    /// Swaps `material` in for new connections; a connection admitted before this is checked
+    /// again at its HELLO.
     pub(crate) fn swap(&self, material: Material) -> Swapped {
         let trust_changed = self.tls.load().trust != material.tls.trust;
-        self.revoked.store(material.revoked);
         self.tls.store(Arc::new(material.tls));
         self.acl.store(Arc::new(material.acl));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Swapped { trust_changed }
     }
 
-    /// Whether a connection let in earlier may still join: its certificate may have been
-    /// revoked by a reload since.
+    /// The generation of the material new connections are admitted under.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether a connection admitted under generation `since` may still join `room` with the
+    /// `peer_class` of its HELLO: when a reload came in between, it is checked as a member
+    /// would be.
     ///
     /// # Errors
-    /// [`Close::Revoked`].
-    pub(crate) fn recheck(&self, identity: &PeerIdentity) -> std::result::Result<(), Close> {
-        if self.revoked.load().contains(&identity.serial) { Err(Close::Revoked) } else { Ok(()) }
+    /// Why it may not.
+    pub(crate) fn recheck(
+        &self,
+        since: u64,
+        room: &RoomId,
+        chain: &[CertificateDer<'static>],
+        peer_class: Option<&str>,
+    ) -> std::result::Result<(), Close> {
+        if self.generation() == since {
+            return Ok(());
+        }
+        self.still_admits(room, chain, peer_class, &Swapped { trust_changed: true })
     }
 
     /// Verifies the certificate chain of a resumed TLS session against the current trust, CRLs
@@ -134,8 +149,9 @@ impl Gate {
     }
 
     /// Whether a member of `room` whose HELLO said `peer_class` may stay after a reload: its
-    /// certificate not revoked, still chaining to a trusted CA (checked again when `swapped`
-    /// says the trust changed), and the ACL still letting it into the room.
+    /// certificate still verifying with the CA bundles and CRLs (checked again when `swapped`
+    /// says they changed; a CRL revokes by issuer and serial), and the ACL still letting it
+    /// into the room.
     ///
     /// # Errors
     /// Why it must go.
@@ -150,7 +166,6 @@ impl Gate {
             .first()
             .and_then(|leaf| PeerIdentity::from_der(leaf).ok())
             .ok_or(Close::NoLongerAdmitted)?;
-        self.recheck(&identity)?;
         if swapped.trust_changed {
             use rustls::{CertificateError, Error as TlsError};
             match self.verify_chain(chain) {

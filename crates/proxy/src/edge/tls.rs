@@ -41,24 +41,39 @@ fn read_pem<T: PemObject>(path: &Path, what: &str) -> Result<Vec<T>> {
     Ok(items)
 }
 
-/// The serials (uppercase hex, as in [`crate::identity::PeerIdentity`]) that the configured
-/// CRLs revoke.
+/// Checks that each configured CRL speaks for a trusted CA: its issuer is one of the CA
+/// certificates of `client_ca`, and its signature verifies with that CA's key (RFC 5280 6.3.3).
+/// A CRL of another issuer would revoke nothing (revocation is matched by issuer and serial),
+/// so it is a configuration error rather than a silent no-op.
 ///
 /// # Errors
-/// [`Error::Tls`] naming a CRL file that cannot be read or parsed.
-pub fn revoked_serials(config: &Config) -> Result<std::collections::HashSet<String>> {
-    let mut serials = std::collections::HashSet::new();
-    for path in &config.crl_files {
-        for der in read_crls(path)? {
-            let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
+/// [`Error::Tls`] naming the CRL file.
+fn check_crls(config: &Config, crls: &[(&Path, Vec<CertificateRevocationListDer<'static>>)]) -> Result<()> {
+    let cas: Vec<CertificateDer<'static>> =
+        config.client_ca.iter().map(|path| read_certs(path)).collect::<Result<Vec<_>>>()?.concat();
+    let cas: Vec<x509_parser::certificate::X509Certificate<'_>> = cas
+        .iter()
+        .filter_map(|der| x509_parser::certificate::X509Certificate::from_der(der).ok().map(|(_, c)| c))
+        .collect();
+    for (path, list) in crls {
+        for der in list {
+            let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
                 .map_err(|e| tls_error(path, format!("invalid CRL: {e}")))?;
-            serials.extend(
-                crl.iter_revoked_certificates()
-                    .map(|entry| entry.raw_serial().iter().map(|b| format!("{b:02X}")).collect::<String>()),
-            );
+            let issuer = crl.issuer();
+            let Some(ca) = cas.iter().find(|ca| ca.subject().as_raw() == issuer.as_raw()) else {
+                return Err(tls_error(
+                    path,
+                    format!(
+                        "CRL issued by {issuer}, which is not a CA of tls.client_ca: it would revoke nothing"
+                    ),
+                ));
+            };
+            crl.verify_signature(ca.public_key()).map_err(|e| {
+                tls_error(path, format!("CRL signature does not verify with its issuer {issuer}: {e}"))
+            })?;
         }
     }
-    Ok(serials)
+    Ok(())
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
@@ -93,16 +108,22 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
 pub(crate) fn material(config: &Config) -> Result<TlsMaterial> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let roots = trust(&config.client_ca)?;
-    let crls = config.crl_files.iter().map(|path| read_crls(path)).collect::<Result<Vec<_>>>()?;
+    let crls = config
+        .crl_files
+        .iter()
+        .map(|path| Ok((path.as_path(), read_crls(path)?)))
+        .collect::<Result<Vec<_>>>()?;
+    check_crls(config, &crls)?;
+    let crls: Vec<_> = crls.into_iter().flat_map(|(_, list)| list).collect();
     let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     for path in &config.client_ca {
         read_certs(path)?.iter().for_each(|cert| digest.update(cert));
     }
-    crls.iter().flatten().for_each(|crl| digest.update(crl));
+    crls.iter().for_each(|crl| digest.update(crl));
     let mut trust = [0u8; 32];
     trust.copy_from_slice(digest.finish().as_ref());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(crls.into_iter().flatten())
+        .with_crls(crls)
         // The leaf is checked against the CRLs; a CA without a CRL (a second root during a
         // rotation, say) does not make its leaves fail.
         .only_check_end_entity_revocation()

@@ -47,8 +47,8 @@ pub(crate) struct Admitted {
 }
 
 /// Serves an upgraded connection to its end: reads its frames from `stream`, writes to `sink`
-/// from a writer task of its own, and returns why it ended. `recheck` is asked again when the
-/// HELLO arrives, before the join: the certificate may have been revoked meanwhile.
+/// from a writer task of its own, and returns why it ended. `recheck` is asked, with the HELLO's
+/// `peerClass`, before the join: a reload may have revoked the certificate meanwhile.
 ///
 /// The writer starts at once; the future this returns holds the connection's state once each
 /// (an `async fn` would also keep its moved-from arguments, for every idle connection).
@@ -57,7 +57,7 @@ pub(crate) fn serve<'a, St, Si>(
     admitted: Admitted,
     stream: St,
     sink: Si,
-    recheck: impl Fn(&PeerIdentity) -> Result<(), Close> + 'a,
+    recheck: impl Fn(Option<&str>) -> Result<(), Close> + 'a,
 ) -> impl Future<Output = Close> + 'a
 where
     St: Stream<Item = Result<Message, ReadError>> + Unpin + 'a,
@@ -86,7 +86,7 @@ struct Peer<'a> {
 
 impl Peer<'_> {
     /// The pending phase, then membership; returns why the connection ends.
-    async fn live<St>(&self, stream: &mut St, recheck: impl Fn(&PeerIdentity) -> Result<(), Close>) -> Close
+    async fn live<St>(&self, stream: &mut St, recheck: impl Fn(Option<&str>) -> Result<(), Close>) -> Close
     where
         St: Stream<Item = Result<Message, ReadError>> + Unpin,
     {
@@ -97,7 +97,7 @@ impl Peer<'_> {
             Ok(hello) => hello,
             Err(close) => return close,
         };
-        if let Err(close) = recheck(&self.admitted.identity) {
+        if let Err(close) = recheck(name.class.as_deref()) {
             return close;
         }
         let (room, relay_done) = match Box::pin(self.join(hello, &name)).await {
