@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use crate::proxy::{dev_client, pair};
-use crate::proxy_support::{tls_connect, within};
+use crate::proxy_support::{Client, admin_request, sample, tls_connect, within};
 use crate::support::{ProxyProcess, run_bin};
 
 /// Messages the honest room relays while the attacks go on.
@@ -144,4 +144,146 @@ async fn attack(proxy: &ProxyProcess, dir: &Path) {
         flood.send(Message::Ping(vec![7u8; 125].into())).await;
     }
     drop(flood);
+}
+
+/// The test PKI's proxy configuration in `dir`, with `extra` TOML after it.
+fn proxy_config(dir: &Path, extra: &str) -> &'static str {
+    let config = format!(
+        "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = \"certs/dev/micronets-ws-proxy.pkeycert.pem\"\nclient_ca = \"certs/dev/micronets-ws-root.cert.pem\"\n{extra}"
+    );
+    std::fs::write(dir.join("p.toml"), config).unwrap();
+    "p.toml"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_start_huge_messages_before_their_hello_are_closed_holding_little() {
+    const PENDING: usize = 100;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    run_bin(dir, "certgen", &["dev"]).success();
+    let proxy = ProxyProcess::start(dir, &["--config", proxy_config(dir, "")], &[]);
+    let before_kib = proxy.status_kib("VmRSS:");
+    let mut pending = Vec::with_capacity(PENDING);
+    for i in 0..PENDING {
+        pending.push(dev_client(&proxy, dir, "ws-test-client", &format!("pending/{i}")).await);
+    }
+    // Each starts a 1 MB text message in 1 KiB fragments and never says HELLO.
+    let chunk = vec![b'x'; 1024];
+    for client in &mut pending {
+        for n in 0..1024 {
+            let opcode = if n == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
+            let frame = Frame::message(chunk.clone(), opcode, false);
+            if within("fragment", futures_util::SinkExt::send(&mut client.ws, Message::Frame(frame)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    }
+    for client in &mut pending {
+        let (code, reason) = client.expect_close().await;
+        assert_eq!((code, reason.as_str()), (1009, "more than 4096 bytes before CONN:HELLO"));
+    }
+    let grown_kib = proxy.status_kib("VmHWM:").saturating_sub(before_kib);
+    assert!(grown_kib < 16 * 1024, "{PENDING} pending connections grew the proxy by {grown_kib} KiB");
+    let metrics = admin_request(proxy_admin(&proxy), "GET", "/metrics").await.1;
+    assert_eq!(
+        sample(&metrics, "ws_proxy_connections_total{outcome=\"too_much_before_hello\"}"),
+        PENDING as f64,
+        "{metrics}"
+    );
+    assert!(proxy.log().contains("more than 4096 bytes before CONN:HELLO"), "logged");
+    let (mut a, mut b) = pair(&proxy, dir).await;
+    a.send_text(r#"{"message": {"messageId": 1, "messageType": "EVENT:after"}}"#).await;
+    assert!(b.recv_text().await.contains("EVENT:after"), "still serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_name_with_a_newline_and_an_escape_cannot_forge_a_log_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    run_bin(dir, "certgen", &["dev"]).success();
+    let dev = micronets_certgen::dev::DevPki::new(dir.join("certs/dev"));
+    let root = micronets_certgen::Authority::load(
+        &dev.root_cert(),
+        &dev.file(micronets_certgen::dev::ROOT, ".key.pem"),
+    )
+    .unwrap();
+    let cn = "evil\n2026-12-06T00:00:00.000000Z  INFO ws_proxy: forged line\u{1b}[2J\u{1b}[31mred";
+    let spec = micronets_certgen::LeafSpec {
+        org: "Micronets".into(),
+        common_name: cn.into(),
+        days: 10,
+        key_type: micronets_certgen::KeyType::P256,
+        usage: micronets_certgen::Usage::Client,
+        dns_names: vec![],
+        ip_addresses: vec![],
+    };
+    let base = dir.join("evil");
+    micronets_certgen::files::write_issued(&base, &root.issue_leaf(&spec).unwrap(), true, true).unwrap();
+    let mut proxy = ProxyProcess::start(dir, &["--config", proxy_config(dir, "")], &[]);
+    let path = "/micronets/v1/ws-proxy/gw/evil";
+    let ca = dir.join("certs/dev/micronets-ws-root.cert.pem");
+    let mut evil = within("connect", Client::connect(proxy.addr, &ca, &dir.join("evil.pkeycert.pem"), path))
+        .await
+        .unwrap();
+    evil.hello("evil").await;
+    evil.send_text(r#"{"message": {"messageId": 1, "messageType": "EVENT:x", "requiresResponse": true}}"#)
+        .await;
+    assert_eq!(evil.recv_message().await["statusCode"], 503);
+    drop(evil);
+    let log = proxy.wait_for("expires soon");
+    assert!(log.contains("evil\\n2026"), "the name is in the line, escaped: {log}");
+    let log = proxy.log();
+    assert!(!log.contains('\u{1b}'), "no escape character reached the log:\n{log}");
+    for line in log.lines() {
+        assert!(!line.trim_start().starts_with("2026-12-06T00:00:00.000000Z"), "a forged line: {line}");
+        assert!(
+            !line.contains("forged line") || line.contains("evil\\n"),
+            "the forged text stands alone: {line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_below_its_open_file_limit_says_so_refuses_past_it_and_stays_responsive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    run_bin(dir, "certgen", &["dev"]).success();
+    let config = proxy_config(dir, "handshake_timeout = \"3s\"\n");
+    let mut command = std::process::Command::new("sh");
+    command.arg("-c").arg("ulimit -n 300 && exec \"$0\" \"$@\"").arg(crate::support::bin("ws-proxy")).args([
+        "--config",
+        config,
+        "--admin-bind",
+        "127.0.0.1:0",
+    ]);
+    let mut proxy = ProxyProcess::spawn_command("ws-proxy", command, dir, "listening on ");
+    let log = proxy.log();
+    let warning = log.lines().find(|l| l.contains("open-file limit is below")).unwrap_or_else(|| panic!("{log}"));
+    assert!(warning.contains("open_file_limit=300") && warning.contains("serving_at_most="), "{warning}");
+    let admin = proxy.admin();
+    // Past the limit: more connections than it serves, none sending a byte.
+    let mut held = Vec::new();
+    for _ in 0..250 {
+        held.push(within("connect", tokio::net::TcpStream::connect(proxy.addr)).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(admin_request(admin, "GET", "/healthz").await.0, 200);
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "healthz took {:?}", started.elapsed());
+    let metrics = admin_request(admin, "GET", "/metrics").await.1;
+    let refused = sample(&metrics, "ws_proxy_connections_total{outcome=\"refused\"}");
+    assert!(refused >= 50.0, "the connections past the limit are refused at once: {refused}\n{metrics}");
+    assert!(!proxy.log().contains("accept failed"), "{}", proxy.log());
+    drop(held);
+    let (mut a, mut b) = pair(&proxy, dir).await;
+    a.send_text(r#"{"message": {"messageId": 1, "messageType": "EVENT:after"}}"#).await;
+    assert!(b.recv_text().await.contains("EVENT:after"), "serving again");
+}
+
+fn proxy_admin(proxy: &ProxyProcess) -> std::net::SocketAddr {
+    let line =
+        proxy.log().lines().find(|l| l.contains("admin endpoint on http://")).map(str::to_owned).unwrap();
+    line.split("http://").nth(1).unwrap().trim().parse().unwrap()
 }

@@ -134,9 +134,16 @@ impl Daemon {
     /// line says `listening on <addr>`, `addr` is that address.
     #[track_caller]
     pub(crate) fn spawn(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)], ready: &str) -> Daemon {
-        let mut child = Command::new(bin(name))
-            .args(args)
-            .envs(env.iter().copied())
+        let mut command = Command::new(bin(name));
+        command.args(args).envs(env.iter().copied());
+        Daemon::spawn_command(name, command, dir, ready)
+    }
+
+    /// Like [`Daemon::spawn`], for a command made by the caller (a shell that sets a limit
+    /// first, say) that runs `name`.
+    #[track_caller]
+    pub(crate) fn spawn_command(name: &str, mut command: Command, dir: &Path, ready: &str) -> Daemon {
+        let mut child = command
             .env_remove("RUST_LOG")
             .current_dir(dir)
             .stdin(Stdio::piped())

@@ -80,6 +80,8 @@ pub enum Close {
     Replaced,
     /// A frame over `max_frame_bytes`.
     TooBig(usize),
+    /// More than `max_hello_bytes` in all before its `CONN:HELLO`.
+    TooMuchBeforeHello(usize),
     /// A text frame that is not UTF-8.
     InvalidUtf8,
     /// The peer broke the WebSocket protocol.
@@ -119,7 +121,7 @@ impl Close {
             | Close::NoLongerAdmitted
             | Close::IdentityConflict
             | Close::RateLimited => CloseCode::Policy,
-            Close::TooBig(_) => CloseCode::Size,
+            Close::TooBig(_) | Close::TooMuchBeforeHello(_) => CloseCode::Size,
             Close::InvalidUtf8 => CloseCode::Invalid,
             Close::Protocol(_) => CloseCode::Protocol,
             Close::SlowConsumer | Close::TooManyRooms | Close::ClusterUnavailable(_) => CloseCode::Again,
@@ -146,6 +148,7 @@ impl Close {
             Close::TooManyRooms => "too many rooms: try again later".to_owned(),
             Close::ClusterUnavailable(_) => "cluster unavailable: try again later".to_owned(),
             Close::TooBig(limit) => format!("frame exceeds {limit} bytes"),
+            Close::TooMuchBeforeHello(limit) => format!("more than {limit} bytes before CONN:HELLO"),
             Close::InvalidUtf8 => "text frame is not valid UTF-8".to_owned(),
             Close::Protocol(e) => format!("protocol error: {e}"),
             Close::SlowConsumer => "slow consumer: frames not read in time".to_owned(),
@@ -173,6 +176,7 @@ impl Close {
             Close::TooManyRooms => "too_many_rooms",
             Close::ClusterUnavailable(_) => "cluster_unavailable",
             Close::TooBig(_) => "too_big",
+            Close::TooMuchBeforeHello(_) => "too_much_before_hello",
             Close::InvalidUtf8 => "invalid_utf8",
             Close::Protocol(_) => "protocol_error",
             Close::SlowConsumer => "slow_consumer",
@@ -187,6 +191,7 @@ impl Close {
             Close::NoHello
                 | Close::BadHello(_)
                 | Close::TooBig(_)
+                | Close::TooMuchBeforeHello(_)
                 | Close::InvalidUtf8
                 | Close::Protocol(_)
                 | Close::SlowConsumer

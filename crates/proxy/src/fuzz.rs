@@ -29,19 +29,26 @@ const PREFIX: &str = "/micronets/v1/ws-proxy/";
 /// Reads `data` as a client's frames, in the chunks its first bytes choose, and checks what
 /// comes out: no message over the limit, text that is UTF-8, control frames within RFC 6455's
 /// bounds, a read buffer that grows with what arrives, and the same messages (and the same
-/// error) as from reading `data` in one piece.
+/// error) as from reading `data` in one piece; for a peer that has not said HELLO, no more
+/// payload in all than a HELLO may take.
 ///
-/// Layout of `data`: the message limit (top bit set: 1 MiB, else 16 bytes per unit), four
-/// chunk sizes (see [`Chunked`]), then the stream; the first chunk is handed to the reader as
-/// the bytes that came with the upgrade request.
+/// Layout of `data`: the message limit (top bit set: 1 MiB, else 16 bytes per unit; with the
+/// top bit clear and the next set, the limit is instead the budget of a peer before its HELLO,
+/// under a 1 MiB frame limit), four chunk sizes (see [`Chunked`]), then the stream; the first
+/// chunk is handed to the reader as the bytes that came with the upgrade request.
 pub fn frames(data: &[u8]) {
     let [limit, s0, s1, s2, s3, stream @ ..] = data else { return };
-    let max_message = if limit & 0x80 != 0 { 1 << 20 } else { usize::from(*limit) * 16 };
+    let (max_hello, max_message) = match limit {
+        l if l & 0x80 != 0 => (usize::MAX, 1 << 20),
+        l if l & 0x40 != 0 => (usize::from(l & 0x3F) * 16, usize::from(l & 0x3F) * 16),
+        l => (usize::MAX, usize::from(*l) * 16),
+    };
+    let max_frame = if max_hello == usize::MAX { max_message } else { 1 << 20 };
     let sizes = [*s0, *s1, *s2, *s3];
     let (leftover, rest) = stream.split_at(chunk_size(*s0).min(stream.len()));
     let transport = Chunked { next: 1, ..Chunked::new(rest, &sizes) };
-    let in_pieces = read_all(FrameReader::new(transport, leftover, max_message), stream.len());
-    let at_once = read_all(FrameReader::new(stream, &[], max_message), stream.len());
+    let in_pieces = read_all(FrameReader::new(transport, leftover, max_hello, max_frame), stream.len());
+    let at_once = read_all(FrameReader::new(stream, &[], max_hello, max_frame), stream.len());
     assert_eq!(in_pieces, at_once, "the messages depend on how the bytes arrived");
     let mut payload = 0;
     for message in in_pieces.iter().flatten() {
@@ -49,6 +56,7 @@ pub fn frames(data: &[u8]) {
         payload += message.len();
     }
     assert!(payload <= stream.len(), "{payload} bytes of messages from {} bytes", stream.len());
+    assert!(payload <= max_hello, "{payload} bytes before a HELLO, past a budget of {max_hello}");
 }
 
 /// Every message the reader yields, up to and including its first error, polled with a

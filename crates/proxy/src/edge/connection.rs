@@ -185,7 +185,8 @@ async fn upgrade(
                     return None;
                 }
                 let (read, write) = tokio::io::split(tls);
-                let stream = FrameReader::new(read, &request.leftover, config.max_frame_bytes);
+                let stream =
+                    FrameReader::new(read, &request.leftover, config.max_hello_bytes, config.max_frame_bytes);
                 let admitted =
                     Admitted { identity, chain, address: peer, room: request.room, peer_class, may_replace };
                 let sink = FrameWriter::new(write);

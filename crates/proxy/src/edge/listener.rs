@@ -32,6 +32,9 @@ pub(crate) async fn serve(
     // New connections per second: past the rate they are dropped before any TLS work, so a
     // reconnect storm turns into the clients' orderly retries instead of a CPU pile-up.
     let mut handshakes = RateLimit::new(config.max_handshakes_per_second, 0, std::time::Instant::now());
+    // A file kept open to be given up when accepting fails for want of files: then one waiting
+    // connection can be accepted and closed, instead of the whole backlog hanging.
+    let mut spare = spare_file();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -42,6 +45,16 @@ pub(crate) async fn serve(
         let (tcp, addr) = match accepted {
             Ok(pair) => pair,
             Err(e) if is_per_connection(&e) => continue,
+            Err(e) if is_out_of_files(&e) && spare.is_some() => {
+                drop(spare.take());
+                if let Ok(Ok((tcp, addr))) = tokio::time::timeout(ACCEPT_BACKOFF, listener.accept()).await {
+                    Metrics::inc(&gate.metrics.connections_refused);
+                    warn!(peer = %addr, error = %e, "connection refused: the process is out of open files");
+                    drop(tcp);
+                }
+                spare = spare_file();
+                continue;
+            }
             Err(e) => {
                 error!(error = %e, "accept failed; retrying");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -84,6 +97,17 @@ pub(crate) async fn serve(
 fn dropped(metrics: &Metrics, addr: std::net::SocketAddr, outcome: &'static str, limit: &'static str) {
     metrics.connection_ended(outcome);
     warn!(peer = %addr, limit, "connection dropped before TLS: limit reached");
+}
+
+/// The file given up when the process runs out of files.
+fn spare_file() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// Whether accepting failed because the process or the system is out of open files.
+fn is_out_of_files(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(Errno::from_io_error(e), Some(Errno::MFILE | Errno::NFILE))
 }
 
 /// Errors that concern one connection only, after which accepting goes on at once.

@@ -3,8 +3,11 @@
 //! `/v1/rooms` and `/v1/rooms/<id>` (JSON, see `status.rs`). `ws-proxy status` reads it with
 //! the client in `cli/admin_client.rs`.
 //!
-//! It serves operators and monitoring, not peers: a few connections at a time, each bounded in
-//! time, served by tasks that end with the endpoint.
+//! It serves operators and monitoring, not peers, but health checks (systemd, load balancers,
+//! Kubernetes) must get their answer even while something holds connections open: each
+//! connection is served by a task of its own, must send its request head within
+//! [`HEADER_TIMEOUT`] and may stay at most [`CONNECTION_TIMEOUT`], and past
+//! [`MAX_CONNECTIONS`] at once a new one is closed at once rather than queued behind them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,24 +17,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use super::state::Shared;
 use super::status;
 use crate::metrics::{CONTENT_TYPE, ClusterTotals};
 
-/// Admin connections served at once; more wait to be accepted.
-const MAX_CONNECTIONS: usize = 16;
+/// Admin connections served at once; more are closed as they come.
+pub(crate) const MAX_CONNECTIONS: usize = 128;
+/// How long a connection has to send a request head (its first, or its next one).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest an admin connection may stay open.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves the admin endpoint on `listener`, forever.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -46,23 +49,24 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            // The semaphore is never closed; should it be, the daemon keeps relaying.
-            error!("admin endpoint: its connection limit was closed; it stops answering");
-            return std::future::pending().await;
-        };
+        if connections.len() >= MAX_CONNECTIONS {
+            warn!(limit = MAX_CONNECTIONS, "admin endpoint: too many connections open; closing a new one");
+            drop(tcp);
+            continue;
+        }
         let shared = Arc::clone(&shared);
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let shared = Arc::clone(&shared);
                 async move { Ok::<_, Infallible>(respond(&shared, &request)) }
             });
-            let connection =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service);
             if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
                 debug!(error = %e, "admin connection failed");
             }
-            drop(permit);
         });
     }
 }

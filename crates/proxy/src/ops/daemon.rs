@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use super::logging;
 use super::proxy::Proxy;
 use super::shutdown::DaemonSignals;
+use super::{file_limit, logging};
 use crate::config::{Config, FileConfig, Overrides};
 use crate::error::Result;
 
@@ -19,12 +19,13 @@ use crate::error::Result;
 pub const DEV_PKI_DIR: &str = "certs/dev";
 
 /// Loads and validates the configuration (`path`; without one, the dev PKI's with `dev`,
-/// else the built-in defaults) and the TLS material; with `start_logging`, sets up logging
-/// first, so what loading warns about is logged.
+/// else the built-in defaults) and the TLS material. `serving` (not for `check-config`) sets up
+/// logging first, so what loading warns about is logged, and fits `max_connections` to the
+/// open-file limit.
 ///
 /// # Errors
 /// The configuration, TLS or dev-PKI error, naming the file or key.
-pub fn load(path: Option<&Path>, dev: bool, overrides: &Overrides, start_logging: bool) -> Result<Proxy> {
+pub fn load(path: Option<&Path>, dev: bool, overrides: &Overrides, serving: bool) -> Result<Proxy> {
     let file = match path {
         Some(path) => FileConfig::load(path)?,
         None if dev => {
@@ -34,9 +35,10 @@ pub fn load(path: Option<&Path>, dev: bool, overrides: &Overrides, start_logging
         }
         None => FileConfig::default(),
     };
-    let config = file.into_config(overrides)?;
-    if start_logging {
+    let mut config = file.into_config(overrides)?;
+    if serving {
         logging::init(config.log_format, &config.log_level)?;
+        file_limit::fit(&mut config);
     }
     match path {
         Some(path) => Proxy::from_file(config, path.to_owned(), overrides.clone()),

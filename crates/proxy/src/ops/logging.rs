@@ -49,13 +49,54 @@ pub fn init(format: LogFormat, level: &str) -> Result<()> {
     let output = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
     let output: Box<dyn Layer<Registry> + Send + Sync> = match (format, journald) {
         (LogFormat::Json, _) => output.json().boxed(),
-        (LogFormat::Text, true) => output.without_time().boxed(),
-        (LogFormat::Text, false) => output.boxed(),
+        (LogFormat::Text, true) => output.without_time().fmt_fields(escaped_fields()).boxed(),
+        (LogFormat::Text, false) => output.fmt_fields(escaped_fields()).boxed(),
     };
     let limiter = Arc::clone(LIMITER.get_or_init(|| Arc::new(RateLimit::new(BURST, WINDOW))));
     // Fails only when a subscriber is already installed, which then keeps logging.
     let _ = tracing_subscriber::registry().with(output).with(filter).with(Limit(limiter)).try_init();
     Ok(())
+}
+
+/// The text format's fields, with every control character (and the Unicode line separators
+/// and bidirectional overrides) in a value written as an escape: a value that comes from a
+/// peer or a certificate (a subject, a peerId, a path, a reason) cannot start a line of its
+/// own, forge one, or send a terminal escape sequence. (JSON lines escape on their own.)
+fn escaped_fields() -> impl for<'writer> tracing_subscriber::fmt::FormatFields<'writer> + 'static {
+    use tracing_subscriber::field::MakeExt as _;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let raw = format!("{value:?}");
+        let text = escape(&raw);
+        match field.name() {
+            "message" => write!(writer, "{text}"),
+            name => write!(writer, "{name}={text}"),
+        }
+    })
+    .delimited(" ")
+}
+
+/// `text` with its control characters, line separators and bidirectional overrides escaped.
+fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Logs, once per [`WINDOW`], how many lines the rate limit dropped, forever. Without
@@ -247,5 +288,43 @@ mod tests {
         limit.admit(1, start, || "a".into());
         limit.take_suppressed_at(start + Duration::from_secs(11));
         assert!(limit.lines.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn text_fields_from_peers_cannot_forge_lines_or_send_escapes() {
+        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = Arc::clone(&written);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(escaped_fields())
+            .with_writer(move || Capture(Arc::clone(&sink)))
+            .finish();
+        let subject = "CN=evil\n2026-12-06T00:00:00Z  INFO forged line\u{1b}[31m\u{202e}";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(subject = %subject, peer_id = ?"a\rb", "joined room {}", "x\ny");
+        });
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(
+            text.contains("subject=CN=evil\\n2026-12-06T00:00:00Z  INFO forged line\\u{1b}[31m\\u{202e}"),
+            "{text}"
+        );
+        assert!(text.contains("joined room x\\ny"), "{text}");
+        assert_eq!(escape("plain text: ok"), "plain text: ok");
+    }
+
+    /// A writer into a shared buffer.
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }

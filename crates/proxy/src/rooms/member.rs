@@ -25,7 +25,7 @@ use super::nodes::JoinError;
 use super::registry::{Joined, Refused};
 use super::remote::{Card, MayReplace, MemberKey};
 use super::room::{Certificates, Member, Room};
-use super::websocket::ReadError;
+use super::websocket::{Frames, ReadError};
 use super::writer::write_loop;
 use crate::error::Close;
 use crate::identity::PeerIdentity;
@@ -60,7 +60,7 @@ pub(crate) fn serve<'a, St, Si>(
     recheck: impl Fn(Option<&str>) -> Result<(), Close> + 'a,
 ) -> impl Future<Output = Close> + 'a
 where
-    St: Stream<Item = Result<Message, ReadError>> + Unpin + 'a,
+    St: Frames + 'a,
     Si: Sink<Message> + Send + Unpin + 'static,
     Si::Error: Send,
 {
@@ -86,10 +86,11 @@ struct Peer<'a> {
 
 impl Peer<'_> {
     /// The pending phase, then membership; returns why the connection ends.
-    async fn live<St>(&self, stream: &mut St, recheck: impl Fn(Option<&str>) -> Result<(), Close>) -> Close
-    where
-        St: Stream<Item = Result<Message, ReadError>> + Unpin,
-    {
+    async fn live<St: Frames>(
+        &self,
+        stream: &mut St,
+        recheck: impl Fn(Option<&str>) -> Result<(), Close>,
+    ) -> Close {
         // The phases before and after forwarding run as futures of their own, on the heap, so
         // that their state does not size the connection's task for its whole life (the idle
         // memory per connection, docs/performance.md).
@@ -97,6 +98,7 @@ impl Peer<'_> {
             Ok(hello) => hello,
             Err(close) => return close,
         };
+        stream.hello_said();
         if let Err(close) = recheck(name.class.as_deref()) {
             return close;
         }
@@ -141,7 +143,7 @@ impl Peer<'_> {
                 }
                 Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => return Err(Close::PeerClosed),
-                Some(Err(e)) => return Err(e.into_close(config.max_frame_bytes)),
+                Some(Err(e)) => return Err(e.into_close(config.max_hello_bytes)),
             };
             let payload: &[u8] = match &message {
                 Message::Text(text) => text.as_bytes(),

@@ -47,6 +47,8 @@ const OP_PONG: u8 = 0xA;
 pub(crate) enum ReadError {
     /// A message longer than the configured maximum.
     TooBig,
+    /// More bytes before the peer's HELLO than a HELLO may take, in all.
+    BeforeHello,
     /// A text message, or a close reason, that is not UTF-8.
     InvalidUtf8,
     /// A frame that breaks RFC 6455.
@@ -56,10 +58,11 @@ pub(crate) enum ReadError {
 }
 
 impl ReadError {
-    /// Why the connection ends after this error; `max_message` is the configured limit.
+    /// Why the connection ends after this error; `max_message` is the limit it broke.
     pub(crate) fn into_close(self, max_message: usize) -> Close {
         match self {
             ReadError::TooBig => Close::TooBig(max_message),
+            ReadError::BeforeHello => Close::TooMuchBeforeHello(max_message),
             ReadError::InvalidUtf8 => Close::InvalidUtf8,
             ReadError::Protocol(why) => Close::Protocol(why.to_owned()),
             ReadError::Io(e) => Close::Transport(e.to_string()),
@@ -67,19 +70,43 @@ impl ReadError {
     }
 }
 
+/// A stream of a peer's messages that knows when the peer has earned its place.
+pub(crate) trait Frames: Stream<Item = Result<Message, ReadError>> + Unpin {
+    /// The peer has said HELLO: from now on it may send messages up to the frame limit, and
+    /// as many as it likes.
+    fn hello_said(&mut self);
+}
+
 /// Reads messages from a client: unmasks, reassembles fragments, checks UTF-8 and sizes.
+///
+/// Until [`Frames::hello_said`], a peer is a stranger: every message, fragments included, is
+/// limited to what a HELLO may take, and so are all its frames together (control frames too),
+/// so a connection that has not said HELLO holds at most that much of ours, whatever the frame
+/// limit.
 pub(crate) struct FrameReader<R> {
     io: R,
     buf: BytesMut,
     max_message: usize,
+    /// The frame limit, for after the HELLO.
+    max_frame: usize,
+    /// Payload bytes the peer may still send before its HELLO.
+    budget: usize,
     /// A fragmented message being assembled: its opcode and its payload so far.
     partial: Option<(u8, BytesMut)>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// A reader over `io`, starting with the bytes already read past the upgrade request.
-    pub(crate) fn new(io: R, leftover: &[u8], max_message: usize) -> Self {
-        FrameReader { io, buf: BytesMut::from(leftover), max_message, partial: None }
+    /// A reader over `io`, starting with the bytes already read past the upgrade request: at
+    /// most `max_hello` bytes in all until the HELLO, messages up to `max_frame` after it.
+    pub(crate) fn new(io: R, leftover: &[u8], max_hello: usize, max_frame: usize) -> Self {
+        FrameReader {
+            io,
+            buf: BytesMut::from(leftover),
+            max_message: max_hello.min(max_frame),
+            max_frame,
+            budget: max_hello,
+            partial: None,
+        }
     }
 
     /// Takes the next whole message from the buffer, if there is one.
@@ -119,6 +146,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let so_far = self.partial.as_ref().map_or(0, |(_, payload)| payload.len());
         let len = match usize::try_from(len) {
+            Ok(len) if len > self.budget => return Err(ReadError::BeforeHello),
             Ok(len) if len.saturating_add(so_far) <= self.max_message => len,
             _ => return Err(ReadError::TooBig),
         };
@@ -135,6 +163,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         unmask(payload, mask);
         let payload = Bytes::copy_from_slice(payload);
         self.buf.advance(total);
+        self.budget -= len;
         Ok(Some(Frame { fin, opcode, payload }))
     }
 
@@ -168,6 +197,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             OP_PONG => Ok(Some(Message::Pong(payload))),
             _ => Err(ReadError::Protocol("unknown opcode")),
         }
+    }
+}
+
+impl<R: AsyncRead + Unpin> Frames for FrameReader<R> {
+    fn hello_said(&mut self) {
+        self.max_message = self.max_frame;
+        self.budget = usize::MAX;
     }
 }
 

@@ -194,3 +194,28 @@ async fn every_metric_appears_and_moves() {
     assert_eq!(sample(&last, "ws_proxy_connections_open"), 0.0, "{last}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn idle_admin_connections_cannot_starve_the_health_checks() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "").await;
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(within("idle connect", tokio::net::TcpStream::connect(proxy.admin)).await.unwrap());
+    }
+    // A half-sent request head holds its connection too.
+    let mut slow = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /healthz HTTP/1.1\r\nHost: a").await.unwrap();
+    for path in ["/healthz", "/readyz"] {
+        let started = std::time::Instant::now();
+        assert_eq!(proxy.admin("GET", path).await.0, 200);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{path} took {:?}", started.elapsed());
+    }
+    // The idle ones are cut after the header timeout (5 s), not kept for ever.
+    let mut byte = [0u8; 1];
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(8), idle[0].read(&mut byte)).await;
+    assert!(matches!(cut, Ok(Ok(0) | Err(_))), "an idle admin connection is closed: {cut:?}");
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(3), slow.read(&mut byte)).await;
+    assert!(cut.is_ok(), "so is one whose head never ends");
+    proxy.stop().await;
+}

@@ -17,7 +17,7 @@ fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 async fn read_all(bytes: Vec<u8>, max: usize) -> Vec<Result<Message, String>> {
-    let mut reader = FrameReader::new(&bytes[..], &[], max);
+    let mut reader = FrameReader::new(&bytes[..], &[], usize::MAX, max);
     let mut out = Vec::new();
     while let Some(item) = reader.next().await {
         let failed = item.is_err();
