@@ -183,7 +183,7 @@ async fn connections_that_start_huge_messages_before_their_hello_are_closed_hold
     }
     for client in &mut pending {
         let (code, reason) = client.expect_close().await;
-        assert_eq!((code, reason.as_str()), (1009, "more than 4096 bytes before CONN:HELLO"));
+        assert_eq!((code, reason.as_str()), (1008, "more than the 4096 allowed before CONN:HELLO"));
     }
     let grown_kib = proxy.status_kib("VmHWM:").saturating_sub(before_kib);
     assert!(grown_kib < 16 * 1024, "{PENDING} pending connections grew the proxy by {grown_kib} KiB");
@@ -193,7 +193,7 @@ async fn connections_that_start_huge_messages_before_their_hello_are_closed_hold
         PENDING as f64,
         "{metrics}"
     );
-    assert!(proxy.log().contains("more than 4096 bytes before CONN:HELLO"), "logged");
+    assert!(proxy.log().contains("more than the 4096 allowed before CONN:HELLO"), "logged");
     let (mut a, mut b) = pair(&proxy, dir).await;
     a.send_text(r#"{"message": {"messageId": 1, "messageType": "EVENT:after"}}"#).await;
     assert!(b.recv_text().await.contains("EVENT:after"), "still serving");

@@ -120,8 +120,9 @@ impl Close {
             | Close::CertificateExpired
             | Close::NoLongerAdmitted
             | Close::IdentityConflict
+            | Close::TooMuchBeforeHello(_)
             | Close::RateLimited => CloseCode::Policy,
-            Close::TooBig(_) | Close::TooMuchBeforeHello(_) => CloseCode::Size,
+            Close::TooBig(_) => CloseCode::Size,
             Close::InvalidUtf8 => CloseCode::Invalid,
             Close::Protocol(_) => CloseCode::Protocol,
             Close::SlowConsumer | Close::TooManyRooms | Close::ClusterUnavailable(_) => CloseCode::Again,
@@ -148,7 +149,7 @@ impl Close {
             Close::TooManyRooms => "too many rooms: try again later".to_owned(),
             Close::ClusterUnavailable(_) => "cluster unavailable: try again later".to_owned(),
             Close::TooBig(limit) => format!("frame exceeds {limit} bytes"),
-            Close::TooMuchBeforeHello(limit) => format!("more than {limit} bytes before CONN:HELLO"),
+            Close::TooMuchBeforeHello(limit) => format!("more than the {limit} allowed before CONN:HELLO"),
             Close::InvalidUtf8 => "text frame is not valid UTF-8".to_owned(),
             Close::Protocol(e) => format!("protocol error: {e}"),
             Close::SlowConsumer => "slow consumer: frames not read in time".to_owned(),
