@@ -261,7 +261,8 @@ async fn a_proxy_below_its_open_file_limit_says_so_refuses_past_it_and_stays_res
     ]);
     let mut proxy = ProxyProcess::spawn_command("ws-proxy", command, dir, "listening on ");
     let log = proxy.log();
-    let warning = log.lines().find(|l| l.contains("open-file limit is below")).unwrap_or_else(|| panic!("{log}"));
+    let warning =
+        log.lines().find(|l| l.contains("open-file limit is below")).unwrap_or_else(|| panic!("{log}"));
     assert!(warning.contains("open_file_limit=300") && warning.contains("serving_at_most="), "{warning}");
     let admin = proxy.admin();
     // Past the limit: more connections than it serves, none sending a byte.
