@@ -9,7 +9,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{self, Instant};
@@ -18,19 +17,18 @@ use tracing::{Span, debug, info, warn};
 use super::admission::{self, Pass};
 use super::gate::Gate;
 use super::slots::Slot;
-use super::tls;
 use super::upgrade::{self, HeadLimits, Refusal};
+use super::{tls, tls_stream};
 use crate::error::Close;
 use crate::identity::PeerIdentity;
 use crate::metrics::OpenConnection;
 use crate::rooms::hub::Hub;
 use crate::rooms::member::{self, Admitted};
-use crate::rooms::room::Certificates;
 use crate::rooms::websocket::{FrameReader, FrameWriter};
 
-type Tls = tokio_rustls::server::TlsStream<TcpStream>;
-type WsStream = FrameReader<ReadHalf<Tls>>;
-type WsSink = FrameWriter<WriteHalf<Tls>>;
+type Tls = tls_stream::TlsStream;
+type WsStream = FrameReader<tls_stream::ReadHalf>;
+type WsSink = FrameWriter<tls_stream::WriteHalf>;
 
 /// An upgraded connection: its two halves (the TLS stream lives on the heap behind them, so it
 /// does not size the connection's task), and who it is and where it goes.
@@ -42,12 +40,6 @@ struct Established {
     identity_slot: Slot<crate::identity::Fingerprint>,
     /// The gate's generation it was admitted under.
     generation: u64,
-}
-
-/// Who the peer is: its identity, and the verified chain it was read from.
-struct Credentials {
-    identity: PeerIdentity,
-    chain: Certificates,
 }
 
 /// A connection's places under the limits counted at accept, given back when it ends.
@@ -83,7 +75,7 @@ pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, places: 
         };
         let (room, chain) = (admitted.room.clone(), Arc::clone(&admitted.chain));
         let gate = &*gate;
-        let recheck = move |peer_class: Option<&str>| gate.recheck(generation, &room, &chain, peer_class);
+        let recheck = move |peer_class: Option<&str>| gate.recheck(generation, &room, &*chain, peer_class);
         (member::serve(&hub, admitted, stream, sink, recheck), identity_slot)
     };
     let close = member.await;
@@ -102,8 +94,8 @@ pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, places: 
 async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream) -> Option<Established> {
     let deadline = Instant::now() + gate.config.handshake_timeout;
     let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from((IpAddr::from([0, 0, 0, 0]), 0)));
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&gate.tls.load().server));
-    let tls = match time::timeout_at(deadline, acceptor.accept(tcp)).await {
+    let config = Arc::clone(&gate.tls.load().server);
+    let tls = match time::timeout_at(deadline, tls_stream::accept(config, tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let (label, detail) = tls::handshake_failure(&e);
@@ -117,13 +109,10 @@ async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream) -> Option<Established
             return None;
         }
     };
-    let session = tls.get_ref().1;
-    let chain: Certificates = session
-        .peer_certificates()
-        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default();
+    let session = tls.session();
+    let chain = session.peer_certificates().unwrap_or_default();
     if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
-        && let Err(e) = gate.verify_chain(&chain)
+        && let Err(e) = gate.verify_chain(chain)
     {
         let label = tls::failure_label(&e);
         gate.metrics.handshake_failed(label);
@@ -146,7 +135,7 @@ async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream) -> Option<Established
     Span::current().record("subject", tracing::field::display(&identity.subject));
     Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
     gate.expiry.check(&identity, gate.config.expiry_warning, &gate.metrics);
-    let established = upgrade(gate, hub, tls, Credentials { identity, chain }, peer, deadline).await?;
+    let established = upgrade(gate, hub, tls, identity, peer, deadline).await?;
     Span::current().record("room", tracing::field::display(&established.admitted.room));
     Some(established)
 }
@@ -157,11 +146,10 @@ async fn upgrade(
     gate: &Gate,
     hub: &Hub,
     mut tls: Tls,
-    credentials: Credentials,
+    identity: PeerIdentity,
     peer: SocketAddr,
     deadline: Instant,
 ) -> Option<Established> {
-    let Credentials { identity, chain } = credentials;
     let generation = gate.generation();
     let config = &gate.config;
     let limits = HeadLimits { bytes: config.max_request_head_bytes, headers: config.max_request_headers };
@@ -184,7 +172,7 @@ async fn upgrade(
                     debug!(error = %e, "peer left during the upgrade");
                     return None;
                 }
-                let (read, write) = tokio::io::split(tls);
+                let (read, write, chain) = tls.split();
                 let stream =
                     FrameReader::new(read, &request.leftover, config.max_hello_bytes, config.max_frame_bytes);
                 let admitted =

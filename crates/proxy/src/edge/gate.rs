@@ -22,6 +22,7 @@ use crate::error::{Close, Error, Result};
 use crate::identity::{Fingerprint, PeerIdentity};
 use crate::metrics::Metrics;
 use crate::rooms::id::RoomId;
+use crate::rooms::room::Credentials;
 
 /// The edge's state, shared by every connection.
 pub(crate) struct Gate {
@@ -124,13 +125,13 @@ impl Gate {
         &self,
         since: u64,
         room: &RoomId,
-        chain: &[CertificateDer<'static>],
+        credentials: &dyn Credentials,
         peer_class: Option<&str>,
     ) -> std::result::Result<(), Close> {
         if self.generation() == since {
             return Ok(());
         }
-        self.still_admits(room, chain, peer_class, &Swapped { trust_changed: true })
+        self.still_admits(room, &credentials.chain(), peer_class, &Swapped { trust_changed: true })
     }
 
     /// Verifies the certificate chain of a resumed TLS session against the current trust, CRLs

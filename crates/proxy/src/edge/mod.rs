@@ -23,4 +23,5 @@ pub(crate) mod listener;
 pub(crate) mod same_identity;
 pub(crate) mod slots;
 pub mod tls;
+pub(crate) mod tls_stream;
 pub(crate) mod upgrade;

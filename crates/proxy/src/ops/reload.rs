@@ -35,7 +35,7 @@ pub(crate) fn reload(shared: &Shared) -> Result<()> {
         .each_member(|room, m| (room.clone(), m.mailbox.clone(), Arc::clone(&m.chain), m.name.class.clone()));
     let mut closed = 0;
     for (room, mailbox, chain, peer_class) in members {
-        if let Err(why) = shared.gate.still_admits(&room, &chain, peer_class.as_deref(), &swapped) {
+        if let Err(why) = shared.gate.still_admits(&room, &chain.chain(), peer_class.as_deref(), &swapped) {
             info!(room = %room, conn = %mailbox.conn(), reason = %why.reason(), "reload: the member's certificate is no longer admitted");
             mailbox.kill(why);
             closed += 1;

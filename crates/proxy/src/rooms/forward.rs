@@ -14,7 +14,7 @@ use tokio::time::{self, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info};
 
-use super::fanout::{self, Sender};
+use super::fanout::{self, Sender, Waiting};
 use super::hub::Hub;
 use super::mailbox::Mailbox;
 use super::room::{Asks, Room, Route, Targets};
@@ -71,7 +71,7 @@ impl<'a> Forward<'a> {
         let config = &self.hub.config;
         let idle_limit = config.ping_interval + config.pong_timeout;
         let shutdown = self.hub.shutdown.cancelled();
-        let killed = self.mailbox.killed().cancelled();
+        let killed = self.mailbox.until_killed();
         let hold_timer = time::sleep_until(Instant::now());
         let keepalive = time::sleep_until((Instant::now() + idle_limit).min(self.expires));
         tokio::pin!(shutdown, killed, hold_timer, keepalive);
@@ -121,8 +121,10 @@ impl<'a> Forward<'a> {
                 Event::Frame(frame) => frame,
                 Event::Shutdown => return Close::Shutdown,
                 Event::Killed => return self.mailbox.kill_reason().unwrap_or(Close::Shutdown),
+                // The rare wake-ups run on the heap: their state would otherwise size the
+                // task of every idle member.
                 Event::HoldExpiry => {
-                    self.expire_held().await;
+                    Box::pin(self.expire_held()).await;
                     arm_hold_timer(hold_timer.as_mut(), &mut holding);
                     continue;
                 }
@@ -145,13 +147,20 @@ impl<'a> Forward<'a> {
                     match rate.admit(message.len()) {
                         Admit::Yes => {}
                         Admit::Refuse => {
-                            self.refuse_over_rate(&message).await;
+                            if let Some(waiting) = self.refuse_over_rate(&message) {
+                                waiting.await;
+                            }
                             continue;
                         }
                         Admit::Close => return Close::RateLimited,
                     }
                     let arrived = tally.frame_in(&message);
-                    let held = self.relay_frame(message, &mut targets, tally).await;
+                    // Relaying does not wait unless a receiver is full: then what is left of it
+                    // is awaited here, from the heap.
+                    let (held, waiting) = self.relay_frame(message, &mut targets, tally);
+                    if let Some(waiting) = waiting {
+                        waiting.await;
+                    }
                     self.hub.metrics.relay_done(arrived);
                     if held && !holding {
                         arm_hold_timer(hold_timer.as_mut(), &mut holding);
@@ -166,7 +175,7 @@ impl<'a> Forward<'a> {
     }
 
     /// Tells the sender that a frame over its rate limit was not relayed.
-    async fn refuse_over_rate(&self, message: &Message) {
+    fn refuse_over_rate(&self, message: &Message) -> Option<Waiting<'_>> {
         let id = match message {
             Message::Text(text) => {
                 Header::parse(text.as_str()).ok().and_then(|h| h.message_id.map(MessageId::into_owned))
@@ -174,11 +183,17 @@ impl<'a> Forward<'a> {
             _ => None,
         };
         debug!(len = message.len(), "over the rate limit: not relayed");
-        self.error(429, "rate limit exceeded: not relayed", id).await;
+        self.error(429, "rate limit exceeded: not relayed", id)
     }
 
-    /// Relays one frame; returns whether it was held for a member to come.
-    async fn relay_frame(&self, message: Message, targets: &mut Targets, tally: &mut FrameTally) -> bool {
+    /// Relays one frame; returns whether it was held for a member to come, and what is left to
+    /// await when a receiver (the sender itself, for a reply) is full.
+    fn relay_frame<'s>(
+        &'s self,
+        message: Message,
+        targets: &'s mut Targets,
+        tally: &mut FrameTally,
+    ) -> (bool, Option<Waiting<'s>>) {
         // The header borrows from the frame; ids are copied only when a reply or the hold
         // buffer needs them, so relaying allocates nothing for them.
         let header = match &message {
@@ -186,8 +201,7 @@ impl<'a> Forward<'a> {
                 Ok(header) => Some(header),
                 Err(e) => {
                     debug!(error = %e, len = message.len(), "invalid envelope");
-                    self.error(400, &e.to_string(), lenient_id(text.as_str())).await;
-                    return false;
+                    return (false, self.error(400, &e.to_string(), lenient_id(text.as_str())));
                 }
             },
             _ => None,
@@ -196,8 +210,7 @@ impl<'a> Forward<'a> {
         // neither is relayed from a member, so no one can pose as another peer.
         if let Some(h) = header.as_ref().filter(|h| [HELLO, PEER_LEFT].contains(&&*h.message_type)) {
             let reason = format!("{} is not relayed from a member", h.message_type);
-            self.error(400, &reason, h.message_id.as_ref().map(MessageId::to_owned_id)).await;
-            return false;
+            return (false, self.error(400, &reason, h.message_id.as_ref().map(MessageId::to_owned_id)));
         }
         // The common case: the room has not changed since the last frame.
         if !targets.is_current(self.room) {
@@ -213,32 +226,35 @@ impl<'a> Forward<'a> {
                 Route::Held => {
                     Metrics::inc(&self.hub.metrics.held);
                     debug!(len = message.len(), "held: no other member yet");
-                    return true;
+                    return (true, None);
                 }
                 Route::HoldFull => {
                     Metrics::inc(&self.hub.metrics.held_refused);
-                    self.error(503, "no peer connected and the hold buffer is full", message_id()).await;
-                    return false;
+                    return (
+                        false,
+                        self.error(503, "no peer connected and the hold buffer is full", message_id()),
+                    );
                 }
                 Route::Alone => {
                     let reason = "no peer connected";
-                    if header.as_ref().is_some_and(|h| h.message_type == REST_REQUEST) {
-                        let response = self.hub.replies.response(503, reason, message_id());
-                        self.reply(response).await;
+                    let waiting = if header.as_ref().is_some_and(|h| h.message_type == REST_REQUEST) {
+                        self.reply(self.hub.replies.response(503, reason, message_id()))
                     } else {
-                        self.error(503, reason, message_id()).await;
-                    }
-                    return false;
+                        self.error(503, reason, message_id())
+                    };
+                    return (false, waiting);
                 }
                 Route::Unasked => {
                     info!(
                         len = message.len(),
                         "a response whose asker has left: not held, its sender told (410)"
                     );
-                    self.error(410, "the peer this answers has left: not delivered", message_id()).await;
-                    return false;
+                    return (
+                        false,
+                        self.error(410, "the peer this answers has left: not delivered", message_id()),
+                    );
                 }
-                Route::NotMember => return false,
+                Route::NotMember => return (false, None),
             }
         }
         // To the other nodes hosting members first (queued, without waiting), then to the
@@ -246,11 +262,11 @@ impl<'a> Forward<'a> {
         if !targets.nodes().is_empty() {
             self.hub.nodes.send_frame(targets.nodes(), self.room.id(), self.mailbox.conn(), &message);
         }
+        let targets: &'s Targets = targets;
         let receivers = targets.mailboxes();
         tally.relayed(&message, receivers.len() as u64);
         debug!(len = message.len(), receivers = receivers.len(), nodes = targets.nodes().len(), "relayed");
-        fanout::deliver_all(self.hub, receivers, message, Sender::Local).await;
-        false
+        (false, fanout::offer_all(self.hub, receivers, message, Sender::Local))
     }
 
     /// Tells the sender of each expired held message that it was never delivered.
@@ -259,20 +275,30 @@ impl<'a> Forward<'a> {
             Metrics::inc(&self.hub.metrics.held_refused);
             let age = self.hub.config.hold_max_age;
             info!(len = held.frame.len(), "held message expired: no peer joined in time");
-            self.error(503, &format!("no peer joined within {}s", age.as_secs()), held.message_id).await;
+            if let Some(waiting) =
+                self.error(503, &format!("no peer joined within {}s", age.as_secs()), held.message_id)
+            {
+                waiting.await;
+            }
         }
     }
 
-    /// Queues a `CONN:ERROR` to this member, counted by status.
-    async fn error(&self, status: u16, reason: &str, in_response_to: Option<MessageId<'static>>) {
+    /// Queues a `CONN:ERROR` to this member, counted by status (as [`Self::reply`]).
+    fn error(
+        &self,
+        status: u16,
+        reason: &str,
+        in_response_to: Option<MessageId<'static>>,
+    ) -> Option<Waiting<'_>> {
         self.hub.metrics.conn_error_sent(status);
-        self.reply(self.hub.replies.error(status, reason, in_response_to)).await;
+        self.reply(self.hub.replies.error(status, reason, in_response_to))
     }
 
-    /// Queues a proxy-originated reply to this member.
-    async fn reply(&self, message: Message) {
+    /// Queues a proxy-originated reply to this member; what is left to await when its queue is
+    /// full.
+    fn reply(&self, message: Message) -> Option<Waiting<'_>> {
         Metrics::inc(&self.hub.metrics.errors_sent);
-        fanout::deliver(self.hub, self.mailbox, message, Sender::Local).await;
+        fanout::offer(self.hub, self.mailbox, message, Sender::Local)
     }
 }
 

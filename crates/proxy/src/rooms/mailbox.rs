@@ -22,7 +22,6 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 use tokio::time::{self, Instant};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
 use super::id::ConnId;
 use crate::error::Close;
@@ -58,8 +57,12 @@ struct Inner {
     space: Notify,
     /// Set once, by [`Mailbox::kill`]; read on every delivery and every frame.
     killed: AtomicBool,
-    /// Cancelled with `killed`, for the tasks that sleep until then.
-    kill: CancellationToken,
+    /// Told when `killed` is set, for the tasks that sleep until then.
+    kill: Notify,
+    /// Set once the peer's frames are no longer relayed ([`Mailbox::relay_stopped`]).
+    relay_stopped: AtomicBool,
+    /// Told when `relay_stopped` is set.
+    relay_stop: Notify,
     reason: OnceLock<Close>,
     stats: PeerStats,
     /// Set while someone waits to hear from the peer ([`Mailbox::probe`]).
@@ -102,7 +105,9 @@ impl Mailbox {
             writer: AtomicWaker::new(),
             space: Notify::new(),
             killed: AtomicBool::new(false),
-            kill: CancellationToken::new(),
+            kill: Notify::new(),
+            relay_stopped: AtomicBool::new(false),
+            relay_stop: Notify::new(),
             reason: OnceLock::new(),
             stats: PeerStats::default(),
             probing: AtomicBool::new(false),
@@ -130,7 +135,7 @@ impl Mailbox {
     pub(crate) fn kill(&self, reason: Close) {
         let _ = self.inner.reason.set(reason);
         self.inner.killed.store(true, Ordering::Release);
-        self.inner.kill.cancel();
+        self.inner.kill.notify_waiters();
         self.inner.writer.wake();
         self.inner.space.notify_waiters();
     }
@@ -140,9 +145,21 @@ impl Mailbox {
         self.inner.killed.load(Ordering::Acquire)
     }
 
-    /// Cancelled once the peer is being closed, for the tasks that sleep until then.
-    pub(crate) fn killed(&self) -> &CancellationToken {
-        &self.inner.kill
+    /// Resolves once the peer is being closed, for the tasks that sleep until then.
+    pub(crate) async fn until_killed(&self) {
+        until(&self.inner.kill, &self.inner.killed).await;
+    }
+
+    /// The peer's frames are no longer relayed: a member replacing it may tell the others it
+    /// left.
+    pub(crate) fn relay_stopped(&self) {
+        self.inner.relay_stopped.store(true, Ordering::Release);
+        self.inner.relay_stop.notify_waiters();
+    }
+
+    /// Resolves once [`Mailbox::relay_stopped`] was called.
+    pub(crate) async fn until_relay_stopped(&self) {
+        until(&self.inner.relay_stop, &self.inner.relay_stopped).await;
     }
 
     /// Why the peer is being closed, once it is.
@@ -189,7 +206,7 @@ impl Mailbox {
         if wake {
             self.inner.writer.wake();
         }
-        let killed = self.inner.kill.cancelled();
+        let killed = self.until_killed();
         tokio::select! {
             biased;
             () = killed => false,
@@ -334,6 +351,15 @@ impl Mailbox {
         if wanted {
             self.inner.space.notify_waiters();
         }
+    }
+}
+
+/// Resolves once `flag` is set, `told` being notified after each time it is.
+async fn until(told: &Notify, flag: &AtomicBool) {
+    // Made before the flag is read, the notification cannot be missed in between.
+    let notified = told.notified();
+    if !flag.load(Ordering::Acquire) {
+        notified.await;
     }
 }
 

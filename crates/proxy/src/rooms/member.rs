@@ -13,7 +13,6 @@ use futures_util::{Sink, Stream, StreamExt};
 use micronets_message::{Envelope, Kind};
 use tokio::time;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 use tracing::{Span, info, warn};
 
 use super::fanout::{self, Sender};
@@ -102,13 +101,13 @@ impl Peer<'_> {
         if let Err(close) = recheck(name.class.as_deref()) {
             return close;
         }
-        let (room, relay_done) = match Box::pin(self.join(hello, &name)).await {
+        let room = match Box::pin(self.join(hello, &name)).await {
             Ok(joined) => joined,
             Err(close) => return close,
         };
         let expires = instant_of(self.admitted.identity.not_after);
         let close = Forward::new(self.hub, &self.mailbox, &room, expires).relay(stream).await;
-        relay_done.cancel();
+        self.mailbox.relay_stopped();
         Box::pin(self.leave(&room, &name, &close)).await;
         close
     }
@@ -124,14 +123,13 @@ impl Peer<'_> {
     {
         let config = &self.hub.config;
         let shutdown = &self.hub.shutdown;
-        let killed = self.mailbox.killed();
         let deadline = time::sleep(config.hello_timeout);
         tokio::pin!(deadline);
         loop {
             let frame = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Err(Close::Shutdown),
-                () = killed.cancelled() => return Err(self.mailbox.kill_reason().unwrap_or(Close::Shutdown)),
+                () = self.mailbox.until_killed() => return Err(self.mailbox.kill_reason().unwrap_or(Close::Shutdown)),
                 () = &mut deadline => return Err(Close::NoHello),
                 frame = stream.next() => frame,
             };
@@ -176,9 +174,8 @@ impl Peer<'_> {
         }
     }
 
-    /// Joins the room, here and in the cluster, and tells the others. Returns the room and the
-    /// token to cancel once this member stops forwarding.
-    async fn join(&self, hello: Message, name: &PeerName) -> Result<(Arc<Room>, CancellationToken), Close> {
+    /// Joins the room, here and in the cluster, and tells the others.
+    async fn join(&self, hello: Message, name: &PeerName) -> Result<Arc<Room>, Close> {
         let hub = self.hub;
         let identity = &self.admitted.identity;
         let card = Card {
@@ -198,7 +195,6 @@ impl Peer<'_> {
                 return Err(Close::ClusterUnavailable(e.to_string()));
             }
         };
-        let relay_done = CancellationToken::new();
         let member = Member {
             mailbox: self.mailbox.clone(),
             fingerprint: identity.fingerprint,
@@ -206,7 +202,6 @@ impl Peer<'_> {
             name: name.clone(),
             subject: Arc::from(identity.subject.as_str()),
             since: std::time::SystemTime::now(),
-            relay_done: relay_done.clone(),
             replaced_by: None,
             address: self.admitted.address,
             chain: Arc::clone(&self.admitted.chain),
@@ -234,7 +229,7 @@ impl Peer<'_> {
         };
         let room = Arc::clone(&joined.room);
         self.announce(joined, &card, roster.replaced).await;
-        Ok((room, relay_done))
+        Ok(room)
     }
 
     /// A member with this certificate appeared after the upgrade, and this connection was not
@@ -257,7 +252,7 @@ impl Peer<'_> {
         if let Some(replaced) = entry.replaced {
             info!(old_peer = ?replaced.name.id, "replacing the member with the same certificate");
             replaced.mailbox.kill(Close::Replaced);
-            let _ = time::timeout(wait, replaced.relay_done.cancelled()).await;
+            let _ = time::timeout(wait, replaced.mailbox.until_relay_stopped()).await;
             // The members on other nodes learn it from here: it is no longer a member to
             // leave by itself.
             let who = MemberKey { node: card.node.clone(), conn: replaced.mailbox.conn() };

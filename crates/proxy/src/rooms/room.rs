@@ -13,7 +13,6 @@ use micronets_message::MessageId;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
 use super::hold::{Held, Hold, HoldLimits};
 use super::id::{ConnId, NodeId, PeerName, RoomId};
@@ -32,22 +31,27 @@ pub(crate) struct Member {
     pub(crate) subject: Arc<str>,
     /// When it joined.
     pub(crate) since: std::time::SystemTime,
-    /// Cancelled when this member's connection has stopped relaying frames.
-    pub(crate) relay_done: CancellationToken,
     /// The node of the newer connection with its certificate that replaced it, which must
     /// hear of its departure.
     pub(crate) replaced_by: Option<NodeId>,
     /// Where it connected from.
     pub(crate) address: std::net::SocketAddr,
-    /// Its verified certificate chain, leaf first, checked again when a reload changes the
-    /// trusted CAs.
+    /// Where its verified certificate chain is read again when a reload changes the trusted
+    /// CAs.
     pub(crate) chain: Certificates,
     /// Newcomers with its certificate it answered a probe for, and so kept its place.
     pub(crate) conflicts_survived: u32,
 }
 
-/// A verified certificate chain, leaf first.
-pub(crate) type Certificates = Arc<[rustls_pki_types::CertificateDer<'static>]>;
+/// Where a member's verified certificate chain is read again: its TLS session, which holds the
+/// one copy there is (a chain is about 500 bytes per member, docs/performance.md).
+pub(crate) trait Credentials: Send + Sync {
+    /// The chain, leaf first, copied out.
+    fn chain(&self) -> Vec<rustls_pki_types::CertificateDer<'static>>;
+}
+
+/// A member's [`Credentials`].
+pub(crate) type Certificates = Arc<dyn Credentials>;
 
 /// The member of a room that holds a certificate.
 pub(crate) enum Holder {
@@ -142,7 +146,6 @@ pub(crate) struct Entry {
 pub(crate) struct Replaced {
     pub(crate) mailbox: Mailbox,
     pub(crate) name: PeerName,
-    pub(crate) relay_done: CancellationToken,
 }
 
 /// What a leave left behind.
@@ -304,11 +307,9 @@ impl Room {
         if present - usize::from(same_cert.is_some()) >= max_peers {
             return Admission::Full;
         }
-        let replaced = same_cert.map(|i| state.members.remove(i)).map(|old| Replaced {
-            mailbox: old.mailbox,
-            name: old.name,
-            relay_done: old.relay_done,
-        });
+        let replaced = same_cert
+            .map(|i| state.members.remove(i))
+            .map(|old| Replaced { mailbox: old.mailbox, name: old.name });
         for existing in &state.members {
             member.mailbox.push_initial(existing.hello.clone());
         }

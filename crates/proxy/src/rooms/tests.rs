@@ -14,6 +14,7 @@ use super::hub::Hub;
 use super::id::RoomId;
 use super::member::{self, Admitted};
 use super::remote::MayReplace;
+use super::room::Credentials;
 use super::websocket::{Frames, ReadError};
 use crate::cluster::local::Local;
 use crate::config::{Config, FileConfig, Overrides};
@@ -52,6 +53,15 @@ impl Frames for mpsc::UnboundedReceiver<Result<Message, ReadError>> {
     fn hello_said(&mut self) {}
 }
 
+/// A member without a TLS session.
+struct NoCertificates;
+
+impl Credentials for NoCertificates {
+    fn chain(&self) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+        Vec::new()
+    }
+}
+
 /// A peer in the test: what it sends goes in, what the proxy writes to it comes out.
 struct Peer {
     send: mpsc::UnboundedSender<Result<Message, ReadError>>,
@@ -65,7 +75,7 @@ impl Peer {
         let (sink, written) = mpsc::unbounded();
         let admitted = Admitted {
             identity: identity(cn),
-            chain: Arc::from(Vec::new()),
+            chain: Arc::new(NoCertificates),
             address: "127.0.0.1:40000".parse().unwrap(),
             room: RoomId::parse(room).unwrap(),
             peer_class: None,

@@ -318,8 +318,6 @@ struct Outgoing {
 const MAX_HEAD: usize = 12;
 /// Slices handed to one vectored write, at most.
 const MAX_SLICES: usize = 64;
-/// A drained pending list keeps at most this many slots.
-const KEEP_PENDING: usize = 16;
 
 impl Outgoing {
     fn new(message: Message) -> Option<Self> {
@@ -386,9 +384,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 pending.pop_front();
             }
         }
-        if pending.capacity() > KEEP_PENDING {
-            *pending = VecDeque::new();
-        }
+        // Drained: an idle peer keeps no list.
+        *pending = VecDeque::new();
         Poll::Ready(Ok(()))
     }
 }

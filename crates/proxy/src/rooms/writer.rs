@@ -20,9 +20,6 @@ use crate::error::Close;
 /// How long the writer tries to write a close frame before it gives up and drops the TCP
 /// connection.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-/// A drained queue keeps at most this many slots of capacity, so a burst does not leave an idle
-/// peer holding a large buffer.
-const KEEP_CAPACITY: usize = 16;
 
 /// What the writer does next.
 enum Work {
@@ -39,10 +36,9 @@ pub(crate) async fn write_loop<S>(mut sink: S, mailbox: Mailbox, ping_interval: 
 where
     S: Sink<Message> + Unpin,
 {
-    let kill = mailbox.killed().clone();
-    // One cancellation future for the whole loop: making one per batch registers and
-    // unregisters a waiter every time.
-    let killed = kill.cancelled();
+    // One kill future for the whole loop: making one per batch registers and unregisters a
+    // waiter every time.
+    let killed = mailbox.until_killed();
     tokio::pin!(killed);
     let mut ping = time::interval_at(Instant::now() + ping_interval, ping_interval);
     let mut batch = VecDeque::new();
@@ -76,8 +72,9 @@ where
                     mailbox.stats().sent.add(frames, bytes as u64);
                 }
                 mailbox.written(bytes);
-                batch.clear();
-                batch.shrink_to(KEEP_CAPACITY);
+                // Written: an idle peer keeps no batch (nor, once the queue swaps it in, a
+                // queue) allocated.
+                batch = VecDeque::new();
                 result
             }
         };
