@@ -1,8 +1,10 @@
 //! Opening the WebSocket: TCP (directly or through an HTTP CONNECT proxy), TLS, the upgrade
 //! with extra headers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -10,6 +12,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -92,14 +95,106 @@ fn proxy_for(host: &str, var: impl Fn(&str) -> Option<String>) -> Option<String>
     (!bypass).then_some(proxy)
 }
 
-/// Connects to the relay and completes the WebSocket upgrade.
+/// Connects to the relay and completes the WebSocket upgrade, once: [`Connector`] for a client
+/// that reconnects.
 ///
 /// # Errors
-/// [`Error::Connect`] for TCP, proxy and TLS failures, [`Error::BadHandshake`] when the relay
-/// answers the upgrade with another status (404 wrong path, 409 room full, ...),
-/// [`Error::Timeout`] past `options.timeout`.
+/// As [`Connector::new`] and [`Connector::connect`].
 pub async fn connect(options: &ConnectOptions) -> Result<Ws> {
-    let target = Target::of_url(&options.url)?;
+    Connector::new(options.clone())?.connect().await
+}
+
+/// Opens WebSockets to the relay, again and again: its TLS configuration is built once, so a
+/// reconnect resumes the TLS session of an earlier connection (a ticket the relay gave it)
+/// instead of paying for a full handshake.
+pub struct Connector {
+    options: ConnectOptions,
+    target: Target,
+    tls: Arc<ClientConfig>,
+}
+
+impl Connector {
+    /// Reads the certificates and checks the URL and headers.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad URL or header, [`Error::Tls`] naming an unusable file,
+    /// [`Error::NoTrustAnchors`].
+    pub fn new(options: ConnectOptions) -> Result<Self> {
+        let target = Target::of_url(&options.url)?;
+        upgrade_request(&options)?;
+        let tls = client_config(&options.tls)?;
+        Ok(Connector { options, target, tls })
+    }
+
+    /// What this connector connects with.
+    #[must_use]
+    pub fn options(&self) -> &ConnectOptions {
+        &self.options
+    }
+
+    /// Connects and completes the WebSocket upgrade.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] for TCP, proxy and TLS failures, [`Error::BadHandshake`] when the
+    /// relay answers the upgrade with another status (404 wrong path, 409 room full, ...),
+    /// [`Error::Timeout`] past `options.timeout`.
+    pub async fn connect(&self) -> Result<Ws> {
+        let options = &self.options;
+        let target = &self.target;
+        let request = upgrade_request(options)?;
+        let tls_config = Arc::clone(&self.tls);
+        let attempt = async {
+            let tcp = match &options.via {
+                Some(proxy) => tunnel(proxy, target).await?,
+                None => TcpStream::connect((target.host.as_str(), target.port))
+                    .await
+                    .map_err(|e| Error::Connect { target: target.authority(), reason: e.to_string() })?,
+            };
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::try_from(target.host.clone())
+                .map_err(|_| Error::Invalid(format!("invalid host name {:?}", target.host)))?;
+            let tls = TlsConnector::from(tls_config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| Error::Connect { target: target.authority(), reason: format!("TLS: {e}") })?;
+            tracing::trace!(
+                url = %options.url,
+                headers = ?request.headers().keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+                tls = ?tls.get_ref().1.protocol_version(),
+                resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+                "sending the upgrade request"
+            );
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(options.max_frame_bytes))
+                .max_frame_size(Some(options.max_frame_bytes));
+            match tokio_tungstenite::client_async_with_config(request, tls, Some(config)).await {
+                Ok((ws, response)) => {
+                    tracing::trace!(status = response.status().as_u16(), "upgrade accepted");
+                    Ok(ws)
+                }
+                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                    let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                    let retry_after = response
+                        .headers()
+                        .get(http::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    Err(Error::BadHandshake {
+                        status: response.status().as_u16(),
+                        body: body.trim().chars().take(200).collect(),
+                        retry_after,
+                    })
+                }
+                Err(e) => Err(Error::Connect { target: target.authority(), reason: e.to_string() }),
+            }
+        };
+        tokio::time::timeout(options.timeout, attempt).await.map_err(|_| Error::Timeout(options.timeout))?
+    }
+}
+
+/// The upgrade request of `options`: its URL and extra headers.
+fn upgrade_request(options: &ConnectOptions) -> Result<Request> {
     let mut request = options.url.as_str().into_client_request()?;
     for (name, value) in &options.headers {
         let name = HeaderName::from_bytes(name.as_bytes())
@@ -108,53 +203,7 @@ pub async fn connect(options: &ConnectOptions) -> Result<Ws> {
             .map_err(|_| Error::Invalid(format!("invalid value for header {name}")))?;
         request.headers_mut().append(name, value);
     }
-    let tls_config = client_config(&options.tls)?;
-    let attempt = async {
-        let tcp = match &options.via {
-            Some(proxy) => tunnel(proxy, &target).await?,
-            None => TcpStream::connect((target.host.as_str(), target.port))
-                .await
-                .map_err(|e| Error::Connect { target: target.authority(), reason: e.to_string() })?,
-        };
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(target.host.clone())
-            .map_err(|_| Error::Invalid(format!("invalid host name {:?}", target.host)))?;
-        let tls = TlsConnector::from(tls_config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| Error::Connect { target: target.authority(), reason: format!("TLS: {e}") })?;
-        tracing::trace!(
-            url = %options.url,
-            headers = ?request.headers().keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            tls = ?tls.get_ref().1.protocol_version(),
-            "sending the upgrade request"
-        );
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(options.max_frame_bytes))
-            .max_frame_size(Some(options.max_frame_bytes));
-        match tokio_tungstenite::client_async_with_config(request, tls, Some(config)).await {
-            Ok((ws, response)) => {
-                tracing::trace!(status = response.status().as_u16(), "upgrade accepted");
-                Ok(ws)
-            }
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-                let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-                let retry_after = response
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                Err(Error::BadHandshake {
-                    status: response.status().as_u16(),
-                    body: body.trim().chars().take(200).collect(),
-                    retry_after,
-                })
-            }
-            Err(e) => Err(Error::Connect { target: target.authority(), reason: e.to_string() }),
-        }
-    };
-    tokio::time::timeout(options.timeout, attempt).await.map_err(|_| Error::Timeout(options.timeout))?
+    Ok(request)
 }
 
 /// Opens a TCP connection to `target` through an HTTP proxy with CONNECT.

@@ -13,7 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff::{Backoff, RefusalLog, STABLE};
 use crate::bridge::{self, BridgeOptions};
-use crate::connect::{ConnectOptions, connect};
+use crate::connect::{ConnectOptions, Connector};
 use crate::console::{self, Line};
 use crate::forward::Forwarder;
 use crate::session::{Incoming, Session};
@@ -86,8 +86,16 @@ where
     let mut input_open = true;
     let mut backoff = Backoff::new(options.retry.initial, options.retry.max);
     let mut refusals = RefusalLog::default();
+    // One connector for every attempt: a reconnect resumes the TLS session.
+    let connector = match Connector::new(options.connect.clone()) {
+        Ok(connector) => connector,
+        Err(e) => {
+            error!("{e}");
+            return Ok(Outcome::Failed);
+        }
+    };
     loop {
-        let ws = match connect(&options.connect).await {
+        let ws = match connector.connect().await {
             Ok(ws) => ws,
             Err(e) => {
                 let fatal = matches!(e, Error::BadHandshake { .. }) && options.retry.stop_on_bad_handshake;

@@ -56,6 +56,10 @@ pub struct Metrics {
     pub relay_latency: Histogram,
     /// Connecting certificates that expire within `tls.expiry_warning` (each certificate once).
     pub expiry_warnings: AtomicU64,
+    /// TLS handshakes completed in full.
+    pub handshakes_full: AtomicU64,
+    /// TLS handshakes that resumed an earlier session.
+    pub handshakes_resumed: AtomicU64,
     handshake_failures: Tally<&'static str>,
     upgrade_refusals: Tally<u16>,
     conn_errors: Tally<u16>,

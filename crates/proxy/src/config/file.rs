@@ -108,6 +108,9 @@ pub(super) struct TlsSection {
     pub(super) crl_files: Vec<PathBuf>,
     pub(super) handshake_timeout: String,
     pub(super) expiry_warning: String,
+    pub(super) resumption: bool,
+    pub(super) ticket_key_file: PathBuf,
+    pub(super) ticket_rotation: String,
 }
 
 impl Default for TlsSection {
@@ -119,6 +122,9 @@ impl Default for TlsSection {
             crl_files: Vec::new(),
             handshake_timeout: "10s".into(),
             expiry_warning: "30d".into(),
+            resumption: true,
+            ticket_key_file: PathBuf::new(),
+            ticket_rotation: "6h".into(),
         }
     }
 }

@@ -51,6 +51,14 @@ pub struct Config {
     pub crl_files: Vec<PathBuf>,
     /// Deadline for the TLS handshake and the HTTP upgrade request (`tls.handshake_timeout`).
     pub handshake_timeout: Duration,
+    /// Whether reconnecting clients may resume their TLS session (`tls.resumption`).
+    pub resumption: bool,
+    /// The secret session tickets are sealed with, shared by restarts and cluster nodes
+    /// (`tls.ticket_key_file`); random, and lost at a restart, when `None`.
+    pub ticket_key_file: Option<PathBuf>,
+    /// How often the ticket keys change (`tls.ticket_rotation`); a ticket is accepted for one
+    /// to two of these.
+    pub ticket_rotation: Duration,
     /// Members per room (`rooms.max_peers`), at least 2.
     pub max_peers: usize,
     /// Deadline for a connection's `CONN:HELLO` (`rooms.hello_timeout`).

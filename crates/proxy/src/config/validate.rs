@@ -89,6 +89,9 @@ impl FileConfig {
             client_ca,
             crl_files: self.tls.crl_files,
             handshake_timeout: duration("tls.handshake_timeout", &self.tls.handshake_timeout)?,
+            resumption: self.tls.resumption,
+            ticket_key_file: Some(self.tls.ticket_key_file).filter(|p| !p.as_os_str().is_empty()),
+            ticket_rotation: ticket_rotation(&self.tls.ticket_rotation)?,
             max_peers: rooms.max_peers,
             hello_timeout: duration("rooms.hello_timeout", &rooms.hello_timeout)?,
             same_identity: rooms.same_identity,
@@ -236,6 +239,17 @@ fn probe_timeout(text: &str) -> Result<Duration> {
     Ok(timeout)
 }
 
+/// A ticket key lives from one minute (shorter only multiplies full handshakes) to seven days
+/// (the longest ticket lifetime TLS 1.3 allows a client to be told, RFC 8446 4.6.1).
+fn ticket_rotation(text: &str) -> Result<Duration> {
+    let key = "tls.ticket_rotation";
+    let rotation = duration(key, text)?;
+    if !(Duration::from_secs(60)..=Duration::from_secs(7 * 86_400)).contains(&rotation) {
+        return Err(invalid(key, "must be between 1m and 7d".into()));
+    }
+    Ok(rotation)
+}
+
 fn invalid(key: &str, reason: String) -> Error {
     Error::Config { key: key.to_owned(), reason }
 }
@@ -315,6 +329,21 @@ mod tests {
         assert_eq!(c.server_key, None);
         assert_eq!(c.admin_bind, Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(c.drain_window, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn session_resumption_defaults_and_bounds() {
+        let c = config("").unwrap();
+        assert!(c.resumption);
+        assert_eq!((c.ticket_key_file, c.ticket_rotation), (None, Duration::from_secs(6 * 3600)));
+        let c = config("[tls]\nticket_key_file = \"/etc/micronets/ticket.key\"\nticket_rotation = \"1d\"\n")
+            .unwrap();
+        assert_eq!(c.ticket_key_file.as_deref(), Some(std::path::Path::new("/etc/micronets/ticket.key")));
+        assert_eq!(c.ticket_rotation, Duration::from_secs(86_400));
+        for bad in ["30s", "8d"] {
+            let err = config(&format!("[tls]\nticket_rotation = \"{bad}\"\n")).unwrap_err().to_string();
+            assert!(err.contains("tls.ticket_rotation") && err.contains("between 1m and 7d"), "{err}");
+        }
     }
 
     #[test]

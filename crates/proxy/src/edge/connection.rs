@@ -21,7 +21,7 @@ use super::upgrade::{self, HeadLimits, Refusal};
 use super::{tls, tls_stream};
 use crate::error::Close;
 use crate::identity::PeerIdentity;
-use crate::metrics::OpenConnection;
+use crate::metrics::{Metrics, OpenConnection};
 use crate::rooms::hub::Hub;
 use crate::rooms::member::{self, Admitted};
 use crate::rooms::websocket::{FrameReader, FrameWriter};
@@ -111,14 +111,14 @@ async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream) -> Option<Established
     };
     let session = tls.session();
     let chain = session.peer_certificates().unwrap_or_default();
-    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
-        && let Err(e) = gate.verify_chain(chain)
-    {
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    if resumed && let Err(e) = gate.verify_chain(chain) {
         let label = tls::failure_label(&e);
         gate.metrics.handshake_failed(label);
         info!(reason = label, detail = %e, "resumed TLS session refused: its certificate does not verify now");
         return None;
     }
+    Metrics::inc(if resumed { &gate.metrics.handshakes_resumed } else { &gate.metrics.handshakes_full });
     let identity = match chain.first().map(|c| PeerIdentity::from_der(c)) {
         Some(Ok(identity)) => identity,
         Some(Err(e)) => {

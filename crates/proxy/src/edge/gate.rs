@@ -16,7 +16,8 @@ use super::auth_hook::AuthHook;
 use super::expiry::ExpiryWatch;
 use super::same_identity::ConflictLog;
 use super::slots::PerKey;
-use super::tls::{self, TlsMaterial};
+use super::tickets::Secret;
+use super::tls::{self, Resumption, TlsMaterial};
 use crate::config::Config;
 use crate::error::{Close, Error, Result};
 use crate::identity::{Fingerprint, PeerIdentity};
@@ -29,6 +30,8 @@ pub(crate) struct Gate {
     pub(crate) config: Arc<Config>,
     /// The TLS material new handshakes use.
     pub(crate) tls: ArcSwap<TlsMaterial>,
+    /// Session tickets and cache, the same for every TLS material.
+    resumption: Resumption,
     /// Who may join which room.
     pub(crate) acl: ArcSwap<Acl>,
     /// Moves on every reload: a connection admitted under another generation is checked again
@@ -51,21 +54,25 @@ pub(crate) struct Gate {
 pub(crate) struct Material {
     tls: TlsMaterial,
     acl: Acl,
+    /// The ticket key file's secret, for the keys to change if its content did.
+    tickets: Secret,
 }
 
 impl Material {
-    /// Loads the TLS files and CRLs of `config` and compiles its ACL.
+    /// Loads the TLS files, CRLs and ticket key file of `config` and compiles its ACL; the
+    /// TLS configuration resumes sessions with `resumption`.
     ///
     /// # Errors
     /// [`Error::Tls`] naming the file that cannot be used, [`Error::Config`] for a rule of
     /// `acl.rules` that cannot be used.
-    pub(crate) fn load(config: &Config) -> Result<Self> {
+    fn load(config: &Config, resumption: &Resumption) -> Result<Self> {
         // The rules first: they belong to the configuration, which is checked before any file
         // it names is read.
         let acl = Acl::new(&config.acl)
             .map_err(|e| Error::Config { key: "acl.rules".into(), reason: e.to_string() })?;
-        let tls = tls::material(config)?;
-        Ok(Material { tls, acl })
+        let tls = tls::material(config, resumption)?;
+        let tickets = Secret::load(config.ticket_key_file.as_deref())?;
+        Ok(Material { tls, acl, tickets })
     }
 }
 
@@ -81,13 +88,15 @@ impl Gate {
     /// # Errors
     /// As [`Material::load`], and [`Error::Config`] or [`Error::Tls`] for the hook.
     pub(crate) fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Self> {
-        let material = Material::load(&config)?;
+        let resumption = Resumption::new(&config)?;
+        let material = Material::load(&config, &resumption)?;
         if material.acl.is_empty() {
             tracing::warn!("no [[acl.rules]]: every valid client certificate may join every room");
         }
         let auth_hook = config.auth_hook.as_ref().map(AuthHook::new).transpose()?;
         Ok(Gate {
             tls: ArcSwap::from_pointee(material.tls),
+            resumption,
             acl: ArcSwap::from_pointee(material.acl),
             generation: AtomicU64::new(0),
             auth_hook,
@@ -100,10 +109,23 @@ impl Gate {
         })
     }
 
+    /// Loads the material of `config` for [`Gate::swap`], with this gate's session resumption.
+    ///
+    /// # Errors
+    /// As [`Material::load`].
+    pub(crate) fn load(&self, config: &Config) -> Result<Material> {
+        Material::load(config, &self.resumption)
+    }
+
     /// Swaps `material` in for new connections; a connection admitted before this is checked
     /// again at its HELLO.
     pub(crate) fn swap(&self, material: Material) -> Swapped {
         let trust_changed = self.tls.load().trust != material.tls.trust;
+        if self.resumption.tickets.rekey(material.tickets) {
+            tracing::warn!(
+                "reload: the ticket key file changed: earlier session tickets are no longer accepted"
+            );
+        }
         self.tls.store(Arc::new(material.tls));
         self.acl.store(Arc::new(material.acl));
         self.generation.fetch_add(1, Ordering::AcqRel);

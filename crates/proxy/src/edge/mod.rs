@@ -3,7 +3,9 @@
 //! - `listener.rs`: the accept loop and the limits counted at accept;
 //! - `connection.rs`: TCP -> TLS -> identity -> upgrade -> admission, within
 //!   `handshake_timeout`, then the member's life (`rooms/member.rs`);
-//! - `tls.rs`: the mutual-TLS server configuration and why a handshake failed;
+//! - `tls.rs`: the mutual-TLS server configuration and why a handshake failed; `tickets.rs`:
+//!   the session tickets that let a device resume its TLS session; `tls_stream.rs`: TLS over
+//!   the socket, holding no buffer an idle connection does not use;
 //! - `upgrade.rs`: reading the HTTP upgrade request and answering it;
 //! - `admission.rs`: whether an upgrade may go ahead, using `acl.rs` (the rules),
 //!   `auth_hook.rs` (the operator's HTTP service), `slots.rs` (per-key connection counts) and
@@ -22,6 +24,7 @@ pub(crate) mod gate;
 pub(crate) mod listener;
 pub(crate) mod same_identity;
 pub(crate) mod slots;
+pub(crate) mod tickets;
 pub mod tls;
 pub(crate) mod tls_stream;
 pub(crate) mod upgrade;

@@ -9,11 +9,15 @@ use std::sync::Arc;
 
 use rustls::RootCertStore;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use rustls::server::{
+    NoServerSessionStorage, ServerConfig, ServerSessionMemoryCache, StoresServerSessions,
+    WebPkiClientVerifier,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use x509_parser::prelude::FromDer;
 
+use super::tickets::{Secret, Tickets};
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -82,6 +86,32 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
         .map_err(|_| tls_error(path, "no private key found (expected PKCS#8, SEC1 or PKCS#1 PEM)"))
 }
 
+/// What resumes TLS sessions, kept across reloads: the ticket keys (`tickets.rs`) and the
+/// cache of TLS 1.2 sessions for clients without tickets.
+pub(crate) struct Resumption {
+    pub(crate) tickets: Arc<Tickets>,
+    sessions: Arc<dyn StoresServerSessions>,
+    enabled: bool,
+}
+
+/// TLS 1.2 sessions of clients that do not take tickets, at most (a session is about 1 KB).
+const SESSION_CACHE: usize = 4096;
+
+impl Resumption {
+    /// The resumption of `config`: its ticket key file read, or a random secret.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] naming an unusable ticket key file.
+    pub(crate) fn new(config: &Config) -> Result<Self> {
+        let secret = Secret::load(config.ticket_key_file.as_deref())?;
+        Ok(Resumption {
+            tickets: Arc::new(Tickets::new(secret, config.ticket_rotation.as_secs())?),
+            sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
+            enabled: config.resumption,
+        })
+    }
+}
+
 /// The server's TLS configuration, and the verifier of client certificates in it: a resumed
 /// session skips the verifier, so the proxy asks it again itself (`connection.rs`).
 pub(crate) struct TlsMaterial {
@@ -98,14 +128,14 @@ pub(crate) struct TlsMaterial {
 /// [`Error::Tls`] naming the file that is missing, unreadable, holds no certificate or key,
 /// holds a key that does not match the certificate, or a CA that webpki refuses.
 pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
-    Ok(material(config)?.server)
+    Ok(material(config, &Resumption::new(config)?)?.server)
 }
 
 /// The server's TLS configuration and its client certificate verifier.
 ///
 /// # Errors
 /// As [`server_config`].
-pub(crate) fn material(config: &Config) -> Result<TlsMaterial> {
+pub(crate) fn material(config: &Config, resumption: &Resumption) -> Result<TlsMaterial> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let roots = trust(&config.client_ca)?;
     let crls = config
@@ -134,12 +164,19 @@ pub(crate) fn material(config: &Config) -> Result<TlsMaterial> {
     let chain = read_certs(&config.server_cert)?;
     let key_path = config.server_key.as_deref().unwrap_or(&config.server_cert);
     let key = read_key(key_path)?;
-    let server = ServerConfig::builder_with_provider(provider)
+    let mut server = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)
         .map_err(|e| tls_error(&config.server_cert, e.to_string()))?
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key)
         .map_err(|e| tls_error(key_path, format!("server certificate and key do not go together: {e}")))?;
+    if resumption.enabled {
+        server.ticketer = resumption.tickets.clone();
+        server.session_storage = Arc::clone(&resumption.sessions);
+    } else {
+        server.session_storage = Arc::new(NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
+    }
     Ok(TlsMaterial { server: Arc::new(server), verifier, trust })
 }
 

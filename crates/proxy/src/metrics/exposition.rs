@@ -105,6 +105,15 @@ impl Collector for Scrape {
         )?;
         Self::labelled(
             &mut e,
+            "tls_handshakes",
+            "Completed TLS handshakes: full, or resumed from a session ticket or the session cache.",
+            &[
+                ([("kind", "full")], Metrics::get(&m.handshakes_full)),
+                ([("kind", "resumed")], Metrics::get(&m.handshakes_resumed)),
+            ],
+        )?;
+        Self::labelled(
+            &mut e,
             "tls_handshake_failures",
             "Failed TLS handshakes by reason.",
             &Self::by("reason", m.handshake_failures.entries()),

@@ -13,7 +13,6 @@ use tracing::{error, info, warn};
 use super::state::Shared;
 use super::systemd;
 use crate::config::{Config, FileConfig};
-use crate::edge::gate::Material;
 use crate::error::Result;
 
 /// Reads the configuration and the TLS material again and swaps them in (see
@@ -26,7 +25,7 @@ pub(crate) fn reload(shared: &Shared) -> Result<()> {
         Some(path) => FileConfig::load(path)?.into_config(&shared.source.overrides)?,
         None => Config::clone(&shared.config),
     };
-    let material = Material::load(&config)?;
+    let material = shared.gate.load(&config)?;
     // The new material first, then the sweep: a connection that joins in between meets it.
     let swapped = shared.gate.swap(material);
     let members = shared
@@ -62,6 +61,7 @@ fn needs_restart(running: &Config, new: &Config) -> bool {
     comparable.server_key.clone_from(&running.server_key);
     comparable.client_ca.clone_from(&running.client_ca);
     comparable.crl_files.clone_from(&running.crl_files);
+    comparable.ticket_key_file.clone_from(&running.ticket_key_file);
     comparable.acl.clone_from(&running.acl);
     format!("{comparable:?}") != format!("{running:?}")
 }

@@ -2,18 +2,18 @@
 //! (`rooms.same_identity`); answers only to those who asked; certificates enforced on every
 //! path (a resumed TLS session, a certificate that expires while connected).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use micronets_proxy::Metrics;
 use rustls::pki_types::ServerName;
-use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::support::{Client, Live, Pki, TestProxy, WAIT, pair, start, upgrade_request, within};
+use crate::support::{
+    Client, Live, Pki, TestProxy, WAIT, pair, resuming_client, start, upgrade_over, upgrade_request, within,
+};
 
 fn same_identity(mode: &str, probe_timeout: &str) -> String {
     format!("[rooms]\nsame_identity = {mode:?}\nreplace_probe_timeout = {probe_timeout:?}\n")
@@ -160,54 +160,6 @@ async fn a_member_is_closed_when_its_certificate_expires_and_its_peers_are_told(
     assert_eq!((left["peerId"].as_str(), left["reason"].as_str()), (Some("g"), Some("certificate expired")));
     assert_eq!(Metrics::get(&proxy.metrics.expiry_warnings), 1, "within tls.expiry_warning: told once");
     proxy.stop().await;
-}
-
-/// A TLS connection made with `config` (which keeps the session for resumption), the upgrade
-/// request sent, and the whole answer read: whether the session was resumed, and the answer.
-async fn upgrade_over(proxy: &TestProxy, config: &Arc<rustls::ClientConfig>) -> (bool, String) {
-    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut tls = within(
-        "TLS",
-        TlsConnector::from(Arc::clone(config)).connect(ServerName::try_from("localhost").unwrap(), tcp),
-    )
-    .await
-    .unwrap();
-    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    tls.write_all(upgrade_request("gw/1").as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    // A 101 keeps the connection open: the head is enough; a refused session is closed.
-    let _ = within("answer", async {
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && matches!(tls.read(&mut byte).await, Ok(1)) {
-            head.push(byte[0]);
-        }
-    })
-    .await;
-    (resumed, String::from_utf8_lossy(&head).into_owned())
-}
-
-/// A client configuration for `versions` that keeps sessions to resume them.
-fn resuming_client(
-    pki: &Pki,
-    cert: &std::path::Path,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(pki.dev.root_cert()).unwrap();
-    for der in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
-        roots.add(der.unwrap()).unwrap();
-    }
-    let pem = std::fs::read(cert).unwrap();
-    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&pem).map(Result::unwrap).collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    Arc::new(config)
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ mod identity;
 mod redis_server;
 mod relay;
 mod reload;
+mod resumption;
 mod revoke;
 mod rooms;
 mod support;

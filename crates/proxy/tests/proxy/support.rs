@@ -10,6 +10,7 @@ use micronets_certgen::dev::{self, DevPki};
 use micronets_certgen::{Authority, KeyType, LeafSpec, Usage};
 use micronets_proxy::{FileConfig, Metrics, Overrides, Proxy};
 use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -460,4 +461,52 @@ pub(crate) fn sample(metrics: &str, series: &str) -> f64 {
 pub(crate) fn cert_der(path: &Path) -> Vec<u8> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::pem_file_iter(path).unwrap().next().unwrap().unwrap().to_vec()
+}
+
+/// A TLS connection made with `config` (which keeps the session for resumption), the upgrade
+/// request sent, and the whole answer read: whether the session was resumed, and the answer.
+pub(crate) async fn upgrade_over(proxy: &TestProxy, config: &Arc<rustls::ClientConfig>) -> (bool, String) {
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut tls = within(
+        "TLS",
+        TlsConnector::from(Arc::clone(config)).connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .unwrap();
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    tls.write_all(upgrade_request("gw/1").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    // A 101 keeps the connection open: the head is enough; a refused session is closed.
+    let _ = within("answer", async {
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && matches!(tls.read(&mut byte).await, Ok(1)) {
+            head.push(byte[0]);
+        }
+    })
+    .await;
+    (resumed, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// A client configuration for `versions` that keeps sessions to resume them.
+pub(crate) fn resuming_client(
+    pki: &Pki,
+    cert: &std::path::Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(pki.dev.root_cert()).unwrap();
+    for der in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let pem = std::fs::read(cert).unwrap();
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&pem).map(Result::unwrap).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    Arc::new(config)
 }
