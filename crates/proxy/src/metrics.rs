@@ -60,6 +60,10 @@ pub struct Metrics {
     pub handshakes_full: AtomicU64,
     /// TLS handshakes that resumed an earlier session.
     pub handshakes_resumed: AtomicU64,
+    /// Connections waiting for a handshake slot (`max_handshakes_in_flight`).
+    pub handshakes_queued: AtomicU64,
+    /// TLS handshakes being worked on.
+    pub handshakes_in_flight: AtomicU64,
     handshake_failures: Tally<&'static str>,
     upgrade_refusals: Tally<u16>,
     conn_errors: Tally<u16>,
@@ -285,6 +289,15 @@ impl Drop for OpenConnection {
     }
 }
 
+/// One unit of a gauge, given back when dropped ([`Metrics::hold`]).
+pub(crate) struct Held<'a>(&'a AtomicU64);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Metrics {
     /// Adds one to a counter.
     pub fn inc(counter: &AtomicU64) {
@@ -307,6 +320,12 @@ impl Metrics {
         Metrics::inc(&self.connections_accepted);
         Metrics::inc(&self.connections_open);
         OpenConnection(Arc::clone(self))
+    }
+
+    /// Adds one to `gauge` until the guard is dropped.
+    pub(crate) fn hold<'a>(&self, gauge: &'a AtomicU64) -> Held<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Held(gauge)
     }
 
     /// Records the relay latency of a sampled frame.

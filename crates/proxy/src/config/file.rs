@@ -91,11 +91,16 @@ pub(super) struct AclSection {
 pub(super) struct ListenSection {
     pub(super) bind: String,
     pub(super) path_prefix: String,
+    pub(super) backlog: u32,
 }
 
 impl Default for ListenSection {
     fn default() -> Self {
-        ListenSection { bind: "0.0.0.0:5050".into(), path_prefix: "/micronets/v1/ws-proxy/".into() }
+        ListenSection {
+            bind: "0.0.0.0:5050".into(),
+            path_prefix: "/micronets/v1/ws-proxy/".into(),
+            backlog: 4096,
+        }
     }
 }
 
@@ -166,6 +171,7 @@ pub(super) struct LimitsSection {
     pub(super) max_frames_per_second: u64,
     pub(super) max_bytes_per_second: u64,
     pub(super) max_handshakes_per_second: u64,
+    pub(super) max_handshakes_in_flight: usize,
     pub(super) max_request_head_bytes: usize,
     pub(super) max_request_headers: usize,
     pub(super) max_frame_bytes: usize,
@@ -185,6 +191,7 @@ impl Default for LimitsSection {
             max_frames_per_second: 0,
             max_bytes_per_second: 0,
             max_handshakes_per_second: 0,
+            max_handshakes_in_flight: 256,
             max_request_head_bytes: 16 * 1024,
             max_request_headers: 64,
             max_frame_bytes: 1 << 20,

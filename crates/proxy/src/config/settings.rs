@@ -40,6 +40,9 @@ pub struct Config {
     pub bind: SocketAddr,
     /// The URL path prefix before the room id (`listen.path_prefix`).
     pub path_prefix: String,
+    /// Connections the kernel queues before they are accepted (`listen.backlog`; the kernel
+    /// caps it at `net.core.somaxconn`).
+    pub backlog: u32,
     /// Server certificate chain, and the key unless `server_key` is set (`tls.server_cert`).
     pub server_cert: PathBuf,
     /// A separate server key file (`tls.server_key`).
@@ -97,6 +100,9 @@ pub struct Config {
     /// New connections accepted per second, 0 for no limit; past it they are dropped before
     /// any TLS work (`limits.max_handshakes_per_second`).
     pub max_handshakes_per_second: u64,
+    /// TLS handshakes worked on at once (`limits.max_handshakes_in_flight`); more connections
+    /// wait their turn, in order, up to `handshake_timeout`.
+    pub max_handshakes_in_flight: usize,
     /// Largest frame accepted (`limits.max_frame_bytes`).
     pub max_frame_bytes: usize,
     /// Frames queued to one member at most (`limits.queue_frames`).

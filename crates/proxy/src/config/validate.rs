@@ -58,6 +58,7 @@ impl FileConfig {
         positive("rooms.hold_max_bytes", rooms.hold_max_bytes)?;
         positive("limits.max_connections", limits.max_connections)?;
         positive("limits.max_rooms", limits.max_rooms)?;
+        positive("limits.max_handshakes_in_flight", limits.max_handshakes_in_flight)?;
         if limits.max_hello_bytes < 256 {
             return Err(invalid("limits.max_hello_bytes", "must be at least 256".into()));
         }
@@ -84,6 +85,7 @@ impl FileConfig {
         Ok(Config {
             bind,
             path_prefix,
+            backlog: self.listen.backlog.max(1),
             server_cert,
             server_key,
             client_ca,
@@ -108,6 +110,7 @@ impl FileConfig {
             max_frames_per_second: limits.max_frames_per_second,
             max_bytes_per_second: limits.max_bytes_per_second,
             max_handshakes_per_second: limits.max_handshakes_per_second,
+            max_handshakes_in_flight: limits.max_handshakes_in_flight,
             max_request_head_bytes: limits.max_request_head_bytes,
             max_request_headers: limits.max_request_headers,
             max_frame_bytes: limits.max_frame_bytes,

@@ -92,19 +92,44 @@ pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, places: 
 
 /// TLS handshake, identity and upgrade, all within `handshake_timeout`.
 async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream) -> Option<Established> {
-    let deadline = Instant::now() + gate.config.handshake_timeout;
     let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from((IpAddr::from([0, 0, 0, 0]), 0)));
+    let (tls, identity, deadline) = handshake(gate, tcp).await?;
+    Span::current().record("subject", tracing::field::display(&identity.subject));
+    Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
+    gate.expiry.check(&identity, gate.config.expiry_warning, &gate.metrics);
+    let established = upgrade(gate, hub, tls, identity, peer, deadline).await?;
+    Span::current().record("room", tracing::field::display(&established.admitted.room));
+    Some(established)
+}
+
+/// Waits for one of the `max_handshakes_in_flight` handshake slots (in arrival order, up to
+/// `handshake_timeout`), then runs the TLS handshake and reads the peer's identity within
+/// `handshake_timeout`; returns the session, the identity and the deadline the upgrade
+/// request must also meet. The slot is given back once the TLS work is done.
+async fn handshake(gate: &Gate, tcp: TcpStream) -> Option<(Tls, PeerIdentity, Instant)> {
+    let metrics = &gate.metrics;
+    let waited = {
+        let _queued = metrics.hold(&metrics.handshakes_queued);
+        time::timeout(gate.config.handshake_timeout, gate.handshake_slots.acquire()).await
+    };
+    let Ok(Ok(_slot)) = waited else {
+        metrics.connection_ended("handshake_queue_timeout");
+        info!("no handshake slot within handshake_timeout: closed before any TLS work");
+        return None;
+    };
+    let _in_flight = metrics.hold(&metrics.handshakes_in_flight);
+    let deadline = Instant::now() + gate.config.handshake_timeout;
     let config = Arc::clone(&gate.tls.load().server);
     let tls = match time::timeout_at(deadline, tls_stream::accept(config, tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let (label, detail) = tls::handshake_failure(&e);
-            gate.metrics.handshake_failed(label);
+            metrics.handshake_failed(label);
             info!(reason = label, detail = %detail, "TLS handshake failed");
             return None;
         }
         Err(_) => {
-            gate.metrics.handshake_failed("timeout");
+            metrics.handshake_failed("timeout");
             info!(reason = "timeout", "TLS handshake not completed within handshake_timeout");
             return None;
         }
@@ -114,30 +139,25 @@ async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream) -> Option<Established
     let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     if resumed && let Err(e) = gate.verify_chain(chain) {
         let label = tls::failure_label(&e);
-        gate.metrics.handshake_failed(label);
+        metrics.handshake_failed(label);
         info!(reason = label, detail = %e, "resumed TLS session refused: its certificate does not verify now");
         return None;
     }
-    Metrics::inc(if resumed { &gate.metrics.handshakes_resumed } else { &gate.metrics.handshakes_full });
+    Metrics::inc(if resumed { &metrics.handshakes_resumed } else { &metrics.handshakes_full });
     let identity = match chain.first().map(|c| PeerIdentity::from_der(c)) {
         Some(Ok(identity)) => identity,
         Some(Err(e)) => {
-            gate.metrics.handshake_failed("bad_certificate");
+            metrics.handshake_failed("bad_certificate");
             warn!(error = %e, "verified client certificate cannot be parsed");
             return None;
         }
         None => {
-            gate.metrics.handshake_failed("no_client_certificate");
+            metrics.handshake_failed("no_client_certificate");
             warn!("handshake completed without a client certificate");
             return None;
         }
     };
-    Span::current().record("subject", tracing::field::display(&identity.subject));
-    Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
-    gate.expiry.check(&identity, gate.config.expiry_warning, &gate.metrics);
-    let established = upgrade(gate, hub, tls, identity, peer, deadline).await?;
-    Span::current().record("room", tracing::field::display(&established.admitted.room));
-    Some(established)
+    Some((tls, identity, deadline))
 }
 
 /// Reads the upgrade request within the handshake deadline and answers it: a refusal (logged,

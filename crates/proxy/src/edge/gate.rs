@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use rustls_pki_types::{CertificateDer, UnixTime};
+use tokio::sync::Semaphore;
 
 use super::acl::{Acl, Decision};
 use super::auth_hook::AuthHook;
@@ -45,6 +46,9 @@ pub(crate) struct Gate {
     pub(crate) per_identity: Arc<PerKey<Fingerprint>>,
     /// Certificates about to expire, each told once.
     pub(crate) expiry: ExpiryWatch,
+    /// One per TLS handshake worked on at once (`max_handshakes_in_flight`); fair, so
+    /// connections get theirs in arrival order.
+    pub(crate) handshake_slots: Semaphore,
     /// When each certificate's last identity conflict was logged.
     pub(crate) conflicts: ConflictLog,
     pub(crate) metrics: Arc<Metrics>,
@@ -103,6 +107,7 @@ impl Gate {
             per_ip: PerKey::new(config.max_connections_per_ip),
             per_identity: PerKey::new(config.max_connections_per_identity),
             expiry: ExpiryWatch::default(),
+            handshake_slots: Semaphore::new(config.max_handshakes_in_flight),
             conflicts: ConflictLog::default(),
             metrics,
             config,

@@ -103,6 +103,18 @@ impl Collector for Scrape {
             "Connections by outcome: refused at max_connections, tls_failed, upgrade_refused, upgrade_incomplete, or the reason a WebSocket ended.",
             &Self::by("outcome", outcomes),
         )?;
+        Self::gauge(
+            &mut e,
+            "tls_handshakes_in_flight",
+            "TLS handshakes being worked on (at most limits.max_handshakes_in_flight).",
+            Metrics::get(&m.handshakes_in_flight),
+        )?;
+        Self::gauge(
+            &mut e,
+            "tls_handshakes_queued",
+            "Accepted connections waiting for a handshake slot.",
+            Metrics::get(&m.handshakes_queued),
+        )?;
         Self::labelled(
             &mut e,
             "tls_handshakes",

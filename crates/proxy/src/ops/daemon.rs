@@ -60,7 +60,13 @@ pub async fn run(proxy: Proxy, on_listening: impl FnOnce(SocketAddr, &Config)) -
         }
     };
     let config = &proxy.shared.config;
-    let Some(listener) = bind(config.bind, "peers").await else { return ExitCode::from(1) };
+    let listener = match listen(config.bind, config.backlog) {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(bind = %config.bind, error = %e, "cannot listen for peers");
+            return ExitCode::from(1);
+        }
+    };
     let admin = match config.admin_bind {
         Some(addr) => match bind(addr, "the admin endpoint").await {
             Some(admin) => Some(admin),
@@ -85,6 +91,18 @@ pub async fn run(proxy: Proxy, on_listening: impl FnOnce(SocketAddr, &Config)) -
         None => ExitCode::SUCCESS,
         Some(signal) => ExitCode::from(signal.exit_code()),
     }
+}
+
+/// Listens for peers on `addr`, the kernel queueing up to `backlog` connections (tokio's own
+/// `bind` queues 1024: a restart storm would overflow it).
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    TcpListener::from_std(socket.into())
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Option<TcpListener> {

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use micronets_certgen::{KeyType, RootSpec, issue_root};
@@ -323,5 +324,48 @@ async fn connections_past_the_per_address_and_per_certificate_limits_are_refused
         }
     })
     .await;
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn past_the_handshake_slots_connections_wait_their_turn_then_are_closed_before_tls() {
+    let pki = Pki::new();
+    let toml = format!(
+        "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = {:?}\nclient_ca = {:?}\nhandshake_timeout = \"1s\"\n[limits]\nmax_handshakes_in_flight = 1\n[shutdown]\ndrain_window = \"100ms\"\n",
+        pki.dev.pkeycert(&micronets_certgen::dev::PROXY).display().to_string(),
+        pki.dev.root_cert().display().to_string(),
+    );
+    let proxy = crate::support::start_toml(&pki, &toml).await;
+    let (mut a, mut b) = crate::support::pair(&proxy, "r").await;
+    let gauge = |m: &AtomicU64| micronets_proxy::Metrics::get(m);
+    // Two connections that never say a word: the first takes the one slot until its
+    // handshake_timeout, the second waits for it, and gets it next.
+    let _first = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    eventually("the first in flight", || gauge(&proxy.metrics.handshakes_in_flight) == 1).await;
+    let _second = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    eventually("the second queued", || gauge(&proxy.metrics.handshakes_queued) == 1).await;
+    // Meanwhile the node answers its health checks and the open room relays.
+    assert_eq!(proxy.admin("GET", "/healthz").await.0, 200);
+    a.send_text(r#"{"message": {"messageType": "EVENT:during"}}"#).await;
+    assert!(b.recv_text().await.contains("EVENT:during"));
+    // A client behind them waits longer than handshake_timeout: closed before any TLS work,
+    // counted, and free to retry.
+    let path = format!("{PREFIX}r2");
+    let refused = within(
+        "queued client",
+        Client::connect(proxy.addr, &pki.dev.root_cert(), &pki.client("gw-3"), &path),
+    )
+    .await;
+    assert!(refused.is_err(), "no WebSocket for a connection that waited past its time");
+    let (_, metrics) = proxy.admin("GET", "/metrics").await;
+    assert_eq!(
+        crate::support::sample(&metrics, "ws_proxy_connections_total{outcome=\"handshake_queue_timeout\"}"),
+        1.0,
+        "{metrics}"
+    );
+    // Once the silent ones are gone, its retry goes through.
+    eventually("the slot free", || gauge(&proxy.metrics.handshakes_in_flight) == 0).await;
+    let retried = proxy.connect("gw-3", "r2").await;
+    drop(retried);
     proxy.stop().await;
 }
