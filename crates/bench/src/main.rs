@@ -6,11 +6,14 @@
 //! meaningful when the load generator, not the server, is the bottleneck. See
 //! `docs/performance.md` for how to run it pinned to its own core.
 
+mod fleet;
 mod frame;
 mod peers;
+mod report;
 mod scenarios;
 mod server;
 mod stats;
+mod storm;
 mod transport;
 
 use std::path::PathBuf;
@@ -47,6 +50,21 @@ struct Cli {
     scenario: Scenario,
 }
 
+/// How a fleet's peers connect.
+#[derive(clap::Args, Clone, Debug)]
+struct FleetArgs {
+    /// First connections in progress at once (the cold start).
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+    /// Number the rooms from here, so that several generators can share the relay.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Connect from these local addresses in turn (127.0.0.2,127.0.0.3,...), so that
+    /// ephemeral ports last.
+    #[arg(long, value_delimiter = ',')]
+    source_ip: Vec<std::net::IpAddr>,
+}
+
 #[derive(Subcommand, Clone, Debug)]
 enum Scenario {
     /// R rooms of 2 peers; A streams M messages of S bytes to B (window W in flight), or
@@ -74,17 +92,54 @@ enum Scenario {
         #[arg(long, default_value_t = 64)]
         window: u64,
     },
-    /// N full mTLS handshakes + upgrade + HELLO, C at a time, no TLS resumption.
+    /// N full mTLS handshakes + upgrade + HELLO, C at a time; with --resume, then N more that
+    /// resume the first ones' TLS sessions, and the server's CPU for each kind.
     Connect {
         #[arg(long, default_value_t = 1000)]
         count: usize,
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        #[arg(long)]
+        resume: bool,
     },
-    /// N idle connections after HELLO; reports the server's RSS growth per connection.
+    /// N idle peers in rooms of two, connected C at a time, every room whole; reports the
+    /// server's RSS per peer at checkpoints and its CPU per connection.
     Idle {
         #[arg(long, default_value_t = 1000)]
         count: usize,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// Report the RSS per peer at these peer counts [default: every tenth of N].
+        #[arg(long, value_delimiter = ',')]
+        checkpoints: Vec<usize>,
+        /// Keep the peers connected this many seconds once every room is whole (after a
+        /// "ready" line on stderr), for measurements from outside.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+    },
+    /// N peers in rooms of two on a relay ws-bench starts with --proxy-cmd; then the relay is
+    /// stopped with --signal and started again, and the peers come back with the client's
+    /// backoff: the time until every room is whole again, the refusals on the way, what the
+    /// new process spent, and whether every pair relays again.
+    Storm {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        #[command(flatten)]
+        fleet: FleetArgs,
+        /// The relay's command line, run with `sh -c` (its output goes to a log file in the
+        /// temp dir); its address is the --url's.
+        #[arg(long)]
+        proxy_cmd: String,
+        #[arg(long, value_enum, default_value = "term")]
+        signal: storm::StopSignal,
+        /// Hold the listening socket across the restart and pass it to each relay process,
+        /// as systemd's socket activation does (ws-proxy.socket), with this backlog.
+        #[arg(long)]
+        socket_activation: Option<u32>,
+        /// Each phase (cold start, the return, a check round) must end within this many
+        /// seconds.
+        #[arg(long, default_value_t = 120)]
+        phase_timeout: u64,
     },
     /// R streaming rooms, measured alone, next to a room whose receiver stops reading, and alone again.
     Slow {

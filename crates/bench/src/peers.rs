@@ -67,6 +67,7 @@ impl Identities {
             headers: Vec::new(),
             timeout: Duration::from_secs(30),
             max_frame_bytes: 16 << 20,
+            local_address: None,
         };
         Ok(connect(&options).await?)
     }

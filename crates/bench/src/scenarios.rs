@@ -1,4 +1,4 @@
-//! The scenarios, and the report they produce.
+//! The scenarios: streaming pairs, fan-out, connects, idle peers, a stalled receiver.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,128 +7,25 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::fleet::{Fleet, Layout};
 use crate::peers::{Identities, expect, hello};
+use crate::report::{Checkpoint, FleetFigures, ProcessFigures, Report, ResumptionFigures};
 use crate::stats::{Delivery, Percentiles, SequenceCheck};
+use crate::storm::StormOptions;
 use crate::transport::{Conn, FrameSink, FrameStream, Target, node_url, ws_conn};
 use crate::{Cli, Scenario, frame, server};
-
-/// One run's figures.
-#[derive(Debug, Default, Serialize)]
-pub(crate) struct Report {
-    scenario: String,
-    params: serde_json::Value,
-    elapsed_s: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    msgs_per_sec: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mb_per_sec: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    latency_us: Option<Percentiles>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    handshakes_per_sec: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    server_cpu_us_per_message: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    server_cpu_us_per_handshake: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    server_rss_bytes_per_connection: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    throughput_ratio_next_to_stalled_room: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    server_rss_peak_bytes: Option<u64>,
-    delivery: Delivery,
-    /// The same scenario through the floor, in the same run.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    floor: Option<Box<Report>>,
-    /// Server CPU per message or handshake, relay / floor.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cpu_ratio_to_floor: Option<f64>,
-    /// p99 latency, relay / floor.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    p99_ratio_to_floor: Option<f64>,
-    /// RSS per idle connection, relay / floor.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rss_ratio_to_floor: Option<f64>,
-}
-
-impl Report {
-    fn with_floor(mut self, floor: Report) -> Self {
-        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b);
-        self.cpu_ratio_to_floor = ratio(self.server_cpu_us_per_message, floor.server_cpu_us_per_message)
-            .or(ratio(self.server_cpu_us_per_handshake, floor.server_cpu_us_per_handshake));
-        self.rss_ratio_to_floor =
-            ratio(self.server_rss_bytes_per_connection, floor.server_rss_bytes_per_connection);
-        self.p99_ratio_to_floor = ratio(self.latency_us.map(|l| l.p99), floor.latency_us.map(|l| l.p99));
-        self.delivery.add(&floor.delivery);
-        self.floor = Some(Box::new(floor));
-        self
-    }
-
-    pub(crate) fn delivery_ok(&self) -> bool {
-        self.delivery.is_perfect()
-    }
-
-    pub(crate) fn print(&self, json: bool) {
-        if json {
-            println!("{}", serde_json::to_string(self).unwrap_or_default());
-            return;
-        }
-        self.print_text();
-        if let Some(floor) = &self.floor {
-            println!("floor (bare mTLS forwarder, same scenario):");
-            floor.print_text();
-            if let Some(r) = self.cpu_ratio_to_floor {
-                println!("  relay / floor      {r:.2}x server CPU");
-            }
-            if let Some(r) = self.p99_ratio_to_floor {
-                println!("  relay / floor      {r:.2}x p99 latency");
-            }
-            if let Some(r) = self.rss_ratio_to_floor {
-                println!("  relay / floor      {r:.2}x RSS per connection");
-            }
-        }
-    }
-
-    fn print_text(&self) {
-        println!("{} {}", self.scenario, self.params);
-        println!("  elapsed            {:.3} s", self.elapsed_s);
-        let line = |name: &str, value: Option<f64>, unit: &str| {
-            if let Some(v) = value {
-                println!("  {name:<18} {v:.2} {unit}");
-            }
-        };
-        line("throughput", self.msgs_per_sec, "msgs/s");
-        line("throughput", self.mb_per_sec, "MB/s");
-        line("handshakes", self.handshakes_per_sec, "/s");
-        line("server CPU", self.server_cpu_us_per_message, "us/message");
-        line("server CPU", self.server_cpu_us_per_handshake, "us/handshake");
-        line("server RSS", self.server_rss_bytes_per_connection, "bytes/connection");
-        line("next to stalled", self.throughput_ratio_next_to_stalled_room, "x alone");
-        line("server RSS peak", self.server_rss_peak_bytes.map(|b| b as f64 / 1048576.0), "MiB");
-        if let Some(l) = self.latency_us {
-            println!(
-                "  latency (us)       p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
-                l.p50, l.p90, l.p99, l.p999, l.max
-            );
-        }
-        let d = self.delivery;
-        println!(
-            "  delivery           sent {} received {} lost {} duplicated {} reordered {} corrupted {}",
-            d.sent, d.received, d.lost, d.duplicated, d.reordered, d.corrupted
-        );
-    }
-}
 
 /// Runs the scenario chosen on the command line against the relay and, when a floor is given
 /// and the scenario applies to it, against the floor too.
 pub(crate) async fn run(cli: &Cli) -> Result<Report> {
     let ids = Identities::new(&cli.pki)?;
     let relay = run_on(&ids, &Target::Relay(cli.url.clone()), &cli.scenario, &cli.server_pid).await?;
-    let floor_applies =
-        matches!(cli.scenario, Scenario::Pairs { .. } | Scenario::Connect { .. } | Scenario::Idle { .. });
+    let floor_applies = matches!(
+        cli.scenario,
+        Scenario::Pairs { .. } | Scenario::Connect { resume: false, .. } | Scenario::Idle { .. }
+    );
     match cli.floor {
         Some(addr) if floor_applies => {
             let floor = run_on(&ids, &Target::Floor(addr), &cli.scenario, cli.floor_pid.as_slice()).await?;
@@ -170,7 +67,11 @@ async fn run_on(ids: &Identities, target: &Target, scenario: &Scenario, pid: &[u
             let after = server::sample(pid)?;
             Ok(throughput_report("fanout", params, elapsed, size, vec![result], before, after))
         }
-        Scenario::Connect { count, concurrency } => {
+        Scenario::Connect { count, concurrency, resume: true } => {
+            let Target::Relay(urls) = target else { bail!("connect --resume needs the relay") };
+            connect_resume(ids, urls, count, concurrency, pid).await
+        }
+        Scenario::Connect { count, concurrency, resume: false } => {
             let params = serde_json::json!({"count": count, "concurrency": concurrency});
             let before = server::sample(pid)?;
             let started = Instant::now();
@@ -196,7 +97,41 @@ async fn run_on(ids: &Identities, target: &Target, scenario: &Scenario, pid: &[u
                 ..Report::default()
             })
         }
-        Scenario::Idle { count } => idle(ids, target, count, pid).await,
+        Scenario::Idle { count, fleet, checkpoints, hold } => match target {
+            Target::Relay(urls) => {
+                let layout =
+                    Layout { peers: count, offset: fleet.offset, source_ips: fleet.source_ip, tag: "idle" };
+                idle_fleet(
+                    ids,
+                    urls,
+                    &layout,
+                    fleet.concurrency,
+                    &checkpoints,
+                    Duration::from_secs(hold),
+                    pid,
+                )
+                .await
+            }
+            Target::Floor(_) => idle_floor(ids, target, count, pid).await,
+        },
+        Scenario::Storm { count, fleet, proxy_cmd, signal, socket_activation, phase_timeout } => {
+            let Target::Relay(urls) = target else { bail!("storm needs the relay") };
+            let [url] = urls.as_slice() else { bail!("storm runs against one relay: give one --url") };
+            let options = StormOptions {
+                layout: Layout {
+                    peers: count,
+                    offset: fleet.offset,
+                    source_ips: fleet.source_ip,
+                    tag: "storm",
+                },
+                concurrency: fleet.concurrency,
+                proxy_cmd: &proxy_cmd,
+                signal,
+                socket_activation,
+                phase_timeout: Duration::from_secs(phase_timeout),
+            };
+            crate::storm::storm(ids, url, options).await
+        }
         Scenario::Slow { rooms, messages, size } => slow(ids, target, rooms, messages, size, pid).await,
         Scenario::FloorServer { .. } => bail!("floor-server is not a scenario"),
     }
@@ -419,26 +354,13 @@ async fn ping_pong_room(a: Conn, b: Conn, messages: u64, size: usize) -> Result<
     Ok(result)
 }
 
-async fn idle(ids: &Identities, target: &Target, count: usize, pid: &[u32]) -> Result<Report> {
+/// `idle` through the floor: connections in pairs, each registered with the floor (it
+/// acknowledges), held, then the RSS per connection.
+async fn idle_floor(ids: &Identities, target: &Target, count: usize, pid: &[u32]) -> Result<Report> {
     let before = server::sample(pid)?;
     let started = Instant::now();
     let connections: Vec<Result<Conn>> = futures_util::stream::iter(0..count)
-        .map(|i| async move {
-            let mut conn = target.connect(ids, &format!("bench/idle/{i}"), 0).await?;
-            if let Target::Relay(_) = target {
-                // Alone in its room, a message that asks for a response is answered at once:
-                // the answer proves the relay has set this member up completely. (The floor
-                // acknowledges registration itself.)
-                let probe =
-                    r#"{"message":{"messageId":1,"messageType":"EVENT:bench-idle","requiresResponse":true}}"#;
-                conn.sink.send(Bytes::from_static(probe.as_bytes())).await?;
-                match conn.stream.next().await {
-                    Some(Ok(answer)) if answer.windows(10).any(|w| w == b"CONN:ERROR") => {}
-                    other => bail!("expected the relay's CONN:ERROR 503, got {other:?}"),
-                }
-            }
-            Ok(conn)
-        })
+        .map(|i| async move { target.connect(ids, &format!("bench/idle/{}", i / 2), i % 2).await })
         .buffer_unordered(64)
         .collect()
         .await;
@@ -532,4 +454,155 @@ async fn slow(
         delivery,
         ..Report::default()
     })
+}
+
+/// `idle` on the relay: the fleet connects in waves up to each checkpoint; at each, every room
+/// is whole and the RSS per peer is read. Then, with `hold`, the peers stay (after a "ready"
+/// line on stderr) and every room is checked whole again.
+async fn idle_fleet(
+    ids: &Identities,
+    urls: &[String],
+    layout: &Layout,
+    concurrency: usize,
+    checkpoints: &[usize],
+    hold: Duration,
+    pid: &[u32],
+) -> Result<Report> {
+    let count = layout.peers / 2 * 2;
+    let mut marks: Vec<usize> = if checkpoints.is_empty() {
+        (1..=10).map(|k| count * k / 10).collect()
+    } else {
+        checkpoints.to_vec()
+    };
+    marks.push(count);
+    marks.iter_mut().for_each(|m| *m = (*m).min(count) / 2 * 2);
+    marks.sort_unstable();
+    marks.dedup();
+    marks.retain(|&m| m > 0);
+    let before = server::sample(pid)?;
+    let started = Instant::now();
+    let mut fleets: Vec<Arc<Fleet>> = Vec::new();
+    let mut figures = FleetFigures { peers: count, rooms: count / 2, ..FleetFigures::default() };
+    let mut connected = 0;
+    for mark in marks {
+        let wave =
+            Layout { peers: mark - connected, offset: layout.offset + connected / 2, ..layout.clone() };
+        let fleet = Fleet::start(&Fleet::devices(ids, urls, &wave)?, concurrency, false);
+        let whole = fleet.wait_whole(started, Instant::now() + Duration::from_secs(300)).await;
+        let rooms = fleet.peers() / 2;
+        fleets.push(fleet);
+        if whole < rooms {
+            fleets.iter().for_each(|f| f.stop());
+            bail!("only {whole} of {rooms} rooms whole after 300 s ({} peers connected before)", connected);
+        }
+        connected = mark;
+        if let (Some(b), Some(now)) = (before, server::sample(pid)?) {
+            let rss_bytes_per_peer = (now.rss_bytes as f64 - b.rss_bytes as f64) / connected as f64;
+            figures.checkpoints.push(Checkpoint { peers: connected, rss_bytes_per_peer });
+        }
+    }
+    figures.cold_start_s = started.elapsed().as_secs_f64();
+    let after = server::sample(pid)?;
+    figures.server_cpu_us_per_connection = cpu_per(before, after, count as u64);
+    for &p in pid {
+        let s = server::sample_process(p)?;
+        figures.processes.push(ProcessFigures { pid: p, rss_bytes: s.rss_bytes, cpu_s: s.cpu_seconds });
+    }
+    if !hold.is_zero() {
+        eprintln!("ws-bench: ready: {count} peers, {} rooms whole", count / 2);
+        tokio::time::sleep(hold).await;
+    }
+    figures.rooms_whole = fleets.iter().map(|f| f.rooms_whole_since(started)).sum();
+    for fleet in &fleets {
+        fleet.stop();
+        figures.refusals.extend(fleet.refusals());
+        figures.endings.extend(fleet.endings());
+    }
+    let rooms = (count / 2) as u64;
+    Ok(Report {
+        scenario: "idle".into(),
+        params: serde_json::json!({"count": count, "concurrency": concurrency, "offset": layout.offset, "hold_s": hold.as_secs()}),
+        elapsed_s: figures.cold_start_s,
+        server_rss_bytes_per_connection: figures.checkpoints.last().map(|c| c.rss_bytes_per_peer),
+        delivery: Delivery {
+            sent: rooms,
+            received: figures.rooms_whole as u64,
+            lost: rooms - figures.rooms_whole as u64,
+            ..Delivery::default()
+        },
+        fleet: Some(figures),
+        ..Report::default()
+    })
+}
+
+/// `connect --resume`: devices in rooms of two connect (full handshakes) until every room is
+/// whole, leave, then come back resuming their TLS sessions until every room is whole again.
+/// The server's CPU per connection for each: handshake, upgrade, HELLO and join, from the same
+/// run (the leaving in between is not counted).
+async fn connect_resume(
+    ids: &Identities,
+    urls: &[String],
+    count: usize,
+    concurrency: usize,
+    pid: &[u32],
+) -> Result<Report> {
+    let layout = Layout { peers: count, offset: 0, source_ips: Vec::new(), tag: "resume" };
+    let devices = Fleet::devices(ids, urls, &layout)?;
+    let count = devices.len();
+    let round = || async {
+        let before = server::sample(pid)?;
+        let started = Instant::now();
+        let fleet = Fleet::start(&devices, concurrency, false);
+        let whole = fleet.wait_whole(started, started + Duration::from_secs(300)).await;
+        let after = server::sample(pid)?;
+        let elapsed = started.elapsed();
+        let handshakes = fleet.take_handshakes();
+        fleet.stop();
+        if whole < count / 2 {
+            bail!("only {whole} of {} rooms whole", count / 2);
+        }
+        settle(pid).await?;
+        let kernel =
+            before.zip(after).map(|(b, a)| (a.kernel_seconds - b.kernel_seconds) * 1e6 / count as f64);
+        let cpu = cpu_per(before, after, count as u64);
+        anyhow::Ok((elapsed, handshakes.get("resumed").copied().unwrap_or(0) as usize, cpu.zip(kernel)))
+    };
+    let (full_elapsed, _, full) = round().await?;
+    let (resumed_elapsed, resumed, again) = round().await?;
+    let full_cpu = full.map(|(cpu, _)| cpu);
+    let figures = full.zip(again).map(|((full, full_kernel), (again, again_kernel))| ResumptionFigures {
+        server_cpu_us_per_full: full,
+        server_cpu_us_per_resumed: again,
+        resumed_to_full: if full > 0.0 { again / full } else { 0.0 },
+        server_kernel_us_per_full: full_kernel,
+        server_kernel_us_per_resumed: again_kernel,
+        resumed,
+        attempted: count,
+    });
+    let elapsed = full_elapsed + resumed_elapsed;
+    Ok(Report {
+        scenario: "connect".into(),
+        params: serde_json::json!({"count": count, "concurrency": concurrency, "resume": true}),
+        elapsed_s: elapsed.as_secs_f64(),
+        handshakes_per_sec: Some(2.0 * count as f64 / elapsed.as_secs_f64()),
+        server_cpu_us_per_handshake: full_cpu,
+        fleet: Some(FleetFigures { peers: count, resumption: figures, ..FleetFigures::default() }),
+        ..Report::default()
+    })
+}
+
+/// Waits until the server's CPU time stops moving (what it does when connections close is not
+/// part of the next measurement), at most 10 s.
+async fn settle(pid: &[u32]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = server::sample(pid)?.map(|s| s.cpu_seconds);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = server::sample(pid)?.map(|s| s.cpu_seconds);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    Ok(())
 }

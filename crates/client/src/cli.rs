@@ -73,6 +73,9 @@ pub struct Cli {
     /// Forwarder: answer 504 after this long without the local service's response.
     #[arg(long, default_value = "25s", value_parser = duration)]
     forward_timeout: Duration,
+    /// Connect from this local address (a multi-homed gateway's uplink).
+    #[arg(long)]
+    local_address: Option<IpAddr>,
     /// Reconnect after failures, refusals and lost connections, with exponential backoff and
     /// full jitter, waiting at least what the relay's Retry-After asks [default: with
     /// --forward-to].
@@ -156,6 +159,7 @@ impl Cli {
             headers,
             timeout: Duration::from_secs(20),
             max_frame_bytes: MAX_FRAME_BYTES,
+            local_address: self.local_address,
         };
         let gateway = self.forward_to.is_some();
         let forward = match self.forward_to {

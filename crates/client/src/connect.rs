@@ -1,13 +1,14 @@
 //! Opening the WebSocket: TCP (directly or through an HTTP CONNECT proxy), TLS, the upgrade
 //! with extra headers.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
@@ -38,6 +39,8 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// Largest frame accepted from the relay.
     pub max_frame_bytes: usize,
+    /// The local address to connect from (a multi-homed gateway's uplink); any when `None`.
+    pub local_address: Option<IpAddr>,
 }
 
 /// The target of a `wss://` URL.
@@ -120,9 +123,19 @@ impl Connector {
     /// [`Error::Invalid`] for a bad URL or header, [`Error::Tls`] naming an unusable file,
     /// [`Error::NoTrustAnchors`].
     pub fn new(options: ConnectOptions) -> Result<Self> {
+        let tls = client_config(&options.tls)?;
+        Connector::with_tls(options, tls)
+    }
+
+    /// A connector with a TLS configuration of the caller's (made by
+    /// [`client_config`](crate::tls::client_config), with its own session store, say); the TLS
+    /// part of `options` is not read.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for a bad URL or header.
+    pub fn with_tls(options: ConnectOptions, tls: Arc<ClientConfig>) -> Result<Self> {
         let target = Target::of_url(&options.url)?;
         upgrade_request(&options)?;
-        let tls = client_config(&options.tls)?;
         Ok(Connector { options, target, tls })
     }
 
@@ -146,7 +159,7 @@ impl Connector {
         let attempt = async {
             let tcp = match &options.via {
                 Some(proxy) => tunnel(proxy, target).await?,
-                None => TcpStream::connect((target.host.as_str(), target.port))
+                None => tcp_connect(target, options.local_address)
                     .await
                     .map_err(|e| Error::Connect { target: target.authority(), reason: e.to_string() })?,
             };
@@ -191,6 +204,29 @@ impl Connector {
         };
         tokio::time::timeout(options.timeout, attempt).await.map_err(|_| Error::Timeout(options.timeout))?
     }
+}
+
+/// A TCP connection to `target`, from `local` when given.
+async fn tcp_connect(target: &Target, local: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(local) = local else { return TcpStream::connect((target.host.as_str(), target.port)).await };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((target.host.as_str(), target.port)).await? {
+        if addr.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.bind(SocketAddr::new(local, 0))?;
+        match socket.connect(addr).await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("no address of the family of {local}"),
+        )
+    }))
 }
 
 /// The upgrade request of `options`: its URL and extra headers.

@@ -52,6 +52,7 @@ async fn extra_headers_travel_with_the_upgrade_request() {
         headers: vec![("Authorization".into(), "Bearer t0ken".into()), ("X-Gateway".into(), "gw-1".into())],
         timeout: Duration::from_secs(5),
         max_frame_bytes: 1 << 20,
+        local_address: None,
     };
     connect(&options).await.unwrap();
     let headers = seen.lock().unwrap().clone();

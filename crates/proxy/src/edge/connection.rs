@@ -1,7 +1,8 @@
 //! One accepted TCP connection: the TLS handshake, the peer's identity, the upgrade request and
 //! its admission, all within `handshake_timeout`; then the member's life in its room
-//! (`rooms/member.rs`). A resumed TLS session's certificate is verified again here: resumption
-//! skips rustls' own checks, and an expired or revoked certificate must not come back that way.
+//! (`rooms/member.rs`). A resumed TLS session's certificate is checked again here: resumption
+//! skips rustls' own checks, and an expired certificate must not come back that way (a revoked
+//! one cannot: a change of CAs or CRLs voids the sessions made before it, `tickets.rs`).
 //!
 //! Errors never leave this module: [`run`] logs each connection's end once, with its reason, at
 //! a level that says whose fault it was.
@@ -10,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
 use tokio::time::{self, Instant};
 use tracing::{Span, debug, info, warn};
 
@@ -59,8 +60,10 @@ pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, places: 
     // The handshake's state ends inside this block, so the task that lives as long as the
     // connection keeps none of it across the member's life.
     let (member, _identity_slot) = {
-        // Boxed, so the handshake's large and short-lived state (TLS, the request head) is
-        // freed once it is done instead of sizing the task.
+        // The wait for a handshake slot is small; the handshake's large and short-lived state
+        // (TLS, the request head) is boxed once a slot is had, and freed once it is done: in a
+        // reconnect storm thousands of connections wait, and each holding that state would
+        // cost the node a peak of 12 KB per waiting connection, and the fragmentation after.
         let established = tokio::select! {
             biased;
             () = hub.shutdown.cancelled() => {
@@ -68,7 +71,10 @@ pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, places: 
                 debug!("shutting down: connection dropped before the upgrade");
                 None
             }
-            established = Box::pin(establish(&gate, &hub, tcp)) => established,
+            established = async {
+                let slot = handshake_slot(&gate).await?;
+                Box::pin(establish(&gate, &hub, tcp, slot)).await
+            } => established,
         };
         let Some(Established { sink, stream, admitted, identity_slot, generation }) = established else {
             return;
@@ -90,10 +96,29 @@ pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, places: 
     }
 }
 
-/// TLS handshake, identity and upgrade, all within `handshake_timeout`.
-async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream) -> Option<Established> {
+/// Waits for one of the `max_handshakes_in_flight` handshake slots, in arrival order, up to
+/// `handshake_timeout`; past it the connection is closed before any TLS work.
+async fn handshake_slot(gate: &Gate) -> Option<SemaphorePermit<'_>> {
+    let metrics = &gate.metrics;
+    let waited = {
+        let _queued = metrics.hold(&metrics.handshakes_queued);
+        time::timeout(gate.config.handshake_timeout, gate.handshake_slots.acquire()).await
+    };
+    match waited {
+        Ok(Ok(slot)) => Some(slot),
+        _ => {
+            metrics.connection_ended("handshake_queue_timeout");
+            info!("no handshake slot within handshake_timeout: closed before any TLS work");
+            None
+        }
+    }
+}
+
+/// TLS handshake (holding `slot` until its work is done), identity and upgrade, all within
+/// `handshake_timeout`.
+async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream, slot: SemaphorePermit<'_>) -> Option<Established> {
     let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from((IpAddr::from([0, 0, 0, 0]), 0)));
-    let (tls, identity, deadline) = handshake(gate, tcp).await?;
+    let (tls, identity, deadline) = handshake(gate, tcp, slot).await?;
     Span::current().record("subject", tracing::field::display(&identity.subject));
     Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
     gate.expiry.check(&identity, gate.config.expiry_warning, &gate.metrics);
@@ -102,21 +127,15 @@ async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream) -> Option<Established
     Some(established)
 }
 
-/// Waits for one of the `max_handshakes_in_flight` handshake slots (in arrival order, up to
-/// `handshake_timeout`), then runs the TLS handshake and reads the peer's identity within
-/// `handshake_timeout`; returns the session, the identity and the deadline the upgrade
-/// request must also meet. The slot is given back once the TLS work is done.
-async fn handshake(gate: &Gate, tcp: TcpStream) -> Option<(Tls, PeerIdentity, Instant)> {
+/// Runs the TLS handshake and reads the peer's identity within `handshake_timeout`; returns the
+/// session, the identity and the deadline the upgrade request must also meet. The handshake
+/// slot is given back once the TLS work is done.
+async fn handshake(
+    gate: &Gate,
+    tcp: TcpStream,
+    _slot: SemaphorePermit<'_>,
+) -> Option<(Tls, PeerIdentity, Instant)> {
     let metrics = &gate.metrics;
-    let waited = {
-        let _queued = metrics.hold(&metrics.handshakes_queued);
-        time::timeout(gate.config.handshake_timeout, gate.handshake_slots.acquire()).await
-    };
-    let Ok(Ok(_slot)) = waited else {
-        metrics.connection_ended("handshake_queue_timeout");
-        info!("no handshake slot within handshake_timeout: closed before any TLS work");
-        return None;
-    };
     let _in_flight = metrics.hold(&metrics.handshakes_in_flight);
     let deadline = Instant::now() + gate.config.handshake_timeout;
     let config = Arc::clone(&gate.tls.load().server);
@@ -136,14 +155,6 @@ async fn handshake(gate: &Gate, tcp: TcpStream) -> Option<(Tls, PeerIdentity, In
     };
     let session = tls.session();
     let chain = session.peer_certificates().unwrap_or_default();
-    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    if resumed && let Err(e) = gate.verify_chain(chain) {
-        let label = tls::failure_label(&e);
-        metrics.handshake_failed(label);
-        info!(reason = label, detail = %e, "resumed TLS session refused: its certificate does not verify now");
-        return None;
-    }
-    Metrics::inc(if resumed { &metrics.handshakes_resumed } else { &metrics.handshakes_full });
     let identity = match chain.first().map(|c| PeerIdentity::from_der(c)) {
         Some(Ok(identity)) => identity,
         Some(Err(e)) => {
@@ -157,6 +168,14 @@ async fn handshake(gate: &Gate, tcp: TcpStream) -> Option<(Tls, PeerIdentity, In
             return None;
         }
     };
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    if resumed && let Err(e) = gate.still_valid(identity.not_after, chain.get(1..).unwrap_or_default()) {
+        let label = tls::failure_label(&e);
+        metrics.handshake_failed(label);
+        info!(reason = label, detail = %e, "resumed TLS session refused: its certificate is no longer valid");
+        return None;
+    }
+    Metrics::inc(if resumed { &metrics.handshakes_resumed } else { &metrics.handshakes_full });
     Some((tls, identity, deadline))
 }
 

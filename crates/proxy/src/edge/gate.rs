@@ -126,9 +126,9 @@ impl Gate {
     /// again at its HELLO.
     pub(crate) fn swap(&self, material: Material) -> Swapped {
         let trust_changed = self.tls.load().trust != material.tls.trust;
-        if self.resumption.tickets.rekey(material.tickets) {
+        if self.resumption.tickets.rekey(material.tickets, material.tls.trust) {
             tracing::warn!(
-                "reload: the ticket key file changed: earlier session tickets are no longer accepted"
+                "reload: the ticket key file or the trusted CAs and CRLs changed: earlier TLS sessions are not resumed"
             );
         }
         self.tls.store(Arc::new(material.tls));
@@ -161,8 +161,36 @@ impl Gate {
         self.still_admits(room, &credentials.chain(), peer_class, &Swapped { trust_changed: true })
     }
 
-    /// Verifies the certificate chain of a resumed TLS session against the current trust, CRLs
-    /// and clock, as the handshake would have: resumption skips that.
+    /// Whether the certificates of a resumed TLS session are still within their validity
+    /// windows: the leaf, which expires at `leaf_expires` (Unix seconds), the `intermediates`
+    /// and the trusted CAs. Their signatures and revocation were verified under the trust in
+    /// force when the session began, and a session only resumes under that same trust
+    /// (`tickets.rs`, `tls.rs`): time is what has moved since.
+    ///
+    /// # Errors
+    /// The error a full handshake would have met: `Expired`, or `BadEncoding` for an
+    /// intermediate that does not parse.
+    pub(crate) fn still_valid(
+        &self,
+        leaf_expires: i64,
+        intermediates: &[CertificateDer<'static>],
+    ) -> std::result::Result<(), rustls::Error> {
+        use rustls::CertificateError;
+        use x509_parser::prelude::FromDer;
+        let mut expires = leaf_expires.min(self.tls.load().trust_expires);
+        for der in intermediates {
+            let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            expires = expires.min(cert.validity().not_after.timestamp());
+        }
+        if UnixTime::now().as_secs() >= u64::try_from(expires).unwrap_or(0) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Expired));
+        }
+        Ok(())
+    }
+
+    /// Verifies a member's certificate chain against the current trust, CRLs and clock, as a
+    /// full handshake would (a reload that changed the trust asks).
     ///
     /// # Errors
     /// rustls's error, as a full handshake would have met it.

@@ -3,14 +3,17 @@
 //!
 //! A ticket is the session's state (its keys and the client's certificate chain), sealed with
 //! AES-256-GCM under a key of the current period: time is cut into periods of
-//! `tls.ticket_rotation`, and each period's key is derived (HKDF-SHA256) from a secret and the
-//! period's number. A ticket is accepted during the period it was made in and the next one, so
-//! it lives between one and two periods. The secret comes from `tls.ticket_key_file` (readable
-//! by its owner only), so that a restarted proxy, and every node of a cluster that shares the
-//! file, accepts the tickets the others issued; without the file it is random, made at start,
-//! and a restart costs every device a full handshake. A reload keeps the keys (the same
-//! [`Tickets`] serves every `ServerConfig`), and changes them only when the file's content
-//! changed.
+//! `tls.ticket_rotation`, and each period's key is derived (HKDF-SHA256) from a secret, the
+//! period's number and the trust (the digest of the CA certificates and the CRLs). A ticket is
+//! accepted during the period it was made in and the next one, so it lives between one and two
+//! periods; and only where the trust is the one it was made under, so the certificate in a
+//! resumed session was verified against the CAs and CRLs in force, and only its validity window
+//! is left to check (`connection.rs`), not its signatures. The secret comes from
+//! `tls.ticket_key_file` (readable by its owner only), so that a restarted proxy, and every
+//! node of a cluster that shares the file and the trust, accepts the tickets the others issued;
+//! without the file it is random, made at start, and a restart costs every device a full
+//! handshake. A reload keeps the keys (the same [`Tickets`] serves every `ServerConfig`), and
+//! changes them when the file's content or the trust changed.
 //!
 //! Layout: version (1 byte), period (8 bytes, big-endian), nonce (12 bytes), then the sealed
 //! state and its tag; the first nine bytes are the additional data.
@@ -45,9 +48,10 @@ pub(crate) struct Tickets {
     keys: RwLock<Keys>,
 }
 
-/// The secret and the keys of the current and the previous period.
+/// The secret, the trust and the keys of the current and the previous period.
 struct Keys {
     secret: Secret,
+    trust: [u8; 32],
     period: u64,
     current: LessSafeKey,
     previous: LessSafeKey,
@@ -93,10 +97,11 @@ impl Secret {
         Secret { prk: hkdf::Salt::new(hkdf::HKDF_SHA256, SALT).extract(bytes), digest }
     }
 
-    /// The key of period `period` (HKDF-SHA256 gives the 32 bytes of an AES-256 key).
-    fn key(&self, period: u64) -> Option<LessSafeKey> {
-        let info = period.to_be_bytes();
-        let info = [&info[..]];
+    /// The key of period `period` under `trust` (HKDF-SHA256 gives the 32 bytes of an AES-256
+    /// key).
+    fn key(&self, period: u64, trust: &[u8; 32]) -> Option<LessSafeKey> {
+        let number = period.to_be_bytes();
+        let info = [&number[..], &trust[..]];
         let okm = self.prk.expand(&info, &AES_256_GCM).ok()?;
         Some(LessSafeKey::new(UnboundKey::from(okm)))
     }
@@ -108,26 +113,30 @@ impl Secret {
 }
 
 impl Tickets {
-    /// Tickets sealed with keys from `secret`, rotated every `rotation_secs` (at least 1).
+    /// Tickets sealed with keys from `secret` and `trust`, rotated every `rotation_secs` (at
+    /// least 1).
     ///
     /// # Errors
     /// [`Error::Tls`] if no key can be derived from the secret.
-    pub(crate) fn new(secret: Secret, rotation_secs: u64) -> Result<Self> {
+    pub(crate) fn new(secret: Secret, rotation_secs: u64, trust: [u8; 32]) -> Result<Self> {
         let period_len = rotation_secs.max(1);
         let period = now_secs() / period_len;
-        let keys =
-            Keys::at(secret, period).ok_or_else(|| error(Path::new("-"), "cannot derive ticket keys"))?;
+        let keys = Keys::at(secret, trust, period)
+            .ok_or_else(|| error(Path::new("-"), "cannot derive ticket keys"))?;
         Ok(Tickets { period: period_len, keys: RwLock::new(keys) })
     }
 
-    /// Takes the secret of a reload: the keys change only when the key file's content did.
-    /// Returns whether they changed.
-    pub(crate) fn rekey(&self, secret: Secret) -> bool {
+    /// Takes the secret and the trust of a reload: the keys change when the key file's content
+    /// or the trust did. Returns whether they changed.
+    pub(crate) fn rekey(&self, secret: Secret, trust: [u8; 32]) -> bool {
         let mut keys = self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if keys.secret.same_as(&secret) || (keys.secret.digest.is_none() && secret.digest.is_none()) {
+        let same_secret =
+            keys.secret.same_as(&secret) || (keys.secret.digest.is_none() && secret.digest.is_none());
+        if same_secret && keys.trust == trust {
             return false;
         }
-        match Keys::at(secret, keys.period) {
+        let secret = if same_secret { keys.secret.clone() } else { secret };
+        match Keys::at(secret, trust, keys.period) {
             Some(new) => {
                 *keys = new;
                 true
@@ -197,7 +206,7 @@ impl Tickets {
         }
         let mut keys = self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         if keys.period < period
-            && let Some(new) = Keys::at(keys.secret.clone(), period)
+            && let Some(new) = Keys::at(keys.secret.clone(), keys.trust, period)
         {
             *keys = new;
         }
@@ -205,10 +214,10 @@ impl Tickets {
 }
 
 impl Keys {
-    fn at(secret: Secret, period: u64) -> Option<Self> {
-        let current = secret.key(period)?;
-        let previous = secret.key(period.saturating_sub(1))?;
-        Some(Keys { secret, period, current, previous })
+    fn at(secret: Secret, trust: [u8; 32], period: u64) -> Option<Self> {
+        let current = secret.key(period, &trust)?;
+        let previous = secret.key(period.saturating_sub(1), &trust)?;
+        Some(Keys { secret, trust, period, current, previous })
     }
 }
 
@@ -266,9 +275,10 @@ mod tests {
     use super::*;
 
     const HOUR: u64 = 3600;
+    const TRUST: [u8; 32] = [3; 32];
 
     fn tickets(secret: &[u8]) -> Tickets {
-        Tickets::new(Secret::from_bytes(secret, Some([1; 32])), HOUR).unwrap()
+        Tickets::new(Secret::from_bytes(secret, Some([1; 32])), HOUR, TRUST).unwrap()
     }
 
     #[test]
@@ -302,10 +312,12 @@ mod tests {
     }
 
     #[test]
-    fn the_same_secret_opens_another_processs_tickets() {
+    fn the_same_secret_and_trust_open_another_processs_tickets() {
         let now = now_secs();
         let ticket = tickets(&[7; 32]).seal_at(b"state", now).unwrap();
         assert_eq!(tickets(&[7; 32]).open_at(&ticket, now).unwrap(), b"state");
+        let other_trust = Tickets::new(Secret::from_bytes(&[7; 32], Some([1; 32])), HOUR, [4; 32]).unwrap();
+        assert!(other_trust.open_at(&ticket, now).is_none());
     }
 
     #[test]
@@ -314,19 +326,24 @@ mod tests {
         let path = dir.path().join("ticket.key");
         std::fs::write(&path, [5u8; 48]).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let t = Tickets::new(Secret::load(Some(&path)).unwrap(), HOUR).unwrap();
+        let t = Tickets::new(Secret::load(Some(&path)).unwrap(), HOUR, TRUST).unwrap();
         let now = now_secs();
         let ticket = t.seal_at(b"state", now).unwrap();
-        assert!(!t.rekey(Secret::load(Some(&path)).unwrap()), "same content");
+        assert!(!t.rekey(Secret::load(Some(&path)).unwrap(), TRUST), "same content");
         assert!(t.open_at(&ticket, now).is_some());
         std::fs::write(&path, [6u8; 48]).unwrap();
-        assert!(t.rekey(Secret::load(Some(&path)).unwrap()), "new content");
+        assert!(t.rekey(Secret::load(Some(&path)).unwrap(), TRUST), "new content");
         assert!(t.open_at(&ticket, now).is_none());
 
-        let random = Tickets::new(Secret::load(None).unwrap(), HOUR).unwrap();
+        let random = Tickets::new(Secret::load(None).unwrap(), HOUR, TRUST).unwrap();
         let ticket = random.seal_at(b"state", now).unwrap();
-        assert!(!random.rekey(Secret::load(None).unwrap()), "no file before or after: kept");
+        assert!(!random.rekey(Secret::load(None).unwrap(), TRUST), "no file before or after: kept");
         assert!(random.open_at(&ticket, now).is_some());
+        assert!(random.rekey(Secret::load(None).unwrap(), [4; 32]), "new CAs or CRLs");
+        assert!(
+            random.open_at(&ticket, now).is_none(),
+            "a ticket opens only under the trust it was made under"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! scripts' pkeycert (certificate, `EC PARAMETERS`, SEC1 key): non-key blocks are skipped.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustls::RootCertStore;
 use rustls::server::danger::ClientCertVerifier;
@@ -87,10 +87,12 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
 }
 
 /// What resumes TLS sessions, kept across reloads: the ticket keys (`tickets.rs`) and the
-/// cache of TLS 1.2 sessions for clients without tickets.
+/// cache of TLS 1.2 sessions for clients without tickets. Both are bound to the trust (CAs and
+/// CRLs) their sessions were verified under: a reload that changes it changes the ticket keys
+/// and starts a new cache, so a session only resumes under the trust that verified it.
 pub(crate) struct Resumption {
     pub(crate) tickets: Arc<Tickets>,
-    sessions: Arc<dyn StoresServerSessions>,
+    sessions: Mutex<([u8; 32], Arc<ServerSessionMemoryCache>)>,
     enabled: bool,
 }
 
@@ -104,11 +106,58 @@ impl Resumption {
     /// [`Error::Tls`] naming an unusable ticket key file.
     pub(crate) fn new(config: &Config) -> Result<Self> {
         let secret = Secret::load(config.ticket_key_file.as_deref())?;
+        let trust = Trust::load(config)?.digest;
         Ok(Resumption {
-            tickets: Arc::new(Tickets::new(secret, config.ticket_rotation.as_secs())?),
-            sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
+            tickets: Arc::new(Tickets::new(secret, config.ticket_rotation.as_secs(), trust)?),
+            sessions: Mutex::new((trust, ServerSessionMemoryCache::new(SESSION_CACHE))),
             enabled: config.resumption,
         })
+    }
+
+    /// The TLS 1.2 session cache of `trust`: a new one when the trust changed.
+    fn sessions(&self, trust: [u8; 32]) -> Arc<dyn StoresServerSessions> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sessions.0 != trust {
+            *sessions = (trust, ServerSessionMemoryCache::new(SESSION_CACHE));
+        }
+        Arc::clone(&sessions.1) as Arc<dyn StoresServerSessions>
+    }
+}
+
+/// What client certificates are verified against: the CA certificates and the CRLs.
+struct Trust {
+    roots: RootCertStore,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    /// SHA-256 over the CA certificates and the CRLs.
+    digest: [u8; 32],
+    /// When the first of the CA certificates expires (Unix seconds).
+    expires: i64,
+}
+
+impl Trust {
+    fn load(config: &Config) -> Result<Self> {
+        let roots = trust(&config.client_ca)?;
+        let crls = config
+            .crl_files
+            .iter()
+            .map(|path| Ok((path.as_path(), read_crls(path)?)))
+            .collect::<Result<Vec<_>>>()?;
+        check_crls(config, &crls)?;
+        let crls: Vec<_> = crls.into_iter().flat_map(|(_, list)| list).collect();
+        let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut expires = i64::MAX;
+        for path in &config.client_ca {
+            for cert in read_certs(path)? {
+                digest.update(&cert);
+                if let Ok((_, parsed)) = x509_parser::certificate::X509Certificate::from_der(&cert) {
+                    expires = expires.min(parsed.validity().not_after.timestamp());
+                }
+            }
+        }
+        crls.iter().for_each(|crl| digest.update(crl));
+        let mut sum = [0u8; 32];
+        sum.copy_from_slice(digest.finish().as_ref());
+        Ok(Trust { roots, crls, digest: sum, expires })
     }
 }
 
@@ -120,6 +169,9 @@ pub(crate) struct TlsMaterial {
     /// SHA-256 over the trusted CA certificates and the CRLs: a reload that changes it checks
     /// every member's certificate again.
     pub(crate) trust: [u8; 32],
+    /// When the first trusted CA certificate expires (Unix seconds): a resumed session's
+    /// chain is good no longer than that.
+    pub(crate) trust_expires: i64,
 }
 
 /// Builds the server's TLS configuration from the configured files.
@@ -136,22 +188,8 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
 /// # Errors
 /// As [`server_config`].
 pub(crate) fn material(config: &Config, resumption: &Resumption) -> Result<TlsMaterial> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let roots = trust(&config.client_ca)?;
-    let crls = config
-        .crl_files
-        .iter()
-        .map(|path| Ok((path.as_path(), read_crls(path)?)))
-        .collect::<Result<Vec<_>>>()?;
-    check_crls(config, &crls)?;
-    let crls: Vec<_> = crls.into_iter().flat_map(|(_, list)| list).collect();
-    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for path in &config.client_ca {
-        read_certs(path)?.iter().for_each(|cert| digest.update(cert));
-    }
-    crls.iter().for_each(|crl| digest.update(crl));
-    let mut trust = [0u8; 32];
-    trust.copy_from_slice(digest.finish().as_ref());
+    let provider = provider();
+    let Trust { roots, crls, digest: trust, expires: trust_expires } = Trust::load(config)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls)
         // The leaf is checked against the CRLs; a CA without a CRL (a second root during a
@@ -170,14 +208,37 @@ pub(crate) fn material(config: &Config, resumption: &Resumption) -> Result<TlsMa
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(chain, key)
         .map_err(|e| tls_error(key_path, format!("server certificate and key do not go together: {e}")))?;
+    server.ignore_client_order = true;
     if resumption.enabled {
         server.ticketer = resumption.tickets.clone();
-        server.session_storage = Arc::clone(&resumption.sessions);
+        server.session_storage = resumption.sessions(trust);
     } else {
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
     }
-    Ok(TlsMaterial { server: Arc::new(server), verifier, trust })
+    Ok(TlsMaterial { server: Arc::new(server), verifier, trust, trust_expires })
+}
+
+/// aws-lc-rs with the AES-128-GCM/SHA-256 suites first (the server's order decides). The
+/// certificates and the key exchange give 128-bit security (P-256, X25519), which AES-256 and
+/// SHA-384 do not raise; and SHA-256 runs on the CPU's SHA instructions where SHA-384 runs in
+/// software, so the key schedule, a large part of what a resumed session costs, is cheaper
+/// (docs/performance.md).
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::CipherSuite::{
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        TLS13_AES_128_GCM_SHA256,
+    };
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites.sort_by_key(|suite| {
+        !matches!(
+            suite.suite(),
+            TLS13_AES_128_GCM_SHA256
+                | TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        )
+    });
+    Arc::new(provider)
 }
 
 /// The TLS versions the proxy speaks, as server and as client (of the authorization hook).

@@ -60,7 +60,7 @@ pub async fn run(proxy: Proxy, on_listening: impl FnOnce(SocketAddr, &Config)) -
         }
     };
     let config = &proxy.shared.config;
-    let listener = match listen(config.bind, config.backlog) {
+    let (listener, passed) = match peers_listener(config) {
         Ok(listener) => listener,
         Err(e) => {
             error!(bind = %config.bind, error = %e, "cannot listen for peers");
@@ -82,7 +82,11 @@ pub async fn run(proxy: Proxy, on_listening: impl FnOnce(SocketAddr, &Config)) -
         }
     };
     let addr = listener.local_addr().unwrap_or(config.bind);
-    info!("listening on {addr}");
+    if passed {
+        info!("listening on {addr} (the socket the service manager passed: listen.bind is not used)");
+    } else {
+        info!("listening on {addr}");
+    }
     if let Some(Ok(admin)) = admin.as_ref().map(TcpListener::local_addr) {
         info!("admin endpoint on http://{admin}");
     }
@@ -91,6 +95,18 @@ pub async fn run(proxy: Proxy, on_listening: impl FnOnce(SocketAddr, &Config)) -
         None => ExitCode::SUCCESS,
         Some(signal) => ExitCode::from(signal.exit_code()),
     }
+}
+
+/// The peers' listener, and whether the service manager passed it: the socket of systemd's
+/// socket activation (`ws-proxy.socket`, `LISTEN_FDS`), which stays open across restarts so
+/// that devices coming back meanwhile wait in its queue instead of being refused; otherwise a
+/// new one on `listen.bind`.
+fn peers_listener(config: &Config) -> std::io::Result<(TcpListener, bool)> {
+    if let Some(passed) = listenfd::ListenFd::from_env().take_tcp_listener(0)? {
+        passed.set_nonblocking(true)?;
+        return Ok((TcpListener::from_std(passed)?, true));
+    }
+    Ok((listen(config.bind, config.backlog)?, false))
 }
 
 /// Listens for peers on `addr`, the kernel queueing up to `backlog` connections (tokio's own

@@ -11,19 +11,8 @@ use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
 
 use crate::support::{
-    Client, PREFIX, Pki, TestProxy, start, start_with, tls_connect, upgrade_request, within,
+    Client, PREFIX, Pki, TestProxy, eventually, start, start_with, tls_connect, upgrade_request, within,
 };
-
-/// Waits (bounded) until `condition` holds: for counters updated by the proxy's task after the
-/// client has already seen the outcome.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    within(what, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-}
 
 /// Connects with the given client certificate (or none) and expects the proxy to refuse it
 /// during or right after the handshake.

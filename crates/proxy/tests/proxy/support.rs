@@ -464,15 +464,19 @@ pub(crate) fn cert_der(path: &Path) -> Vec<u8> {
 }
 
 /// A TLS connection made with `config` (which keeps the session for resumption), the upgrade
-/// request sent, and the whole answer read: whether the session was resumed, and the answer.
+/// request sent, and the whole answer read: whether the session was resumed, and the answer
+/// (or the TLS error, when the handshake itself is refused, as TLS 1.2 refuses a certificate).
 pub(crate) async fn upgrade_over(proxy: &TestProxy, config: &Arc<rustls::ClientConfig>) -> (bool, String) {
     let tcp = TcpStream::connect(proxy.addr).await.unwrap();
-    let mut tls = within(
+    let handshake = within(
         "TLS",
         TlsConnector::from(Arc::clone(config)).connect(ServerName::try_from("localhost").unwrap(), tcp),
     )
-    .await
-    .unwrap();
+    .await;
+    let mut tls = match handshake {
+        Ok(tls) => tls,
+        Err(e) => return (false, format!("TLS: {e}")),
+    };
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     tls.write_all(upgrade_request("gw/1").as_bytes()).await.unwrap();
     let mut head = Vec::new();
@@ -509,4 +513,15 @@ pub(crate) fn resuming_client(
         .with_client_auth_cert(chain, key)
         .unwrap();
     Arc::new(config)
+}
+
+/// Waits (bounded) until `condition` holds: for counters updated by the proxy's task after the
+/// client has already seen the outcome.
+pub(crate) async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    within(what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 }

@@ -1,0 +1,267 @@
+//! What a run reports: one JSON object (`--json`) or the same figures as text.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::stats::{Delivery, Percentiles};
+
+/// One run's figures.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Report {
+    pub(crate) scenario: String,
+    pub(crate) params: serde_json::Value,
+    pub(crate) elapsed_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) msgs_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mb_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) latency_us: Option<Percentiles>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) handshakes_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_cpu_us_per_message: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_cpu_us_per_handshake: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_rss_bytes_per_connection: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) throughput_ratio_next_to_stalled_room: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_rss_peak_bytes: Option<u64>,
+    pub(crate) delivery: Delivery,
+    /// The same scenario through the floor, in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) floor: Option<Box<Report>>,
+    /// Server CPU per message or handshake, relay / floor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cpu_ratio_to_floor: Option<f64>,
+    /// p99 latency, relay / floor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) p99_ratio_to_floor: Option<f64>,
+    /// RSS per idle connection, relay / floor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rss_ratio_to_floor: Option<f64>,
+    /// The fleet scenarios' figures (`idle`, `storm`, `connect --resume`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fleet: Option<FleetFigures>,
+}
+
+/// What a fleet of devices saw, and what the relay spent on them.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct FleetFigures {
+    pub(crate) peers: usize,
+    pub(crate) rooms: usize,
+    /// Rooms whole at the end (both peers heard each other's HELLO).
+    pub(crate) rooms_whole: usize,
+    /// From the first connection to every room whole.
+    pub(crate) cold_start_s: f64,
+    /// The relay's RSS per peer as the fleet grew.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) checkpoints: Vec<Checkpoint>,
+    /// The relay's CPU per connection (TLS, upgrade, HELLO, join), all nodes together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_cpu_us_per_connection: Option<f64>,
+    /// Each server process given with --server-pid.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) processes: Vec<ProcessFigures>,
+    /// Failed connection attempts by kind, as the devices saw them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) refusals: BTreeMap<String, u64>,
+    /// Connections that ended, by how (close codes, resets).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) endings: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) restart: Option<RestartFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) resumption: Option<ResumptionFigures>,
+}
+
+/// The relay's memory at one size of the fleet.
+#[derive(Debug, Serialize)]
+pub(crate) struct Checkpoint {
+    pub(crate) peers: usize,
+    pub(crate) rss_bytes_per_peer: f64,
+}
+
+/// One server process.
+#[derive(Debug, Serialize)]
+pub(crate) struct ProcessFigures {
+    pub(crate) pid: u32,
+    pub(crate) rss_bytes: u64,
+    pub(crate) cpu_s: f64,
+}
+
+/// A restart under the fleet (`storm`).
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct RestartFigures {
+    pub(crate) signal: String,
+    /// From the signal to the new process ready (its `READY=1`).
+    pub(crate) listening_after_signal_s: f64,
+    /// Per peer: from the new process listening to the peer whole again, in milliseconds.
+    pub(crate) whole_after_listening_ms: Percentiles,
+    /// From the signal to the last room whole again.
+    pub(crate) all_whole_after_signal_s: f64,
+    /// Rooms whose check message got through after the restart.
+    pub(crate) rooms_relaying: usize,
+    /// The new process, until every room was whole: its CPU time and its peak RSS.
+    pub(crate) server_cpu_s: f64,
+    pub(crate) server_rss_peak_bytes: u64,
+    /// RSS per peer before the restart (old process) and after it (new process, same peers).
+    pub(crate) rss_bytes_per_peer_before: f64,
+    pub(crate) rss_bytes_per_peer_after: f64,
+    /// How the reconnections' TLS handshakes went (client side): full or resumed.
+    pub(crate) handshakes: BTreeMap<String, u64>,
+}
+
+/// Full handshakes next to resumed ones (`connect --resume`).
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct ResumptionFigures {
+    pub(crate) server_cpu_us_per_full: f64,
+    pub(crate) server_cpu_us_per_resumed: f64,
+    pub(crate) resumed_to_full: f64,
+    /// The kernel's part of each (TCP, the socket's reads and writes).
+    pub(crate) server_kernel_us_per_full: f64,
+    pub(crate) server_kernel_us_per_resumed: f64,
+    /// Reconnections that did resume, of those attempted.
+    pub(crate) resumed: usize,
+    pub(crate) attempted: usize,
+}
+
+impl Report {
+    pub(crate) fn with_floor(mut self, floor: Report) -> Self {
+        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b);
+        self.cpu_ratio_to_floor = ratio(self.server_cpu_us_per_message, floor.server_cpu_us_per_message)
+            .or(ratio(self.server_cpu_us_per_handshake, floor.server_cpu_us_per_handshake));
+        self.rss_ratio_to_floor =
+            ratio(self.server_rss_bytes_per_connection, floor.server_rss_bytes_per_connection);
+        self.p99_ratio_to_floor = ratio(self.latency_us.map(|l| l.p99), floor.latency_us.map(|l| l.p99));
+        self.delivery.add(&floor.delivery);
+        self.floor = Some(Box::new(floor));
+        self
+    }
+
+    pub(crate) fn delivery_ok(&self) -> bool {
+        self.delivery.is_perfect()
+    }
+
+    pub(crate) fn print(&self, json: bool) {
+        if json {
+            println!("{}", serde_json::to_string(self).unwrap_or_default());
+            return;
+        }
+        self.print_text();
+        if let Some(floor) = &self.floor {
+            println!("floor (bare mTLS forwarder, same scenario):");
+            floor.print_text();
+            if let Some(r) = self.cpu_ratio_to_floor {
+                println!("  relay / floor      {r:.2}x server CPU");
+            }
+            if let Some(r) = self.p99_ratio_to_floor {
+                println!("  relay / floor      {r:.2}x p99 latency");
+            }
+            if let Some(r) = self.rss_ratio_to_floor {
+                println!("  relay / floor      {r:.2}x RSS per connection");
+            }
+        }
+    }
+
+    fn print_text(&self) {
+        println!("{} {}", self.scenario, self.params);
+        println!("  elapsed            {:.3} s", self.elapsed_s);
+        let line = |name: &str, value: Option<f64>, unit: &str| {
+            if let Some(v) = value {
+                println!("  {name:<18} {v:.2} {unit}");
+            }
+        };
+        line("throughput", self.msgs_per_sec, "msgs/s");
+        line("throughput", self.mb_per_sec, "MB/s");
+        line("handshakes", self.handshakes_per_sec, "/s");
+        line("server CPU", self.server_cpu_us_per_message, "us/message");
+        line("server CPU", self.server_cpu_us_per_handshake, "us/handshake");
+        line("server RSS", self.server_rss_bytes_per_connection, "bytes/connection");
+        line("next to stalled", self.throughput_ratio_next_to_stalled_room, "x alone");
+        line("server RSS peak", self.server_rss_peak_bytes.map(|b| b as f64 / 1048576.0), "MiB");
+        if let Some(l) = self.latency_us {
+            println!(
+                "  latency (us)       p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            );
+        }
+        if let Some(fleet) = &self.fleet {
+            fleet.print_text();
+        }
+        let d = self.delivery;
+        println!(
+            "  delivery           sent {} received {} lost {} duplicated {} reordered {} corrupted {}",
+            d.sent, d.received, d.lost, d.duplicated, d.reordered, d.corrupted
+        );
+    }
+}
+
+impl FleetFigures {
+    fn print_text(&self) {
+        println!("  peers              {} in {} rooms, {} whole", self.peers, self.rooms, self.rooms_whole);
+        println!("  cold start         {:.2} s until every room was whole", self.cold_start_s);
+        for c in &self.checkpoints {
+            println!("  RSS at {:>7} peers {:.0} bytes/peer", c.peers, c.rss_bytes_per_peer);
+        }
+        if let Some(cpu) = self.server_cpu_us_per_connection {
+            println!("  server CPU         {cpu:.0} us/connection");
+        }
+        for p in &self.processes {
+            println!(
+                "  process {:>8}     RSS {:.1} MiB, CPU {:.1} s",
+                p.pid,
+                p.rss_bytes as f64 / 1048576.0,
+                p.cpu_s
+            );
+        }
+        let counts = |map: &BTreeMap<String, u64>| {
+            map.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        };
+        if !self.refusals.is_empty() {
+            println!("  refusals           {}", counts(&self.refusals));
+        }
+        if !self.endings.is_empty() {
+            println!("  endings            {}", counts(&self.endings));
+        }
+        if let Some(r) = &self.restart {
+            let w = r.whole_after_listening_ms;
+            println!(
+                "  restart ({})      listening {:.2} s after the signal",
+                r.signal, r.listening_after_signal_s
+            );
+            println!(
+                "  whole again (ms)   after listening: p50 {:.0}  p99 {:.0}  max {:.0}; all {:.2} s after the signal",
+                w.p50, w.p99, w.max, r.all_whole_after_signal_s
+            );
+            println!("  relaying again     {} of {} rooms", r.rooms_relaying, self.rooms);
+            println!(
+                "  new process        CPU {:.1} s, peak RSS {:.1} MiB",
+                r.server_cpu_s,
+                r.server_rss_peak_bytes as f64 / 1048576.0
+            );
+            println!(
+                "  RSS per peer       {:.0} before, {:.0} after the restart",
+                r.rss_bytes_per_peer_before, r.rss_bytes_per_peer_after
+            );
+            println!("  handshakes         {}", counts(&r.handshakes));
+        }
+        if let Some(r) = &self.resumption {
+            println!(
+                "  server CPU         {:.0} us full, {:.0} us resumed ({:.2}x); {} of {} resumed",
+                r.server_cpu_us_per_full,
+                r.server_cpu_us_per_resumed,
+                r.resumed_to_full,
+                r.resumed,
+                r.attempted
+            );
+            println!(
+                "  of which kernel    {:.0} us full, {:.0} us resumed",
+                r.server_kernel_us_per_full, r.server_kernel_us_per_resumed
+            );
+        }
+    }
+}
