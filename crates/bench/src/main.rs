@@ -113,7 +113,7 @@ enum Scenario {
         #[arg(long, value_delimiter = ',')]
         checkpoints: Vec<usize>,
         /// Keep the peers connected this many seconds once every room is whole (after a
-        /// "ready" line on stderr), for measurements from outside.
+        /// "ready" line on stderr), for measurements from outside; SIGINT ends it sooner.
         #[arg(long, default_value_t = 0)]
         hold: u64,
     },

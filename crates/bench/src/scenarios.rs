@@ -510,7 +510,12 @@ async fn idle_fleet(
     }
     if !hold.is_zero() {
         eprintln!("ws-bench: ready: {count} peers, {} rooms whole", count / 2);
-        tokio::time::sleep(hold).await;
+        // Until the time is up, or until interrupted (a fleet's script measures, then ends
+        // every generator's hold together).
+        tokio::select! {
+            () = tokio::time::sleep(hold) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
     }
     figures.rooms_whole = fleets.iter().map(|f| f.rooms_whole_since(started)).sum();
     for fleet in &fleets {

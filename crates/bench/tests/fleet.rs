@@ -14,7 +14,11 @@ use micronets_certgen::dev::{self, DevPki};
 /// The `ws-proxy` binary built beside `ws-bench`.
 fn ws_proxy() -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_ws-bench")).with_file_name("ws-proxy");
-    assert!(path.exists(), "{} is missing: run the workspace's tests (cargo test --workspace)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run the workspace's tests (cargo test --workspace)",
+        path.display()
+    );
     path
 }
 
@@ -67,7 +71,8 @@ struct Relay(std::process::Child);
 
 impl Relay {
     fn start(config: &Path, port: u16) -> Self {
-        let child = Command::new(ws_proxy()).args(["--config", &config.display().to_string()]).spawn().unwrap();
+        let child =
+            Command::new(ws_proxy()).args(["--config", &config.display().to_string()]).spawn().unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(std::time::Instant::now() < deadline, "the relay did not listen");
@@ -91,7 +96,8 @@ fn idle_fills_rooms_of_two_and_reports_checkpoints() {
     let relay = Relay::start(&relay_config(dir.path(), &pki, port), port);
     let url = format!("wss://localhost:{port}/micronets/v1/ws-proxy/");
     let pid = relay.0.id().to_string();
-    let report = bench(&pki, &url, &["--server-pid", &pid, "idle", "--count", "200", "--checkpoints", "100,200"]);
+    let report =
+        bench(&pki, &url, &["--server-pid", &pid, "idle", "--count", "200", "--checkpoints", "100,200"]);
     let fleet = &report["fleet"];
     assert_eq!((fleet["rooms"].as_u64(), fleet["rooms_whole"].as_u64()), (Some(100), Some(100)), "{report}");
     assert_eq!(fleet["checkpoints"].as_array().map(Vec::len), Some(2), "{report}");
