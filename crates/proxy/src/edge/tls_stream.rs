@@ -585,3 +585,179 @@ impl AsyncWrite for WriteHalf {
         Pin::new(&mut *lock(&self.0)).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use micronets_certgen::dev::{self, DevPki};
+    use rustls::pki_types::ServerName;
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_rustls::client::TlsStream as ClientStream;
+
+    use super::*;
+    use crate::config::{FileConfig, Overrides};
+
+    struct Pair {
+        server: TlsStream,
+        client: ClientStream<TcpStream>,
+    }
+
+    fn pki() -> (tempfile::TempDir, DevPki) {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DevPki::new(dir.path().join("dev"));
+        dev::ensure(&pki).unwrap();
+        (dir, pki)
+    }
+
+    fn client_config(
+        pki: &DevPki,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        with_cert: bool,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for der in CertificateDer::pem_file_iter(pki.root_cert()).unwrap() {
+            roots.add(der.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+        let config = if with_cert {
+            let pem = pki.pkeycert(&dev::CLIENTS[0]);
+            let chain = CertificateDer::pem_file_iter(&pem).unwrap().map(Result::unwrap).collect();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&pem).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        } else {
+            builder.with_no_client_auth()
+        };
+        Arc::new(config)
+    }
+
+    /// A server stream and a rustls client over loopback; `Err` is the server's handshake error.
+    async fn connect(
+        pki: &DevPki,
+        client: Arc<rustls::ClientConfig>,
+    ) -> (io::Result<TlsStream>, io::Result<ClientStream<TcpStream>>) {
+        let config = FileConfig::dev(pki).into_config(&Overrides::default()).unwrap();
+        let server = crate::edge::tls::server_config(&config).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepting = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            accept(server, tcp).await
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let client = tokio_rustls::TlsConnector::from(client).connect(name, tcp).await;
+        (accepting.await.unwrap(), client)
+    }
+
+    async fn pair(pki: &DevPki, versions: &[&'static rustls::SupportedProtocolVersion]) -> Pair {
+        let (server, client) = connect(pki, client_config(pki, versions, true)).await;
+        Pair { server: server.unwrap(), client: client.unwrap() }
+    }
+
+    /// Nothing held but the session: what an idle connection costs.
+    fn holds_no_buffer(stream: &TlsStream) -> bool {
+        stream.incoming.capacity() == 0 && stream.outgoing.capacity() == 0 && stream.plain.capacity() == 0
+    }
+
+    #[tokio::test]
+    async fn a_megabyte_crosses_both_ways_in_tls13_and_tls12_and_no_buffer_stays() {
+        let (_dir, pki) = pki();
+        for versions in [&[&rustls::version::TLS13], &[&rustls::version::TLS12]] {
+            let Pair { mut server, mut client } = pair(&pki, versions).await;
+            assert!(holds_no_buffer(&server), "after the handshake");
+            let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+            let sent = data.clone();
+            let writer = tokio::spawn(async move {
+                client.write_all(&sent).await.unwrap();
+                client.flush().await.unwrap();
+                let mut back = vec![0u8; sent.len()];
+                client.read_exact(&mut back).await.unwrap();
+                (client, back)
+            });
+            let mut got = vec![0u8; data.len()];
+            server.read_exact(&mut got).await.unwrap();
+            assert!(got == data, "received intact");
+            // Written back as two slices, the way the framing writes a header and a payload.
+            let (head, tail) = got.split_at(3);
+            let mut slices = [IoSlice::new(head), IoSlice::new(tail)];
+            let mut slices = &mut slices[..];
+            while !slices.is_empty() {
+                let n = std::future::poll_fn(|cx| Pin::new(&mut server).poll_write_vectored(cx, slices))
+                    .await
+                    .unwrap();
+                IoSlice::advance_slices(&mut slices, n);
+            }
+            server.flush().await.unwrap();
+            let (_client, back) = writer.await.unwrap();
+            assert!(back == data, "sent back intact");
+            assert!(holds_no_buffer(&server), "drained: {versions:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_update_from_the_client_is_followed() {
+        let (_dir, pki) = pki();
+        let Pair { mut server, mut client } = pair(&pki, &[&rustls::version::TLS13]).await;
+        client.write_all(b"before").await.unwrap();
+        let mut buf = [0u8; 6];
+        server.read_exact(&mut buf).await.unwrap();
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(b"after!").await.unwrap();
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"after!");
+        server.write_all(b"answer").await.unwrap();
+        server.flush().await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"answer");
+    }
+
+    #[tokio::test]
+    async fn close_notify_ends_the_stream_and_a_bare_close_is_an_unexpected_end() {
+        let (_dir, pki) = pki();
+        let Pair { mut server, mut client } = pair(&pki, &[&rustls::version::TLS13]).await;
+        client.shutdown().await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(server.read(&mut buf).await.unwrap(), 0, "close_notify: a clean end");
+        server.shutdown().await.unwrap();
+
+        // The TCP stream ends without close_notify: cut, not closed.
+        let Pair { mut server, mut client } = pair(&pki, &[&rustls::version::TLS13]).await;
+        client.get_mut().0.shutdown().await.unwrap();
+        let end = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof, "{end}");
+    }
+
+    #[tokio::test]
+    async fn garbage_after_the_handshake_fails_the_stream_cleanly() {
+        let (_dir, pki) = pki();
+        let Pair { mut server, mut client } = pair(&pki, &[&rustls::version::TLS13]).await;
+        // An application-data record whose ciphertext is noise.
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+        record.extend((0..0x40).map(|i| i as u8));
+        client.get_mut().0.write_all(&record).await.unwrap();
+        let mut buf = [0u8; 8];
+        let error = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert!(server.write_all(b"more").await.is_err(), "a failed session sends no data");
+        assert!(server.read(&mut buf).await.is_err(), "nor reads any");
+        let _ = server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_handshake_names_its_reason_and_alerts_the_client() {
+        let (_dir, pki) = pki();
+        let (server, client) = connect(&pki, client_config(&pki, &[&rustls::version::TLS12], false)).await;
+        let error = server.err().unwrap();
+        assert_eq!(crate::edge::tls::handshake_failure(&error).0, "no_client_certificate");
+        let alert = client.err().unwrap().to_string();
+        assert!(alert.contains("CertificateRequired") || alert.contains("HandshakeFailure"), "{alert}");
+    }
+}
