@@ -94,6 +94,7 @@ impl Gate {
     pub(crate) fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Self> {
         let resumption = Resumption::new(&config)?;
         let material = Material::load(&config, &resumption)?;
+        resumption.tickets.rekey(material.tickets.clone(), material.tls.trust);
         if material.acl.is_empty() {
             tracing::warn!("no [[acl.rules]]: every valid client certificate may join every room");
         }

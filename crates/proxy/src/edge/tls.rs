@@ -100,16 +100,18 @@ pub(crate) struct Resumption {
 const SESSION_CACHE: usize = 4096;
 
 impl Resumption {
-    /// The resumption of `config`: its ticket key file read, or a random secret.
+    /// The resumption of `config`, with keys from a random secret and bound to no trust yet:
+    /// no file is read here (the configuration is checked before the files it names), and
+    /// [`Tickets::rekey`] binds the keys to the ticket key file and the trust once they are
+    /// loaded (`gate.rs`).
     ///
     /// # Errors
-    /// [`Error::Tls`] naming an unusable ticket key file.
+    /// [`Error::Tls`] when no randomness is to be had.
     pub(crate) fn new(config: &Config) -> Result<Self> {
-        let secret = Secret::load(config.ticket_key_file.as_deref())?;
-        let trust = Trust::load(config)?.digest;
+        let unbound = [0u8; 32];
         Ok(Resumption {
-            tickets: Arc::new(Tickets::new(secret, config.ticket_rotation.as_secs(), trust)?),
-            sessions: Mutex::new((trust, ServerSessionMemoryCache::new(SESSION_CACHE))),
+            tickets: Arc::new(Tickets::new(Secret::load(None)?, config.ticket_rotation.as_secs(), unbound)?),
+            sessions: Mutex::new((unbound, ServerSessionMemoryCache::new(SESSION_CACHE))),
             enabled: config.resumption,
         })
     }
