@@ -14,8 +14,8 @@ use tokio::sync::Semaphore;
 
 use super::acl::{Acl, Decision};
 use super::auth_hook::AuthHook;
+use super::conflict_log::ConflictLog;
 use super::expiry::ExpiryWatch;
-use super::same_identity::ConflictLog;
 use super::slots::PerKey;
 use super::tickets::Secret;
 use super::tls::{self, Resumption, TlsMaterial};

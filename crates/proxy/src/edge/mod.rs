@@ -9,7 +9,8 @@
 //! - `upgrade.rs`: reading the HTTP upgrade request and answering it;
 //! - `admission.rs`: whether an upgrade may go ahead, using `acl.rs` (the rules),
 //!   `auth_hook.rs` (the operator's HTTP service), `slots.rs` (per-key connection counts) and
-//!   `same_identity.rs` (a newcomer with a member's certificate);
+//!   `same_identity.rs` (a newcomer with a member's certificate, its conflicts logged once per
+//!   window by `conflict_log.rs`);
 //! - `expiry.rs`: certificates about to expire, told once each;
 //! - `gate.rs`: what every connection shares at the edge, and what a reload swaps.
 //!
@@ -18,6 +19,7 @@
 pub mod acl;
 pub(crate) mod admission;
 pub(crate) mod auth_hook;
+pub(crate) mod conflict_log;
 pub(crate) mod connection;
 pub(crate) mod expiry;
 pub(crate) mod gate;

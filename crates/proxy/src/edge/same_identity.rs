@@ -7,61 +7,23 @@
 //! answers within `replace_probe_timeout` is alive and keeps its place, and the newcomer gets a
 //! 409 with `Retry-After`; a member that stays silent is half-dead and the newcomer may replace
 //! it at its HELLO, that member and no other. Each conflict is counted by outcome and logged at
-//! most once per [`LOG_WINDOW`] per certificate.
+//! most once per window per certificate (`conflict_log.rs`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::{info, warn};
 
 use super::gate::Gate;
 use super::upgrade::{Refusal, UpgradeRequest};
 use crate::config::SameIdentity;
-use crate::identity::{Fingerprint, PeerIdentity};
+use crate::identity::PeerIdentity;
 use crate::rooms::hub::Hub;
 use crate::rooms::remote::{MayReplace, MemberKey};
 use crate::rooms::room::Holder;
 
 /// How long a newcomer refused for a live member is asked to wait before it tries again.
 pub(crate) const CONFLICT_RETRY_AFTER: u32 = 10;
-/// A certificate's conflicts are logged at most once per this window.
-pub(crate) const LOG_WINDOW: Duration = Duration::from_secs(10);
-/// Certificates whose last conflict is remembered, at most.
-const REMEMBERED: usize = 4096;
-
-/// When each certificate's last conflict was logged, and how many were not logged since.
-#[derive(Default)]
-pub(crate) struct ConflictLog {
-    last: Mutex<HashMap<Fingerprint, (Instant, u64)>>,
-}
-
-impl ConflictLog {
-    /// Whether to log a conflict of `fingerprint` now; `Some(n)` with the conflicts not logged
-    /// since the last line.
-    fn admit(&self, fingerprint: Fingerprint, now: Instant) -> Option<u64> {
-        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
-        if last.len() >= REMEMBERED {
-            last.retain(|_, (at, _)| now.duration_since(*at) < LOG_WINDOW);
-        }
-        match last.get_mut(&fingerprint) {
-            Some((at, skipped)) if now.duration_since(*at) < LOG_WINDOW => {
-                *skipped += 1;
-                None
-            }
-            Some((at, skipped)) => {
-                *at = now;
-                Some(std::mem::take(skipped))
-            }
-            None => {
-                last.insert(fingerprint, (now, 0));
-                Some(0)
-            }
-        }
-    }
-}
-
 /// Decides on a newcomer whose certificate `holder` already has in the room; returns which
 /// member the newcomer may replace at its HELLO.
 ///
