@@ -55,7 +55,7 @@ pub(crate) struct Places {
 
 /// Serves one accepted TCP connection to its end; its `places` are given back when this
 /// returns.
-pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, places: Places) {
+pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, peer: SocketAddr, places: Places) {
     let _places = places;
     // The handshake's state ends inside this block, so the task that lives as long as the
     // connection keeps none of it across the member's life.
@@ -73,7 +73,7 @@ pub(crate) async fn run(gate: Arc<Gate>, hub: Arc<Hub>, tcp: TcpStream, places: 
             }
             established = async {
                 let slot = handshake_slot(&gate).await?;
-                Box::pin(establish(&gate, &hub, tcp, slot)).await
+                Box::pin(establish(&gate, &hub, tcp, peer, slot)).await
             } => established,
         };
         let Some(Established { sink, stream, admitted, identity_slot, generation }) = established else {
@@ -116,8 +116,13 @@ async fn handshake_slot(gate: &Gate) -> Option<SemaphorePermit<'_>> {
 
 /// TLS handshake (holding `slot` until its work is done), identity and upgrade, all within
 /// `handshake_timeout`.
-async fn establish(gate: &Gate, hub: &Hub, tcp: TcpStream, slot: SemaphorePermit<'_>) -> Option<Established> {
-    let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from((IpAddr::from([0, 0, 0, 0]), 0)));
+async fn establish(
+    gate: &Gate,
+    hub: &Hub,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: SemaphorePermit<'_>,
+) -> Option<Established> {
     let (tls, identity, deadline) = handshake(gate, tcp, slot).await?;
     Span::current().record("subject", tracing::field::display(&identity.subject));
     Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));

@@ -88,7 +88,7 @@ pub(crate) async fn serve(
         // The guards go into the connection's own future: wrapping it in another async block
         // would store it twice and double the task's size.
         let places = Places { _permit: permit, _open: open, _ip: ip };
-        let task = connection::run(Arc::clone(&gate), Arc::clone(&hub), tcp, places);
+        let task = connection::run(Arc::clone(&gate), Arc::clone(&hub), tcp, addr, places);
         hub.tracker.spawn(task.instrument(span));
     }
 }
