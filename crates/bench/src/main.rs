@@ -9,6 +9,7 @@
 mod fleet;
 mod frame;
 mod peers;
+mod reference;
 mod report;
 mod scenarios;
 mod server;
@@ -39,13 +40,15 @@ struct Cli {
     /// One JSON object per run on stdout.
     #[arg(long)]
     json: bool,
-    /// Also run the scenario through the floor forwarder at this address (see `floor-server`),
-    /// and report the relay's cost as a ratio to it.
+    /// Also run the scenario (pairs, fanout, connect, idle) on the reference relay, started by
+    /// ws-bench and pinned to the first --server-pid's CPUs, and report ws-proxy's figures as
+    /// ratios to it.
     #[arg(long)]
-    floor: Option<std::net::SocketAddr>,
-    /// The floor's process id, for its CPU time.
-    #[arg(long)]
-    floor_pid: Option<u32>,
+    reference: bool,
+    /// With --reference: run both this many times, in turn, and report the median ratio and
+    /// its range.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -150,9 +153,9 @@ enum Scenario {
         #[arg(long, default_value_t = 4096)]
         size: usize,
     },
-    /// Serve the floor: a bare mutual-TLS forwarder with the PKI's proxy certificate (no
-    /// WebSocket, no envelope), to compare the relay with.
-    FloorServer {
+    /// Serve the reference relay (tokio-tungstenite over tokio-rustls with the PKI's proxy
+    /// certificate, rooms by path, nothing parsed), as --reference starts it.
+    ReferenceRelay {
         #[arg(long, default_value = "127.0.0.1:5051")]
         bind: std::net::SocketAddr,
     },
@@ -163,11 +166,13 @@ fn main() -> ExitCode {
     let Ok(runtime) = tokio::runtime::Builder::new_multi_thread().enable_all().build() else {
         return ExitCode::from(1);
     };
-    if let Scenario::FloorServer { bind } = cli.scenario {
-        return match runtime.block_on(transport::floor_server(bind, &cli.pki)) {
+    if let Scenario::ReferenceRelay { bind } = cli.scenario {
+        // It ends with the ws-bench that started it, even one killed before it could clean up.
+        let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+        return match runtime.block_on(reference::serve(bind, &cli.pki)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("ws-bench: floor: {e:#}");
+                eprintln!("ws-bench: reference relay: {e:#}");
                 ExitCode::from(1)
             }
         };

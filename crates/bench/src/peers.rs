@@ -104,11 +104,13 @@ pub(crate) async fn expect(ws: &mut Ws, message_type: &str) -> Result<()> {
     }
 }
 
-/// Two peers of one room, past the HELLO exchange.
+/// Two peers of one room, past the HELLO exchange. Both connect before either says HELLO, so
+/// that a relay that holds nothing for a peer not yet there (the reference relay) pairs them
+/// too.
 pub(crate) async fn pair(ids: &Identities, url_a: &str, url_b: &str, room: &str) -> Result<(Ws, Ws)> {
     let mut a = ids.connect(url_a, room, 0).await?;
-    hello(&mut a, "a").await?;
     let mut b = ids.connect(url_b, room, 1).await?;
+    hello(&mut a, "a").await?;
     hello(&mut b, "b").await?;
     expect(&mut a, "CONN:HELLO").await?;
     expect(&mut b, "CONN:HELLO").await?;

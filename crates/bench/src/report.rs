@@ -31,18 +31,12 @@ pub(crate) struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server_rss_peak_bytes: Option<u64>,
     pub(crate) delivery: Delivery,
-    /// The same scenario through the floor, in the same run.
+    /// The same scenario on the reference relay, in the same invocation (its last run).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) floor: Option<Box<Report>>,
-    /// Server CPU per message or handshake, relay / floor.
+    pub(crate) reference: Option<Box<Report>>,
+    /// ws-proxy next to the reference relay, run by run.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) cpu_ratio_to_floor: Option<f64>,
-    /// p99 latency, relay / floor.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) p99_ratio_to_floor: Option<f64>,
-    /// RSS per idle connection, relay / floor.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) rss_ratio_to_floor: Option<f64>,
+    pub(crate) comparison: Option<Comparison>,
     /// The fleet scenarios' figures (`idle`, `storm`, `connect --resume`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) fleet: Option<FleetFigures>,
@@ -129,21 +123,110 @@ pub(crate) struct ResumptionFigures {
     pub(crate) attempted: usize,
 }
 
+/// ws-proxy's figures next to the reference relay's, one pair per run, and their ratios.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Comparison {
+    pub(crate) runs: usize,
+    /// Server CPU per message (or per handshake for `connect`), in microseconds.
+    pub(crate) server_cpu_us: Figure,
+    /// p99 latency (the round trip with `--ping-pong`), in microseconds.
+    pub(crate) p99_us: Figure,
+    /// Server RSS per idle connection, in bytes.
+    pub(crate) rss_bytes_per_connection: Figure,
+    /// What every run of both delivered.
+    pub(crate) delivery: Delivery,
+}
+
+/// One figure of both relays over the runs.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Figure {
+    pub(crate) relay: Vec<f64>,
+    pub(crate) reference: Vec<f64>,
+    /// relay / reference, run by run.
+    pub(crate) ratios: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ratio: Option<Spread>,
+}
+
+/// The median of some ratios and their range.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct Spread {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+}
+
+impl Comparison {
+    /// Adds one run of each.
+    pub(crate) fn add(&mut self, relay: &Report, reference: &Report) {
+        self.runs += 1;
+        self.delivery.add(&relay.delivery);
+        self.delivery.add(&reference.delivery);
+        let cpu = |r: &Report| r.server_cpu_us_per_message.or(r.server_cpu_us_per_handshake);
+        self.server_cpu_us.add(cpu(relay), cpu(reference));
+        let p99 = |r: &Report| r.latency_us.map(|l| l.p99);
+        self.p99_us.add(p99(relay), p99(reference));
+        self.rss_bytes_per_connection
+            .add(relay.server_rss_bytes_per_connection, reference.server_rss_bytes_per_connection);
+    }
+
+    fn print_text(&self) {
+        println!("ws-proxy / reference relay, {} run(s):", self.runs);
+        self.server_cpu_us.print_text("server CPU", "us");
+        self.p99_us.print_text("p99 latency", "us");
+        self.rss_bytes_per_connection.print_text("RSS per conn", "bytes");
+        let d = self.delivery;
+        println!(
+            "  delivery, all runs sent {} received {} lost {} duplicated {} reordered {} corrupted {}",
+            d.sent, d.received, d.lost, d.duplicated, d.reordered, d.corrupted
+        );
+    }
+}
+
+impl Figure {
+    fn add(&mut self, relay: Option<f64>, reference: Option<f64>) {
+        let (Some(relay), Some(reference)) = (relay, reference) else { return };
+        self.relay.push(relay);
+        self.reference.push(reference);
+        if reference > 0.0 {
+            self.ratios.push(relay / reference);
+            let mut sorted = self.ratios.clone();
+            sorted.sort_by(f64::total_cmp);
+            let middle = sorted.len() / 2;
+            let median = if sorted.len() % 2 == 1 {
+                sorted[middle]
+            } else {
+                (sorted[middle - 1] + sorted[middle]) / 2.0
+            };
+            self.ratio = Some(Spread { median, min: sorted[0], max: sorted[sorted.len() - 1] });
+        }
+    }
+
+    fn print_text(&self, name: &str, unit: &str) {
+        let Some(spread) = self.ratio else { return };
+        let list = |values: &[f64]| values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(" ");
+        println!(
+            "  {name:<18} {:.2}x median ({:.2}-{:.2}x); ws-proxy {} {unit}, reference {} {unit}",
+            spread.median,
+            spread.min,
+            spread.max,
+            list(&self.relay),
+            list(&self.reference)
+        );
+    }
+}
+
 impl Report {
-    pub(crate) fn with_floor(mut self, floor: Report) -> Self {
-        let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).filter(|(_, b)| *b > 0.0).map(|(a, b)| a / b);
-        self.cpu_ratio_to_floor = ratio(self.server_cpu_us_per_message, floor.server_cpu_us_per_message)
-            .or(ratio(self.server_cpu_us_per_handshake, floor.server_cpu_us_per_handshake));
-        self.rss_ratio_to_floor =
-            ratio(self.server_rss_bytes_per_connection, floor.server_rss_bytes_per_connection);
-        self.p99_ratio_to_floor = ratio(self.latency_us.map(|l| l.p99), floor.latency_us.map(|l| l.p99));
-        self.delivery.add(&floor.delivery);
-        self.floor = Some(Box::new(floor));
+    /// This report (ws-proxy's last run) with the reference relay's last run and the
+    /// comparison of every run.
+    pub(crate) fn with_reference(mut self, reference: Report, comparison: Comparison) -> Self {
+        self.reference = Some(Box::new(reference));
+        self.comparison = Some(comparison);
         self
     }
 
     pub(crate) fn delivery_ok(&self) -> bool {
-        self.delivery.is_perfect()
+        self.delivery.is_perfect() && self.comparison.as_ref().is_none_or(|c| c.delivery.is_perfect())
     }
 
     pub(crate) fn print(&self, json: bool) {
@@ -152,18 +235,12 @@ impl Report {
             return;
         }
         self.print_text();
-        if let Some(floor) = &self.floor {
-            println!("floor (bare mTLS forwarder, same scenario):");
-            floor.print_text();
-            if let Some(r) = self.cpu_ratio_to_floor {
-                println!("  relay / floor      {r:.2}x server CPU");
-            }
-            if let Some(r) = self.p99_ratio_to_floor {
-                println!("  relay / floor      {r:.2}x p99 latency");
-            }
-            if let Some(r) = self.rss_ratio_to_floor {
-                println!("  relay / floor      {r:.2}x RSS per connection");
-            }
+        if let Some(reference) = &self.reference {
+            println!("reference relay (tokio-tungstenite, same TLS, same scenario):");
+            reference.print_text();
+        }
+        if let Some(comparison) = &self.comparison {
+            comparison.print_text();
         }
     }
 

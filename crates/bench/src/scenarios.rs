@@ -4,35 +4,53 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Notify;
 
 use crate::fleet::{Fleet, Layout};
 use crate::peers::{Identities, expect, hello};
-use crate::report::{Checkpoint, FleetFigures, ProcessFigures, Report, ResumptionFigures};
+use crate::reference::ReferenceProcess;
+use crate::report::{Checkpoint, Comparison, FleetFigures, ProcessFigures, Report, ResumptionFigures};
 use crate::stats::{Delivery, Percentiles, SequenceCheck};
 use crate::storm::StormOptions;
 use crate::transport::{Conn, FrameSink, FrameStream, Target, node_url, ws_conn};
 use crate::{Cli, Scenario, frame, server};
 
-/// Runs the scenario chosen on the command line against the relay and, when a floor is given
-/// and the scenario applies to it, against the floor too.
+/// Runs the scenario chosen on the command line against the relay and, with `--reference`
+/// and where the scenario applies to it, against the reference relay too, `--runs` times each.
 pub(crate) async fn run(cli: &Cli) -> Result<Report> {
-    let ids = Identities::new(&cli.pki)?;
-    let relay = run_on(&ids, &Target::Relay(cli.url.clone()), &cli.scenario, &cli.server_pid).await?;
-    let floor_applies = matches!(
-        cli.scenario,
-        Scenario::Pairs { .. } | Scenario::Connect { resume: false, .. } | Scenario::Idle { .. }
-    );
-    match cli.floor {
-        Some(addr) if floor_applies => {
-            let floor = run_on(&ids, &Target::Floor(addr), &cli.scenario, cli.floor_pid.as_slice()).await?;
-            Ok(relay.with_floor(floor))
-        }
-        _ => Ok(relay),
+    let compared = cli.reference
+        && matches!(
+            cli.scenario,
+            Scenario::Pairs { .. }
+                | Scenario::Fanout { .. }
+                | Scenario::Connect { resume: false, .. }
+                | Scenario::Idle { .. }
+        );
+    if !compared && cli.runs > 1 {
+        bail!(
+            "--runs compares runs with the reference relay: give --reference with pairs, fanout, connect or idle"
+        );
     }
+    let ids = Identities::new(&cli.pki)?;
+    let relay = Target::Relay(cli.url.clone());
+    if !compared {
+        return run_on(&ids, &relay, &cli.scenario, &cli.server_pid).await;
+    }
+    let process = ReferenceProcess::start(&cli.pki, cli.server_pid.first().copied())?;
+    let reference = Target::Reference(process.url.clone());
+    let mut comparison = Comparison::default();
+    let mut last = None;
+    for _ in 0..cli.runs.max(1) {
+        let on_relay = run_on(&ids, &relay, &cli.scenario, &cli.server_pid).await?;
+        let on_reference = run_on(&ids, &reference, &cli.scenario, &[process.pid()]).await?;
+        comparison.add(&on_relay, &on_reference);
+        last = Some((on_relay, on_reference));
+    }
+    let (on_relay, on_reference) = last.context("no run")?;
+    Ok(on_relay.with_reference(on_reference, comparison))
 }
 
 async fn run_on(ids: &Identities, target: &Target, scenario: &Scenario, pid: &[u32]) -> Result<Report> {
@@ -56,10 +74,9 @@ async fn run_on(ids: &Identities, target: &Target, scenario: &Scenario, pid: &[u
             Ok(throughput_report("pairs", params, elapsed, size, results, before, after))
         }
         Scenario::Fanout { receivers, messages, size, window } => {
-            let Target::Relay(urls) = target else { bail!("fanout needs the relay") };
             check_size(size)?;
             let params = serde_json::json!({"receivers": receivers, "messages": messages, "size": size, "window": window});
-            let (sender, receivers_conns) = connect_fanout(ids, urls, receivers).await?;
+            let (sender, receivers_conns) = connect_fanout(ids, target.urls(), receivers).await?;
             let before = server::sample(pid)?;
             let started = Instant::now();
             let result = fanout(sender, receivers_conns, messages, size, window).await?;
@@ -112,7 +129,7 @@ async fn run_on(ids: &Identities, target: &Target, scenario: &Scenario, pid: &[u
                 )
                 .await
             }
-            Target::Floor(_) => idle_floor(ids, target, count, pid).await,
+            Target::Reference(_) => idle_reference(ids, target, count, pid).await,
         },
         Scenario::Storm { count, fleet, proxy_cmd, signal, socket_activation, phase_timeout } => {
             let Target::Relay(urls) = target else { bail!("storm needs the relay") };
@@ -133,7 +150,7 @@ async fn run_on(ids: &Identities, target: &Target, scenario: &Scenario, pid: &[u
             crate::storm::storm(ids, url, options).await
         }
         Scenario::Slow { rooms, messages, size } => slow(ids, target, rooms, messages, size, pid).await,
-        Scenario::FloorServer { .. } => bail!("floor-server is not a scenario"),
+        Scenario::ReferenceRelay { .. } => bail!("reference-relay is not a scenario"),
     }
 }
 
@@ -197,23 +214,26 @@ async fn connect_pairs(
     Ok(pairs)
 }
 
+/// The sender and K receivers of one room, past the HELLOs. Every member connects before any
+/// says HELLO, so that a relay that holds nothing (the reference relay) delivers them all.
 async fn connect_fanout(ids: &Identities, urls: &[String], receivers: usize) -> Result<(Conn, Vec<Conn>)> {
     let room = "bench/fanout";
-    let mut sender = ids.connect(node_url(urls, 0), room, 0).await?;
-    hello(&mut sender, "sender").await?;
-    let mut list = Vec::with_capacity(receivers);
-    for n in 1..=receivers {
-        let mut ws = ids.connect(node_url(urls, n), room, n).await?;
-        hello(&mut ws, &format!("r{n}")).await?;
-        list.push(ws);
+    let mut members = Vec::with_capacity(receivers + 1);
+    for n in 0..=receivers {
+        members.push(ids.connect(node_url(urls, n), room, n).await?);
+    }
+    for (n, ws) in members.iter_mut().enumerate() {
+        hello(ws, &format!("member-{n}")).await?;
     }
     // Every member receives the HELLO of each of the others: K of them.
-    for ws in std::iter::once(&mut sender).chain(list.iter_mut()) {
+    for ws in &mut members {
         for _ in 0..receivers {
             expect(ws, "CONN:HELLO").await?;
         }
     }
-    Ok((ws_conn(sender), list.into_iter().map(ws_conn).collect()))
+    let mut conns = members.into_iter().map(ws_conn);
+    let sender = conns.next().context("no sender")?;
+    Ok((sender, conns.collect()))
 }
 
 /// What a sender and its receivers share: the stream's shape, each receiver's progress, and
@@ -354,9 +374,9 @@ async fn ping_pong_room(a: Conn, b: Conn, messages: u64, size: usize) -> Result<
     Ok(result)
 }
 
-/// `idle` through the floor: connections in pairs, each registered with the floor (it
-/// acknowledges), held, then the RSS per connection.
-async fn idle_floor(ids: &Identities, target: &Target, count: usize, pid: &[u32]) -> Result<Report> {
+/// `idle` on the reference relay: connections in pairs, each past its upgrade and HELLO, held,
+/// then the RSS per connection (the fleet's HELLO exchange needs a relay that holds frames).
+async fn idle_reference(ids: &Identities, target: &Target, count: usize, pid: &[u32]) -> Result<Report> {
     let before = server::sample(pid)?;
     let started = Instant::now();
     let connections: Vec<Result<Conn>> = futures_util::stream::iter(0..count)

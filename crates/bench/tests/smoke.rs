@@ -1,10 +1,9 @@
 //! Every scenario of the real `ws-bench` binary, with tiny parameters, against the proxy run
-//! in this process (so `--server-pid` is this process), and the floor forwarder beside it: the
+//! in this process (so `--server-pid` is this process), and the reference relay beside it: the
 //! tool keeps working and its delivery checks pass. Figures are not asserted: they are the
 //! benchmark's to report.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use micronets_certgen::dev::{self, DevPki};
 use micronets_proxy::{FileConfig, Overrides, Proxy};
@@ -48,42 +47,6 @@ impl Drop for Relay {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-    }
-}
-
-/// The floor forwarder as a child process, killed when dropped.
-struct Floor {
-    child: Child,
-    addr: String,
-}
-
-impl Floor {
-    fn start(pki: &DevPki) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ws-bench"))
-            .args(["--pki", &pki.dir.display().to_string(), "floor-server", "--bind", "127.0.0.1:0"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(addr) = line.strip_prefix("floor listening on ") {
-                        break addr.to_owned();
-                    }
-                }
-                other => panic!("the floor ended before listening: {other:?}"),
-            }
-        };
-        Floor { child, addr }
-    }
-}
-
-impl Drop for Floor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -145,30 +108,52 @@ async fn every_scenario_runs_and_verifies_delivery() {
     }
 }
 
-/// The floor runs the same scenarios in the same invocation, and the report carries its
-/// figures (the ratios need more work than these tiny runs give the 10 ms CPU clock). `idle` goes past the few hundred connections at which the floor's
-/// clients once hung on an unflushed room line.
+/// With --reference, ws-bench starts the reference relay itself, runs the scenario on both
+/// `--runs` times, and reports each run's figures and their ratios; delivery is checked on
+/// every run of both (the ratios themselves need more work than these tiny runs give the 10 ms
+/// CPU clock). The reference relay ends with ws-bench.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_floor_runs_beside_the_relay_and_gives_ratios() {
+async fn the_reference_relay_runs_beside_the_relay_and_gives_ratios() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dev_pki(&dir);
     let relay = Relay::start(&pki, "").await;
-    let floor = Floor::start(&pki);
-    let floor_pid = floor.child.id().to_string();
-    let with_floor = |rest: &'static [&'static str]| {
-        let mut args = vec!["--floor", floor.addr.as_str(), "--floor-pid", floor_pid.as_str()];
-        args.extend_from_slice(rest);
-        args
-    };
-    let runs: [(&[&str], &str); 3] = [
-        (&["pairs", "--messages", "500", "--size", "256"], "server_cpu_us_per_message"),
-        (&["connect", "--count", "20", "--concurrency", "4"], "server_cpu_us_per_handshake"),
-        (&["idle", "--count", "400"], "server_rss_bytes_per_connection"),
+    let runs: [(&[&str], &str); 4] = [
+        (&["pairs", "--messages", "500", "--size", "256"], "server_cpu_us"),
+        (&["fanout", "--receivers", "3", "--messages", "200", "--size", "256"], "server_cpu_us"),
+        (&["connect", "--count", "20", "--concurrency", "4"], "server_cpu_us"),
+        (&["idle", "--count", "400"], "rss_bytes_per_connection"),
     ];
     for (scenario, figure) in runs {
-        let report = bench(&[&relay], &pki, &with_floor(scenario)).await;
-        assert!(report["floor"][figure].is_number(), "{scenario:?}: no floor {figure} in {report}");
+        let mut args = vec!["--reference", "--runs", "2"];
+        args.extend_from_slice(scenario);
+        let report = bench(&[&relay], &pki, &args).await;
+        let comparison = &report["comparison"];
+        assert_eq!(comparison["runs"], 2, "{scenario:?}: {report}");
+        assert_eq!(comparison[figure]["relay"].as_array().map(Vec::len), Some(2), "{scenario:?}: {report}");
+        assert_eq!(
+            comparison[figure]["reference"].as_array().map(Vec::len),
+            Some(2),
+            "{scenario:?}: {report}"
+        );
+        assert!(report["reference"]["delivery"]["sent"].is_number(), "{scenario:?}: {report}");
+        for field in ["lost", "duplicated", "reordered", "corrupted"] {
+            assert_eq!(comparison["delivery"][field], 0, "{scenario:?}: {report}");
+        }
+        assert_eq!(comparison["delivery"]["sent"], comparison["delivery"]["received"], "{report}");
     }
+    let left = Command::new("pgrep").args(["-f", "ws-bench.*reference-relay"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "a reference relay outlived ws-bench");
+}
+
+/// --runs without --reference is refused with a reason.
+#[test]
+fn runs_without_the_reference_are_refused() {
+    let output = Command::new(env!("CARGO_BIN_EXE_ws-bench"))
+        .args(["--runs", "3", "pairs", "--messages", "10"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--runs compares runs"), "{output:?}");
 }
 
 /// Two nodes of a cluster: each pair's peers land on different nodes, and every message
