@@ -27,6 +27,7 @@ pub mod fuzz;
 mod header;
 mod http_map;
 mod id;
+mod parse;
 mod rest;
 mod scan;
 
