@@ -15,10 +15,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use anyhow::{Context, Result, bail};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
@@ -90,20 +91,17 @@ async fn connection(acceptor: tokio_rustls::TlsAcceptor, tcp: tokio::net::TcpStr
 async fn relay(mut stream: SplitStream<Ws>, rooms: &Rooms, room: &str, id: u64) {
     let mut unflushed: Vec<Sink> = Vec::new();
     loop {
-        let incoming = match stream.next().now_or_never() {
-            Some(incoming) => incoming,
-            None => {
-                for sink in unflushed.drain(..) {
-                    if let Some(sink) = sink.lock().await.as_mut() {
-                        let _ = sink.flush().await;
-                    }
-                }
+        // Polled with this task's own waker, so that a frame that arrives later wakes it.
+        let incoming = match std::future::poll_fn(|cx| Poll::Ready(stream.poll_next_unpin(cx))).await {
+            Poll::Ready(incoming) => incoming,
+            Poll::Pending => {
+                flush(&mut unflushed).await;
                 stream.next().await
             }
         };
         let message = match incoming {
             Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
-            Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
             Some(Ok(_)) => continue,
         };
         let others: Vec<Sink> = rooms
@@ -121,6 +119,16 @@ async fn relay(mut stream: SplitStream<Ws>, rooms: &Rooms, room: &str, id: u64) 
             if fed && !unflushed.iter().any(|s| Arc::ptr_eq(s, &sink)) {
                 unflushed.push(sink);
             }
+        }
+    }
+    // What the member sent just before it left still goes out.
+    flush(&mut unflushed).await;
+}
+
+async fn flush(unflushed: &mut Vec<Sink>) {
+    for sink in unflushed.drain(..) {
+        if let Some(write) = sink.lock().await.as_mut() {
+            let _ = write.flush().await;
         }
     }
 }
