@@ -14,6 +14,7 @@ use crate::rooms::id::{ConnId, NodeId, RoomId};
 use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
 use crate::rooms::registry::Space;
 use crate::rooms::remote::{Card, MayReplace, MemberKey, NewView};
+use crate::rooms::room::Room;
 
 /// One node, nothing shared.
 pub(crate) struct Local {
@@ -53,6 +54,11 @@ impl Nodes for Local {
         _: &'a MayReplace,
     ) -> BoxFuture<'a, Result<Roster, JoinError>> {
         Box::pin(std::future::ready(Ok(Roster::default())))
+    }
+
+    /// Nothing to settle: a single node knows no member elsewhere.
+    fn settle<'a>(&'a self, _: &'a Hub, _: &'a Room) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
     }
 
     /// Never asked: a single node knows no member elsewhere.

@@ -8,7 +8,8 @@
 //!
 //! Each node refreshes its members every quarter of `presence_ttl` and gives each entry half of
 //! it; readers skip expired entries and the next join removes them. Every change that must be
-//! atomic is one Lua script: [`JOIN`] (capacity and same-certificate replacement), [`REFRESH`].
+//! atomic is one Lua script: [`JOIN`] (capacity and same-certificate replacement), [`REFRESH`];
+//! [`LIVE`] reads a room's members for a node that has just joined one there.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -107,6 +108,17 @@ end
 return {out, replaced}
 ";
 
+/// The live members of one room, read only. KEYS: cards, ttl. ARGV: now. Returns their cards.
+const LIVE: &str = r"
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf')
+local out = {}
+for _, f in ipairs(live) do
+  local card = redis.call('HGET', KEYS[1], f)
+  if card then table.insert(out, card) end
+end
+return out
+";
+
 /// What the join script did.
 pub(crate) enum Joining {
     /// The newcomer is in; the room's members elsewhere, and the one it replaced.
@@ -133,6 +145,7 @@ pub(crate) struct Store {
     join: Script,
     space: Script,
     refresh: Script,
+    live: Script,
 }
 
 fn unix_ms() -> i64 {
@@ -153,6 +166,7 @@ impl Store {
             join: Script::new(JOIN),
             space: Script::new(SPACE),
             refresh: Script::new(REFRESH),
+            live: Script::new(LIVE),
         }
     }
 
@@ -219,6 +233,27 @@ impl Store {
             .invoke_async(commands)
             .await?;
         parse_join(reply, &card.node)
+    }
+
+    /// The live members of `room` on other nodes than `node` (see [`LIVE`]).
+    pub(crate) async fn live(
+        &self,
+        commands: &mut Commands,
+        room: &RoomId,
+        node: &NodeId,
+    ) -> Result<Vec<Card>, BackplaneError> {
+        let live: Vec<Vec<u8>> = self
+            .live
+            .key(self.key(room.as_str(), "cards"))
+            .key(self.key(room.as_str(), "ttl"))
+            .arg(unix_ms())
+            .invoke_async(commands)
+            .await?;
+        Ok(live
+            .into_iter()
+            .filter_map(|bytes| decode_card(bytes.into()).ok())
+            .filter(|card| card.node != *node)
+            .collect())
     }
 
     /// Removes a member's entry.

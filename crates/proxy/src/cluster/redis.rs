@@ -35,6 +35,7 @@ use crate::rooms::id::{ConnId, NodeId, RoomId};
 use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
 use crate::rooms::registry::Space;
 use crate::rooms::remote::{Card, MayReplace, MemberKey, NewView};
+use crate::rooms::room::Room;
 
 /// Room refreshes in flight at once.
 const REFRESHES_IN_FLIGHT: usize = 32;
@@ -425,6 +426,25 @@ impl Nodes for RedisBackplane {
             let mine = Mine { room: room.clone(), card: encoded, fingerprint: card.fingerprint.to_string() };
             self.mine().insert(field, mine);
             Ok(roster)
+        })
+    }
+
+    /// One read of the room's presence after the local join: a member elsewhere whose script
+    /// ran after this member's and whose note came before the local room had this member is
+    /// there. When Redis does not answer, the periodic refresh learns it later.
+    fn settle<'a>(&'a self, hub: &'a Hub, room: &'a Room) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let mut commands = self.link.commands();
+            let read = tokio::time::timeout(
+                self.config.command_timeout,
+                self.store.live(&mut commands, room.id(), &self.node),
+            )
+            .await;
+            match read {
+                Ok(Ok(others)) => inbox::resync(hub, room, others).await,
+                Ok(Err(e)) => warn!(error = %e, "cannot read the room's presence after a join"),
+                Err(_) => warn!("cannot read the room's presence after a join: timed out"),
+            }
         })
     }
 

@@ -229,6 +229,7 @@ impl Peer<'_> {
         };
         let room = Arc::clone(&joined.room);
         self.announce(joined, &card, roster.replaced).await;
+        hub.nodes.settle(hub, &room).await;
         Ok(room)
     }
 

@@ -313,9 +313,6 @@ impl Room {
         for existing in &state.members {
             member.mailbox.push_initial(existing.hello.clone());
         }
-        for card in &remote {
-            member.mailbox.push_initial(card.hello.clone());
-        }
         let view_before = state.remote().len();
         let learned = if remote.is_empty() && replaced_elsewhere.is_none() {
             Vec::new()
@@ -324,6 +321,12 @@ impl Room {
         };
         if !learned.is_empty() || state.remote().len() != view_before {
             self.changed();
+        }
+        // Every member elsewhere this node knows of, not only the cluster's answer to this
+        // join: one that joined after that answer may have been learnt meanwhile, by its note
+        // to this node, and its HELLO then went only to the members already here.
+        for card in state.remote() {
+            member.mailbox.push_initial(card.hello.clone());
         }
         let held = state.hold.take_all();
         let held_delivered = held.len();
