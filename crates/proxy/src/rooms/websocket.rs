@@ -28,6 +28,10 @@ use crate::error::Close;
 const READ_CHUNK: usize = 8 * 1024;
 /// The most the read buffer grows by ahead of bytes that have arrived.
 const GROW_STEP: usize = 64 * 1024;
+/// From this size up, a payload that fills the read buffer takes the buffer along instead of
+/// being copied out of it; smaller ones get an exact-size copy, so that a queued frame never
+/// keeps a larger buffer alive.
+const HANDOVER_MIN: usize = 16 * 1024;
 /// A read is not started with less room than this.
 const MIN_READ: usize = 512;
 /// Output fed before `poll_ready` waits for it to be written.
@@ -159,10 +163,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Ok(None);
         }
         let mask = [b[header], b[header + 1], b[header + 2], b[header + 3]];
-        let payload = &mut self.buf[header + 4..total];
-        unmask(payload, mask);
-        let payload = Bytes::copy_from_slice(payload);
-        self.buf.advance(total);
+        let payload = if len >= HANDOVER_MIN && self.buf.capacity() <= total + total / 4 {
+            // A large payload that fills the buffer takes the buffer along instead of a copy
+            // (what follows it, if anything, stays in the rest of the allocation until read).
+            let mut whole = self.buf.split_to(total);
+            whole.advance(header + 4);
+            unmask(&mut whole, mask);
+            whole.freeze()
+        } else {
+            let payload = &mut self.buf[header + 4..total];
+            unmask(payload, mask);
+            let payload = Bytes::copy_from_slice(payload);
+            self.buf.advance(total);
+            payload
+        };
         self.budget -= len;
         Ok(Some(Frame { fin, opcode, payload }))
     }
