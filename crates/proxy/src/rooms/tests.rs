@@ -265,3 +265,53 @@ async fn a_first_frame_that_is_not_a_hello_closes_the_connection_with_1008() {
         other => panic!("expected a close frame, got {other:?}"),
     }
 }
+
+/// A member of this node, for `Registry::join` directly.
+fn local_member(cn: &str, hello: &str) -> super::room::Member {
+    super::room::Member {
+        mailbox: super::mailbox::Mailbox::new(super::id::ConnId::next(), 16, 1 << 20),
+        fingerprint: identity(cn).fingerprint,
+        hello: Message::text(hello),
+        name: super::id::PeerName { class: Some("test".into()), id: Some(cn.into()) },
+        subject: Arc::from(format!("CN={cn}").as_str()),
+        since: std::time::SystemTime::now(),
+        replaced_by: None,
+        address: ([127, 0, 0, 1], 1).into(),
+        chain: Arc::new(NoCertificates),
+        conflicts_survived: 0,
+    }
+}
+
+/// Two joins at once on two nodes: this node learns of the member elsewhere by its join note
+/// after the local newcomer's join script answered without it, but before the newcomer is
+/// admitted here. The newcomer still gets that member's HELLO (once), like the member that was
+/// already here.
+#[test]
+fn a_newcomer_gets_the_hello_of_a_member_elsewhere_learnt_after_its_join_script() {
+    let hub = hub("");
+    let room = RoomId::parse("race/1").unwrap();
+    let here = hub.nodes.node().clone();
+    let first = local_member("first", "hello first");
+    let first_mailbox = first.mailbox.clone();
+    let joined = hub.registry.join(&room, first, Vec::new(), None, &MayReplace::Nobody, &here).unwrap();
+    let elsewhere = super::remote::Card {
+        node: super::id::NodeId::new("two"),
+        conn: super::id::ConnId::next(),
+        fingerprint: identity("elsewhere").fingerprint,
+        name: super::id::PeerName { class: Some("test".into()), id: Some("elsewhere".into()) },
+        hello: Message::text("hello elsewhere"),
+    };
+    let told = joined.room.add_remote(elsewhere, &mut |_, _| {});
+    assert_eq!(told.map(|r| r.len()), Some(1), "the member already here is told");
+
+    let newcomer = local_member("newcomer", "hello newcomer");
+    let newcomer_mailbox = newcomer.mailbox.clone();
+    hub.registry.join(&room, newcomer, Vec::new(), None, &MayReplace::Nobody, &here).unwrap();
+    let mut initial = std::collections::VecDeque::new();
+    newcomer_mailbox.take_remaining(&mut initial);
+    let texts: Vec<String> = initial.iter().map(|m| m.to_text().unwrap().to_owned()).collect();
+    assert_eq!(texts, ["hello first", "hello elsewhere"]);
+    let mut first_got = std::collections::VecDeque::new();
+    first_mailbox.take_remaining(&mut first_got);
+    assert!(first_got.is_empty(), "the announcement is the caller's: {first_got:?}");
+}
