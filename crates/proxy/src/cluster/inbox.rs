@@ -2,17 +2,14 @@
 //! to the local members of a room (through the same fan-out as a local member's frames), or a
 //! change of the room's view of its members elsewhere.
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::wire::RoomNote;
 use crate::error::Close;
 use crate::metrics::FrameKind;
+use crate::rooms::elsewhere::send_held;
 use crate::rooms::fanout::{self, Sender};
-use crate::rooms::hold::Held;
 use crate::rooms::hub::Hub;
-use crate::rooms::id::{NodeId, RoomId};
-use crate::rooms::remote::Card;
-use crate::rooms::room::Room;
 
 /// Carries out a note from another node. Nothing here waits: a local member that does not
 /// keep up is closed (see `rooms/fanout.rs`), and the node's inbox goes on.
@@ -51,26 +48,5 @@ pub(crate) async fn apply(hub: &Hub, note: RoomNote) {
                 mailbox.kill(Close::Replaced);
             }
         }
-    }
-}
-
-/// Brings a local room's view of the other nodes' members in line with a reading of
-/// presence, telling the local members of each change.
-pub(crate) async fn resync(hub: &Hub, room: &Room, live: Vec<Card>) {
-    let synced = room.sync_remote(live, &mut |nodes, held| send_held(hub, room.id(), nodes, held));
-    for card in synced.gone {
-        warn!(room = %room.id(), node = %card.node, "a member's node stopped refreshing its presence: forgotten");
-        let left = hub.replies.peer_left(&card.name, "node lost");
-        fanout::deliver_all(hub, &synced.receivers, left, Sender::OtherNode).await;
-    }
-    for card in synced.new {
-        fanout::deliver_all(hub, &synced.receivers, card.hello, Sender::OtherNode).await;
-    }
-}
-
-/// Sends what was held for a member to come to the nodes of the members that came.
-fn send_held(hub: &Hub, room: &RoomId, nodes: &[NodeId], held: Vec<Held>) {
-    for message in held {
-        hub.nodes.send_frame(nodes, room, message.from, &message.frame);
     }
 }

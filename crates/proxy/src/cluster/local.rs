@@ -14,7 +14,6 @@ use crate::rooms::id::{ConnId, NodeId, RoomId};
 use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
 use crate::rooms::registry::Space;
 use crate::rooms::remote::{Card, MayReplace, MemberKey, NewView};
-use crate::rooms::room::Room;
 
 /// One node, nothing shared.
 pub(crate) struct Local {
@@ -56,9 +55,9 @@ impl Nodes for Local {
         Box::pin(std::future::ready(Ok(Roster::default())))
     }
 
-    /// Nothing to settle: a single node knows no member elsewhere.
-    fn settle<'a>(&'a self, _: &'a Hub, _: &'a Room) -> BoxFuture<'a, ()> {
-        Box::pin(std::future::ready(()))
+    /// A single node knows no member elsewhere.
+    fn live_elsewhere<'a>(&'a self, _: &'a RoomId) -> BoxFuture<'a, Option<Vec<Card>>> {
+        Box::pin(std::future::ready(None))
     }
 
     /// Never asked: a single node knows no member elsewhere.

@@ -30,12 +30,12 @@ use super::wire::{Note, RoomNote, encode_card, field, key_of_field};
 use crate::config::{ClusterConfig, redacted_url};
 use crate::error::{Error, Result};
 use crate::identity::Fingerprint;
+use crate::rooms::elsewhere;
 use crate::rooms::hub::Hub;
 use crate::rooms::id::{ConnId, NodeId, RoomId};
 use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
 use crate::rooms::registry::Space;
 use crate::rooms::remote::{Card, MayReplace, MemberKey, NewView};
-use crate::rooms::room::Room;
 
 /// Room refreshes in flight at once.
 const REFRESHES_IN_FLIGHT: usize = 32;
@@ -344,7 +344,7 @@ impl RedisBackplane {
                     mailbox.kill(crate::error::Close::Replaced);
                 }
             }
-            inbox::resync(hub, &room, refreshed.others).await;
+            elsewhere::resync(hub, &room, refreshed.others).await;
         }
         failure.map_or(Ok(()), Err)
     }
@@ -429,21 +429,25 @@ impl Nodes for RedisBackplane {
         })
     }
 
-    /// One read of the room's presence after the local join: a member elsewhere whose script
-    /// ran after this member's and whose note came before the local room had this member is
-    /// there. When Redis does not answer, the periodic refresh learns it later.
-    fn settle<'a>(&'a self, hub: &'a Hub, room: &'a Room) -> BoxFuture<'a, ()> {
+    /// One read of the room's presence after a local join (the read-only `LIVE` script).
+    fn live_elsewhere<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Option<Vec<Card>>> {
         Box::pin(async move {
             let mut commands = self.link.commands();
             let read = tokio::time::timeout(
                 self.config.command_timeout,
-                self.store.live(&mut commands, room.id(), &self.node),
+                self.store.live(&mut commands, room, &self.node),
             )
             .await;
             match read {
-                Ok(Ok(others)) => inbox::resync(hub, room, others).await,
-                Ok(Err(e)) => warn!(error = %e, "cannot read the room's presence after a join"),
-                Err(_) => warn!("cannot read the room's presence after a join: timed out"),
+                Ok(Ok(others)) => Some(others),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "cannot read the room's presence after a join");
+                    None
+                }
+                Err(_) => {
+                    warn!("cannot read the room's presence after a join: timed out");
+                    None
+                }
             }
         })
     }

@@ -15,6 +15,7 @@ use tokio::time;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{Span, info, warn};
 
+use super::elsewhere;
 use super::fanout::{self, Sender};
 use super::forward::Forward;
 use super::hub::Hub;
@@ -229,7 +230,9 @@ impl Peer<'_> {
         };
         let room = Arc::clone(&joined.room);
         self.announce(joined, &card, roster.replaced).await;
-        hub.nodes.settle(hub, &room).await;
+        if let Some(live) = hub.nodes.live_elsewhere(self.room_id()).await {
+            elsewhere::resync(hub, &room, live).await;
+        }
         Ok(room)
     }
 

@@ -15,6 +15,7 @@
 //! Nothing here knows about TLS, the ACL or Redis. The map of the whole crate is in
 //! docs/architecture.md.
 
+pub(crate) mod elsewhere;
 pub(crate) mod fanout;
 pub(crate) mod forward;
 pub(crate) mod hold;

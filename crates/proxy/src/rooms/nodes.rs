@@ -10,11 +10,9 @@ use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Message;
 
-use super::hub::Hub;
 use super::id::{ConnId, NodeId, RoomId};
 use super::registry::Space;
 use super::remote::{Card, MayReplace, MemberKey, NewView};
-use super::room::Room;
 use crate::identity::Fingerprint;
 
 /// A boxed future, for the trait's asynchronous methods.
@@ -71,10 +69,11 @@ pub(crate) trait Nodes: Send + Sync {
         may_replace: &'a MayReplace,
     ) -> BoxFuture<'a, Result<Roster, JoinError>>;
 
-    /// A member joined `room` here: brings the local room up to date with the members
-    /// elsewhere, for the ones whose join note reached this node before the room had this
-    /// member (two joins at once on two nodes), with their HELLOs and what was held for them.
-    fn settle<'a>(&'a self, hub: &'a Hub, room: &'a Room) -> BoxFuture<'a, ()>;
+    /// The live members of `room` on other nodes, read once more after a member joined it here
+    /// (`None` on a single node, or when the read fails: the periodic refresh does it later).
+    /// Those whose join note reached this node before the room had this member (two joins at
+    /// once on two nodes) are learnt from it.
+    fn live_elsewhere<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Option<Vec<Card>>>;
 
     /// Asks the node of member `who` of `room` whether it answers a probe within `timeout`
     /// (a newcomer at `newcomer` has its certificate); `false` when its node does not answer

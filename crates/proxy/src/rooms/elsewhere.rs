@@ -1,0 +1,33 @@
+//! A room's members on other nodes, seen from here: bringing the room's view of them in line
+//! with a reading of presence (telling the local members of each change), and sending what was
+//! held for a member to come to the nodes of the members that came.
+
+use tracing::warn;
+
+use super::fanout::{self, Sender};
+use super::hold::Held;
+use super::hub::Hub;
+use super::id::{NodeId, RoomId};
+use super::remote::Card;
+use super::room::Room;
+
+/// Brings a local room's view of the other nodes' members in line with a reading of
+/// presence, telling the local members of each change.
+pub(crate) async fn resync(hub: &Hub, room: &Room, live: Vec<Card>) {
+    let synced = room.sync_remote(live, &mut |nodes, held| send_held(hub, room.id(), nodes, held));
+    for card in synced.gone {
+        warn!(room = %room.id(), node = %card.node, "a member's node stopped refreshing its presence: forgotten");
+        let left = hub.replies.peer_left(&card.name, "node lost");
+        fanout::deliver_all(hub, &synced.receivers, left, Sender::OtherNode).await;
+    }
+    for card in synced.new {
+        fanout::deliver_all(hub, &synced.receivers, card.hello, Sender::OtherNode).await;
+    }
+}
+
+/// Sends what was held for a member to come to the nodes of the members that came.
+pub(crate) fn send_held(hub: &Hub, room: &RoomId, nodes: &[NodeId], held: Vec<Held>) {
+    for message in held {
+        hub.nodes.send_frame(nodes, room, message.from, &message.frame);
+    }
+}
