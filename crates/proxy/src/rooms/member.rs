@@ -231,7 +231,7 @@ impl Peer<'_> {
         let room = Arc::clone(&joined.room);
         self.announce(joined, &card, roster.replaced).await;
         if let Some(live) = hub.nodes.live_elsewhere(self.room_id()).await {
-            elsewhere::resync(hub, &room, live).await;
+            elsewhere::learn(hub, &room, live).await;
         }
         Ok(room)
     }

@@ -483,6 +483,19 @@ impl Room {
         Synced { gone, new, receivers: state.mailboxes() }
     }
 
+    /// Learns the members elsewhere in a reading of presence that may be older than what this
+    /// node has heard since (a read made while other joins were under way): adds the ones it
+    /// did not know, and forgets none. What was held goes to `send_held` when members came.
+    pub(crate) fn learn_remote(&self, live: Vec<Card>, send_held: SendHeld<'_>) -> Synced {
+        let mut state = self.lock();
+        let new = self.view(&mut state).learn(live, None, Instant::now());
+        if !new.is_empty() {
+            self.changed();
+        }
+        state.release_held(&new, send_held);
+        Synced { gone: Vec::new(), new, receivers: state.mailboxes() }
+    }
+
     /// Resolves once the member `who` elsewhere is reported gone.
     pub(crate) fn departure(&self, who: MemberKey) -> oneshot::Receiver<()> {
         let mut state = self.lock();

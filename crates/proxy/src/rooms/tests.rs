@@ -315,3 +315,36 @@ fn a_newcomer_gets_the_hello_of_a_member_elsewhere_learnt_after_its_join_script(
     first_mailbox.take_remaining(&mut first_got);
     assert!(first_got.is_empty(), "the announcement is the caller's: {first_got:?}");
 }
+
+/// The readings of presence made at members' joins may be older than the notes this node has
+/// had meanwhile (several are in flight when members join at once): they add members, and
+/// never forget one. Only the periodic refresh's readings do, after two in a row.
+#[tokio::test]
+async fn readings_made_at_joins_forget_no_member_elsewhere() {
+    let hub = hub("");
+    let room = RoomId::parse("race/2").unwrap();
+    let here = hub.nodes.node().clone();
+    let joined = hub
+        .registry
+        .join(&room, local_member("here", "hello here"), Vec::new(), None, &MayReplace::Nobody, &here)
+        .unwrap();
+    let card = |name: &str| super::remote::Card {
+        node: super::id::NodeId::new("two"),
+        conn: super::id::ConnId::next(),
+        fingerprint: identity(name).fingerprint,
+        name: super::id::PeerName { class: Some("test".into()), id: Some(name.into()) },
+        hello: Message::text(format!("hello {name}")),
+    };
+    let known = card("known");
+    assert!(joined.room.add_remote(known.clone(), &mut |_, _| {}).is_some());
+    let elsewhere = |r: &super::room::Room| r.inspect(|c| c.remote.len());
+
+    let newer = card("newer");
+    super::elsewhere::learn(&hub, &joined.room, vec![newer]).await;
+    super::elsewhere::learn(&hub, &joined.room, Vec::new()).await;
+    assert_eq!(elsewhere(&joined.room), 2, "learnt the newer one, forgot none");
+
+    super::elsewhere::resync(&hub, &joined.room, vec![known.clone()]).await;
+    super::elsewhere::resync(&hub, &joined.room, vec![known]).await;
+    assert_eq!(elsewhere(&joined.room), 1, "two refreshes in a row without it: forgotten");
+}
