@@ -7,6 +7,7 @@
 //! `docs/performance.md` for how to run it pinned to its own core.
 
 mod fleet;
+mod fleet_runs;
 mod frame;
 mod peers;
 mod reference;

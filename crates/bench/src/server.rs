@@ -66,3 +66,10 @@ pub(crate) fn sample_process(pid: u32) -> Result<Sample> {
         rss_peak_bytes: kib("VmHWM:")? * 1024,
     })
 }
+
+/// The server CPU per unit of work (message, handshake, connection) between two samples, in
+/// microseconds.
+pub(crate) fn cpu_per(before: Option<Sample>, after: Option<Sample>, n: u64) -> Option<f64> {
+    let (before, after) = (before?, after?);
+    (n > 0).then(|| (after.cpu_seconds - before.cpu_seconds) * 1e6 / n as f64)
+}

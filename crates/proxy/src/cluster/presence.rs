@@ -249,11 +249,7 @@ impl Store {
             .arg(unix_ms())
             .invoke_async(commands)
             .await?;
-        Ok(live
-            .into_iter()
-            .filter_map(|bytes| decode_card(bytes.into()).ok())
-            .filter(|card| card.node != *node)
-            .collect())
+        Ok(elsewhere(live, node))
     }
 
     /// Removes a member's entry.
@@ -292,13 +288,16 @@ impl Store {
             invocation.arg(field).arg(card.as_ref()).arg(fingerprint);
         }
         let (live, replaced): (Vec<Vec<u8>>, Vec<String>) = invocation.invoke_async(commands).await?;
-        let others = live
-            .into_iter()
-            .filter_map(|bytes| decode_card(bytes.into()).ok())
-            .filter(|card| card.node != *node)
-            .collect();
-        Ok(Refreshed { others, replaced })
+        Ok(Refreshed { others: elsewhere(live, node), replaced })
     }
+}
+
+/// The cards in a script's list of live members that are on other nodes than `node`.
+fn elsewhere(live: Vec<Vec<u8>>, node: &NodeId) -> Vec<Card> {
+    live.into_iter()
+        .filter_map(|bytes| decode_card(bytes.into()).ok())
+        .filter(|card| card.node != *node)
+        .collect()
 }
 
 /// Reads the join script's reply: `None` when the room is full. A member replaced on this
