@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::warn;
 
 use super::hub::Hub;
-use super::mailbox::{Delivery, Mailbox};
+use super::mailbox::{Delivery, Kicks, Mailbox};
 use crate::error::Close;
 use crate::metrics::Metrics;
 
@@ -35,25 +35,27 @@ pub(crate) type Waiting<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// Queues `message` to every receiver, in order.
 pub(crate) async fn deliver_all(hub: &Hub, receivers: &[Mailbox], message: Message, sender: Sender) {
-    if let Some(waiting) = offer_all(hub, receivers, message, sender) {
+    if let Some(waiting) = offer_all(hub, receivers, message, sender, None) {
         waiting.await;
     }
 }
 
 /// Queues `message` to every receiver, in order, as far as it can without waiting; what is left
-/// when a receiver is full comes back as a future to await.
+/// when a receiver is full comes back as a future to await. With `kicks`, receivers whose
+/// writers are idle are noted there for the sender to write (`mailbox.rs`), not woken.
 pub(crate) fn offer_all<'a>(
     hub: &'a Hub,
     receivers: &'a [Mailbox],
     message: Message,
     sender: Sender,
+    mut kicks: Option<&mut Kicks>,
 ) -> Option<Waiting<'a>> {
     let mut message = Some(message);
     for (i, receiver) in receivers.iter().enumerate() {
         // Every receiver but the last gets a clone (a reference count).
         let this = if i + 1 < receivers.len() { message.clone() } else { message.take() };
         let Some(this) = this else { break };
-        if let Err(this) = offer_one(hub, receiver, this, sender) {
+        if let Err(this) = offer_one(hub, receiver, this, sender, kicks.as_deref_mut()) {
             let rest = &receivers[i + 1..];
             return Some(Box::pin(async move {
                 wait_for_room(hub, receiver, this).await;
@@ -76,21 +78,27 @@ pub(crate) fn offer<'a>(
     message: Message,
     sender: Sender,
 ) -> Option<Waiting<'a>> {
-    offer_all(hub, std::slice::from_ref(receiver), message, sender)
+    offer_all(hub, std::slice::from_ref(receiver), message, sender, None)
 }
 
 /// Queues `message` to one receiver; a member's frame waits for room.
 async fn deliver(hub: &Hub, receiver: &Mailbox, message: Message, sender: Sender) {
-    if let Err(message) = offer_one(hub, receiver, message, sender) {
+    if let Err(message) = offer_one(hub, receiver, message, sender, None) {
         wait_for_room(hub, receiver, message).await;
     }
 }
 
 /// Queues `message` to one receiver if it has room, or gives it back when a member's frame has
 /// to wait; closes a receiver that is too slow with 1013.
-fn offer_one(hub: &Hub, receiver: &Mailbox, message: Message, sender: Sender) -> Result<(), Message> {
+fn offer_one(
+    hub: &Hub,
+    receiver: &Mailbox,
+    message: Message,
+    sender: Sender,
+    kicks: Option<&mut Kicks>,
+) -> Result<(), Message> {
     let delivery = match sender {
-        Sender::Local => receiver.try_deliver(message)?,
+        Sender::Local => receiver.try_deliver(message, kicks)?,
         Sender::OtherNode => receiver.deliver_now(message, hub.config.slow_consumer_timeout),
     };
     judge(hub, receiver, delivery, sender);

@@ -16,7 +16,7 @@ use tracing::{debug, info};
 
 use super::fanout::{self, Sender, Waiting};
 use super::hub::Hub;
-use super::mailbox::Mailbox;
+use super::mailbox::{Kicks, Mailbox};
 use super::room::{Asks, Room, Route, Targets};
 use super::websocket::ReadError;
 use crate::error::Close;
@@ -90,6 +90,9 @@ impl<'a> Forward<'a> {
         let mut last_frame = Instant::now();
         let mut unclocked_frames = false;
         let mut targets = Targets::default();
+        // The receivers this member's frames went to without waking their writers: written
+        // from here once the stream has nothing more ready, and before any wait.
+        let mut kicks = Kicks::default();
         let mut rate =
             RateLimit::new(config.max_frames_per_second, config.max_bytes_per_second, last_frame.into_std());
         loop {
@@ -97,9 +100,13 @@ impl<'a> Forward<'a> {
                 if self.mailbox.is_killed() {
                     return Poll::Ready(Event::Killed);
                 }
+                if kicks.due() {
+                    kicks.write();
+                }
                 if let Poll::Ready(frame) = stream.poll_next_unpin(cx) {
                     return Poll::Ready(Event::Frame(frame));
                 }
+                kicks.write();
                 if std::mem::take(&mut unclocked_frames) {
                     last_frame = Instant::now();
                     tally.publish(&self.hub.metrics, self.mailbox.stats());
@@ -148,6 +155,7 @@ impl<'a> Forward<'a> {
                         Admit::Yes => {}
                         Admit::Refuse => {
                             if let Some(waiting) = self.refuse_over_rate(&message) {
+                                kicks.write();
                                 waiting.await;
                             }
                             continue;
@@ -157,8 +165,9 @@ impl<'a> Forward<'a> {
                     let arrived = tally.frame_in(&message);
                     // Relaying does not wait unless a receiver is full: then what is left of it
                     // is awaited here, from the heap.
-                    let (held, waiting) = self.relay_frame(message, &mut targets, tally);
+                    let (held, waiting) = self.relay_frame(message, &mut targets, tally, &mut kicks);
                     if let Some(waiting) = waiting {
+                        kicks.write();
                         waiting.await;
                     }
                     self.hub.metrics.relay_done(arrived);
@@ -193,6 +202,7 @@ impl<'a> Forward<'a> {
         message: Message,
         targets: &'s mut Targets,
         tally: &mut FrameTally,
+        kicks: &mut Kicks,
     ) -> (bool, Option<Waiting<'s>>) {
         // The header borrows from the frame; ids are copied only when a reply or the hold
         // buffer needs them, so relaying allocates nothing for them.
@@ -266,7 +276,7 @@ impl<'a> Forward<'a> {
         let receivers = targets.mailboxes();
         tally.relayed(&message, receivers.len() as u64);
         debug!(len = message.len(), receivers = receivers.len(), nodes = targets.nodes().len(), "relayed");
-        (false, fanout::offer_all(self.hub, receivers, message, Sender::Local))
+        (false, fanout::offer_all(self.hub, receivers, message, Sender::Local, Some(kicks)))
     }
 
     /// Tells the sender of each expired held message that it was never delivered.

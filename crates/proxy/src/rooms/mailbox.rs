@@ -10,8 +10,17 @@
 //! The queue is a `VecDeque` behind a short `std` mutex rather than a channel and a byte
 //! semaphore: a delivery is one lock and at most one wake-up, the writer takes everything queued
 //! under one lock, and an idle peer's queue holds no allocation at all (docs/performance.md).
+//!
+//! A member's frame to a receiver whose writer is idle need not wake that writer: the sender
+//! notes the receiver in its [`Kicks`] and, once it has read all it can, writes the receiver's
+//! queue itself through the receiver's [`Outlet`] (the socket's writing end, which the writer
+//! shares). That is done under the queue's lock, so nothing else is taken from the queue or
+//! written meanwhile and each sender's frames keep their order; only what the socket does not
+//! take at once is left to the writer, which is woken for it. A receiver's bytes count against
+//! its budget until written, whoever writes them, so the slow-consumer bound is the same.
 
 use std::collections::VecDeque;
+use std::mem;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
@@ -85,6 +94,69 @@ struct Queue {
     ping: bool,
     /// Since when frames from other nodes have found the queue over its limits.
     over_since: Option<Instant>,
+    /// A batch taken from the queue is being written (by the writer, or left to it).
+    writing: bool,
+    /// A sender's write that the socket did not take whole: the writer finishes it. Holds the
+    /// number of data frames handed to the outlet.
+    handed_over: Option<u64>,
+    /// Where senders write when the queue is idle; removed when the writer ends.
+    outlet: Option<Arc<dyn Outlet>>,
+}
+
+/// The writing end of a peer's connection, shared by its writer and by senders that write its
+/// queue themselves ([`Kicks`]).
+pub(crate) trait Outlet: Send + Sync {
+    /// Writes `batch` without waiting. `Ready(Ok)`: all of it is on the socket. `Pending`: the
+    /// socket took part; what was taken from `batch` waits inside the outlet, the rest is still
+    /// in `batch`, and the writer finishes. `Ready(Err)`: the connection failed.
+    fn write_now(&self, batch: &mut VecDeque<Message>) -> Poll<Result<(), WriteFailed>>;
+}
+
+/// A write to a peer's connection failed.
+#[derive(Debug)]
+pub(crate) struct WriteFailed;
+
+/// What the writer takes from the queue: a batch of this many bytes (frames just taken, and any
+/// a sender handed over), of which this many data frames were handed over already.
+pub(super) struct Taken {
+    pub(super) bytes: usize,
+    pub(super) handed_over: u64,
+}
+
+/// The receivers a member's frames went to without waking their writers: the member writes
+/// their queues itself ([`Kicks::write`]) once it has read all it can, before it waits for
+/// anything, and after [`Kicks::FLUSH_BYTES`]; dropped unwritten, it wakes their writers.
+#[derive(Default)]
+pub(crate) struct Kicks {
+    receivers: Vec<Mailbox>,
+    bytes: usize,
+}
+
+impl Kicks {
+    /// Bytes queued this way after which the member writes them before reading on, so that a
+    /// sender that always has more to read does not hold its frames back.
+    pub(crate) const FLUSH_BYTES: usize = 64 * 1024;
+
+    /// Whether the bytes queued since the last write call for one now.
+    pub(crate) fn due(&self) -> bool {
+        self.bytes >= Self::FLUSH_BYTES
+    }
+
+    /// Writes the queue of every receiver noted, or wakes its writer when it cannot.
+    pub(crate) fn write(&mut self) {
+        self.bytes = 0;
+        for receiver in self.receivers.drain(..) {
+            receiver.write_queued();
+        }
+    }
+}
+
+impl Drop for Kicks {
+    fn drop(&mut self) {
+        for receiver in self.receivers.drain(..) {
+            receiver.inner.writer.wake();
+        }
+    }
 }
 
 /// What [`Mailbox::offer`] did with a frame.
@@ -174,14 +246,31 @@ impl Mailbox {
         if self.is_killed() {
             return false;
         }
-        self.push(self.lock(), message);
+        self.push(self.lock(), message, None);
         true
+    }
+
+    /// Lets senders write to the peer's connection through `outlet` when its queue is idle.
+    pub(super) fn attach(&self, outlet: Arc<dyn Outlet>) {
+        self.lock().outlet = Some(outlet);
+    }
+
+    /// Whether senders may write to the peer's connection (its writer runs).
+    #[cfg(test)]
+    pub(super) fn has_outlet(&self) -> bool {
+        self.lock().outlet.is_some()
+    }
+
+    /// Ends the senders' writes: for the writer, before its last flush and the close frame
+    /// (a write in progress, done under the lock, ends before this returns).
+    pub(super) fn detach(&self) {
+        self.lock().outlet = None;
     }
 
     /// Has the writer answer the peer's ping.
     pub(crate) fn pong(&self, payload: Bytes) {
         let mut queue = self.lock();
-        let wake = queue.frames.is_empty() && queue.pong.is_none() && !queue.ping;
+        let wake = !queue.has_work();
         queue.pong = Some(payload);
         drop(queue);
         if wake {
@@ -199,7 +288,7 @@ impl Mailbox {
         self.inner.probing.store(true, Ordering::Release);
         let wake = {
             let mut queue = self.lock();
-            let idle = queue.frames.is_empty() && queue.pong.is_none() && !queue.ping;
+            let idle = !queue.has_work();
             queue.ping = true;
             idle
         };
@@ -223,7 +312,7 @@ impl Mailbox {
     }
 
     /// Queues a frame if the limits allow; a full queue records that a sender waits.
-    fn offer(&self, message: Message) -> Offer {
+    fn offer(&self, message: Message, kicks: Option<&mut Kicks>) -> Offer {
         if self.is_killed() {
             return Offer::Gone;
         }
@@ -235,26 +324,40 @@ impl Mailbox {
             queue.wanted = true;
             return Offer::Full(message);
         }
-        self.push(queue, message);
+        self.push(queue, message, kicks);
         Offer::Queued
     }
 
     /// Appends a frame to the locked queue, then wakes the writer if it was parked: it parks
-    /// only on an empty queue, so only the first frame needs a wake-up.
-    fn push(&self, mut queue: MutexGuard<'_, Queue>, message: Message) {
-        let wake = queue.frames.is_empty();
-        queue.bytes += message.len();
+    /// only on an empty queue, so only the first frame needs a wake-up. With `kicks`, a queue
+    /// that nobody is writing is noted there instead, for the sender to write.
+    fn push(&self, mut queue: MutexGuard<'_, Queue>, message: Message, kicks: Option<&mut Kicks>) {
+        let first = queue.frames.is_empty();
+        let len = message.len();
+        queue.bytes += len;
         queue.frames.push_back(message);
+        let idle = first && !queue.writing && queue.outlet.is_some();
         drop(queue);
-        if wake {
-            self.inner.writer.wake();
+        match kicks {
+            Some(kicks) if idle => {
+                kicks.receivers.push(self.clone());
+                kicks.bytes += len;
+            }
+            Some(kicks) => kicks.bytes += len,
+            None if first => self.inner.writer.wake(),
+            None => {}
         }
     }
 
     /// Queues a frame if there is room now, without waiting; gives the frame back when the
     /// queue is full. The common case, a receiver that keeps up: one lock, no timer, no clock.
-    pub(crate) fn try_deliver(&self, message: Message) -> Result<Delivery, Message> {
-        match self.offer(message) {
+    /// With `kicks`, the receiver's writer is not woken if the sender can write for it.
+    pub(crate) fn try_deliver(
+        &self,
+        message: Message,
+        kicks: Option<&mut Kicks>,
+    ) -> Result<Delivery, Message> {
+        match self.offer(message, kicks) {
             Offer::Queued => Ok(Delivery::Queued),
             Offer::Gone => Ok(Delivery::Gone),
             Offer::Full(message) => Err(message),
@@ -263,7 +366,7 @@ impl Mailbox {
 
     /// Queues a frame, waiting at most `timeout` for room in the queue.
     pub(crate) async fn deliver(&self, message: Message, timeout: Duration) -> Delivery {
-        let mut message = match self.offer(message) {
+        let mut message = match self.offer(message, None) {
             Offer::Queued => return Delivery::Queued,
             Offer::Gone => return Delivery::Gone,
             Offer::Full(message) => message,
@@ -274,7 +377,7 @@ impl Mailbox {
             tokio::pin!(space);
             // Registered before the retry, so room made in between is not missed.
             space.as_mut().enable();
-            message = match self.offer(message) {
+            message = match self.offer(message, None) {
                 Offer::Queued => return Delivery::Queued,
                 Offer::Gone => return Delivery::Gone,
                 Offer::Full(message) => message,
@@ -306,33 +409,75 @@ impl Mailbox {
         } else {
             queue.over_since = None;
         }
-        self.push(queue, message);
+        self.push(queue, message, None);
         Delivery::Queued
     }
 
-    /// Moves everything queued into `batch` (which must be empty) and returns its size in
-    /// bytes; parks the writer when there is nothing.
-    pub(super) fn poll_batch(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Message>) -> Poll<usize> {
+    /// Moves everything queued into `batch` (which must be empty) for the writer, with what a
+    /// sender handed over; parks the writer when there is nothing.
+    pub(super) fn poll_batch(&self, cx: &mut Context<'_>, batch: &mut VecDeque<Message>) -> Poll<Taken> {
         let mut queue = self.lock();
-        if queue.frames.is_empty() && queue.pong.is_none() && !queue.ping {
+        if !queue.has_work() && queue.handed_over.is_none() {
             // Under the lock: a sender that queues after this sees an empty queue and wakes us.
             self.inner.writer.register(cx.waker());
             return Poll::Pending;
         }
-        std::mem::swap(&mut queue.frames, batch);
-        if let Some(pong) = queue.pong.take() {
-            batch.push_front(Message::Pong(pong));
-        }
-        if std::mem::take(&mut queue.ping) {
-            batch.push_front(Message::Ping(Bytes::new()));
-        }
-        let bytes = queue.bytes;
-        let wanted = std::mem::take(&mut queue.wanted);
+        let handed_over = queue.handed_over.take().unwrap_or(0);
+        let bytes = queue.take_batch(batch);
+        let wanted = mem::take(&mut queue.wanted);
         drop(queue);
         if wanted {
             self.inner.space.notify_waiters();
         }
-        Poll::Ready(bytes)
+        Poll::Ready(Taken { bytes, handed_over })
+    }
+
+    /// Has the writer ping the peer with its next batch.
+    pub(super) fn ping(&self) {
+        self.lock().ping = true;
+    }
+
+    /// Writes what is queued through the outlet, from the sender's task ([`Kicks`]): unless
+    /// the writer has it, or the peer is being closed. What the socket does not take at once
+    /// is handed over to the writer.
+    fn write_queued(&self) {
+        let mut queue = self.lock();
+        if queue.writing || !queue.has_work() || self.is_killed() {
+            return;
+        }
+        let Some(outlet) = queue.outlet.clone() else {
+            drop(queue);
+            self.inner.writer.wake();
+            return;
+        };
+        let mut batch = VecDeque::new();
+        let bytes = queue.take_batch(&mut batch);
+        let frames = data_frames(&batch);
+        match outlet.write_now(&mut batch) {
+            Poll::Ready(Ok(())) => {
+                queue.writing = false;
+                queue.bytes = queue.bytes.saturating_sub(bytes);
+                let wanted = mem::take(&mut queue.wanted);
+                drop(queue);
+                self.inner.stats.sent.add(frames, bytes as u64);
+                if wanted {
+                    self.inner.space.notify_waiters();
+                }
+            }
+            Poll::Pending => {
+                let handed = frames - data_frames(&batch);
+                // What the outlet did not take goes back in front of anything queued since.
+                batch.append(&mut queue.frames);
+                queue.frames = batch;
+                queue.handed_over = Some(handed);
+                drop(queue);
+                self.inner.writer.wake();
+            }
+            Poll::Ready(Err(WriteFailed)) => {
+                drop(queue);
+                self.kill(Close::Transport("write failed".to_owned()));
+            }
+        }
     }
 
     /// Appends whatever is still queued to `batch`, without waiting: for the writer's last
@@ -346,12 +491,39 @@ impl Mailbox {
     pub(super) fn written(&self, bytes: usize) {
         let mut queue = self.lock();
         queue.bytes = queue.bytes.saturating_sub(bytes);
-        let wanted = std::mem::take(&mut queue.wanted);
+        queue.writing = false;
+        let wanted = mem::take(&mut queue.wanted);
         drop(queue);
         if wanted {
             self.inner.space.notify_waiters();
         }
     }
+}
+
+impl Queue {
+    /// Whether there is something to write: frames, a pong, a ping.
+    fn has_work(&self) -> bool {
+        !self.frames.is_empty() || self.pong.is_some() || self.ping
+    }
+
+    /// Moves everything queued into `batch` (which must be empty), the ping and pong first, and
+    /// marks it as being written; returns the bytes to give back once it is written.
+    fn take_batch(&mut self, batch: &mut VecDeque<Message>) -> usize {
+        mem::swap(&mut self.frames, batch);
+        if let Some(pong) = self.pong.take() {
+            batch.push_front(Message::Pong(pong));
+        }
+        if mem::take(&mut self.ping) {
+            batch.push_front(Message::Ping(Bytes::new()));
+        }
+        self.writing = true;
+        self.bytes
+    }
+}
+
+/// The data frames (text and binary) of a batch.
+pub(super) fn data_frames(batch: &VecDeque<Message>) -> u64 {
+    batch.iter().filter(|m| m.is_text() || m.is_binary()).count() as u64
 }
 
 /// Resolves once `flag` is set, `told` being notified after each time it is.

@@ -1,11 +1,17 @@
 //! A peer's writer: the task that drains its mailbox onto the WebSocket, one flush per batch,
 //! pings when the peer is idle, and writes the close frame when the mailbox is killed.
 //!
+//! The sink is shared with the senders that write an idle peer's queue themselves (the
+//! mailbox's `Kicks`): it is the mailbox's [`Outlet`] while the writer runs, and each use locks
+//! it for one poll. The writer finishes whatever a sender's write left unfinished.
+//!
 //! It is generic over the sink, so it is tested with channels.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::task::Poll;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt};
@@ -14,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use super::mailbox::Mailbox;
+use super::mailbox::{Mailbox, Outlet, Taken, WriteFailed, data_frames};
 use crate::error::Close;
 
 /// How long the writer tries to write a close frame before it gives up and drops the TCP
@@ -23,8 +29,8 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the writer does next.
 enum Work {
-    /// Write the batch (of this many bytes).
-    Frames(usize),
+    /// Write the batch taken.
+    Frames(Taken),
     Ping,
     Stop,
 }
@@ -32,10 +38,13 @@ enum Work {
 /// Drains the mailbox onto `sink`, one flush per batch, and pings every `ping_interval`,
 /// until the mailbox is killed or the sink fails; then writes the close frame for the kill
 /// reason (bounded in time) and closes the sink.
-pub(crate) async fn write_loop<S>(mut sink: S, mailbox: Mailbox, ping_interval: Duration)
+pub(crate) async fn write_loop<S>(sink: S, mailbox: Mailbox, ping_interval: Duration)
 where
-    S: Sink<Message> + Unpin,
+    S: Sink<Message> + Send + Unpin + 'static,
 {
+    let shared = Arc::new(Mutex::new(sink));
+    mailbox.attach(Arc::clone(&shared) as Arc<dyn Outlet>);
+    let mut sink = Shared(shared);
     // One kill future for the whole loop: making one per batch registers and unregisters a
     // waiter every time.
     let killed = mailbox.until_killed();
@@ -47,8 +56,8 @@ where
             if mailbox.is_killed() {
                 return Poll::Ready(Work::Stop);
             }
-            if let Poll::Ready(bytes) = mailbox.poll_batch(cx, &mut batch) {
-                return Poll::Ready(Work::Frames(bytes));
+            if let Poll::Ready(taken) = mailbox.poll_batch(cx, &mut batch) {
+                return Poll::Ready(Work::Frames(taken));
             }
             ping.poll_tick(cx).map(|_| Work::Ping)
         })
@@ -56,13 +65,13 @@ where
         // A write in progress is abandoned only when the peer is being closed anyway.
         let written = match work {
             Work::Stop => break,
-            Work::Ping => tokio::select! {
-                biased;
-                () = &mut killed => break,
-                result = sink.send(Message::Ping(Default::default())) => result,
-            },
-            Work::Frames(bytes) => {
-                let frames = batch.iter().filter(|m| m.is_text() || m.is_binary()).count() as u64;
+            // Through the queue, so that a ping is never written beside a sender's write.
+            Work::Ping => {
+                mailbox.ping();
+                continue;
+            }
+            Work::Frames(Taken { bytes, handed_over }) => {
+                let frames = data_frames(&batch) + handed_over;
                 let result = tokio::select! {
                     biased;
                     () = &mut killed => break,
@@ -83,6 +92,8 @@ where
             return;
         }
     }
+    // From here on only the writer writes: the close frame comes last.
+    mailbox.detach();
     let reason = mailbox.kill_reason();
     // What is still queued goes out before the close frame (the proxy's last replies, the
     // messages a shutdown finds queued), unless the peer is not reading, cannot be written to,
@@ -108,6 +119,53 @@ where
     .await;
 }
 
+/// A peer's sink, shared by its writer and the mailbox's senders: locked for one poll at a time.
+struct Shared<S>(Arc<Mutex<S>>);
+
+fn lock<S>(sink: &Mutex<S>) -> MutexGuard<'_, S> {
+    sink.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<S: Sink<Message> + Unpin> Sink<Message> for Shared<S> {
+    type Error = S::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        lock(&self.0).poll_ready_unpin(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), S::Error> {
+        lock(&self.0).start_send_unpin(message)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        lock(&self.0).poll_flush_unpin(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        lock(&self.0).poll_close_unpin(cx)
+    }
+}
+
+impl<S: Sink<Message> + Send + Unpin> Outlet for Mutex<S> {
+    /// Feeds and flushes with a waker that does nothing: nothing waits here, and when the
+    /// socket is full the writer, woken for the rest, polls again with its own.
+    fn write_now(&self, batch: &mut VecDeque<Message>) -> Poll<Result<(), WriteFailed>> {
+        let mut sink = lock(self);
+        let mut cx = Context::from_waker(Waker::noop());
+        while !batch.is_empty() {
+            if ready!(sink.poll_ready_unpin(&mut cx)).is_err() {
+                return Poll::Ready(Err(WriteFailed));
+            }
+            if let Some(message) = batch.pop_front()
+                && sink.start_send_unpin(message).is_err()
+            {
+                return Poll::Ready(Err(WriteFailed));
+            }
+        }
+        sink.poll_flush_unpin(&mut cx).map_err(|_| WriteFailed)
+    }
+}
+
 /// Feeds a batch to the sink and flushes it once.
 async fn write_batch<S>(sink: &mut S, batch: &mut VecDeque<Message>) -> Result<(), S::Error>
 where
@@ -123,7 +181,7 @@ where
 mod tests {
     use super::*;
     use crate::rooms::id::ConnId;
-    use crate::rooms::mailbox::Delivery;
+    use crate::rooms::mailbox::{Delivery, Kicks};
     use futures_channel::mpsc as fmpsc;
     use futures_util::StreamExt;
 
@@ -197,5 +255,85 @@ mod tests {
         mailbox.kill(Close::Transport("reset".into()));
         writer.await.unwrap();
         assert_eq!(written.next().await, None, "no close frame on a broken transport");
+    }
+
+    /// Runs the writer until it has attached its sink to the mailbox and parked.
+    async fn started(mailbox: &Mailbox) {
+        while !mailbox.has_outlet() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sender_writes_an_idle_receivers_queue_itself() {
+        let mailbox = Mailbox::new(ConnId::next(), 8, 1 << 20);
+        let (_writer, mut written) = writer(&mailbox, Duration::from_secs(60));
+        started(&mailbox).await;
+        let mut kicks = Kicks::default();
+        for i in 0..3 {
+            assert_eq!(mailbox.try_deliver(text(&i.to_string()), Some(&mut kicks)), Ok(Delivery::Queued));
+        }
+        assert!(written.try_recv().is_err(), "nothing written before the sender writes");
+        // No yield in between: the writer task does not run, so these were written here.
+        kicks.write();
+        for i in 0..3 {
+            assert_eq!(written.try_recv().ok(), Some(text(&i.to_string())));
+        }
+        assert_eq!(mailbox.stats().sent.frames(), 3);
+        assert_eq!(mailbox.deliver(text("budget"), Duration::from_millis(50)).await, Delivery::Queued);
+    }
+
+    #[tokio::test]
+    async fn what_the_socket_does_not_take_the_writer_finishes_in_order() {
+        let mailbox = Mailbox::new(ConnId::next(), 64, 1 << 20);
+        // A sink that takes one frame, then is full until the test reads.
+        let (sink, mut written) = fmpsc::channel::<Message>(0);
+        let writer = tokio::spawn(write_loop(sink, mailbox.clone(), Duration::from_secs(60)));
+        started(&mailbox).await;
+        let mut kicks = Kicks::default();
+        for i in 0..4 {
+            assert_eq!(mailbox.try_deliver(text(&i.to_string()), Some(&mut kicks)), Ok(Delivery::Queued));
+        }
+        kicks.write();
+        // Queued after the hand-over, before the writer ran: after the rest.
+        assert_eq!(mailbox.try_deliver(text("4"), Some(&mut kicks)), Ok(Delivery::Queued));
+        drop(kicks);
+        for i in 0..5 {
+            assert_eq!(written.next().await, Some(text(&i.to_string())));
+        }
+        // The writer takes the next frame only once it has finished the batch before.
+        assert_eq!(mailbox.deliver(text("5"), Duration::from_secs(5)).await, Delivery::Queued);
+        assert_eq!(written.next().await, Some(text("5")));
+        mailbox.kill(Close::Shutdown);
+        writer.await.unwrap();
+        // 0-4 counted once each (the hand-over's first frame too); 5 unless the kill came first.
+        let sent = mailbox.stats().sent.frames();
+        assert!((5..=6).contains(&sent), "{sent}");
+    }
+
+    #[tokio::test]
+    async fn kicks_dropped_unwritten_wake_the_writers() {
+        let mailbox = Mailbox::new(ConnId::next(), 8, 1 << 20);
+        let (_writer, mut written) = writer(&mailbox, Duration::from_secs(60));
+        started(&mailbox).await;
+        let mut kicks = Kicks::default();
+        assert_eq!(mailbox.try_deliver(text("a"), Some(&mut kicks)), Ok(Delivery::Queued));
+        drop(kicks);
+        assert_eq!(written.next().await, Some(text("a")));
+    }
+
+    #[tokio::test]
+    async fn a_killed_receiver_is_not_written_by_senders_and_its_close_frame_comes_last() {
+        let mailbox = Mailbox::new(ConnId::next(), 8, 1 << 20);
+        let (writer, mut written) = writer(&mailbox, Duration::from_secs(60));
+        started(&mailbox).await;
+        let mut kicks = Kicks::default();
+        assert_eq!(mailbox.try_deliver(text("last"), Some(&mut kicks)), Ok(Delivery::Queued));
+        mailbox.kill(Close::Shutdown);
+        kicks.write();
+        writer.await.unwrap();
+        assert_eq!(written.next().await, Some(text("last")), "written by the writer before its close");
+        assert!(matches!(written.next().await, Some(Message::Close(Some(_)))));
+        assert!(!mailbox.has_outlet(), "the writer took its sink back");
     }
 }
