@@ -230,6 +230,63 @@ mod tests {
     }
 
     #[test]
+    fn every_close_label_is_a_known_outcome() {
+        use crate::metrics::labels::{LabelSet, Outcomes};
+        let every = [
+            Close::PeerClosed,
+            Close::Transport(String::new()),
+            Close::Shutdown,
+            Close::KeepaliveTimeout,
+            Close::NoHello,
+            Close::BadHello(String::new()),
+            Close::RoomFull,
+            Close::Replaced,
+            Close::TooBig(0),
+            Close::TooMuchBeforeHello(0),
+            Close::InvalidUtf8,
+            Close::Protocol(String::new()),
+            Close::SlowConsumer,
+            Close::Revoked,
+            Close::CertificateExpired,
+            Close::NoLongerAdmitted,
+            Close::IdentityConflict,
+            Close::RateLimited,
+            Close::TooManyRooms,
+            Close::ClusterUnavailable(String::new()),
+        ];
+        for close in &every {
+            // Exhaustive: a new reason fails to compile here until it is in the list above.
+            match close {
+                Close::PeerClosed
+                | Close::Transport(_)
+                | Close::Shutdown
+                | Close::KeepaliveTimeout
+                | Close::NoHello
+                | Close::BadHello(_)
+                | Close::RoomFull
+                | Close::Replaced
+                | Close::TooBig(_)
+                | Close::TooMuchBeforeHello(_)
+                | Close::InvalidUtf8
+                | Close::Protocol(_)
+                | Close::SlowConsumer
+                | Close::Revoked
+                | Close::CertificateExpired
+                | Close::NoLongerAdmitted
+                | Close::IdentityConflict
+                | Close::RateLimited
+                | Close::TooManyRooms
+                | Close::ClusterUnavailable(_) => {}
+            }
+            assert!(
+                Outcomes::KNOWN.contains(&close.label()),
+                "{} is not shown from the first scrape",
+                close.label()
+            );
+        }
+    }
+
+    #[test]
     fn reasons_fit_in_a_close_frame() {
         let long = Close::BadHello("é".repeat(200));
         assert!(long.reason().len() <= 123);

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use tokio_tungstenite::tungstenite::Message;
 
+use labels::LabelSet;
+
 /// One frame in this many, per connection, has its relay latency measured: reading the clock
 /// for every frame would cost more than the rest of the relay path.
 pub const LATENCY_SAMPLE_EVERY: u64 = 64;
@@ -64,12 +66,78 @@ pub struct Metrics {
     pub handshakes_queued: AtomicU64,
     /// TLS handshakes being worked on.
     pub handshakes_in_flight: AtomicU64,
-    handshake_failures: Tally<&'static str>,
-    upgrade_refusals: Tally<u16>,
-    conn_errors: Tally<u16>,
-    outcomes: Tally<&'static str>,
-    auth_hook_checks: Tally<&'static str>,
-    identity_conflicts: Tally<&'static str>,
+    handshake_failures: Tally<labels::HandshakeFailures>,
+    upgrade_refusals: Tally<labels::UpgradeStatuses>,
+    conn_errors: Tally<labels::ConnErrorStatuses>,
+    outcomes: Tally<labels::Outcomes>,
+    auth_hook_checks: Tally<labels::AuthHookResults>,
+    identity_conflicts: Tally<labels::IdentityConflicts>,
+}
+
+/// The label values of the labelled counters: each is shown from the first scrape, at 0 until
+/// counted, so that a dashboard or an alert on its rate has data on a quiet node. The code that
+/// counts a value (`edge/tls.rs`, `error.rs`, `edge/auth_hook.rs`, ...) is tested to count only
+/// these; a value missing here would still be counted, from its first event.
+pub mod labels {
+    /// The values one labelled counter may take.
+    pub trait LabelSet {
+        /// The label's value type.
+        type Key: Ord + Clone + std::fmt::Debug + 'static;
+        /// Every value, in the order they are shown.
+        const KNOWN: &'static [Self::Key];
+    }
+
+    macro_rules! label_set {
+        ($(#[$doc:meta])* $name:ident: $key:ty = [$($value:expr),* $(,)?]) => {
+            $(#[$doc])*
+            #[derive(Debug)]
+            pub struct $name;
+            impl LabelSet for $name {
+                type Key = $key;
+                const KNOWN: &'static [$key] = &[$($value),*];
+            }
+        };
+    }
+
+    label_set!(
+        /// `tls_handshake_failures_total{reason}`: `tls::handshake_failure`'s labels, and the
+        /// connection's own (a timeout, a certificate refused after the handshake).
+        HandshakeFailures: &'static str = [
+            "no_client_certificate", "unknown_ca", "expired", "not_yet_valid", "revoked",
+            "bad_signature", "bad_certificate", "incompatible", "alert_received", "protocol",
+            "invalid_message", "other", "eof", "reset", "io", "timeout",
+        ]
+    );
+    label_set!(
+        /// `upgrade_refusals_total{status}`: the statuses the upgrade and admission refuse with.
+        UpgradeStatuses: u16 = [400, 403, 404, 409, 426, 429, 431, 503]
+    );
+    label_set!(
+        /// `conn_errors_total{status}`: the statuses of the proxy's `CONN:ERROR`s.
+        ConnErrorStatuses: u16 = [400, 410, 429, 503]
+    );
+    label_set!(
+        /// `connections_total{outcome}`: how a connection ended before the WebSocket, and
+        /// every `Close` label after (`refused` is counted apart).
+        Outcomes: &'static str = [
+            "ip_limited", "handshake_rate_limited", "handshake_queue_timeout", "tls_failed",
+            "upgrade_refused", "upgrade_incomplete", "shutdown", "peer_closed",
+            "transport_error", "keepalive_timeout", "no_hello", "bad_hello", "room_full",
+            "replaced", "revoked", "certificate_expired", "no_longer_admitted",
+            "identity_conflict", "send_rate_limited", "too_many_rooms", "cluster_unavailable",
+            "too_big", "too_much_before_hello", "invalid_utf8", "protocol_error",
+            "slow_consumer",
+        ]
+    );
+    label_set!(
+        /// `auth_hook_checks_total{result}`: the authorization hook's answers.
+        AuthHookResults: &'static str = ["allowed", "allowed_cached", "denied", "denied_cached", "unavailable"]
+    );
+    label_set!(
+        /// `identity_conflicts_total{outcome}`: what became of a newcomer with a member's
+        /// certificate.
+        IdentityConflicts: &'static str = ["kept", "replaced", "refused", "refused_at_hello"]
+    );
 }
 
 /// A data frame's type.
@@ -227,29 +295,30 @@ impl Histogram {
     }
 }
 
-/// Counters by label, for events rare enough that a lock costs nothing (refusals, failures).
+/// Counters by label, for events rare enough that a lock costs nothing (refusals, failures);
+/// every known value of the label starts at 0.
 #[derive(Debug)]
-struct Tally<K>(Mutex<BTreeMap<K, u64>>);
+struct Tally<L: LabelSet>(Mutex<BTreeMap<L::Key, u64>>);
 
-impl<K> Default for Tally<K> {
+impl<L: LabelSet> Default for Tally<L> {
     fn default() -> Self {
-        Tally(Mutex::new(BTreeMap::new()))
+        Tally(Mutex::new(L::KNOWN.iter().map(|key| (key.clone(), 0)).collect()))
     }
 }
 
-impl<K: Ord + Clone> Tally<K> {
-    fn inc(&self, key: K) {
+impl<L: LabelSet> Tally<L> {
+    fn inc(&self, key: L::Key) {
         *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(key).or_default() += 1;
     }
 
     fn get<Q: Ord + ?Sized>(&self, key: &Q) -> u64
     where
-        K: std::borrow::Borrow<Q>,
+        L::Key: std::borrow::Borrow<Q>,
     {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(key).copied().unwrap_or(0)
     }
 
-    fn entries(&self) -> Vec<(K, u64)> {
+    fn entries(&self) -> Vec<(L::Key, u64)> {
         let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }

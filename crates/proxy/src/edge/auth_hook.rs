@@ -389,6 +389,17 @@ mod tests {
     use super::*;
     use crate::identity::Fingerprint;
 
+    #[test]
+    fn every_answer_label_is_shown_from_the_first_scrape() {
+        use crate::metrics::labels::{AuthHookResults, LabelSet};
+        for verdict in [Verdict::Allow, Verdict::Deny(403), Verdict::Unavailable(String::new())] {
+            for cached in [false, true] {
+                let label = Answer { verdict: verdict.clone(), cached }.label();
+                assert!(AuthHookResults::KNOWN.contains(&label), "{label}");
+            }
+        }
+    }
+
     fn identity() -> PeerIdentity {
         PeerIdentity {
             subject: "CN=gw-1,O=Ünicode %".into(),

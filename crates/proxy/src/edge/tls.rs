@@ -294,3 +294,45 @@ pub(crate) fn failure_label(tls: &rustls::Error) -> &'static str {
         _ => "other",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rustls::{AlertDescription, CertificateError, Error as TlsError, InvalidMessage, PeerIncompatible};
+
+    use super::*;
+    use crate::metrics::labels::{HandshakeFailures, LabelSet};
+
+    #[test]
+    fn every_failure_label_is_shown_from_the_first_scrape() {
+        let errors = [
+            TlsError::NoCertificatesPresented,
+            TlsError::InvalidCertificate(CertificateError::UnknownIssuer),
+            TlsError::InvalidCertificate(CertificateError::Expired),
+            TlsError::InvalidCertificate(CertificateError::NotValidYet),
+            TlsError::InvalidCertificate(CertificateError::Revoked),
+            TlsError::InvalidCertificate(CertificateError::BadSignature),
+            TlsError::InvalidCertificate(CertificateError::BadEncoding),
+            TlsError::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon),
+            TlsError::AlertReceived(AlertDescription::HandshakeFailure),
+            TlsError::InappropriateMessage { expect_types: vec![], got_type: rustls::ContentType::Alert },
+            TlsError::InvalidMessage(InvalidMessage::InvalidCcs),
+            TlsError::DecryptError,
+        ];
+        let mut labels: Vec<&str> = errors
+            .into_iter()
+            .map(|e| handshake_failure(&std::io::Error::new(std::io::ErrorKind::InvalidData, e)).0)
+            .collect();
+        for kind in [
+            std::io::ErrorKind::UnexpectedEof,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::Other,
+        ] {
+            labels.push(handshake_failure(&kind.into()).0);
+        }
+        // The connection's own: a handshake past its deadline, a certificate refused after it.
+        labels.extend(["timeout", "bad_certificate", "no_client_certificate"]);
+        for label in labels {
+            assert!(HandshakeFailures::KNOWN.contains(&label), "{label}");
+        }
+    }
+}

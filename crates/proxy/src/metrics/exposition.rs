@@ -282,4 +282,29 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
     }
+
+    #[test]
+    fn every_known_label_value_is_shown_at_zero_on_a_fresh_node() {
+        use crate::metrics::labels::{
+            AuthHookResults, ConnErrorStatuses, HandshakeFailures, IdentityConflicts, LabelSet, Outcomes,
+            UpgradeStatuses,
+        };
+        let text = Arc::new(Metrics::default()).render(RoomTotals::default(), None);
+        let mut expected = Vec::new();
+        let mut each = |name: &str, label: &str, values: Vec<String>| {
+            expected
+                .extend(values.into_iter().map(|v| format!("ws_proxy_{name}_total{{{label}=\"{v}\"}} 0")));
+        };
+        let text_of = |known: &[&str]| known.iter().map(ToString::to_string).collect::<Vec<_>>();
+        let number_of = |known: &[u16]| known.iter().map(ToString::to_string).collect::<Vec<_>>();
+        each("tls_handshake_failures", "reason", text_of(HandshakeFailures::KNOWN));
+        each("upgrade_refusals", "status", number_of(UpgradeStatuses::KNOWN));
+        each("conn_errors", "status", number_of(ConnErrorStatuses::KNOWN));
+        each("connections", "outcome", text_of(Outcomes::KNOWN));
+        each("auth_hook_checks", "result", text_of(AuthHookResults::KNOWN));
+        each("identity_conflicts", "outcome", text_of(IdentityConflicts::KNOWN));
+        for line in expected {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
 }
