@@ -1,4 +1,5 @@
-//! Who a peer is: read once from its verified client certificate.
+//! Who a peer is: read once from its verified client certificate; and when a certificate
+//! expires.
 
 use std::fmt;
 
@@ -24,6 +25,32 @@ pub struct PeerIdentity {
     pub fingerprint: Fingerprint,
     /// notAfter, seconds since the Unix epoch.
     pub not_after: i64,
+}
+
+/// A certificate's subject and notAfter (Unix seconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateExpiry {
+    /// Subject DN.
+    pub subject: String,
+    /// notAfter, seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+impl CertificateExpiry {
+    /// The subject and notAfter of a DER certificate; `None` when it cannot be parsed.
+    #[must_use]
+    pub fn of(der: &[u8]) -> Option<Self> {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        Some(CertificateExpiry { subject: cert.subject().to_string(), not_after: cert.validity().not_after.timestamp() })
+    }
+}
+
+/// Now, in seconds since the Unix epoch: the clock certificates' notAfter is read against.
+#[must_use]
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// A certificate that cannot be read.

@@ -21,6 +21,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use labels::LabelSet;
 
+pub use crate::identity::CertificateExpiry;
+
 /// One frame in this many, per connection, has its relay latency measured: reading the clock
 /// for every frame would cost more than the rest of the relay path.
 pub const LATENCY_SAMPLE_EVERY: u64 = 64;
@@ -203,6 +205,12 @@ impl Traffic {
     pub fn of(&self, kind: FrameKind) -> &Flow {
         &self.0[kind as usize]
     }
+
+    /// The frames and bytes of both types.
+    #[must_use]
+    pub fn totals(&self) -> (u64, u64) {
+        self.0.iter().fold((0, 0), |(f, b), flow| (f + flow.frames(), b + flow.bytes()))
+    }
 }
 
 /// One connection's frames and bytes, for the rooms API.
@@ -318,10 +326,64 @@ impl<L: LabelSet> Tally<L> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(key).copied().unwrap_or(0)
     }
 
+    fn total(&self) -> u64 {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).values().sum()
+    }
+
     fn entries(&self) -> Vec<(L::Key, u64)> {
         let map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
+}
+
+/// When the proxy's own certificate and the CAs it trusts expire.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustExpiry {
+    /// The server certificate (the leaf of `tls.server_cert`).
+    pub server: Option<CertificateExpiry>,
+    /// Every CA certificate of `tls.client_ca`.
+    pub cas: Vec<CertificateExpiry>,
+}
+
+/// Upper bounds of the buckets of members' certificates' time left, in seconds: a day, a week,
+/// two weeks, 30, 90, 180 and 365 days.
+pub const EXPIRY_BUCKETS: [u64; 7] = [86_400, 604_800, 1_209_600, 2_592_000, 7_776_000, 15_552_000, 31_536_000];
+
+/// The time left to the connected members' certificates, at one scrape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExpiryTotals {
+    /// Members per bucket of [`EXPIRY_BUCKETS`] (not cumulative); the last one is `+Inf`.
+    pub buckets: [u64; EXPIRY_BUCKETS.len() + 1],
+    /// Seconds left, summed over the members.
+    pub sum: i64,
+    /// The least time left of any member's certificate, when there is a member.
+    pub soonest: Option<i64>,
+}
+
+impl ExpiryTotals {
+    /// Counts a certificate with `left` seconds to go.
+    pub fn add(&mut self, left: i64) {
+        let bucket = EXPIRY_BUCKETS
+            .iter()
+            .position(|&bound| left <= i64::try_from(bound).unwrap_or(i64::MAX))
+            .unwrap_or(EXPIRY_BUCKETS.len());
+        self.buckets[bucket] += 1;
+        self.sum = self.sum.saturating_add(left);
+        self.soonest = Some(self.soonest.map_or(left, |s| s.min(left)));
+    }
+}
+
+/// What `/metrics` reads at scrape time besides the counters.
+#[derive(Clone, Debug)]
+pub struct Gauges {
+    /// The rooms, members, hold buffers and members' certificates.
+    pub rooms: RoomTotals,
+    /// The cluster, in cluster mode.
+    pub cluster: Option<ClusterTotals>,
+    /// The server's certificate and the trusted CAs.
+    pub trust: Arc<TrustExpiry>,
+    /// Now, seconds since the Unix epoch.
+    pub now: i64,
 }
 
 /// What `/metrics` reports about the cluster, in cluster mode.
@@ -346,6 +408,8 @@ pub struct RoomTotals {
     pub held_messages: u64,
     /// Bytes in hold buffers.
     pub held_bytes: u64,
+    /// The time left to the members' certificates.
+    pub expiry: ExpiryTotals,
 }
 
 /// Decrements the open-connection gauge when the connection ends.
@@ -414,6 +478,24 @@ impl Metrics {
     #[must_use]
     pub fn handshake_failures(&self, reason: &str) -> u64 {
         self.handshake_failures.get(reason)
+    }
+
+    /// Failed TLS handshakes, whatever the reason.
+    #[must_use]
+    pub fn handshake_failures_total(&self) -> u64 {
+        self.handshake_failures.total()
+    }
+
+    /// Upgrades refused, whatever the status.
+    #[must_use]
+    pub fn upgrade_refusals_total(&self) -> u64 {
+        self.upgrade_refusals.total()
+    }
+
+    /// `CONN:ERROR`s sent, whatever the status.
+    #[must_use]
+    pub fn conn_errors_total(&self) -> u64 {
+        self.conn_errors.total()
     }
 
     /// Counts an upgrade refused with an HTTP status.

@@ -21,7 +21,7 @@ use super::slots::Slot;
 use super::upgrade::{self, HeadLimits, Refusal};
 use super::{tls, tls_stream};
 use crate::error::Close;
-use crate::identity::PeerIdentity;
+use crate::identity::{PeerIdentity, unix_now};
 use crate::metrics::{Metrics, OpenConnection};
 use crate::rooms::hub::Hub;
 use crate::rooms::member::{self, Admitted};
@@ -126,9 +126,11 @@ async fn establish(
     let (tls, identity, deadline) = handshake(gate, tcp, slot).await?;
     Span::current().record("subject", tracing::field::display(&identity.subject));
     Span::current().record("fingerprint", tracing::field::display(&identity.fingerprint));
-    gate.expiry.check(&identity, gate.config.expiry_warning, &gate.metrics);
+    gate.expiry.check(&identity, gate.config.expiry_warning, unix_now(), &gate.metrics);
     let established = upgrade(gate, hub, tls, identity, peer, deadline).await?;
-    Span::current().record("room", tracing::field::display(&established.admitted.room));
+    let admitted = &established.admitted;
+    Span::current().record("room", tracing::field::display(&admitted.room));
+    gate.expiry.entered(&admitted.identity.fingerprint, &admitted.room);
     Some(established)
 }
 

@@ -18,6 +18,8 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use x509_parser::prelude::FromDer;
 
 use super::tickets::{Secret, Tickets};
+use crate::identity::CertificateExpiry;
+use crate::metrics::TrustExpiry;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
@@ -134,6 +136,8 @@ struct Trust {
     digest: [u8; 32],
     /// When the first of the CA certificates expires (Unix seconds).
     expires: i64,
+    /// Each CA certificate's subject and notAfter, for `/metrics`.
+    cas: Vec<CertificateExpiry>,
 }
 
 impl Trust {
@@ -147,19 +151,18 @@ impl Trust {
         check_crls(config, &crls)?;
         let crls: Vec<_> = crls.into_iter().flat_map(|(_, list)| list).collect();
         let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        let mut expires = i64::MAX;
+        let mut cas = Vec::new();
         for path in &config.client_ca {
             for cert in read_certs(path)? {
                 digest.update(&cert);
-                if let Ok((_, parsed)) = x509_parser::certificate::X509Certificate::from_der(&cert) {
-                    expires = expires.min(parsed.validity().not_after.timestamp());
-                }
+                cas.extend(CertificateExpiry::of(&cert));
             }
         }
+        let expires = cas.iter().map(|ca| ca.not_after).min().unwrap_or(i64::MAX);
         crls.iter().for_each(|crl| digest.update(crl));
         let mut sum = [0u8; 32];
         sum.copy_from_slice(digest.finish().as_ref());
-        Ok(Trust { roots, crls, digest: sum, expires })
+        Ok(Trust { roots, crls, digest: sum, expires, cas })
     }
 }
 
@@ -174,6 +177,8 @@ pub(crate) struct TlsMaterial {
     /// When the first trusted CA certificate expires (Unix seconds): a resumed session's
     /// chain is good no longer than that.
     pub(crate) trust_expires: i64,
+    /// When the server's certificate and the trusted CAs expire, for `/metrics`.
+    pub(crate) expiries: Arc<TrustExpiry>,
 }
 
 /// Builds the server's TLS configuration from the configured files.
@@ -191,7 +196,7 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
 /// As [`server_config`].
 pub(crate) fn material(config: &Config, resumption: &Resumption) -> Result<TlsMaterial> {
     let provider = provider();
-    let Trust { roots, crls, digest: trust, expires: trust_expires } = Trust::load(config)?;
+    let Trust { roots, crls, digest: trust, expires: trust_expires, cas } = Trust::load(config)?;
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls)
         // The leaf is checked against the CRLs; a CA without a CRL (a second root during a
@@ -202,6 +207,7 @@ pub(crate) fn material(config: &Config, resumption: &Resumption) -> Result<TlsMa
         .map_err(|e| tls_error(&config.client_ca[0], format!("cannot verify clients with this CA: {e}")))?;
 
     let chain = read_certs(&config.server_cert)?;
+    let expiries = Arc::new(TrustExpiry { server: chain.first().and_then(|leaf| CertificateExpiry::of(leaf)), cas });
     let key_path = config.server_key.as_deref().unwrap_or(&config.server_cert);
     let key = read_key(key_path)?;
     let mut server = ServerConfig::builder_with_provider(provider)
@@ -218,7 +224,7 @@ pub(crate) fn material(config: &Config, resumption: &Resumption) -> Result<TlsMa
         server.session_storage = Arc::new(NoServerSessionStorage {});
         server.send_tls13_tickets = 0;
     }
-    Ok(TlsMaterial { server: Arc::new(server), verifier, trust, trust_expires })
+    Ok(TlsMaterial { server: Arc::new(server), verifier, trust, trust_expires, expiries })
 }
 
 /// aws-lc-rs with the AES-128-GCM/SHA-256 suites first (the server's order decides). The

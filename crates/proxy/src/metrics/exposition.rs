@@ -9,14 +9,14 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet}
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::{ClusterTotals, Flow, FrameKind, LATENCY_SAMPLE_EVERY, Metrics, RoomTotals};
+use super::{EXPIRY_BUCKETS, Flow, FrameKind, Gauges, LATENCY_SAMPLE_EVERY, Metrics};
 
 impl Metrics {
-    /// The Prometheus text exposition of every metric, with the room gauges given.
+    /// The Prometheus text exposition of every metric, with the gauges given.
     #[must_use]
-    pub fn render(self: &Arc<Self>, rooms: RoomTotals, cluster: Option<ClusterTotals>) -> String {
+    pub fn render(self: &Arc<Self>, gauges: Gauges) -> String {
         let mut registry = Registry::with_prefix("ws_proxy");
-        registry.register_collector(Box::new(Scrape { metrics: Arc::clone(self), rooms, cluster }));
+        registry.register_collector(Box::new(Scrape { metrics: Arc::clone(self), gauges }));
         let mut text = String::new();
         // Writing to a String cannot fail, and every collector below only writes.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
@@ -27,12 +27,11 @@ impl Metrics {
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// The metrics and room gauges of one scrape.
+/// The metrics and gauges of one scrape.
 #[derive(Debug)]
 struct Scrape {
     metrics: Arc<Metrics>,
-    rooms: RoomTotals,
-    cluster: Option<ClusterTotals>,
+    gauges: Gauges,
 }
 
 type Labels<'a> = [(&'static str, &'a str); 1];
@@ -73,6 +72,53 @@ impl Scrape {
                     .map(|kind| ([("direction", direction), ("type", kind.label())], flow(traffic.of(kind))))
             })
             .collect()
+    }
+}
+
+impl Scrape {
+    /// The time left to the members' certificates (a histogram made at the scrape), the
+    /// soonest of them, and the server's and the CAs' certificates.
+    fn certificates(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let Gauges { rooms, trust, now, .. } = &self.gauges;
+        let expiry = &rooms.expiry;
+        let bounds = EXPIRY_BUCKETS.iter().map(|&b| b as f64).chain(std::iter::once(f64::INFINITY));
+        let buckets: Vec<(f64, u64)> = bounds.zip(expiry.buckets).collect();
+        e.encode_descriptor(
+            "peer_certificate_expiry_seconds",
+            "Time left until notAfter of the connected members' certificates, at the scrape (buckets: 1, 7, 14, 30, 90, 180, 365 days).",
+            None,
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(expiry.sum as f64, rooms.members, &buckets, None)?;
+        if let Some(soonest) = expiry.soonest {
+            e.encode_descriptor(
+                "peer_certificate_soonest_expiry_seconds",
+                "Time left until the soonest notAfter among the connected members' certificates.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&soonest)?;
+        }
+        if let Some(server) = &trust.server {
+            e.encode_descriptor(
+                "server_certificate_expiry_seconds",
+                "Time left until notAfter of the proxy's own certificate (tls.server_cert).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&(server.not_after - now))?;
+        }
+        let mut cas = e.encode_descriptor(
+            "ca_certificate_expiry_seconds",
+            "Time left until notAfter of each trusted CA certificate (tls.client_ca), by subject.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ca in &trust.cas {
+            let subject: Labels = [("subject", ca.subject.as_str())];
+            cas.encode_family(&subject)?.encode_gauge(&(ca.not_after - now))?;
+        }
+        Ok(())
     }
 }
 
@@ -154,7 +200,8 @@ impl Collector for Scrape {
             "Connecting certificates that expire within tls.expiry_warning (each certificate counted once).",
             Metrics::get(&m.expiry_warnings),
         )?;
-        if let Some(cluster) = self.cluster {
+        self.certificates(&mut e)?;
+        if let Some(cluster) = self.gauges.cluster {
             Self::gauge(
                 &mut e,
                 "cluster_up",
@@ -174,8 +221,8 @@ impl Collector for Scrape {
                 cluster.lost,
             )?;
         }
-        Self::gauge(&mut e, "rooms", "Rooms with at least one member.", self.rooms.rooms)?;
-        Self::gauge(&mut e, "members", "Members of all rooms.", self.rooms.members)?;
+        Self::gauge(&mut e, "rooms", "Rooms with at least one member.", self.gauges.rooms.rooms)?;
+        Self::gauge(&mut e, "members", "Members of all rooms.", self.gauges.rooms.members)?;
         Self::counter(
             &mut e,
             "joins",
@@ -212,8 +259,8 @@ impl Collector for Scrape {
             "Receivers closed with 1013 for not reading.",
             Metrics::get(&m.slow_consumers),
         )?;
-        Self::gauge(&mut e, "held_messages", "Messages in hold buffers now.", self.rooms.held_messages)?;
-        Self::gauge(&mut e, "held_bytes", "Bytes in hold buffers now.", self.rooms.held_bytes)?;
+        Self::gauge(&mut e, "held_messages", "Messages in hold buffers now.", self.gauges.rooms.held_messages)?;
+        Self::gauge(&mut e, "held_bytes", "Bytes in hold buffers now.", self.gauges.rooms.held_bytes)?;
         Self::counter(
             &mut e,
             "held",
@@ -249,7 +296,7 @@ impl Collector for Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{FrameTally, PeerStats};
+    use crate::metrics::{CertificateExpiry, ExpiryTotals, FrameTally, PeerStats, RoomTotals, TrustExpiry};
     use tokio_tungstenite::tungstenite::Message;
 
     #[test]
@@ -261,7 +308,15 @@ mod tests {
         tally.relayed(&Message::text("hello"), 2);
         tally.publish(&metrics, &PeerStats::default());
         metrics.relay_latency.observe(Duration::from_micros(30));
-        let text = metrics.render(RoomTotals { rooms: 1, members: 2, held_messages: 0, held_bytes: 0 }, None);
+        let mut expiry = ExpiryTotals::default();
+        expiry.add(86_400 * 10);
+        expiry.add(86_400 * 400);
+        let trust = TrustExpiry {
+            server: Some(CertificateExpiry { subject: "CN=proxy".into(), not_after: 1_000 + 86_400 }),
+            cas: vec![CertificateExpiry { subject: "CN=root".into(), not_after: 1_000 + 3 * 86_400 }],
+        };
+        let rooms = RoomTotals { rooms: 1, members: 2, held_messages: 0, held_bytes: 0, expiry };
+        let text = metrics.render(Gauges { rooms, cluster: None, trust: Arc::new(trust), now: 1_000 });
         for line in [
             "ws_proxy_build_info{version=\"",
             "ws_proxy_connections_total{outcome=\"tls_failed\"} 1",
@@ -278,6 +333,14 @@ mod tests {
             "ws_proxy_relay_latency_seconds_bucket{le=\"+Inf\"} 1",
             "ws_proxy_relay_latency_seconds_count 1",
             "# HELP ws_proxy_relay_latency_seconds Time from",
+            "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"604800.0\"} 0",
+            "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"1209600.0\"} 1",
+            "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"31536000.0\"} 1",
+            "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"+Inf\"} 2",
+            "ws_proxy_peer_certificate_expiry_seconds_count 2",
+            "ws_proxy_peer_certificate_soonest_expiry_seconds 864000",
+            "ws_proxy_server_certificate_expiry_seconds 86400",
+            "ws_proxy_ca_certificate_expiry_seconds{subject=\"CN=root\"} 259200",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
@@ -289,7 +352,10 @@ mod tests {
             AuthHookResults, ConnErrorStatuses, HandshakeFailures, IdentityConflicts, LabelSet, Outcomes,
             UpgradeStatuses,
         };
-        let text = Arc::new(Metrics::default()).render(RoomTotals::default(), None);
+        let gauges = Gauges { rooms: RoomTotals::default(), cluster: None, trust: Arc::default(), now: 0 };
+        let text = Arc::new(Metrics::default()).render(gauges);
+        assert!(text.contains("ws_proxy_peer_certificate_expiry_seconds_count 0"), "{text}");
+        assert!(!text.contains("soonest"), "no member, no soonest expiry: {text}");
         let mut expected = Vec::new();
         let mut each = |name: &str, label: &str, values: Vec<String>| {
             expected

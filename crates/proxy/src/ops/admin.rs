@@ -1,6 +1,7 @@
 //! The admin endpoint (`admin.bind`, plain HTTP/1.1, GET only): `/healthz` (the process
 //! answers), `/readyz` (listening and not draining), `/metrics` (Prometheus text format),
-//! `/v1/rooms` and `/v1/rooms/<id>` (JSON, see `status.rs`). `ws-proxy status` reads it with
+//! `/v1/rooms` and `/v1/rooms/<id>` (JSON, see `status.rs`), `/v1/certificates` (client
+//! certificates about to expire, `certificates.rs`) and `/v1/overview` (`overview.rs`). `ws-proxy status` reads it with
 //! the client in `cli/admin_client.rs`.
 //!
 //! It serves operators and monitoring, not peers, but health checks (systemd, load balancers,
@@ -11,7 +12,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,9 +22,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use super::certificates;
+use super::overview::{Overview, readiness};
 use super::state::Shared;
 use super::status;
-use crate::metrics::{CONTENT_TYPE, ClusterTotals};
+use crate::config::duration;
+use crate::identity::unix_now;
+use crate::metrics::{CONTENT_TYPE, ClusterTotals, Gauges};
 
 /// Admin connections served at once; more are closed as they come.
 pub(crate) const MAX_CONNECTIONS: usize = 128;
@@ -81,13 +85,10 @@ fn respond<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" if !shared.ready.load(Ordering::Relaxed) => {
-            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining or not listening yet\n".into())
-        }
-        "/readyz" if !shared.backplane.healthy() => {
-            text(StatusCode::SERVICE_UNAVAILABLE, "not ready: the cluster's redis is unreachable\n".into())
-        }
-        "/readyz" => text(StatusCode::OK, "ready\n".into()),
+        "/readyz" => match readiness(shared) {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        },
         "/metrics" => {
             let (published, lost) = shared.backplane.counts();
             let cluster = shared.config.cluster.is_some().then_some(ClusterTotals {
@@ -95,11 +96,27 @@ fn respond<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
                 published,
                 lost,
             });
-            let body =
-                shared.metrics.render(status::totals(&status::snapshot(&shared.hub.registry)), cluster);
+            let now = unix_now();
+            let rooms = status::totals(&status::snapshot(&shared.hub.registry), now);
+            let trust = Arc::clone(&shared.gate.tls.load().expiries);
+            let body = shared.metrics.render(Gauges { rooms, cluster, trust, now });
             with_type(StatusCode::OK, CONTENT_TYPE, body)
         }
         "/v1/rooms" => json(StatusCode::OK, &status::snapshot(&shared.hub.registry)),
+        "/v1/overview" => json(StatusCode::OK, &Overview::read(shared)),
+        "/v1/certificates" => {
+            let within = match query(request, "expiring_within") {
+                None => Ok(shared.config.expiry_warning),
+                Some(text) => duration("expiring_within", &text),
+            };
+            match within {
+                Ok(within) => json(
+                    StatusCode::OK,
+                    &certificates::expiring(&shared.hub.registry, &shared.gate.expiry, within, unix_now()),
+                ),
+                Err(e) => json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": e.to_string() })),
+            }
+        }
         path => match path.strip_prefix("/v1/rooms/") {
             Some(id) => match status::snapshot(&shared.hub.registry).into_iter().find(|room| room.id == id) {
                 Some(room) => json(StatusCode::OK, &room),
@@ -111,11 +128,21 @@ fn respond<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
                 debug!(path, "admin: unknown path");
                 text(
                     StatusCode::NOT_FOUND,
-                    "unknown path; try /healthz, /readyz, /metrics, /v1/rooms\n".into(),
+                    "unknown path; try /healthz, /readyz, /metrics, /v1/rooms, /v1/certificates, /v1/overview\n"
+                        .into(),
                 )
             }
         },
     }
+}
+
+/// The value of `key` in the request's query string, percent-decoding left out (the values
+/// asked for are durations).
+fn query<B>(request: &Request<B>, key: &str) -> Option<String> {
+    request.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| v.to_owned())
+    })
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -1,12 +1,15 @@
 //! Running the daemon: the assembled [`Proxy`] (`proxy.rs`) and its start (`daemon.rs`), the
-//! admin endpoint (`admin.rs`, with the rooms report of `status.rs`), hot reload
+//! admin endpoint (`admin.rs`, with the rooms report of `status.rs`, the certificates report of
+//! `certificates.rs` and the node at a glance of `overview.rs`), hot reload
 //! (`reload.rs`), stopping and draining (`shutdown.rs`), systemd notifications (`systemd.rs`),
 //! log output (`logging.rs`) and the open-file limit (`file_limit.rs`). `state.rs` holds what these parts share.
 
 pub(crate) mod admin;
+pub mod certificates;
 pub mod daemon;
 pub(crate) mod file_limit;
 pub mod logging;
+pub mod overview;
 pub(crate) mod proxy;
 pub(crate) mod reload;
 pub mod shutdown;

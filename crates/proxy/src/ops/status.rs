@@ -5,7 +5,7 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::RoomTotals;
+use crate::metrics::{ExpiryTotals, RoomTotals};
 use crate::rooms::registry::Registry;
 use crate::rooms::room::{Contents, Member, Room};
 
@@ -66,6 +66,9 @@ pub struct MemberStatus {
     /// (`rooms.same_identity = "probe"`).
     #[serde(default)]
     pub conflicts_survived: u32,
+    /// Its certificate's notAfter, seconds since the Unix epoch.
+    #[serde(default)]
+    pub not_after: i64,
 }
 
 /// Every room with its members, as owned data, sorted by room id.
@@ -112,17 +115,21 @@ impl MemberStatus {
             bytes_out: stats.sent.bytes(),
             address: member.address.to_string(),
             conflicts_survived: member.conflicts_survived,
+            not_after: member.not_after,
         }
     }
 }
 
-/// The room gauges of `/metrics`, counted from a report.
+/// The room gauges of `/metrics`, counted from a report at `now` (Unix seconds).
 #[must_use]
-pub fn totals(rooms: &[RoomStatus]) -> RoomTotals {
+pub fn totals(rooms: &[RoomStatus], now: i64) -> RoomTotals {
+    let mut expiry = ExpiryTotals::default();
+    rooms.iter().flat_map(|r| &r.members).for_each(|m| expiry.add(m.not_after - now));
     RoomTotals {
         rooms: rooms.len() as u64,
         members: rooms.iter().map(|r| r.members.len() as u64).sum(),
         held_messages: rooms.iter().map(|r| r.held_messages as u64).sum(),
         held_bytes: rooms.iter().map(|r| r.held_bytes as u64).sum(),
+        expiry,
     }
 }

@@ -207,6 +207,7 @@ impl Peer<'_> {
             address: self.admitted.address,
             chain: Arc::clone(&self.admitted.chain),
             conflicts_survived: 0,
+            not_after: self.admitted.identity.not_after,
         };
         let replaced_key = roster.replaced.as_ref().map(Card::key);
         let here = hub.nodes.node();

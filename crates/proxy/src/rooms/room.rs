@@ -41,6 +41,8 @@ pub(crate) struct Member {
     pub(crate) chain: Certificates,
     /// Newcomers with its certificate it answered a probe for, and so kept its place.
     pub(crate) conflicts_survived: u32,
+    /// Its certificate's notAfter, seconds since the Unix epoch.
+    pub(crate) not_after: i64,
 }
 
 /// Where a member's verified certificate chain is read again: its TLS session, which holds the

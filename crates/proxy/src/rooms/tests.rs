@@ -279,6 +279,7 @@ fn local_member(cn: &str, hello: &str) -> super::room::Member {
         address: ([127, 0, 0, 1], 1).into(),
         chain: Arc::new(NoCertificates),
         conflicts_survived: 0,
+        not_after: 0,
     }
 }
 
