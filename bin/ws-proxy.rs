@@ -22,14 +22,16 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e, USAGE),
         },
-        Some(Command::Status { admin, config }) => match cli::report(admin, config.as_deref()) {
-            Ok(table) => {
-                print!("{table}");
-                ExitCode::SUCCESS
+        Some(Command::Status { admin, config, expiring }) => {
+            match cli::report(admin, config.as_deref(), expiring.as_deref()) {
+                Ok(table) => {
+                    print!("{table}");
+                    ExitCode::SUCCESS
+                }
+                Err(e @ Error::Admin { .. }) => fail(&e, FAILURE),
+                Err(e) => fail(&e, USAGE),
             }
-            Err(e @ Error::Admin { .. }) => fail(&e, FAILURE),
-            Err(e) => fail(&e, USAGE),
-        },
+        }
         None => serve(cli.config, cli.dev, &cli.overrides),
     }
 }

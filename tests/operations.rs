@@ -165,7 +165,7 @@ async fn sigterm_turns_readyz_503_then_closes_members_with_1001_across_the_windo
 }
 
 #[tokio::test]
-async fn status_prints_the_rooms_of_a_running_proxy() {
+async fn status_prints_the_rooms_and_the_certificates_about_to_expire() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mut proxy = ProxyProcess::start(dir, &["--dev", "--bind", "127.0.0.1:0"], &[]);
@@ -177,6 +177,25 @@ async fn status_prints_the_rooms_of_a_running_proxy() {
     assert!(lines.iter().any(|l| l.contains("gw/gateway") && l.contains("CN=manager")), "{table}");
     assert!(lines.iter().any(|l| l.contains("gw/gateway") && l.contains("CN=gateway")), "{table}");
     assert_eq!(lines.last(), Some(&"1 rooms, 2 members, 0 messages held"), "{table}");
+    // Certificates: within ten years both members' are listed, as connected; within a minute none.
+    let expiring =
+        run_bin(dir, "ws-proxy", &["status", "--admin", &admin, "--expiring", "3650d"]).success().stdout();
+    assert!(expiring.starts_with("SUBJECT"), "{expiring}");
+    for subject in ["CN=manager", "CN=gateway"] {
+        assert!(
+            expiring
+                .lines()
+                .any(|l| l.contains(subject) && l.contains("gw/gateway") && l.contains("connected")),
+            "{expiring}"
+        );
+    }
+    assert!(expiring.ends_with("2 certificates expire within 3650d\n"), "{expiring}");
+    let none =
+        run_bin(dir, "ws-proxy", &["status", "--admin", &admin, "--expiring", "1m"]).success().stdout();
+    assert!(none.ends_with("0 certificates expire within 1m\n"), "{none}");
+    run_bin(dir, "ws-proxy", &["status", "--admin", &admin, "--expiring", "soon"])
+        .code(64)
+        .stderr_has("--expiring");
 
     let metrics = admin_request(proxy.admin(), "GET", "/metrics").await.1;
     assert_eq!(sample(&metrics, "ws_proxy_members"), 2.0, "{metrics}");

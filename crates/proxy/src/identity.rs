@@ -41,7 +41,10 @@ impl CertificateExpiry {
     #[must_use]
     pub fn of(der: &[u8]) -> Option<Self> {
         let (_, cert) = X509Certificate::from_der(der).ok()?;
-        Some(CertificateExpiry { subject: cert.subject().to_string(), not_after: cert.validity().not_after.timestamp() })
+        Some(CertificateExpiry {
+            subject: cert.subject().to_string(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
     }
 }
 

@@ -347,7 +347,8 @@ pub struct TrustExpiry {
 
 /// Upper bounds of the buckets of members' certificates' time left, in seconds: a day, a week,
 /// two weeks, 30, 90, 180 and 365 days.
-pub const EXPIRY_BUCKETS: [u64; 7] = [86_400, 604_800, 1_209_600, 2_592_000, 7_776_000, 15_552_000, 31_536_000];
+pub const EXPIRY_BUCKETS: [u64; 7] =
+    [86_400, 604_800, 1_209_600, 2_592_000, 7_776_000, 15_552_000, 31_536_000];
 
 /// The time left to the connected members' certificates, at one scrape.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -64,5 +64,9 @@ pub enum Command {
         /// The configuration file whose admin.bind to read.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Instead of the rooms, list the client certificates that expire within this long
+        /// (`30d`, `12h`): connected now, or seen since the proxy started.
+        #[arg(long, value_name = "DURATION")]
+        expiring: Option<String>,
     },
 }

@@ -8,4 +8,4 @@ mod check_access;
 mod status;
 
 pub use check_access::check_access;
-pub use status::{report, table};
+pub use status::{certificates_table, report, table};

@@ -18,10 +18,10 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyD
 use x509_parser::prelude::FromDer;
 
 use super::tickets::{Secret, Tickets};
-use crate::identity::CertificateExpiry;
-use crate::metrics::TrustExpiry;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::identity::CertificateExpiry;
+use crate::metrics::TrustExpiry;
 
 fn tls_error(path: &Path, reason: impl Into<String>) -> Error {
     Error::Tls { path: path.to_owned(), reason: reason.into() }
@@ -207,7 +207,8 @@ pub(crate) fn material(config: &Config, resumption: &Resumption) -> Result<TlsMa
         .map_err(|e| tls_error(&config.client_ca[0], format!("cannot verify clients with this CA: {e}")))?;
 
     let chain = read_certs(&config.server_cert)?;
-    let expiries = Arc::new(TrustExpiry { server: chain.first().and_then(|leaf| CertificateExpiry::of(leaf)), cas });
+    let expiries =
+        Arc::new(TrustExpiry { server: chain.first().and_then(|leaf| CertificateExpiry::of(leaf)), cas });
     let key_path = config.server_key.as_deref().unwrap_or(&config.server_cert);
     let key = read_key(key_path)?;
     let mut server = ServerConfig::builder_with_provider(provider)

@@ -259,7 +259,12 @@ impl Collector for Scrape {
             "Receivers closed with 1013 for not reading.",
             Metrics::get(&m.slow_consumers),
         )?;
-        Self::gauge(&mut e, "held_messages", "Messages in hold buffers now.", self.gauges.rooms.held_messages)?;
+        Self::gauge(
+            &mut e,
+            "held_messages",
+            "Messages in hold buffers now.",
+            self.gauges.rooms.held_messages,
+        )?;
         Self::gauge(&mut e, "held_bytes", "Bytes in hold buffers now.", self.gauges.rooms.held_bytes)?;
         Self::counter(
             &mut e,
@@ -333,9 +338,9 @@ mod tests {
             "ws_proxy_relay_latency_seconds_bucket{le=\"+Inf\"} 1",
             "ws_proxy_relay_latency_seconds_count 1",
             "# HELP ws_proxy_relay_latency_seconds Time from",
-            "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"604800.0\"} 0",
-            "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"1209600.0\"} 1",
-            "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"31536000.0\"} 1",
+            "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"604800\"} 0",
+            "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"1.2096e+06\"} 1",
+            "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"3.1536e+07\"} 1",
             "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"+Inf\"} 2",
             "ws_proxy_peer_certificate_expiry_seconds_count 2",
             "ws_proxy_peer_certificate_soonest_expiry_seconds 864000",

@@ -33,25 +33,34 @@ pub struct CertificateStatus {
 }
 
 /// The certificates that expire within `within` of `now` (Unix seconds), soonest first.
-pub(crate) fn expiring(registry: &Registry, watch: &ExpiryWatch, within: Duration, now: i64) -> Vec<CertificateStatus> {
+pub(crate) fn expiring(
+    registry: &Registry,
+    watch: &ExpiryWatch,
+    within: Duration,
+    now: i64,
+) -> Vec<CertificateStatus> {
     let horizon = now.saturating_add(i64::try_from(within.as_secs()).unwrap_or(i64::MAX));
     let mut found: BTreeMap<[u8; 32], CertificateStatus> = BTreeMap::new();
     for (fingerprint, seen) in watch.seen() {
         if seen.not_after <= horizon {
-            found.insert(fingerprint.0, CertificateStatus {
-                subject: seen.subject,
-                serial: seen.serial,
-                fingerprint: fingerprint.to_string(),
-                not_after: seen.not_after,
-                rooms: seen.rooms.into_iter().collect(),
-                last_seen: seen.last_seen,
-                connected: false,
-            });
+            found.insert(
+                fingerprint.0,
+                CertificateStatus {
+                    subject: seen.subject,
+                    serial: seen.serial,
+                    fingerprint: fingerprint.to_string(),
+                    not_after: seen.not_after,
+                    rooms: seen.rooms.into_iter().collect(),
+                    last_seen: seen.last_seen,
+                    connected: false,
+                },
+            );
         }
     }
     // Members: only those in the window have their certificate read again, for its serial.
     let members = registry.each_member(|room, m| {
-        (m.not_after <= horizon).then(|| (room.to_string(), m.fingerprint, m.subject.to_string(), m.not_after, m.chain.clone()))
+        (m.not_after <= horizon)
+            .then(|| (room.to_string(), m.fingerprint, m.subject.to_string(), m.not_after, m.chain.clone()))
     });
     for (room, fingerprint, subject, not_after, chain) in members.into_iter().flatten() {
         let entry = found.entry(fingerprint.0).or_insert_with(|| CertificateStatus {

@@ -118,7 +118,12 @@ impl Overview {
             let (published, lost) = shared.backplane.counts();
             let nodes: BTreeSet<String> =
                 rooms.iter().flat_map(|r| &r.elsewhere).map(|m| m.node.clone()).collect();
-            ClusterOverview { up: shared.backplane.healthy(), nodes: nodes.into_iter().collect(), published, lost }
+            ClusterOverview {
+                up: shared.backplane.healthy(),
+                nodes: nodes.into_iter().collect(),
+                published,
+                lost,
+            }
         });
         let window = shared.config.expiry_warning;
         let expiring = certificates::expiring(&shared.hub.registry, &shared.gate.expiry, window, now);
@@ -129,7 +134,11 @@ impl Overview {
             .iter()
             .map(|c| ("server", c))
             .chain(material.expiries.cas.iter().map(|c| ("ca", c)))
-            .map(|(role, c)| TrustedCertificate { role: role.into(), subject: c.subject.clone(), not_after: c.not_after })
+            .map(|(role, c)| TrustedCertificate {
+                role: role.into(),
+                subject: c.subject.clone(),
+                not_after: c.not_after,
+            })
             .collect();
         let readiness = readiness(shared);
         Overview {

@@ -1,6 +1,8 @@
 //! The admin endpoint: health and readiness, the rooms API, and the Prometheus metrics moving
 //! with what the proxy does.
 
+use std::time::Duration;
+
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
@@ -217,5 +219,64 @@ async fn idle_admin_connections_cannot_starve_the_health_checks() {
     assert!(matches!(cut, Ok(Ok(0) | Err(_))), "an idle admin connection is closed: {cut:?}");
     let cut = tokio::time::timeout(std::time::Duration::from_secs(3), slow.read(&mut byte)).await;
     assert!(cut.is_ok(), "so is one whose head never ends");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn certificates_about_to_expire_are_listed_connected_or_seen_and_measured() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "").await;
+    let day = 86_400u64;
+    let (soon, soon_after) = pki.short_lived("gw-soon", Duration::from_secs(5 * day));
+    let (later, _) = pki.short_lived("gw-later", Duration::from_secs(20 * day));
+    let mut connected = proxy.connect_with(&soon, "gw/soon").await;
+    connected.hello("soon").await;
+    // Seen, then gone: still listed, with the room it asked for.
+    let mut visitor = proxy.connect_with(&later, "gw/later").await;
+    visitor.hello("later").await;
+    visitor.close().await;
+    within("the visitor leaves", async {
+        while proxy.admin("GET", "/v1/rooms/gw/later").await.0 == 200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+
+    let list = |body: String| -> Vec<Value> {
+        serde_json::from_str::<Value>(&body).unwrap().as_array().unwrap().clone()
+    };
+    let (status, body) = proxy.admin("GET", "/v1/certificates?expiring_within=30d").await;
+    assert_eq!(status, 200, "{body}");
+    let all = list(body);
+    assert_eq!(all.len(), 2, "{all:?}");
+    let not_after = soon_after.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(all[0]["subject"], "CN=gw-soon, O=Test", "soonest first: {all:?}");
+    assert_eq!(all[0]["not_after"], not_after);
+    assert_eq!(all[0]["connected"], true);
+    assert_eq!(all[0]["rooms"], serde_json::json!(["gw/soon"]));
+    assert!(all[0]["serial"].as_str().is_some_and(|s| s.len() >= 2 && s != "-"), "{all:?}");
+    assert_eq!(all[1]["connected"], false);
+    assert_eq!(all[1]["rooms"], serde_json::json!(["gw/later"]));
+    assert!(all[1]["last_seen"].as_i64().unwrap() > 0);
+    // The dev identities (valid for years) are not in a 30-day window; within 10 days only one.
+    let (_, body) = proxy.admin("GET", "/v1/certificates?expiring_within=10d").await;
+    assert_eq!(list(body).len(), 1);
+    let (status, body) = proxy.admin("GET", "/v1/certificates?expiring_within=soon").await;
+    assert_eq!(status, 400);
+    assert!(body.contains("expiring_within"), "{body}");
+
+    let (_, rooms) = proxy.admin("GET", "/v1/rooms/gw/soon").await;
+    let room: Value = serde_json::from_str(&rooms).unwrap();
+    assert_eq!(room["members"][0]["not_after"], not_after);
+
+    let (_, metrics) = proxy.admin("GET", "/metrics").await;
+    assert_eq!(sample(&metrics, "ws_proxy_peer_certificate_expiry_seconds_count"), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"86400\"}"), 0.0);
+    assert_eq!(sample(&metrics, "ws_proxy_peer_certificate_expiry_seconds_bucket{le=\"604800\"}"), 1.0);
+    let soonest = sample(&metrics, "ws_proxy_peer_certificate_soonest_expiry_seconds");
+    assert!((5.0 * 86_400.0 - 120.0..=5.0 * 86_400.0).contains(&soonest), "{soonest}");
+    assert!(sample(&metrics, "ws_proxy_server_certificate_expiry_seconds") > 30.0 * 86_400.0, "{metrics}");
+    assert!(metrics.contains("ws_proxy_ca_certificate_expiry_seconds{subject=\""), "{metrics}");
+    assert_eq!(sample(&metrics, "ws_proxy_certificate_expiry_warnings_total"), 2.0);
     proxy.stop().await;
 }
