@@ -230,3 +230,36 @@ async fn a_storm_of_identical_bad_handshakes_is_rate_limited_in_the_log() {
     assert!(logged <= micronets_proxy::logging::BURST as usize, "{logged} lines\n{}", proxy.log());
     assert!(logged > 0, "{}", proxy.log());
 }
+
+#[tokio::test]
+async fn the_admin_endpoint_is_never_open_off_loopback_and_status_brings_the_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Refused before anything binds: an open admin endpoint on every address.
+    run_bin(dir, "ws-proxy", &["--dev", "--bind", "127.0.0.1:0", "--admin-bind", "0.0.0.0:0"])
+        .code(64)
+        .stderr_has("admin.bind")
+        .stderr_has("admin.token_file");
+    std::fs::write(dir.join("open.toml"), "[admin]\nbind = \"0.0.0.0:9090\"\n").unwrap();
+    run_bin(dir, "ws-proxy", &["check-config", "--config", "open.toml"])
+        .code(64)
+        .stderr_has("not a loopback address");
+
+    // A token, and client certificates for the managers: TLS, even on loopback.
+    run_bin(dir, "certgen", &["dev"]).success();
+    std::fs::write(dir.join("admin.token"), "0123456789abcdef-operators\n").unwrap();
+    std::fs::set_permissions(dir.join("admin.token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = \"certs/dev/micronets-ws-proxy.pkeycert.pem\"\nclient_ca = \"certs/dev/micronets-ws-root.cert.pem\"\n[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n[[admin.allow]]\ncn = \"manager\"\n";
+    std::fs::write(dir.join("p.toml"), config).unwrap();
+    let mut proxy = ProxyProcess::start(dir, &["--config", "p.toml", "--admin-bind", "127.0.0.1:0"], &[]);
+    let admin = proxy.admin().to_string();
+    assert!(proxy.log().contains(&format!("admin endpoint on https://{admin}")), "{}", proxy.log());
+    // status reads the token and trusts the proxy's own certificate from the configuration.
+    let table =
+        run_bin(dir, "ws-proxy", &["status", "--admin", &admin, "--config", "p.toml"]).success().stdout();
+    assert!(table.ends_with("0 rooms, 0 members, 0 messages held\n"), "{table}");
+    // Without the configuration it has neither: refused.
+    run_bin(dir, "ws-proxy", &["status", "--admin", &admin]).code(1).stderr_has(&admin);
+    drop(proxy);
+}

@@ -121,10 +121,10 @@ impl Daemon {
     /// The address of the proxy's admin endpoint, from its log.
     #[track_caller]
     pub(crate) fn admin(&mut self) -> std::net::SocketAddr {
-        const LINE: &str = "admin endpoint on http://";
+        const LINE: &str = "admin endpoint on ";
         let logged = self.log().lines().find(|l| l.contains(LINE)).map(str::to_owned);
         let line = logged.unwrap_or_else(|| self.wait_for(LINE));
-        let after = line.split(LINE).nth(1).unwrap_or_default();
+        let after = line.split("://").nth(1).unwrap_or_default();
         let addr: String =
             after.chars().take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c)).collect();
         addr.parse().unwrap_or_else(|_| panic!("bad admin address in {line:?}"))

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::admin_client;
+use super::admin_client::{self, Access};
 use crate::config::{FileConfig, Overrides, duration};
 use crate::error::{Error, Result};
 use crate::ops::certificates::CertificateStatus;
@@ -116,15 +116,16 @@ pub fn report(admin: Option<SocketAddr>, config: Option<&Path>, expiring: Option
     if let Some(within) = expiring {
         duration("--expiring", within)?;
     }
-    let addr = match (admin, config) {
-        (Some(addr), _) => addr,
-        (None, config) => {
-            let file = config.map_or_else(|| Ok(FileConfig::default()), FileConfig::load)?;
-            file.into_config(&Overrides::default())?.admin_bind.ok_or_else(|| Error::Config {
-                key: "admin.bind".into(),
-                reason: "the admin endpoint is off (\"\"); pass --admin ADDR".into(),
-            })?
-        }
+    // The configuration says where the endpoint is and how to be let in (token, TLS).
+    let file = config.map_or_else(|| Ok(FileConfig::default()), FileConfig::load)?;
+    let settings = file.into_config(&Overrides::default())?;
+    let access = if config.is_some() { Access::of(&settings)? } else { Access::default() };
+    let addr = match admin {
+        Some(addr) => addr,
+        None => settings.admin_bind.ok_or_else(|| Error::Config {
+            key: "admin.bind".into(),
+            reason: "the admin endpoint is off (\"\"); pass --admin ADDR".into(),
+        })?,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -133,12 +134,12 @@ pub fn report(admin: Option<SocketAddr>, config: Option<&Path>, expiring: Option
     let not_a = |what: &str, e: serde_json::Error| Error::Admin { addr, reason: format!("not {what}: {e}") };
     if let Some(within) = expiring {
         let path = format!("/v1/certificates?expiring_within={within}");
-        let body = runtime.block_on(admin_client::get(addr, &path))?;
+        let body = runtime.block_on(admin_client::get(addr, &path, &access))?;
         let certificates: Vec<CertificateStatus> =
             serde_json::from_str(&body).map_err(|e| not_a("a certificates report", e))?;
         return Ok(certificates_table(&certificates, within, SystemTime::now()));
     }
-    let body = runtime.block_on(admin_client::get(addr, "/v1/rooms"))?;
+    let body = runtime.block_on(admin_client::get(addr, "/v1/rooms", &access))?;
     let rooms: Vec<RoomStatus> = serde_json::from_str(&body).map_err(|e| not_a("a rooms report", e))?;
     Ok(table(&rooms, SystemTime::now()))
 }

@@ -232,12 +232,27 @@ impl Default for ShutdownSection {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct AdminSection {
     pub(super) bind: String,
+    pub(super) token_file: String,
+    pub(super) allow: Vec<AdminAllow>,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
-        AdminSection { bind: "127.0.0.1:9090".into() }
+        AdminSection { bind: "127.0.0.1:9090".into(), token_file: String::new(), allow: Vec::new() }
     }
+}
+
+/// A client certificate allowed into the admin endpoint (`[[admin.allow]]`): the matchers of
+/// an ACL rule, every one given having to match.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminAllow {
+    pub(super) cn: Option<String>,
+    pub(super) o: Option<String>,
+    pub(super) ou: Option<String>,
+    pub(super) san_dns: Option<String>,
+    pub(super) san_uri: Option<String>,
+    pub(super) fingerprint: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -17,7 +17,8 @@ mod validate;
 pub use file::{FileConfig, ParseError};
 pub use overrides::Overrides;
 pub use settings::{
-    AclRule, ClusterConfig, Config, HookConfig, LogFormat, MAX_PRESENCE_TTL, MAX_PROBE_TIMEOUT, SameIdentity,
+    ADMIN_ROOM, AclRule, AdminAccess, ClusterConfig, Config, HookConfig, LogFormat, MAX_PRESENCE_TTL,
+    MAX_PROBE_TIMEOUT, SameIdentity,
 };
 pub use validate::duration;
 pub(crate) use validate::redacted_url;

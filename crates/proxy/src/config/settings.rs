@@ -124,6 +124,8 @@ pub struct Config {
     pub drain_window: Duration,
     /// Where the admin endpoint listens (`admin.bind`); `None` when it is off.
     pub admin_bind: Option<SocketAddr>,
+    /// Who may use the admin endpoint (`admin.token_file`, `[[admin.allow]]`).
+    pub admin_access: AdminAccess,
     /// Log format (`log.format`).
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `micronets_proxy=debug` (`log.level`).
@@ -187,6 +189,24 @@ pub struct HookConfig {
     /// CA bundle for an `https://` hook; `None` uses the system trust store.
     pub ca_file: Option<PathBuf>,
 }
+
+/// Who may use the admin endpoint beyond `/healthz` and `/readyz`. Off loopback it is never
+/// open: validation refuses an `admin.bind` that is not a loopback address unless a token or
+/// client-certificate rules are set, and the endpoint then speaks TLS.
+#[derive(Clone, Debug, Default)]
+pub struct AdminAccess {
+    /// The file holding the bearer token requests must carry (`admin.token_file`).
+    pub token_file: Option<PathBuf>,
+    /// Client certificates let in (`[[admin.allow]]`), as allowing ACL rules for the room
+    /// [`ADMIN_ROOM`].
+    pub allow: Vec<AclRule>,
+    /// Whether the endpoint speaks TLS (with the server certificate of `tls.server_cert`):
+    /// off loopback, or when `allow` rules need client certificates.
+    pub tls: bool,
+}
+
+/// The room name `[[admin.allow]]` rules are compiled for.
+pub const ADMIN_ROOM: &str = "admin";
 
 /// One ACL rule as written in the configuration file (`[[acl.rules]]`).
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::file::{AuthHookSection, ClusterSection, FileConfig};
+use super::file::{AdminAllow, AuthHookSection, ClusterSection, FileConfig};
 use super::overrides::Overrides;
-use super::settings::{ClusterConfig, Config, HookConfig, MAX_PRESENCE_TTL, MAX_PROBE_TIMEOUT};
+use super::settings::{
+    ADMIN_ROOM, AclRule, AdminAccess, ClusterConfig, Config, HookConfig, MAX_PRESENCE_TTL, MAX_PROBE_TIMEOUT,
+};
 use crate::error::{Error, Result};
 
 impl FileConfig {
@@ -121,6 +123,7 @@ impl FileConfig {
             pong_timeout: duration("keepalive.pong_timeout", &self.keepalive.pong_timeout)?,
             shutdown_grace: duration("shutdown.grace", &self.shutdown.grace)?,
             drain_window: duration("shutdown.drain_window", &self.shutdown.drain_window)?,
+            admin_access: admin_access(admin_bind, self.admin.token_file, self.admin.allow)?,
             admin_bind,
             log_format: overrides.log_format.unwrap_or(self.log.format),
             log_level: self.log.level,
@@ -253,6 +256,46 @@ fn ticket_rotation(text: &str) -> Result<Duration> {
     Ok(rotation)
 }
 
+/// The admin endpoint's protection: refused when it would be open off loopback.
+fn admin_access(bind: Option<SocketAddr>, token_file: String, allow: Vec<AdminAllow>) -> Result<AdminAccess> {
+    let token_file = (!token_file.is_empty()).then(|| PathBuf::from(token_file));
+    let allow: Vec<AclRule> = allow
+        .into_iter()
+        .map(|a| AclRule {
+            room: ADMIN_ROOM.into(),
+            allow: true,
+            cn: a.cn,
+            o: a.o,
+            ou: a.ou,
+            san_dns: a.san_dns,
+            san_uri: a.san_uri,
+            fingerprint: a.fingerprint,
+            peer_class: None,
+        })
+        .collect();
+    if let Some((i, _)) = allow.iter().enumerate().find(|(_, rule)| {
+        [&rule.cn, &rule.o, &rule.ou, &rule.san_dns, &rule.san_uri, &rule.fingerprint]
+            .iter()
+            .all(|m| m.is_none())
+    }) {
+        return Err(invalid(
+            "admin.allow",
+            format!("rule {} names no certificate field: it would let in every certificate of the CA", i + 1),
+        ));
+    }
+    let loopback = bind.is_none_or(|addr| addr.ip().is_loopback());
+    if !loopback && token_file.is_none() && allow.is_empty() {
+        let addr = bind.map(|a| a.to_string()).unwrap_or_default();
+        return Err(invalid(
+            "admin.bind",
+            format!(
+                "{addr} is not a loopback address and the admin endpoint would be open to it: set admin.token_file or [[admin.allow]], or bind 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(AdminAccess { token_file, tls: !loopback || !allow.is_empty(), allow })
+}
+
 fn invalid(key: &str, reason: String) -> Error {
     Error::Config { key: key.to_owned(), reason }
 }
@@ -356,6 +399,25 @@ mod tests {
         assert!(err.contains("admin.bind"), "{err}");
         let off = Overrides { admin_bind: Some(String::new()), ..Overrides::default() };
         assert_eq!(FileConfig::default().into_config(&off).unwrap().admin_bind, None);
+    }
+
+    #[test]
+    fn the_admin_endpoint_is_never_open_off_loopback() {
+        let err = config("[admin]\nbind = \"0.0.0.0:9090\"\n").unwrap_err().to_string();
+        assert!(err.contains("admin.bind") && err.contains("admin.token_file"), "{err}");
+        let err = config("[admin]\nbind = \"[::]:9090\"\n").unwrap_err().to_string();
+        assert!(err.contains("not a loopback address"), "{err}");
+        let local = config("[admin]\nbind = \"[::1]:9090\"\n").unwrap().admin_access;
+        assert!(!local.tls && local.token_file.is_none());
+        let token =
+            config("[admin]\nbind = \"0.0.0.0:9090\"\ntoken_file = \"/etc/t\"\n").unwrap().admin_access;
+        assert!(token.tls, "off loopback: TLS");
+        let allow = config("[admin]\n[[admin.allow]]\no = \"Operators\"\n").unwrap().admin_access;
+        assert!(allow.tls, "client certificates need TLS, on loopback too");
+        assert_eq!(allow.allow[0].room, ADMIN_ROOM);
+        let err = config("[admin]\n[[admin.allow]]\n").unwrap_err().to_string();
+        assert!(err.contains("admin.allow") && err.contains("every certificate"), "{err}");
+        assert!(config("[admin]\n[[admin.allow]]\nrole = \"x\"\n").is_err(), "unknown keys refused");
     }
 
     #[test]

@@ -197,27 +197,11 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
 pub(crate) fn material(config: &Config, resumption: &Resumption) -> Result<TlsMaterial> {
     let provider = provider();
     let Trust { roots, crls, digest: trust, expires: trust_expires, cas } = Trust::load(config)?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(crls)
-        // The leaf is checked against the CRLs; a CA without a CRL (a second root during a
-        // rotation, say) does not make its leaves fail.
-        .only_check_end_entity_revocation()
-        .allow_unknown_revocation_status()
-        .build()
-        .map_err(|e| tls_error(&config.client_ca[0], format!("cannot verify clients with this CA: {e}")))?;
-
+    let verifier = client_verifier(config, roots, crls, &provider, ClientCertificates::Required)?;
     let chain = read_certs(&config.server_cert)?;
     let expiries =
         Arc::new(TrustExpiry { server: chain.first().and_then(|leaf| CertificateExpiry::of(leaf)), cas });
-    let key_path = config.server_key.as_deref().unwrap_or(&config.server_cert);
-    let key = read_key(key_path)?;
-    let mut server = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(VERSIONS)
-        .map_err(|e| tls_error(&config.server_cert, e.to_string()))?
-        .with_client_cert_verifier(verifier.clone())
-        .with_single_cert(chain, key)
-        .map_err(|e| tls_error(key_path, format!("server certificate and key do not go together: {e}")))?;
-    server.ignore_client_order = true;
+    let mut server = serving(config, provider, Arc::clone(&verifier), chain)?;
     if resumption.enabled {
         server.ticketer = resumption.tickets.clone();
         server.session_storage = resumption.sessions(trust);
@@ -226,6 +210,73 @@ pub(crate) fn material(config: &Config, resumption: &Resumption) -> Result<TlsMa
         server.send_tls13_tickets = 0;
     }
     Ok(TlsMaterial { server: Arc::new(server), verifier, trust, trust_expires, expiries })
+}
+
+/// Whether a TLS client must present a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ClientCertificates {
+    Required,
+    /// Asked for and verified when presented; a client without one may still connect.
+    Optional,
+}
+
+/// The TLS configuration of the admin endpoint (`[admin]` off loopback, or with
+/// `[[admin.allow]]`): the server certificate of `tls.server_cert`, client certificates
+/// verified against the peers' CAs and CRLs. Sessions are not resumed.
+///
+/// # Errors
+/// As [`server_config`].
+pub(crate) fn admin_config(config: &Config, clients: ClientCertificates) -> Result<Arc<ServerConfig>> {
+    let provider = provider();
+    let Trust { roots, crls, .. } = Trust::load(config)?;
+    let verifier = client_verifier(config, roots, crls, &provider, clients)?;
+    let mut server = serving(config, provider, verifier, read_certs(&config.server_cert)?)?;
+    server.session_storage = Arc::new(NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
+    Ok(Arc::new(server))
+}
+
+/// The verifier of client certificates: chained to the CAs, not revoked by the CRLs.
+fn client_verifier(
+    config: &Config,
+    roots: RootCertStore,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    clients: ClientCertificates,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+        .with_crls(crls)
+        // The leaf is checked against the CRLs; a CA without a CRL (a second root during a
+        // rotation, say) does not make its leaves fail.
+        .only_check_end_entity_revocation()
+        .allow_unknown_revocation_status();
+    let builder = match clients {
+        ClientCertificates::Required => builder,
+        ClientCertificates::Optional => builder.allow_unauthenticated(),
+    };
+    builder
+        .build()
+        .map_err(|e| tls_error(&config.client_ca[0], format!("cannot verify clients with this CA: {e}")))
+}
+
+/// A server configuration with the certificate `chain` of `tls.server_cert` and its key, the
+/// versions and suites of [`provider`], and `verifier` for the clients.
+fn serving(
+    config: &Config,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: Arc<dyn ClientCertVerifier>,
+    chain: Vec<CertificateDer<'static>>,
+) -> Result<ServerConfig> {
+    let key_path = config.server_key.as_deref().unwrap_or(&config.server_cert);
+    let key = read_key(key_path)?;
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| tls_error(&config.server_cert, e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| tls_error(key_path, format!("server certificate and key do not go together: {e}")))?;
+    server.ignore_client_order = true;
+    Ok(server)
 }
 
 /// aws-lc-rs with the AES-128-GCM/SHA-256 suites first (the server's order decides). The

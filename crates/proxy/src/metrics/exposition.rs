@@ -301,7 +301,9 @@ impl Collector for Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{CertificateExpiry, ExpiryTotals, FrameTally, PeerStats, RoomTotals, TrustExpiry};
+    use crate::metrics::{
+        CertificateExpiry, ClusterTotals, ExpiryTotals, FrameTally, PeerStats, RoomTotals, TrustExpiry,
+    };
     use tokio_tungstenite::tungstenite::Message;
 
     #[test]
@@ -376,6 +378,41 @@ mod tests {
         each("identity_conflicts", "outcome", text_of(IdentityConflicts::KNOWN));
         for line in expected {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_metric_the_dashboard_and_the_alerts_use_is_exposed() {
+        let mut expiry = ExpiryTotals::default();
+        expiry.add(86_400);
+        let trust = TrustExpiry {
+            server: Some(CertificateExpiry { subject: "CN=proxy".into(), not_after: 86_400 }),
+            cas: vec![CertificateExpiry { subject: "CN=root".into(), not_after: 86_400 }],
+        };
+        let rooms = RoomTotals { rooms: 1, members: 1, held_messages: 0, held_bytes: 0, expiry };
+        let cluster = Some(ClusterTotals { up: true, published: 0, lost: 0 });
+        let text =
+            Arc::new(Metrics::default()).render(Gauges { rooms, cluster, trust: Arc::new(trust), now: 0 });
+        let exposed: Vec<&str> =
+            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+        for (file, content) in [
+            ("ws-proxy-alerts.yml", include_str!("../../../../docs/monitoring/ws-proxy-alerts.yml")),
+            (
+                "ws-proxy-alerts.test.yml",
+                include_str!("../../../../docs/monitoring/ws-proxy-alerts.test.yml"),
+            ),
+            ("ws-proxy-dashboard.json", include_str!("../../../../docs/monitoring/ws-proxy-dashboard.json")),
+        ] {
+            let mut rest = content;
+            while let Some(at) = rest.find("ws_proxy_") {
+                let name: String =
+                    rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                rest = &rest[at + name.len()..];
+                assert!(
+                    exposed.contains(&name.as_str()),
+                    "{file} uses {name}, which /metrics does not expose"
+                );
+            }
         }
     }
 }

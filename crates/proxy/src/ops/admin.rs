@@ -1,8 +1,9 @@
 //! The admin endpoint (`admin.bind`, plain HTTP/1.1, GET only): `/healthz` (the process
 //! answers), `/readyz` (listening and not draining), `/metrics` (Prometheus text format),
 //! `/v1/rooms` and `/v1/rooms/<id>` (JSON, see `status.rs`), `/v1/certificates` (client
-//! certificates about to expire, `certificates.rs`) and `/v1/overview` (`overview.rs`). `ws-proxy status` reads it with
-//! the client in `cli/admin_client.rs`.
+//! certificates about to expire, `certificates.rs`), `/v1/overview` (`overview.rs`) and `/`, the
+//! web console showing that overview (`console.rs`, with `/console.css` and `/console.js`).
+//! `ws-proxy status` reads it with the client in `cli/admin_client.rs`.
 //!
 //! It serves operators and monitoring, not peers, but health checks (systemd, load balancers,
 //! Kubernetes) must get their answer even while something holds connections open: each
@@ -18,16 +19,22 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use super::admin_guard::Denied;
 use super::certificates;
+use super::console;
 use super::overview::{Overview, readiness};
 use super::state::Shared;
 use super::status;
 use crate::config::duration;
-use crate::identity::unix_now;
+use crate::edge::{tls, tls_stream};
+use crate::identity::{PeerIdentity, unix_now};
 use crate::metrics::{CONTENT_TYPE, ClusterTotals, Gauges};
 
 /// Admin connections served at once; more are closed as they come.
@@ -45,8 +52,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             accepted = listener.accept() => accepted,
             Some(_) = connections.join_next() => continue,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 warn!(error = %e, "admin endpoint: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -60,19 +67,66 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         }
         let shared = Arc::clone(&shared);
         connections.spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(respond(&shared, &request)) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service);
-            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
-                debug!(error = %e, "admin connection failed");
+            let Some(tls) = shared.admin_guard.tls().cloned() else {
+                return serve_connection(shared, tcp, None, peer).await;
+            };
+            match tokio::time::timeout(HEADER_TIMEOUT, tls_stream::accept(tls, tcp)).await {
+                Ok(Ok(stream)) => {
+                    let client = stream
+                        .session()
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| PeerIdentity::from_der(leaf).ok());
+                    serve_connection(shared, stream, client, peer).await;
+                }
+                Ok(Err(e)) => info!(%peer, reason = tls::handshake_failure(&e).0, "admin endpoint: TLS handshake failed"),
+                Err(_) => info!(%peer, "admin endpoint: no TLS handshake in time"),
             }
         });
     }
+}
+
+/// Serves one admin connection's requests, from a client with the verified certificate
+/// `client`, if any.
+async fn serve_connection<Io>(shared: Arc<Shared>, io: Io, client: Option<PeerIdentity>, peer: SocketAddr)
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = Arc::new(client);
+    let service = hyper::service::service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        let client = Arc::clone(&client);
+        async move {
+            let response = match shared.admin_guard.check(&request, client.as_ref().as_ref()) {
+                Ok(()) => respond(&shared, &request),
+                Err(Denied::Unauthenticated) => {
+                    info!(%peer, path = request.uri().path(), "admin endpoint: refused a request without a valid token or allowed certificate");
+                    unauthorized()
+                }
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+        debug!(error = %e, "admin connection failed");
+    }
+}
+
+/// The answer to a request the guard refused.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response = text(
+        StatusCode::UNAUTHORIZED,
+        "this needs the admin token (Authorization: Bearer ...) or an allowed client certificate\n".into(),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"ws-proxy admin\""),
+    );
+    response
 }
 
 /// The answer to one request.
@@ -84,6 +138,11 @@ fn respond<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
         return response;
     }
     match request.uri().path() {
+        "/" => console_response(
+            "text/html; charset=utf-8",
+            Bytes::from(console::page(&Overview::read(shared))),
+            Some(console::CONTENT_SECURITY_POLICY),
+        ),
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match readiness(shared) {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
@@ -124,14 +183,19 @@ fn respond<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
                     json(StatusCode::NOT_FOUND, &serde_json::json!({ "error": format!("no room {id:?}") }))
                 }
             },
-            None => {
-                debug!(path, "admin: unknown path");
-                text(
-                    StatusCode::NOT_FOUND,
-                    "unknown path; try /healthz, /readyz, /metrics, /v1/rooms, /v1/certificates, /v1/overview\n"
-                        .into(),
-                )
-            }
+            None => match console::asset(path) {
+                Some((content_type, body)) => {
+                    console_response(content_type, Bytes::from_static(body.as_bytes()), None)
+                }
+                None => {
+                    debug!(path, "admin: unknown path");
+                    text(
+                        StatusCode::NOT_FOUND,
+                        "unknown path; try /, /healthz, /readyz, /metrics, /v1/rooms, /v1/certificates, /v1/overview\n"
+                            .into(),
+                    )
+                }
+            },
         },
     }
 }
@@ -143,6 +207,25 @@ fn query<B>(request: &Request<B>, key: &str) -> Option<String> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == key).then(|| v.to_owned())
     })
+}
+
+/// The console's page (under its content security `policy`) or one of its assets: never cached
+/// (the page is the node now, the assets change with the binary) and never sniffed as another
+/// type.
+fn console_response(
+    content_type: &'static str,
+    body: Bytes,
+    policy: Option<&'static str>,
+) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    if let Some(policy) = policy {
+        headers.insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static(policy));
+    }
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -88,7 +88,8 @@ pub async fn run(proxy: Proxy, on_listening: impl FnOnce(SocketAddr, &Config)) -
         info!("listening on {addr}");
     }
     if let Some(Ok(admin)) = admin.as_ref().map(TcpListener::local_addr) {
-        info!("admin endpoint on http://{admin}");
+        let scheme = if config.admin_access.tls { "https" } else { "http" };
+        info!("admin endpoint on {scheme}://{admin}");
     }
     on_listening(addr, config);
     match proxy.serve_until_signalled(listener, admin, signals).await {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use super::admin_guard::AdminGuard;
 use super::shutdown::{self, DaemonSignals};
 use super::state::{Shared, Source};
 use super::{admin, logging, reload, systemd};
@@ -31,8 +32,8 @@ impl Proxy {
     /// Loads the TLS material and prepares the proxy.
     ///
     /// # Errors
-    /// [`Error::Tls`] naming the file that cannot be used; [`Error::Config`] for an ACL rule
-    /// or an authorization hook that cannot be used.
+    /// [`Error::Tls`] naming the file that cannot be used; [`Error::Config`] for an ACL rule,
+    /// an authorization hook or an admin token file that cannot be used.
     pub fn new(config: Config) -> Result<Self> {
         Self::with_source(config, Source::default())
     }
@@ -52,7 +53,17 @@ impl Proxy {
         let gate = Arc::new(Gate::new(Arc::clone(&config), Arc::clone(&metrics))?);
         let backplane: Arc<dyn Backplane> = Arc::new(Local::default());
         let hub = Arc::new(Hub::new(Arc::clone(&config), backplane.clone(), Arc::clone(&metrics)));
-        let shared = Shared { config, gate, hub, backplane, source, ready: AtomicBool::new(false), metrics };
+        let admin_guard = AdminGuard::new(&config)?;
+        let shared = Shared {
+            config,
+            gate,
+            hub,
+            backplane,
+            source,
+            ready: AtomicBool::new(false),
+            metrics,
+            admin_guard,
+        };
         Ok(Proxy { shared: Arc::new(shared) })
     }
 

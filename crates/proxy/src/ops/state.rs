@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use super::admin_guard::AdminGuard;
 use crate::cluster::backplane::Backplane;
 use crate::config::{Config, Overrides};
 use crate::edge::gate::Gate;
@@ -32,4 +33,6 @@ pub(crate) struct Shared {
     /// Listening and not draining (`/readyz`).
     pub(crate) ready: AtomicBool,
     pub(crate) metrics: Arc<Metrics>,
+    /// Who may use the admin endpoint.
+    pub(crate) admin_guard: AdminGuard,
 }

@@ -280,3 +280,104 @@ async fn certificates_about_to_expire_are_listed_connected_or_seen_and_measured(
     assert_eq!(sample(&metrics, "ws_proxy_certificate_expiry_warnings_total"), 2.0);
     proxy.stop().await;
 }
+
+/// `GET path` over TLS to the admin endpoint, as `cert` (or with no certificate) and with
+/// `token` (if any): the status code and the body, or the TLS error.
+async fn admin_tls(
+    proxy: &crate::support::TestProxy,
+    cert: Option<&str>,
+    token: Option<&str>,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    let cert = cert.map(|name| proxy.pki.client(name));
+    let mut tls = tls_connect(proxy.admin, &proxy.pki.dev.root_cert(), cert.as_deref()).await?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut tls, request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tls.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned()))
+}
+
+#[tokio::test]
+async fn a_token_protects_everything_but_health_and_readiness() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new();
+    let token_file = pki.path("admin.token");
+    std::fs::write(&token_file, "s3cret-token-of-the-operators\n").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let proxy = start(&pki, &format!("[admin]\ntoken_file = {:?}\n", token_file.display().to_string())).await;
+    assert_eq!(proxy.admin("GET", "/healthz").await.0, 200);
+    assert_eq!(proxy.admin("GET", "/readyz").await.0, 200);
+    for path in ["/metrics", "/v1/rooms", "/v1/overview", "/v1/certificates", "/"] {
+        let (status, body) = proxy.admin("GET", path).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(body.contains("token"), "{body}");
+    }
+    let with = |token: &'static str| {
+        let admin = proxy.admin;
+        async move {
+            within("admin request", async {
+                let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+                let request = format!(
+                    "GET /v1/rooms HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+                );
+                tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes()).await.unwrap();
+                let mut response = String::new();
+                tcp.read_to_string(&mut response).await.unwrap();
+                response
+            })
+            .await
+        }
+    };
+    assert!(with("s3cret-token-of-the-operators").await.starts_with("HTTP/1.1 200"));
+    assert!(with("s3cret-token-of-the-operatorz").await.starts_with("HTTP/1.1 401"));
+    proxy.stop().await;
+
+    // A token file others may read is refused at start.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let toml = format!(
+        "[tls]\nserver_cert = {:?}\nclient_ca = {:?}\n[admin]\ntoken_file = {:?}\n",
+        pki.dev.pkeycert(&micronets_certgen::dev::PROXY).display().to_string(),
+        pki.dev.root_cert().display().to_string(),
+        token_file.display().to_string()
+    );
+    let config = micronets_proxy::config::FileConfig::parse(&toml)
+        .unwrap()
+        .into_config(&micronets_proxy::config::Overrides::default())
+        .unwrap();
+    let err = micronets_proxy::Proxy::new(config).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("admin.token_file") && err.contains("chmod 600"), "{err}");
+}
+
+#[tokio::test]
+async fn allowed_client_certificates_or_the_token_open_the_tls_endpoint() {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = Pki::new();
+    let token_file = pki.path("admin.token");
+    std::fs::write(&token_file, "s3cret-token-of-the-operators").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let extra = format!(
+        "[admin]\ntoken_file = {:?}\n[[admin.allow]]\ncn = \"manager\"\n",
+        token_file.display().to_string()
+    );
+    let proxy = start(&pki, &extra).await;
+    // TLS, with the server certificate of the relay.
+    assert_eq!(admin_tls(&proxy, Some("manager"), None, "/v1/rooms").await.unwrap(), (200, "[]".into()));
+    assert_eq!(admin_tls(&proxy, Some("gateway"), None, "/v1/rooms").await.unwrap().0, 401, "not allowed");
+    assert_eq!(admin_tls(&proxy, None, None, "/v1/rooms").await.unwrap().0, 401, "no certificate, no token");
+    let by_token = admin_tls(&proxy, None, Some("s3cret-token-of-the-operators"), "/v1/rooms").await.unwrap();
+    assert_eq!(by_token.0, 200);
+    assert_eq!(admin_tls(&proxy, None, None, "/healthz").await.unwrap(), (200, "ok\n".into()));
+    // Plain HTTP to a TLS endpoint gets nothing.
+    let mut tcp = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"GET /v1/rooms HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = within("plain HTTP refused", tcp.read_to_end(&mut answer)).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1.1 200"), "{answer:?}");
+    proxy.stop().await;
+}

@@ -5,6 +5,7 @@ mod acl;
 mod admin;
 mod auth_hook;
 mod cluster;
+mod console;
 mod handshake;
 mod identity;
 mod redis_server;

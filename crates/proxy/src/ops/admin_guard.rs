@@ -1,0 +1,169 @@
+//! Who may use the admin endpoint (`[admin]`, docs/operations.md, "The admin endpoint and its
+//! console").
+//!
+//! On loopback, anyone on the machine, unless `admin.token_file` is set. Off loopback the
+//! configuration never lets it be open (`config/validate.rs`), and it speaks TLS with the
+//! server certificate of `tls.server_cert`: a request needs the bearer token of
+//! `admin.token_file`, or a client certificate (verified against the peers' CAs and CRLs) that
+//! an `[[admin.allow]]` rule matches; with both configured, either will do. `/healthz` and
+//! `/readyz` answer everyone: load balancers and probes need them, and they tell nothing.
+//!
+//! The token file must be readable by its owner only (mode 0600 or stricter), like an SSH key;
+//! the token is compared in constant time and never logged.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use http::{Request, header};
+use rustls::ServerConfig;
+
+use crate::config::{ADMIN_ROOM, Config};
+use crate::edge::acl::{Acl, Decision};
+use crate::edge::tls::{self, ClientCertificates};
+use crate::error::{Error, Result};
+use crate::identity::PeerIdentity;
+use crate::rooms::id::RoomId;
+
+/// A token shorter than this is refused: it could be guessed.
+const MIN_TOKEN: usize = 16;
+
+/// The admin endpoint's protection, ready to check requests.
+pub(crate) struct AdminGuard {
+    token: Option<String>,
+    allow: Acl,
+    room: RoomId,
+    tls: Option<Arc<ServerConfig>>,
+}
+
+/// Why a request is refused (401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Denied {
+    /// Neither a valid token nor an allowed certificate came with it.
+    Unauthenticated,
+}
+
+impl AdminGuard {
+    /// Reads the token file, compiles the `[[admin.allow]]` rules and makes the TLS
+    /// configuration, as `config` asks.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a token file that cannot be read, is readable by others or holds
+    /// too short a token, or a rule that cannot be used; [`Error::Tls`] for the TLS files.
+    pub(crate) fn new(config: &Config) -> Result<Self> {
+        let access = &config.admin_access;
+        let token = access.token_file.as_deref().map(read_token).transpose()?;
+        let allow = Acl::new(&access.allow)
+            .map_err(|e| Error::Config { key: "admin.allow".into(), reason: e.to_string() })?;
+        let clients = if token.is_some() || access.allow.is_empty() {
+            ClientCertificates::Optional
+        } else {
+            ClientCertificates::Required
+        };
+        let tls = access.tls.then(|| tls::admin_config(config, clients)).transpose()?;
+        let room = RoomId::parse(ADMIN_ROOM)
+            .map_err(|e| Error::Config { key: "admin.allow".into(), reason: e.to_string() })?;
+        Ok(AdminGuard { token, allow, room, tls })
+    }
+
+    /// The TLS configuration, when the endpoint speaks TLS.
+    pub(crate) fn tls(&self) -> Option<&Arc<ServerConfig>> {
+        self.tls.as_ref()
+    }
+
+    /// Whether `request`, from a client with the verified certificate `client` (if any), may
+    /// have its answer.
+    pub(crate) fn check<B>(
+        &self,
+        request: &Request<B>,
+        client: Option<&PeerIdentity>,
+    ) -> std::result::Result<(), Denied> {
+        if matches!(request.uri().path(), "/healthz" | "/readyz") {
+            return Ok(());
+        }
+        let open = self.token.is_none() && self.tls.is_none();
+        let by_token =
+            self.token.as_deref().is_some_and(|token| bearer(request).is_some_and(|t| same(t, token)));
+        let by_certificate = client.is_some_and(|identity| {
+            !self.allow.is_empty()
+                && matches!(self.allow.decide(identity, &self.room), Decision::Allow { .. })
+        });
+        if open || by_token || by_certificate { Ok(()) } else { Err(Denied::Unauthenticated) }
+    }
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer<B>(request: &Request<B>) -> Option<&str> {
+    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Whether two tokens are equal, in time independent of where they differ.
+fn same(given: &str, token: &str) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), token.as_bytes()).is_ok()
+}
+
+/// Reads the token from `path`: a file of its owner's only, holding at least [`MIN_TOKEN`]
+/// characters (surrounding whitespace is not part of it).
+fn read_token(path: &Path) -> Result<String> {
+    let bad = |reason: String| Error::Config { key: "admin.token_file".into(), reason };
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(bad(format!(
+            "{} is readable or writable by others (mode {mode:04o}): chmod 600 it",
+            path.display()
+        )));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.chars().count() < MIN_TOKEN {
+        return Err(bad(format!("the token in {} is shorter than {MIN_TOKEN} characters", path.display())));
+    }
+    Ok(token.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn token_file(dir: &Path, text: &str, mode: u32) -> std::path::PathBuf {
+        let path = dir.join("token");
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_token_file_is_the_owners_only_and_long_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = token_file(dir.path(), "  0123456789abcdef-long-token\n", 0o600);
+        assert_eq!(read_token(&good).unwrap(), "0123456789abcdef-long-token");
+        let open = token_file(dir.path(), "0123456789abcdef-long-token", 0o644);
+        let err = read_token(&open).unwrap_err().to_string();
+        assert!(
+            err.contains("admin.token_file") && err.contains("0644") && err.contains("chmod 600"),
+            "{err}"
+        );
+        let short = token_file(dir.path(), "short", 0o600);
+        assert!(read_token(&short).unwrap_err().to_string().contains("shorter than 16"));
+        assert!(read_token(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn the_bearer_token_is_read_from_the_header_and_compared_whole() {
+        let request =
+            |value: &str| Request::get("/metrics").header(header::AUTHORIZATION, value).body(()).unwrap();
+        assert_eq!(bearer(&request("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&request("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(&request("Basic abc")), None);
+        assert!(same("0123456789abcdef", "0123456789abcdef"));
+        assert!(!same("0123456789abcdeX", "0123456789abcdef"));
+        assert!(!same("0123456789abcde", "0123456789abcdef"));
+    }
+}

@@ -1,0 +1,710 @@
+//! The web console (`GET /` on the admin endpoint): one HTML page rendered here from an
+//! [`Overview`], complete without JavaScript, and its two assets (`console/`): a style sheet,
+//! and a script that reads `/v1/overview` every five seconds to redraw the page and show the
+//! rates between two reads.
+//!
+//! The page loads nothing from elsewhere and has no inline script or style, so it is served
+//! under [`CONTENT_SECURITY_POLICY`]. Peers choose their `peerClass` and `peerId`, so every
+//! value taken from the overview is escaped here ([`escape`]); the script sets text only
+//! through `textContent`. A node may hold a million members, so no table shows more than
+//! [`MAX_ROWS`] rows; the page says how many it left out.
+
+use super::overview::{Counters, Overview};
+use super::status::{MemberStatus, RoomStatus};
+
+/// The `Content-Security-Policy` of the page: its script, style sheet and requests are the
+/// admin endpoint's own, nothing inline runs, and no other site may frame it.
+pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'";
+
+/// The most rows a table shows (the script reads it from the table's `data-limit`).
+const MAX_ROWS: usize = 1000;
+
+/// Seconds in a day.
+const DAY: i64 = 86_400;
+
+/// `/console.css`.
+const STYLE: &str = include_str!("console/console.css");
+
+/// `/console.js`.
+const SCRIPT: &str = include_str!("console/console.js");
+
+/// The content type and body of the console's asset at `path`, if it is one.
+pub(crate) fn asset(path: &str) -> Option<(&'static str, &'static str)> {
+    match path {
+        "/console.css" => Some(("text/css; charset=utf-8", STYLE)),
+        "/console.js" => Some(("text/javascript; charset=utf-8", SCRIPT)),
+        _ => None,
+    }
+}
+
+/// The console page showing `overview`.
+pub(crate) fn page(overview: &Overview) -> String {
+    let expiry = Expiry {
+        now: overview.now,
+        window: i64::try_from(overview.expiring_within_days).unwrap_or(i64::MAX).saturating_mul(DAY),
+    };
+    let node = escape(&overview.node);
+    let (state, readiness) =
+        if overview.ready { ("ok", "ready") } else { ("bad", overview.readiness.as_str()) };
+    let members: usize = overview.rooms.iter().map(|r| r.members.len()).sum();
+    let remote: usize = overview.rooms.iter().map(|r| r.elsewhere.len()).sum();
+    let room_rows: usize = overview.rooms.iter().map(|r| r.members.len().max(1)).sum();
+    format!(
+        r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ws-proxy {node}</title>
+<link rel="stylesheet" href="/console.css">
+<script src="/console.js" defer></script>
+</head>
+<body>
+<header>
+<h1>ws-proxy <span id="node">{node}</span></h1>
+<p class="meta">version <span id="version">{version}</span> · <span id="refreshed">as of {now}</span></p>
+<p id="readiness" class="state {state}">{readiness}</p>
+<p id="cluster" class="cluster">{cluster}</p>
+</header>
+<noscript><p class="note">JavaScript is off, so this page does not refresh itself: reload it to see the node now.</p></noscript>
+<p id="error" class="error" role="alert" hidden></p>
+<main>
+<section>
+<h2>Counters</h2>
+<div id="counters" class="counters">{counters}</div>
+</section>
+<section>
+<h2>Rooms</h2>
+<p id="rooms-summary" class="summary">{summary}</p>
+{rooms}
+</section>
+<section>
+<h2>Members on other nodes</h2>
+{elsewhere}
+</section>
+<section>
+<h2>Client certificates expiring within <span id="window">{days}</span> days</h2>
+{expiring}
+</section>
+<section>
+<h2>The proxy's certificate and CAs</h2>
+{trust}
+</section>
+</main>
+</body>
+</html>
+"#,
+        version = escape(&overview.version),
+        now = escape(&utc(overview.now)),
+        readiness = escape(readiness),
+        cluster = escape(&cluster(overview)),
+        counters = counters(&overview.counters),
+        summary = escape(&summary(overview.rooms.len(), members, remote)),
+        rooms = table(
+            "rooms",
+            &[
+                "Room",
+                "Identity",
+                "Peer (class, id)",
+                "Address",
+                "Connected since",
+                "Frames in / out",
+                "Bytes in / out",
+                "Certificate expires",
+            ],
+            "no rooms",
+            room_rows,
+            overview.rooms.iter().flat_map(|room| rows_of_room(room, &expiry)),
+        ),
+        elsewhere = table(
+            "elsewhere",
+            &["Room", "Node", "Peer (class, id)", "Fingerprint"],
+            "none",
+            remote,
+            overview.rooms.iter().flat_map(|room| {
+                room.elsewhere.iter().map(|m| {
+                    row(
+                        "",
+                        &[
+                            td("", &room.id, None),
+                            td("", &m.node, None),
+                            td("", or_dash(m.peer_class.as_deref()), Some(or_dash(m.peer_id.as_deref()))),
+                            td("fp", &m.fingerprint, None),
+                        ],
+                    )
+                })
+            }),
+        ),
+        days = escape(&overview.expiring_within_days.to_string()),
+        expiring = table(
+            "expiring",
+            &["Subject", "Serial", "Fingerprint", "Expires", "Rooms", "Last seen", "Connected"],
+            "none",
+            overview.expiring.len(),
+            overview.expiring.iter().map(|c| {
+                row(
+                    "",
+                    &[
+                        td("", &c.subject, None),
+                        td("fp", &c.serial, None),
+                        td("fp", &c.fingerprint, None),
+                        expiry.cell(&utc(c.not_after), c.not_after),
+                        td("", &c.rooms.join(", "), None),
+                        td("time", &utc(c.last_seen), None),
+                        td("", if c.connected { "yes" } else { "no" }, None),
+                    ],
+                )
+            }),
+        ),
+        trust = table(
+            "trust",
+            &["Role", "Subject", "Expires"],
+            "none",
+            overview.trust.len(),
+            overview.trust.iter().map(|c| {
+                row(
+                    "",
+                    &[
+                        td("", &c.role, None),
+                        td("", &c.subject, None),
+                        expiry.cell(&utc(c.not_after), c.not_after),
+                    ],
+                )
+            }),
+        ),
+    )
+}
+
+/// `text` with `&`, `<`, `>`, `"` and `'` replaced by character references, so that it reads
+/// as text in an element or in a quoted attribute.
+pub(crate) fn escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// The line on the cluster under the node's name.
+fn cluster(overview: &Overview) -> String {
+    match &overview.cluster {
+        None => "single node".to_owned(),
+        Some(cluster) => {
+            let nodes = if cluster.nodes.is_empty() { "none".to_owned() } else { cluster.nodes.join(", ") };
+            format!(
+                "cluster: redis {} · other nodes: {nodes} · notes published {}, lost {}",
+                if cluster.up { "up" } else { "DOWN" },
+                count(cluster.published),
+                count(cluster.lost),
+            )
+        }
+    }
+}
+
+/// The line above the rooms.
+fn summary(rooms: usize, members: usize, remote: usize) -> String {
+    format!(
+        "{} rooms · {} members here · {} on other nodes",
+        count(rooms as u64),
+        count(members as u64),
+        count(remote as u64)
+    )
+}
+
+/// How a counter's value reads.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// A number of things.
+    Count,
+    /// A number of bytes.
+    Bytes,
+}
+
+/// The counter boxes. Each carries its key in `/v1/overview` and its unit, for the script; those
+/// whose rate the script shows have an empty `rate` element for it.
+fn counters(c: &Counters) -> String {
+    use Unit::{Bytes, Count};
+    let list: [(&str, &str, u64, Unit, bool); 14] = [
+        ("connections_open", "open connections", c.connections_open, Count, false),
+        ("connections_accepted", "connections accepted", c.connections_accepted, Count, true),
+        ("connections_refused", "connections refused", c.connections_refused, Count, false),
+        ("joins", "joins", c.joins, Count, false),
+        ("frames_in", "frames in", c.frames_in, Count, true),
+        ("frames_out", "frames out", c.frames_out, Count, true),
+        ("bytes_in", "bytes in", c.bytes_in, Bytes, true),
+        ("bytes_out", "bytes out", c.bytes_out, Bytes, true),
+        ("handshakes_full", "full TLS handshakes", c.handshakes_full, Count, false),
+        ("handshakes_resumed", "resumed TLS handshakes", c.handshakes_resumed, Count, false),
+        ("handshake_failures", "handshake failures", c.handshake_failures, Count, true),
+        ("upgrade_refusals", "upgrades refused", c.upgrade_refusals, Count, false),
+        ("conn_errors", "CONN:ERRORs sent", c.conn_errors, Count, false),
+        ("slow_consumers", "slow consumers closed", c.slow_consumers, Count, false),
+    ];
+    list.iter()
+        .map(|&(key, label, value, unit, rated)| {
+            let (unit, shown) = match unit {
+                Count => ("count", count(value)),
+                Bytes => ("bytes", bytes(value)),
+            };
+            let rate = if rated { r#"<span class="rate"></span>"# } else { "" };
+            format!(
+                r#"<div class="counter" data-counter="{key}" data-unit="{unit}"><span class="label">{}</span><span class="value">{}</span>{rate}</div>"#,
+                escape(label),
+                escape(&shown),
+            )
+        })
+        .collect()
+}
+
+/// The rows of one room: one per member here, the first also holding the room's cell; or one
+/// saying there is none.
+fn rows_of_room(room: &RoomStatus, expiry: &Expiry) -> Vec<String> {
+    let held = (room.held_messages > 0)
+        .then(|| format!("{} held, {}", count(room.held_messages as u64), bytes(room.held_bytes as u64)));
+    let room_cell = format!(
+        r#"<td class="room" rowspan="{}">{}</td>"#,
+        room.members.len().max(1),
+        content(&room.id, held.as_deref())
+    );
+    if room.members.is_empty() {
+        return vec![row(
+            "first",
+            &[room_cell, r#"<td class="empty" colspan="7">no member on this node</td>"#.into()],
+        )];
+    }
+    room.members
+        .iter()
+        .enumerate()
+        .map(|(i, member)| {
+            let mut cells = member_cells(member, expiry);
+            if i == 0 {
+                cells.insert(0, room_cell.clone());
+            }
+            row(if i == 0 { "first" } else { "" }, &cells)
+        })
+        .collect()
+}
+
+/// A member's cells, but the room's.
+fn member_cells(m: &MemberStatus, expiry: &Expiry) -> Vec<String> {
+    let since = i64::try_from(m.connected_since).unwrap_or(i64::MAX);
+    vec![
+        td("", &m.subject, Some(&short(&m.fingerprint))),
+        td("", or_dash(m.peer_class.as_deref()), Some(or_dash(m.peer_id.as_deref()))),
+        td("", &m.address, None),
+        td("time", &utc(since), Some(&format!("for {}", duration(expiry.now.saturating_sub(since))))),
+        td("num", &format!("{} / {}", count(m.frames_in), count(m.frames_out)), None),
+        td("num", &format!("{} / {}", bytes(m.bytes_in), bytes(m.bytes_out)), None),
+        expiry.cell(&date(m.not_after), m.not_after),
+    ]
+}
+
+/// A table: its column `headings`, then at most [`MAX_ROWS`] of the `total` rows, then a row
+/// saying how many were left out; or a row saying `empty` when there are none.
+fn table(
+    id: &str,
+    headings: &[&str],
+    empty: &str,
+    total: usize,
+    rows: impl Iterator<Item = String>,
+) -> String {
+    let head: String = headings.iter().map(|h| format!("<th>{}</th>", escape(h))).collect();
+    let shown: Vec<String> = rows.take(MAX_ROWS).collect();
+    let columns = headings.len();
+    let last = if total == 0 {
+        row("", &[format!(r#"<td class="empty" colspan="{columns}">{}</td>"#, escape(empty))])
+    } else if shown.len() < total {
+        let note = format!(
+            "{} of {} rows shown; /v1/overview has them all",
+            count(shown.len() as u64),
+            count(total as u64)
+        );
+        row("", &[format!(r#"<td class="more" colspan="{columns}">{}</td>"#, escape(&note))])
+    } else {
+        String::new()
+    };
+    format!(
+        r#"<div class="scroll"><table id="{id}" data-empty="{}" data-limit="{MAX_ROWS}"><thead><tr>{head}</tr></thead><tbody>{}{last}</tbody></table></div>"#,
+        escape(empty),
+        shown.concat(),
+    )
+}
+
+/// A row of `cells` (already markup), with `class` (ours, never data) when not empty.
+fn row(class: &str, cells: &[String]) -> String {
+    if class.is_empty() {
+        format!("<tr>{}</tr>", cells.concat())
+    } else {
+        format!(r#"<tr class="{class}">{}</tr>"#, cells.concat())
+    }
+}
+
+/// A cell showing `text`, and `detail` below it, both escaped; `class` (ours, never data) when
+/// not empty.
+fn td(class: &str, text: &str, detail: Option<&str>) -> String {
+    if class.is_empty() {
+        format!("<td>{}</td>", content(text, detail))
+    } else {
+        format!(r#"<td class="{class}">{}</td>"#, content(text, detail))
+    }
+}
+
+/// `text`, and `detail` below it in smaller type, both escaped.
+fn content(text: &str, detail: Option<&str>) -> String {
+    match detail {
+        Some(detail) => format!(r#"{}<div class="detail">{}</div>"#, escape(text), escape(detail)),
+        None => escape(text),
+    }
+}
+
+/// The first 16 digits of a fingerprint, enough to tell members apart (the tables of
+/// certificates show it whole).
+fn short(fingerprint: &str) -> String {
+    match fingerprint.get(..16) {
+        Some(start) if fingerprint.len() > 16 => format!("{start}…"),
+        _ => fingerprint.to_owned(),
+    }
+}
+
+/// A value from a HELLO, or a dash when the peer did not send it.
+fn or_dash(value: Option<&str>) -> &str {
+    value.unwrap_or("—")
+}
+
+/// How certificate expiry reads at one moment.
+struct Expiry {
+    /// Now, seconds since the Unix epoch.
+    now: i64,
+    /// The warning window, in seconds.
+    window: i64,
+}
+
+impl Expiry {
+    /// A cell showing `shown` (the time of `not_after`) and the time left, marked `expired`
+    /// or, within the window, `soon`.
+    fn cell(&self, shown: &str, not_after: i64) -> String {
+        let left = not_after.saturating_sub(self.now);
+        let class = if left <= 0 {
+            "expires expired"
+        } else if left <= self.window {
+            "expires soon"
+        } else {
+            "expires"
+        };
+        td(class, shown, Some(&time_left(left)))
+    }
+}
+
+/// How `left` seconds until a certificate's notAfter read.
+fn time_left(left: i64) -> String {
+    match left.div_euclid(DAY) {
+        _ if left <= 0 => "expired".to_owned(),
+        0 => "less than a day left".to_owned(),
+        1 => "1 day left".to_owned(),
+        days => format!("{days} days left"),
+    }
+}
+
+/// A duration of `seconds`, to the minute or coarser.
+fn duration(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / DAY, s % DAY / 3600),
+    }
+}
+
+/// `n` with its thousands separated by commas.
+fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut grouped = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
+/// `n` bytes in B, KiB, MiB, GiB or TiB, to one decimal.
+fn bytes(n: u64) -> String {
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64;
+    for unit in ["KiB", "MiB", "GiB"] {
+        value /= 1024.0;
+        if value < 1024.0 {
+            return format!("{value:.1} {unit}");
+        }
+    }
+    format!("{:.1} TiB", value / 1024.0)
+}
+
+/// `seconds` since the Unix epoch as `YYYY-MM-DD hh:mm:ss UTC`.
+fn utc(seconds: i64) -> String {
+    let (year, month, day) = civil_from_days(seconds.div_euclid(DAY));
+    let time = seconds.rem_euclid(DAY);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", time / 3600, time % 3600 / 60, time % 60)
+}
+
+/// The UTC date of `seconds` since the Unix epoch, as `YYYY-MM-DD`.
+fn date(seconds: i64) -> String {
+    let (year, month, day) = civil_from_days(seconds.div_euclid(DAY));
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The proleptic Gregorian (year, month, day) of day `days` since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`: counted in 400-year eras starting on 1 March, so that the leap day ends
+/// a year).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    // In range by construction: month 1..=12, day 1..=31.
+    (year, u32::try_from(month).unwrap_or(1), u32::try_from(day).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::certificates::CertificateStatus;
+    use crate::ops::overview::{ClusterOverview, TrustedCertificate};
+    use crate::ops::status::RemoteMemberStatus;
+
+    #[test]
+    fn escape_replaces_the_five_characters() {
+        assert_eq!(
+            escape(r#"<a href="x">Tom & Jerry's</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;Tom &amp; Jerry&#39;s&lt;/a&gt;"
+        );
+        assert_eq!(escape("plain CN=gw-1, O=Test — ünïcode"), "plain CN=gw-1, O=Test — ünïcode");
+        assert_eq!(escape("&amp;"), "&amp;amp;");
+        assert_eq!(escape(""), "");
+    }
+
+    #[test]
+    fn days_become_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(10_956), (1999, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(47_541), (2100, 3, 1), "2100 is not a leap year");
+        assert_eq!(civil_from_days(2_932_896), (9999, 12, 31));
+        assert_eq!(civil_from_days(-719_468), (0, 3, 1));
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc(-1), "1969-12-31 23:59:59 UTC");
+        assert_eq!(utc(253_402_300_799), "9999-12-31 23:59:59 UTC");
+        assert_eq!(date(951_782_400), "2000-02-29");
+    }
+
+    #[test]
+    fn every_day_follows_the_one_before() {
+        let mut previous = civil_from_days(-800_000);
+        for days in -799_999..800_000 {
+            let (year, month, day) = civil_from_days(days);
+            let (py, pm, pd) = previous;
+            let next_day = (year, month, day) == (py, pm, pd + 1);
+            let next_month = (year, month, day) == (py, pm + 1, 1);
+            let next_year = (year, month, day) == (py + 1, 1, 1) && (pm, pd) == (12, 31);
+            assert!(next_day || next_month || next_year, "{previous:?} -> {:?}", (year, month, day));
+            let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+            let length = match month {
+                2 if leap => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            assert!((1..=length).contains(&day), "{:?}", (year, month, day));
+            previous = (year, month, day);
+        }
+    }
+
+    #[test]
+    fn numbers_and_durations_read_well() {
+        assert_eq!(count(0), "0");
+        assert_eq!(count(999), "999");
+        assert_eq!(count(1000), "1,000");
+        assert_eq!(count(1_234_567), "1,234,567");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(5 * 1024 * 1024), "5.0 MiB");
+        assert_eq!(bytes(u64::MAX), "16777216.0 TiB");
+        assert_eq!(duration(-5), "0 s");
+        assert_eq!(duration(59), "59 s");
+        assert_eq!(duration(3599), "59 min");
+        assert_eq!(duration(3 * 3600 + 125), "3 h 2 min");
+        assert_eq!(duration(2 * DAY + 3600), "2 d 1 h");
+        assert_eq!(time_left(0), "expired");
+        assert_eq!(time_left(-3 * DAY), "expired");
+        assert_eq!(time_left(10), "less than a day left");
+        assert_eq!(time_left(DAY + 10), "1 day left");
+        assert_eq!(time_left(29 * DAY + 10), "29 days left");
+    }
+
+    const NOW: i64 = 1_750_000_000;
+
+    fn member(subject: &str, class: &str, id: &str, not_after: i64) -> MemberStatus {
+        MemberStatus {
+            subject: subject.into(),
+            fingerprint: "AB".repeat(32),
+            peer_class: Some(class.into()),
+            peer_id: Some(id.into()),
+            connected_since: (NOW - 3700) as u64,
+            frames_in: 12_345,
+            bytes_in: 2048,
+            frames_out: 7,
+            bytes_out: 100,
+            address: "192.0.2.7:50123".into(),
+            conflicts_survived: 0,
+            not_after,
+        }
+    }
+
+    fn overview() -> Overview {
+        Overview {
+            version: "1.2.3".into(),
+            node: "node-a".into(),
+            now: NOW,
+            ready: true,
+            readiness: "ready".into(),
+            cluster: Some(ClusterOverview { up: true, nodes: vec!["node-b".into()], published: 10, lost: 0 }),
+            counters: Counters { frames_in: 1_000_000, bytes_out: 3 * 1024 * 1024, ..Counters::default() },
+            rooms: vec![
+                RoomStatus {
+                    id: "gw/1".into(),
+                    held_messages: 0,
+                    held_bytes: 0,
+                    members: vec![
+                        member("CN=manager,O=Test", "manager", "m-1", NOW + 90 * DAY),
+                        member("CN=gateway,O=Test", "<script>alert(1)</script>", "g-1", NOW + 5 * DAY),
+                    ],
+                    elsewhere: vec![RemoteMemberStatus {
+                        node: "node-b".into(),
+                        fingerprint: "CD".repeat(32),
+                        peer_class: Some("dhcp".into()),
+                        peer_id: None,
+                    }],
+                },
+                RoomStatus {
+                    id: "held & alone".into(),
+                    held_messages: 2,
+                    held_bytes: 300,
+                    members: vec![],
+                    elsewhere: vec![],
+                },
+            ],
+            expiring_within_days: 30,
+            expiring: vec![CertificateStatus {
+                subject: "CN=gateway,O=Test".into(),
+                serial: "0A1B".into(),
+                fingerprint: "EF".repeat(32),
+                not_after: NOW + 5 * DAY,
+                rooms: vec!["gw/1".into()],
+                last_seen: NOW,
+                connected: true,
+            }],
+            trust: vec![
+                TrustedCertificate { role: "server".into(), subject: "CN=proxy".into(), not_after: NOW - 10 },
+                TrustedCertificate {
+                    role: "ca".into(),
+                    subject: "CN=root".into(),
+                    not_after: NOW + 3650 * DAY,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn the_page_shows_the_members_their_expiry_and_escapes_what_peers_say() {
+        let page = page(&overview());
+        assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+        for expected in [
+            r#"<link rel="stylesheet" href="/console.css">"#,
+            r#"<script src="/console.js" defer></script>"#,
+            r#"<meta name="viewport""#,
+            "<noscript>",
+            r#"<span id="node">node-a</span>"#,
+            r#"<p id="readiness" class="state ok">ready</p>"#,
+            "cluster: redis up · other nodes: node-b · notes published 10, lost 0",
+            r#"<td>CN=manager,O=Test<div class="detail">ABABABABABABABAB…</div>"#,
+            "<td>CN=gateway,O=Test<div",
+            "manager<div class=\"detail\">m-1</div>",
+            "192.0.2.7:50123",
+            r#"<td class="time">2025-06-15 14:05:00 UTC<div class="detail">for 1 h 1 min</div>"#,
+            "12,345 / 7",
+            "2.0 KiB / 100 B",
+            r#"<td class="expires">2025-09-13<div class="detail">90 days left</div></td>"#,
+            r#"<td class="expires soon">2025-06-20<div class="detail">5 days left</div></td>"#,
+            "&lt;script&gt;alert(1)&lt;/script&gt;",
+            r#"rowspan="2""#,
+            "held &amp; alone<div class=\"detail\">2 held, 300 B</div>",
+            "no member on this node",
+            "<td>node-b</td><td>dhcp<div class=\"detail\">—</div></td>",
+            "2 rooms · 2 members here · 1 on other nodes",
+            r#"data-counter="frames_in" data-unit="count"><span class="label">frames in</span><span class="value">1,000,000</span><span class="rate"></span>"#,
+            r#"<span class="value">3.0 MiB</span>"#,
+            r#"<td class="fp">0A1B</td>"#,
+            r#"<td class="expires soon">2025-06-20 15:06:40 UTC<div class="detail">5 days left</div></td>"#,
+            r#"<td class="expires expired">2025-06-15 15:06:30 UTC<div class="detail">expired</div></td>"#,
+            r#"<td>ca</td><td>CN=root</td><td class="expires">"#,
+            r#"<span id="window">30</span>"#,
+        ] {
+            assert!(page.contains(expected), "missing {expected:?} in\n{page}");
+        }
+        assert!(!page.contains("<script>alert"), "{page}");
+        assert_eq!(page.matches("<script").count(), 1, "only the console's own script: {page}");
+    }
+
+    #[test]
+    fn a_node_not_ready_says_why_and_tables_say_when_they_are_empty_or_cut() {
+        let mut overview = overview();
+        overview.ready = false;
+        overview.readiness = "not ready: draining or not listening yet".into();
+        overview.cluster = None;
+        overview.expiring.clear();
+        let room = overview.rooms.remove(0);
+        overview.rooms =
+            (0..MAX_ROWS + 5).map(|i| RoomStatus { id: format!("r{i}"), ..room.clone() }).collect();
+        let page = page(&overview);
+        assert!(
+            page.contains(
+                r#"<p id="readiness" class="state bad">not ready: draining or not listening yet</p>"#
+            )
+        );
+        assert!(page.contains(r#"<p id="cluster" class="cluster">single node</p>"#));
+        assert!(page.contains(r#"<td class="empty" colspan="7">none</td>"#), "{page}");
+        assert!(page.contains("1,000 of 2,010 rows shown; /v1/overview has them all"));
+        assert!(page.contains("1,000 of 1,005 rows shown"));
+        assert!(page.contains(r#"rowspan="2">r499</td>"#), "two rows a room, a thousand rows");
+        assert!(!page.contains(r#"rowspan="2">r500</td>"#), "two rows a room, a thousand rows");
+    }
+
+    #[test]
+    fn the_assets_are_served_with_their_types() {
+        assert_eq!(asset("/console.css").map(|(t, _)| t), Some("text/css; charset=utf-8"));
+        assert_eq!(asset("/console.js").map(|(t, _)| t), Some("text/javascript; charset=utf-8"));
+        assert!(asset("/console.js").is_some_and(|(_, body)| body.contains("/v1/overview")));
+        assert_eq!(asset("/other.js"), None);
+    }
+}
