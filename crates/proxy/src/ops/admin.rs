@@ -122,10 +122,11 @@ fn unauthorized() -> Response<Full<Bytes>> {
         StatusCode::UNAUTHORIZED,
         "this needs the admin token (Authorization: Bearer ...) or an allowed client certificate\n".into(),
     );
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer realm=\"ws-proxy admin\""),
-    );
+    // Bearer for programs; Basic (the token as the password) so that a browser prompts.
+    for challenge in ["Bearer realm=\"ws-proxy admin\"", "Basic realm=\"ws-proxy admin\", charset=\"UTF-8\""]
+    {
+        response.headers_mut().append(header::WWW_AUTHENTICATE, header::HeaderValue::from_static(challenge));
+    }
     response
 }
 

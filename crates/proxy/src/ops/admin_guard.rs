@@ -9,7 +9,9 @@
 //! `/readyz` answer everyone: load balancers and probes need them, and they tell nothing.
 //!
 //! The token file must be readable by its owner only (mode 0600 or stricter), like an SSH key;
-//! the token is compared in constant time and never logged.
+//! the token is compared in constant time and never logged. It comes as `Authorization: Bearer
+//! <token>`, or as the password of HTTP Basic authentication (any user name), which is what a
+//! browser can send: the 401 asks for either, so a browser opening the console prompts for it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -83,7 +85,7 @@ impl AdminGuard {
         }
         let open = self.token.is_none() && self.tls.is_none();
         let by_token =
-            self.token.as_deref().is_some_and(|token| bearer(request).is_some_and(|t| same(t, token)));
+            self.token.as_deref().is_some_and(|token| presented(request).is_some_and(|t| same(&t, token)));
         let by_certificate = client.is_some_and(|identity| {
             !self.allow.is_empty()
                 && matches!(self.allow.decide(identity, &self.room), Decision::Allow { .. })
@@ -92,11 +94,21 @@ impl AdminGuard {
     }
 }
 
-/// The token of an `Authorization: Bearer` header.
-fn bearer<B>(request: &Request<B>) -> Option<&str> {
+/// The token of an `Authorization: Bearer` header, or the password of a `Basic` one.
+fn presented<B>(request: &Request<B>) -> Option<String> {
+    use base64::Engine as _;
     let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let (scheme, credentials) = value.split_once(' ')?;
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(credentials.to_owned());
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(credentials).ok()?;
+    let (_user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some(password.to_owned())
 }
 
 /// Whether two tokens are equal, in time independent of where they differ.
@@ -156,12 +168,15 @@ mod tests {
     }
 
     #[test]
-    fn the_bearer_token_is_read_from_the_header_and_compared_whole() {
+    fn the_token_is_read_from_the_header_and_compared_whole() {
         let request =
             |value: &str| Request::get("/metrics").header(header::AUTHORIZATION, value).body(()).unwrap();
-        assert_eq!(bearer(&request("Bearer abc")), Some("abc"));
-        assert_eq!(bearer(&request("bearer  abc ")), Some("abc"));
-        assert_eq!(bearer(&request("Basic abc")), None);
+        assert_eq!(presented(&request("Bearer abc")).as_deref(), Some("abc"));
+        assert_eq!(presented(&request("bearer  abc ")).as_deref(), Some("abc"));
+        // A browser's Basic authentication: "operator:abc".
+        assert_eq!(presented(&request("Basic b3BlcmF0b3I6YWJj")).as_deref(), Some("abc"));
+        assert_eq!(presented(&request("Basic !!")), None);
+        assert_eq!(presented(&request("Digest abc")), None);
         assert!(same("0123456789abcdef", "0123456789abcdef"));
         assert!(!same("0123456789abcdeX", "0123456789abcdef"));
         assert!(!same("0123456789abcde", "0123456789abcdef"));

@@ -316,13 +316,13 @@ async fn a_token_protects_everything_but_health_and_readiness() {
         assert_eq!(status, 401, "{path}: {body}");
         assert!(body.contains("token"), "{body}");
     }
-    let with = |token: &'static str| {
+    let with = |authorization: String| {
         let admin = proxy.admin;
         async move {
             within("admin request", async {
                 let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
                 let request = format!(
-                    "GET /v1/rooms HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+                    "GET /v1/rooms HTTP/1.1\r\nHost: admin\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n"
                 );
                 tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes()).await.unwrap();
                 let mut response = String::new();
@@ -332,8 +332,16 @@ async fn a_token_protects_everything_but_health_and_readiness() {
             .await
         }
     };
-    assert!(with("s3cret-token-of-the-operators").await.starts_with("HTTP/1.1 200"));
-    assert!(with("s3cret-token-of-the-operatorz").await.starts_with("HTTP/1.1 401"));
+    assert!(with("Bearer s3cret-token-of-the-operators".into()).await.starts_with("HTTP/1.1 200"));
+    let refused = with("Bearer s3cret-token-of-the-operatorz".into()).await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    // A browser is asked for the token as a password, and sends it so.
+    assert!(refused.contains("www-authenticate: Basic realm="), "{refused}");
+    let basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("operator:s3cret-token-of-the-operators")
+    };
+    assert!(with(format!("Basic {basic}")).await.starts_with("HTTP/1.1 200"));
     proxy.stop().await;
 
     // A token file others may read is refused at start.
