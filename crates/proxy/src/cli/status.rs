@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::admin_client::{self, Access};
 use crate::config::{FileConfig, Overrides, duration};
 use crate::error::{Error, Result};
+use crate::ops::calendar::utc;
 use crate::ops::certificates::CertificateStatus;
 use crate::ops::status::RoomStatus;
 
@@ -70,14 +71,15 @@ pub fn table(rooms: &[RoomStatus], now: SystemTime) -> String {
 #[must_use]
 pub fn certificates_table(certificates: &[CertificateStatus], within: &str, now: SystemTime) -> String {
     let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let header = ["SUBJECT", "SERIAL", "FINGERPRINT", "EXPIRES", "ROOMS", "LAST SEEN"];
-    let mut rows: Vec<[String; 6]> = vec![header.map(str::to_owned)];
+    let header = ["SUBJECT", "SERIAL", "FINGERPRINT", "NOT AFTER", "EXPIRES", "ROOMS", "LAST SEEN"];
+    let mut rows: Vec<[String; 7]> = vec![header.map(str::to_owned)];
     for c in certificates {
         let seen = u64::try_from(c.last_seen).unwrap_or(0);
         rows.push([
             c.subject.clone(),
             c.serial.clone(),
             c.fingerprint.chars().take(16).collect(),
+            utc(c.not_after),
             time_left(c.not_after, now),
             if c.rooms.is_empty() { "-".into() } else { c.rooms.join(",") },
             if c.connected {
@@ -234,7 +236,9 @@ mod tests {
         let text = certificates_table(&[gone, soon], "30d", now);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
-        for cell in ["CN=gw-7", "0C", "CDCDCDCDCDCDCDCD", "expired 3d0h ago", "connected"] {
+        for cell in
+            ["CN=gw-7", "0C", "CDCDCDCDCDCDCDCD", "1970-04-08 00:00:00 UTC", "expired 3d0h ago", "connected"]
+        {
             assert!(lines[1].contains(cell), "{cell} in {text}");
         }
         for cell in ["2d0h", "gw/7", "1d0h ago"] {
