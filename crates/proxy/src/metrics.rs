@@ -396,6 +396,12 @@ pub struct ClusterTotals {
     pub published: u64,
     /// Notes that could not be published.
     pub lost: u64,
+    /// Packets from other nodes that never arrived (numbers skipped).
+    pub missed: u64,
+    /// `CONN:ERROR`s that told members of lost frames.
+    pub notices: u64,
+    /// Times the inbox was found silent (no heartbeat) and subscribed again.
+    pub silences: u64,
 }
 
 /// What `/metrics` reports about the rooms, counted from the registry at scrape time.

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::metrics::ClusterTotals;
 use crate::rooms::hub::Hub;
 use crate::rooms::nodes::{BoxFuture, Nodes};
 
@@ -19,6 +20,6 @@ pub(crate) trait Backplane: Nodes {
     /// departures of a drain reach the other nodes.
     fn drain(&self) -> BoxFuture<'_, ()>;
 
-    /// Notes published to other nodes, and notes lost (not published) so far.
-    fn counts(&self) -> (u64, u64);
+    /// Reachability, and the notes published, lost and missed so far.
+    fn totals(&self) -> ClusterTotals;
 }

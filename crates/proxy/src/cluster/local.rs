@@ -9,6 +9,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::backplane::Backplane;
 use super::view::new_view;
 use crate::identity::Fingerprint;
+use crate::metrics::ClusterTotals;
 use crate::rooms::hub::Hub;
 use crate::rooms::id::{ConnId, NodeId, RoomId};
 use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
@@ -104,7 +105,7 @@ impl Backplane for Local {
         Box::pin(std::future::ready(()))
     }
 
-    fn counts(&self) -> (u64, u64) {
-        (0, 0)
+    fn totals(&self) -> ClusterTotals {
+        ClusterTotals { up: true, ..ClusterTotals::default() }
     }
 }

@@ -2,10 +2,18 @@
 //! node, `<prefix>:inbox:<node>`.
 //!
 //! A node publishes its notes from one task, in order, so the notes from one node to another
-//! keep their order; a note that cannot be published, or that no node was listening for, is
-//! counted as lost: delivery across nodes is at most once while Redis is unreachable
-//! (docs/cluster.md). Three tasks run while the node serves: the publisher, the inbox reader
-//! and the presence refresh; Redis counts as reachable while the last two succeed.
+//! keep their order: the notes of one batch for one node travel as one numbered packet
+//! (`wire.rs`), in one `PUBLISH`. A note that cannot be published, or that no node was listening
+//! for, is lost: delivery across nodes is at most once while Redis is unreachable
+//! (docs/cluster.md). Nothing is lost unsaid: the members whose frames could not be published
+//! get a `CONN:ERROR` 503 for each (with its `inResponseTo`), and a node that finds a packet
+//! number skipped tells the members of the rooms it shares with the sending node.
+//!
+//! Four tasks run while the node serves: the publisher, the inbox reader, the presence refresh,
+//! and the heartbeat, which publishes an empty packet to the node's own inbox every
+//! [`HEARTBEAT`] and subscribes again when none has come back for [`SILENCE`] (a subscription
+//! that stopped delivering without closing). Redis counts as reachable while the inbox and the
+//! refresh succeed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +26,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use micronets_message::{Header, MessageId};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::backplane::Backplane;
@@ -26,11 +35,13 @@ use super::inbox;
 use super::link::{Link, MAX_BACKOFF};
 use super::presence::{Joining, Store};
 use super::view::new_view;
-use super::wire::{Note, RoomNote, encode_card, field, key_of_field};
+use super::wire::{Note, Packet, RoomNote, encode_card, encode_packet, field, is_single_note, key_of_field};
 use crate::config::{ClusterConfig, redacted_url};
 use crate::error::{Error, Result};
 use crate::identity::Fingerprint;
+use crate::metrics::ClusterTotals;
 use crate::rooms::elsewhere;
+use crate::rooms::fanout::{self, Sender};
 use crate::rooms::hub::Hub;
 use crate::rooms::id::{ConnId, NodeId, RoomId};
 use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
@@ -46,6 +57,10 @@ const OUTBOX_BYTES: usize = 64 << 20;
 const NOTE_OVERHEAD: usize = 64;
 /// Notes published in one round trip, at most.
 const BATCH: usize = 256;
+/// How often a node publishes a heartbeat to its own inbox.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long the inbox may stay without a heartbeat before it is subscribed again.
+pub(crate) const SILENCE: Duration = Duration::from_secs(3);
 
 /// A local member, as this node keeps putting it in presence.
 struct Mine {
@@ -84,6 +99,15 @@ pub(crate) struct RedisBackplane {
     next_probe: AtomicU64,
     published: AtomicU64,
     lost: AtomicU64,
+    /// Packets other nodes numbered that never arrived.
+    missed: AtomicU64,
+    /// `CONN:ERROR`s telling members of lost frames.
+    notices: AtomicU64,
+    /// Times the inbox was found silent and subscribed again.
+    silences: AtomicU64,
+    /// When the node's own heartbeat last came back, in milliseconds since `started`.
+    heard: AtomicU64,
+    started: tokio::time::Instant,
 }
 
 impl RedisBackplane {
@@ -117,6 +141,11 @@ impl RedisBackplane {
             next_probe: AtomicU64::new(1),
             published: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
+            notices: AtomicU64::new(0),
+            silences: AtomicU64::new(0),
+            heard: AtomicU64::new(0),
+            started: tokio::time::Instant::now(),
         })
     }
 
@@ -148,43 +177,95 @@ impl RedisBackplane {
     async fn serve(self: Arc<Self>, hub: Arc<Hub>) {
         let outbox = self.outbox_rx.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some(outbox) = outbox else { return std::future::pending().await };
-        tokio::join!(self.publish(outbox), self.subscribe(&hub), self.refresh(&hub));
+        self.heard_now();
+        tokio::join!(self.publish(&hub, outbox), self.subscribe(&hub), self.refresh(&hub), self.heartbeat());
     }
 
-    /// Publishes queued notes in order, in batches: one pipeline per receiving node (on a
-    /// Redis Cluster a pipeline must stay in one slot), the pipelines of a batch at once.
-    async fn publish(&self, mut outbox: mpsc::Receiver<(NodeId, Bytes)>) {
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn heard_now(&self) {
+        self.heard.store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    /// Publishes a heartbeat to the node's own inbox every [`HEARTBEAT`], and subscribes again
+    /// when none has come back for [`SILENCE`] while the subscription counts as live.
+    async fn heartbeat(&self) {
+        let mut ticks = tokio::time::interval(HEARTBEAT);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.enqueue(&self.node, Bytes::new());
+            let silent = self.elapsed_ms().saturating_sub(self.heard.load(Ordering::Relaxed));
+            if self.subscribed.load(Ordering::Relaxed) && silent > SILENCE.as_millis() as u64 {
+                self.silences.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    silent_ms = silent,
+                    "the inbox has not delivered this node's heartbeat: subscribing again"
+                );
+                self.set(&self.subscribed, false);
+                self.heard_now();
+                self.resubscribe.notify_one();
+            }
+        }
+    }
+
+    /// Publishes queued notes in order, in batches: one numbered packet per receiving node,
+    /// the packets of a batch at once. The members whose frames are lost are told.
+    async fn publish(&self, hub: &Hub, mut outbox: mpsc::Receiver<(NodeId, Bytes)>) {
         let mut batch = Vec::with_capacity(BATCH);
+        let mut numbers: HashMap<NodeId, u64> = HashMap::new();
         while outbox.recv_many(&mut batch, BATCH).await > 0 {
-            let mut by_node: Vec<(&NodeId, redis::Pipeline, u64)> = Vec::new();
+            let mut by_node: Vec<(&NodeId, Vec<Bytes>)> = Vec::new();
             for (node, note) in &batch {
-                let i = by_node.iter().position(|(n, _, _)| *n == node).unwrap_or_else(|| {
-                    by_node.push((node, redis::pipe(), 0));
+                let i = by_node.iter().position(|(n, _)| *n == node).unwrap_or_else(|| {
+                    by_node.push((node, Vec::new()));
                     by_node.len() - 1
                 });
-                let (_, pipe, count) = &mut by_node[i];
-                pipe.cmd(self.link.publish()).arg(self.inbox(node)).arg(note.as_ref());
-                *count += 1;
+                // An empty note is the heartbeat: a packet with no notes.
+                if !note.is_empty() {
+                    by_node[i].1.push(note.clone());
+                }
             }
-            let sends = by_node.into_iter().map(|(_, pipe, count)| async move {
+            let packets: Vec<(&NodeId, Vec<Bytes>, Bytes)> = by_node
+                .into_iter()
+                .map(|(node, notes)| {
+                    let number = numbers.entry(node.clone()).or_insert(0);
+                    *number += 1;
+                    let packet = encode_packet(&self.node, *number, &notes);
+                    (node, notes, packet)
+                })
+                .collect();
+            let sends = packets.into_iter().map(|(node, notes, packet)| async move {
                 let mut commands = self.link.commands();
-                (pipe.query_async::<Vec<u64>>(&mut commands).await, count)
+                let publish =
+                    redis::cmd(self.link.publish()).arg(self.inbox(node)).arg(packet.as_ref()).to_owned();
+                (node, notes, publish.query_async::<u64>(&mut commands).await)
             });
-            for (result, n) in futures_util::future::join_all(sends).await {
+            for (node, notes, result) in futures_util::future::join_all(sends).await {
+                let n = notes.len() as u64;
                 match result {
-                    Ok(receivers) => {
-                        // A note no node was subscribed to receive (its node is gone, or was
-                        // between subscriptions) is lost too.
-                        let unheard = receivers.iter().filter(|&&r| r == 0).count() as u64;
-                        self.published.fetch_add(n - unheard, Ordering::Relaxed);
-                        self.lost.fetch_add(unheard, Ordering::Relaxed);
-                        if unheard > 0 {
-                            debug!(notes = unheard, "notes published to an inbox nobody listens on: lost");
+                    // The heartbeat: whether it comes back is the inbox's to see.
+                    _ if *node == self.node && n == 0 => {}
+                    Ok(0) => {
+                        // No node was subscribed to receive it: its node is gone, or was
+                        // between subscriptions.
+                        self.lost.fetch_add(n, Ordering::Relaxed);
+                        if n > 0 {
+                            debug!(node = %node, notes = n, "notes published to an inbox nobody listens on: lost");
+                            self.tell_senders(hub, node, &notes).await;
                         }
+                    }
+                    Ok(_) => {
+                        self.published.fetch_add(n, Ordering::Relaxed);
                     }
                     Err(e) => {
                         self.lost.fetch_add(n, Ordering::Relaxed);
-                        warn!(error = %e, notes = n, "cannot publish to other nodes: notes lost");
+                        if n > 0 {
+                            warn!(error = %e, node = %node, notes = n, "cannot publish to another node: notes lost");
+                            self.tell_senders(hub, node, &notes).await;
+                        }
                     }
                 }
             }
@@ -197,11 +278,64 @@ impl RedisBackplane {
         }
     }
 
+    /// Tells each local member whose frame is among `notes` that it did not reach the members
+    /// on `node`: a `CONN:ERROR` 503 in response to it.
+    async fn tell_senders(&self, hub: &Hub, node: &NodeId, notes: &[Bytes]) {
+        for note in notes {
+            let Ok(Note::Room(RoomNote::Frame { room, conn, frame, .. })) = Note::decode(note.clone()) else {
+                continue;
+            };
+            let Some((mailbox, _)) = hub.registry.room(room.as_str()).and_then(|r| r.local_member(conn))
+            else {
+                continue;
+            };
+            let id = match &frame {
+                Message::Text(text) => {
+                    Header::parse(text.as_str()).ok().and_then(|h| h.message_id.map(MessageId::into_owned))
+                }
+                _ => None,
+            };
+            let reason = format!("not relayed to the members on node {node}: the cluster could not carry it");
+            hub.metrics.conn_error_sent(503);
+            self.notices.fetch_add(1, Ordering::Relaxed);
+            let notice = hub.replies.error(503, &reason, id);
+            fanout::deliver_all(hub, std::slice::from_ref(&mailbox), notice, Sender::OtherNode).await;
+        }
+    }
+
+    /// Notes a packet from `origin` numbered `number`: a number skipped since the last one
+    /// means packets were lost, and the local members of the rooms shared with `origin` are
+    /// told.
+    async fn check_number(&self, hub: &Hub, last: &mut HashMap<NodeId, u64>, origin: &NodeId, number: u64) {
+        let previous = last.insert(origin.clone(), number);
+        let Some(missed) = previous.and_then(|p| number.checked_sub(p + 1)).filter(|&m| m > 0) else {
+            return;
+        };
+        self.missed.fetch_add(missed, Ordering::Relaxed);
+        warn!(node = %origin, missed, "packets from another node were lost on the way: telling the members of the rooms it shares");
+        let reason = format!(
+            "frames from the members on node {origin} were lost on the way through the cluster ({missed} batches)"
+        );
+        for room in hub.registry.rooms() {
+            if !room.remote_nodes().contains(origin) {
+                continue;
+            }
+            let receivers = room.local_mailboxes();
+            receivers.iter().for_each(|_| hub.metrics.conn_error_sent(503));
+            self.notices.fetch_add(receivers.len() as u64, Ordering::Relaxed);
+            let notice = hub.replies.error(503, &reason, None);
+            fanout::deliver_all(hub, &receivers, notice, Sender::OtherNode).await;
+        }
+    }
+
     /// Listens on this node's inbox, subscribing again (with backoff) whenever the
     /// subscription is lost, and carries out each note.
     async fn subscribe(self: &Arc<Self>, hub: &Arc<Hub>) {
         let channel = self.inbox(&self.node);
         let mut backoff = Duration::from_millis(100);
+        // The last packet number from each node, across subscriptions: a gap while this node
+        // was not subscribed is a gap too.
+        let mut last: HashMap<NodeId, u64> = HashMap::new();
         loop {
             let subscribing =
                 tokio::time::timeout(self.config.command_timeout * 2, self.link.subscribe(&channel));
@@ -218,6 +352,8 @@ impl RedisBackplane {
                 }
             };
             backoff = Duration::from_millis(100);
+            // A new subscription has until the next heartbeats to prove itself.
+            self.heard_now();
             self.set(&self.subscribed, true);
             info!(channel, node = %self.node, "subscribed to this node's inbox");
             loop {
@@ -226,21 +362,44 @@ impl RedisBackplane {
                     payload = inbox.next() => payload,
                 };
                 let Some(payload) = payload else { break };
-                match Note::decode(payload) {
-                    Ok(Note::Probe { room, conn, from, probe, newcomer, timeout_ms }) => {
-                        self.answer_probe(hub, room, conn, from, probe, newcomer, timeout_ms);
+                if is_single_note(&payload) {
+                    // From a node of the earlier version: carried out, unnumbered.
+                    self.carry_out(hub, payload).await;
+                    continue;
+                }
+                let packet = match Packet::decode(payload) {
+                    Ok(packet) => packet,
+                    Err(e) => {
+                        warn!(error = %e, "malformed packet in the inbox: dropped");
+                        continue;
                     }
-                    Ok(Note::Probed { probe, alive }) => {
-                        if let Some(waiter) = self.probes().remove(&probe) {
-                            let _ = waiter.send(alive);
-                        }
-                    }
-                    Ok(Note::Room(note)) => inbox::apply(hub, note).await,
-                    Err(e) => warn!(error = %e, "malformed note in the inbox: dropped"),
+                };
+                if packet.origin == self.node {
+                    self.heard_now();
+                }
+                self.check_number(hub, &mut last, &packet.origin, packet.seq).await;
+                for note in packet.notes {
+                    self.carry_out(hub, note).await;
                 }
             }
             self.set(&self.subscribed, false);
             warn!("inbox subscription lost; subscribing again");
+        }
+    }
+
+    /// Carries out one note from another node.
+    async fn carry_out(self: &Arc<Self>, hub: &Arc<Hub>, note: Bytes) {
+        match Note::decode(note) {
+            Ok(Note::Probe { room, conn, from, probe, newcomer, timeout_ms }) => {
+                self.answer_probe(hub, room, conn, from, probe, newcomer, timeout_ms);
+            }
+            Ok(Note::Probed { probe, alive }) => {
+                if let Some(waiter) = self.probes().remove(&probe) {
+                    let _ = waiter.send(alive);
+                }
+            }
+            Ok(Note::Room(note)) => inbox::apply(hub, note).await,
+            Err(e) => warn!(error = %e, "malformed note in the inbox: dropped"),
         }
     }
 
@@ -357,18 +516,26 @@ impl RedisBackplane {
             return;
         }
         let bytes = note.encode();
-        let cost = bytes.len() + NOTE_OVERHEAD;
         for node in nodes {
-            let queued = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
-            self.queued_notes.fetch_add(1, Ordering::AcqRel);
-            let taken =
-                queued + cost <= OUTBOX_BYTES && self.outbox.try_send((node.clone(), bytes.clone())).is_ok();
-            if !taken {
-                // Full, or the publisher has stopped (the node is shutting down).
-                self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-                if self.queued_notes.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    self.drained.notify_waiters();
-                }
+            self.enqueue(node, bytes.clone());
+        }
+    }
+
+    /// Queues an encoded note (empty: the heartbeat) for `node`; counts it lost when the
+    /// outbox is full.
+    fn enqueue(&self, node: &NodeId, note: Bytes) {
+        let cost = note.len() + NOTE_OVERHEAD;
+        let queued = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        self.queued_notes.fetch_add(1, Ordering::AcqRel);
+        let heartbeat = note.is_empty();
+        let taken = queued + cost <= OUTBOX_BYTES && self.outbox.try_send((node.clone(), note)).is_ok();
+        if !taken {
+            // Full, or the publisher has stopped (the node is shutting down).
+            self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
+            if self.queued_notes.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.drained.notify_waiters();
+            }
+            if !heartbeat {
                 self.lost.fetch_add(1, Ordering::Relaxed);
                 warn!(node = %node, "outbox to other nodes full: note lost");
             }
@@ -548,8 +715,15 @@ impl Backplane for RedisBackplane {
         })
     }
 
-    fn counts(&self) -> (u64, u64) {
-        (self.published.load(Ordering::Relaxed), self.lost.load(Ordering::Relaxed))
+    fn totals(&self) -> ClusterTotals {
+        ClusterTotals {
+            up: self.healthy(),
+            published: self.published.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+            missed: self.missed.load(Ordering::Relaxed),
+            notices: self.notices.load(Ordering::Relaxed),
+            silences: self.silences.load(Ordering::Relaxed),
+        }
     }
 }
 

@@ -1,6 +1,9 @@
-//! What nodes tell each other through their inboxes ([`Note`]), and a member's [`Card`] as
-//! presence keeps it: a small binary encoding, length-prefixed, so a frame's payload travels as
-//! it is.
+//! What nodes tell each other through their inboxes ([`Note`]), packed in one [`Packet`] per
+//! destination and publisher batch, and a member's [`Card`] as presence keeps it: a small
+//! binary encoding, length-prefixed, so a frame's payload travels as it is.
+//!
+//! Packets are numbered per destination node: a receiver that finds a number skipped knows
+//! that notes from that node were lost on the way, and says so to the members concerned.
 //!
 //! Every decode checks lengths and tags and fails with a reason; a malformed message from
 //! Redis is logged and dropped, never trusted.
@@ -12,8 +15,10 @@ use crate::identity::Fingerprint;
 use crate::rooms::id::{ConnId, InvalidRoomId, NodeId, PeerName, RoomId};
 use crate::rooms::remote::{Card, MemberKey};
 
-/// First byte of every encoding; a change of format changes it.
+/// First byte of every note and card encoding; a change of format changes it.
 const VERSION: u8 = 1;
+/// First byte of a packet.
+const PACKET: u8 = 2;
 
 /// A message to another node's inbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,6 +164,62 @@ impl Note {
         };
         r.end()?;
         Ok(note)
+    }
+}
+
+/// The notes one node publishes to another in one batch, numbered: `seq` counts the packets
+/// from `origin` to this destination, from 1. A packet without notes is a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Packet {
+    pub(crate) origin: NodeId,
+    pub(crate) seq: u64,
+    /// Each note's encoding: slices of the packet's buffer, not copies.
+    pub(crate) notes: Vec<Bytes>,
+}
+
+/// The encoding of a packet of `notes` (encoded), as published.
+pub(crate) fn encode_packet(origin: &NodeId, seq: u64, notes: &[Bytes]) -> Bytes {
+    let size = 32 + origin.as_str().len() + notes.iter().map(|n| 4 + n.len()).sum::<usize>();
+    let mut out = BytesMut::with_capacity(size);
+    out.put_u8(PACKET);
+    put_str(&mut out, origin.as_str());
+    out.put_u64(seq);
+    out.put_u32(u32::try_from(notes.len()).unwrap_or(u32::MAX));
+    for note in notes {
+        put_bytes(&mut out, note);
+    }
+    out.freeze()
+}
+
+/// Whether `bytes` is a note alone, as a node of the version before packets publishes it.
+pub(crate) fn is_single_note(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&VERSION)
+}
+
+impl Packet {
+    /// Reads a packet; its notes are read by [`Note::decode`], one by one.
+    ///
+    /// # Errors
+    /// What is wrong with the bytes.
+    pub(crate) fn decode(bytes: Bytes) -> Result<Self, WireError> {
+        let mut r = Reader(bytes);
+        match r.u8()? {
+            PACKET => {}
+            other => return Err(WireError::Version(other)),
+        }
+        let origin = r.node()?;
+        let seq = r.u64()?;
+        r.need(4)?;
+        let count = r.0.get_u32() as usize;
+        // Each note takes at least its length: a count the bytes cannot hold is refused before
+        // anything is reserved for it.
+        r.need(count.saturating_mul(4))?;
+        let mut notes = Vec::with_capacity(count);
+        for _ in 0..count {
+            notes.push(r.bytes()?);
+        }
+        r.end()?;
+        Ok(Packet { origin, seq, notes })
     }
 }
 
@@ -393,6 +454,33 @@ mod tests {
         assert_eq!(field(&card().key()), "node-a-1f2e/42");
         assert_eq!(key_of_field("node-a-1f2e/42"), Some(card().key()));
         assert_eq!(key_of_field(""), None);
+    }
+
+    #[test]
+    fn packets_carry_their_notes_as_slices_and_refuse_what_is_malformed() {
+        let notes: Vec<Bytes> = [
+            Note::Room(RoomNote::Joined { room: room("gw/1"), card: card() }),
+            Note::Probed { probe: 1, alive: true },
+        ]
+        .iter()
+        .map(Note::encode)
+        .collect();
+        let packet = encode_packet(&node("a-1"), 7, &notes);
+        let decoded = Packet::decode(packet.clone()).unwrap();
+        assert_eq!(decoded, Packet { origin: node("a-1"), seq: 7, notes: notes.clone() });
+        let inside = |b: &Bytes| packet.as_ptr_range().contains(&b.as_ptr());
+        assert!(decoded.notes.iter().all(inside), "slices of the packet, not copies");
+        let heartbeat = Packet::decode(encode_packet(&node("a-1"), 8, &[])).unwrap();
+        assert!(heartbeat.notes.is_empty());
+        for cut in 0..packet.len() {
+            assert!(Packet::decode(packet.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        assert_eq!(Packet::decode(notes[0].clone()), Err(WireError::Version(1)), "a note is not a packet");
+        assert!(is_single_note(&notes[0]) && !is_single_note(&packet), "told apart by their first byte");
+        let mut huge_count = encode_packet(&node("a"), 1, &[]).to_vec();
+        let at = huge_count.len() - 4;
+        huge_count[at..].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(Packet::decode(huge_count.into()), Err(WireError::Truncated));
     }
 
     #[test]

@@ -220,6 +220,24 @@ impl Collector for Scrape {
                 "Notes for other nodes that could not be published (Redis unreachable, outbox full).",
                 cluster.lost,
             )?;
+            Self::counter(
+                &mut e,
+                "cluster_packets_missed",
+                "Packets from other nodes that never arrived: numbers skipped in their sequence.",
+                cluster.missed,
+            )?;
+            Self::counter(
+                &mut e,
+                "cluster_loss_notices",
+                "CONN:ERROR 503s telling members that frames were lost between nodes (theirs, or their peers').",
+                cluster.notices,
+            )?;
+            Self::counter(
+                &mut e,
+                "cluster_inbox_silences",
+                "Times this node's inbox stopped delivering its own heartbeat and was subscribed again.",
+                cluster.silences,
+            )?;
         }
         Self::gauge(&mut e, "rooms", "Rooms with at least one member.", self.gauges.rooms.rooms)?;
         Self::gauge(&mut e, "members", "Members of all rooms.", self.gauges.rooms.members)?;
@@ -390,7 +408,7 @@ mod tests {
             cas: vec![CertificateExpiry { subject: "CN=root".into(), not_after: 86_400 }],
         };
         let rooms = RoomTotals { rooms: 1, members: 1, held_messages: 0, held_bytes: 0, expiry };
-        let cluster = Some(ClusterTotals { up: true, published: 0, lost: 0 });
+        let cluster = Some(ClusterTotals { up: true, ..ClusterTotals::default() });
         let text =
             Arc::new(Metrics::default()).render(Gauges { rooms, cluster, trust: Arc::new(trust), now: 0 });
         let exposed: Vec<&str> =

@@ -35,7 +35,7 @@ use super::status;
 use crate::config::duration;
 use crate::edge::{tls, tls_stream};
 use crate::identity::{PeerIdentity, unix_now};
-use crate::metrics::{CONTENT_TYPE, ClusterTotals, Gauges};
+use crate::metrics::{CONTENT_TYPE, Gauges};
 
 /// Admin connections served at once; more are closed as they come.
 pub(crate) const MAX_CONNECTIONS: usize = 128;
@@ -150,12 +150,7 @@ fn respond<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
         },
         "/metrics" => {
-            let (published, lost) = shared.backplane.counts();
-            let cluster = shared.config.cluster.is_some().then_some(ClusterTotals {
-                up: shared.backplane.healthy(),
-                published,
-                lost,
-            });
+            let cluster = shared.config.cluster.is_some().then(|| shared.backplane.totals());
             let now = unix_now();
             let rooms = status::totals(&status::snapshot(&shared.hub.registry), now);
             let trust = Arc::clone(&shared.gate.tls.load().expiries);

@@ -12,7 +12,7 @@ use super::certificates::{self, CertificateStatus};
 use super::state::Shared;
 use super::status::{self, RoomStatus};
 use crate::identity::unix_now;
-use crate::metrics::Metrics;
+use crate::metrics::{ClusterTotals, Metrics};
 
 /// The node at a glance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,15 +115,10 @@ impl Overview {
         let now = unix_now();
         let rooms = status::snapshot(&shared.hub.registry);
         let cluster = shared.config.cluster.as_ref().map(|_| {
-            let (published, lost) = shared.backplane.counts();
+            let ClusterTotals { up, published, lost, .. } = shared.backplane.totals();
             let nodes: BTreeSet<String> =
                 rooms.iter().flat_map(|r| &r.elsewhere).map(|m| m.node.clone()).collect();
-            ClusterOverview {
-                up: shared.backplane.healthy(),
-                nodes: nodes.into_iter().collect(),
-                published,
-                lost,
-            }
+            ClusterOverview { up, nodes: nodes.into_iter().collect(), published, lost }
         });
         let window = shared.config.expiry_warning;
         let expiring = certificates::expiring(&shared.hub.registry, &shared.gate.expiry, window, now);

@@ -216,7 +216,7 @@ async fn ready_becomes(node: &TestProxy, status: u16) {
 }
 
 #[tokio::test]
-async fn a_redis_restart_keeps_local_rooms_relaying_and_cross_node_rooms_recover() {
+async fn a_redis_restart_keeps_local_rooms_relaying_tells_of_lost_frames_and_cross_node_rooms_recover() {
     let pki = Pki::new();
     let mut redis = Redis::start().await;
     let one = node(&pki, &redis, "one", "[rooms]\nmax_peers = 3\n").await;
@@ -232,33 +232,54 @@ async fn a_redis_restart_keeps_local_rooms_relaying_and_cross_node_rooms_recover
     ready_becomes(&one, 503).await;
     let refused = two.raw_request("test-client", &upgrade_request("gw/gw-2")).await;
     assert!(refused.starts_with("HTTP/1.1 503") && refused.contains("cluster unavailable"), "{refused}");
-    // Members on one node keep talking.
+    // Members on one node keep talking; the frame could not reach the gateway on the other
+    // node, and its sender is told so, in response to it.
     local.send_text(&event(1)).await;
     assert_eq!(message_id(&manager.recv_text().await), 1);
+    let told = local.recv_message().await;
+    assert_eq!(
+        (told["messageType"].as_str(), told["statusCode"].as_u64()),
+        (Some("CONN:ERROR"), Some(503)),
+        "{told}"
+    );
+    assert_eq!(told["inResponseTo"], 1, "{told}");
+    assert!(
+        told["reasonPhrase"].as_str().unwrap().contains("not relayed to the members on node two-"),
+        "{told}"
+    );
 
     redis.restart().await;
     ready_becomes(&one, 200).await;
     ready_becomes(&two, 200).await;
     // Presence is put back by each node's refresh; frames cross again, and nobody was
-    // reported gone.
+    // reported gone. The gateway hears that frames from node one were lost on the way.
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut n: u64 = 100;
-    loop {
+    let mut told_of_loss = false;
+    'crossing: loop {
         n += 1;
         manager.send_text(&event(n)).await;
-        let got = tokio::time::timeout(Duration::from_millis(300), gateway.ws.next()).await;
-        if let Ok(Some(Ok(frame))) = got {
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_millis(300), gateway.ws.next()).await
+        {
             let text = frame.into_text().unwrap();
-            assert_ne!(
-                serde_json::from_str::<Value>(&text).unwrap()["message"]["messageType"],
-                "CONN:PEER-LEFT"
-            );
-            if message_id(&text) == n {
-                break;
+            let message = serde_json::from_str::<Value>(&text).unwrap()["message"].clone();
+            assert_ne!(message["messageType"], "CONN:PEER-LEFT");
+            if message["messageType"] == "CONN:ERROR" {
+                assert_eq!(message["statusCode"], 503, "{message}");
+                let reason = message["reasonPhrase"].as_str().unwrap();
+                assert!(
+                    reason.contains("frames from the members on node one-") && reason.contains("lost"),
+                    "{reason}"
+                );
+                told_of_loss = true;
+            } else if message_id(&text) == n {
+                break 'crossing;
             }
         }
         assert!(tokio::time::Instant::now() < deadline, "frames never crossed nodes again");
     }
+    assert!(told_of_loss, "the gateway was not told of the frame lost from node one");
     gateway.send_text(&event(999)).await;
     loop {
         let text = manager.recv_text().await;
@@ -269,6 +290,58 @@ async fn a_redis_restart_keeps_local_rooms_relaying_and_cross_node_rooms_recover
     }
     let metrics = one.admin("GET", "/metrics").await.1;
     assert!(metrics.contains("ws_proxy_cluster_up 1"), "{metrics}");
+    assert!(crate::support::sample(&metrics, "ws_proxy_cluster_loss_notices_total") >= 1.0, "{metrics}");
+    let metrics = two.admin("GET", "/metrics").await.1;
+    assert!(crate::support::sample(&metrics, "ws_proxy_cluster_packets_missed_total") >= 1.0, "{metrics}");
+    one.stop().await;
+    two.stop().await;
+}
+
+/// Frames cross again after the inbox subscriptions are killed on Redis's side, in order and
+/// once each, and the nodes' own heartbeats come back through the new subscriptions.
+#[tokio::test]
+async fn killed_inbox_subscriptions_are_made_again() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let one = node(&pki, &redis, "one", "").await;
+    let two = node(&pki, &redis, "two", "").await;
+    let (mut manager, mut gateway) = across(&one, &two, "g").await;
+    let killed = redis.command("CLIENT KILL TYPE pubsub").await;
+    assert!(killed.starts_with(':') && killed != ":0", "{killed}");
+    // Until both nodes are subscribed again, a frame may be lost (and its sender told); then
+    // every frame crosses, in order, once.
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    let mut n = 0;
+    'again: loop {
+        n += 1;
+        manager.send_text(&event(n)).await;
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_millis(300), gateway.ws.next()).await
+        {
+            if message_id(&frame.into_text().unwrap()) == n {
+                break 'again;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "frames never crossed nodes again");
+    }
+    for m in n + 1..=n + 50 {
+        manager.send_text(&event(m)).await;
+    }
+    for m in n + 1..=n + 50 {
+        assert_eq!(message_id(&gateway.recv_text().await), m);
+    }
+    ready_becomes(&one, 200).await;
+    ready_becomes(&two, 200).await;
+    // Three heartbeats later, neither node has found its inbox silent.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for node in [&one, &two] {
+        let metrics = node.admin("GET", "/metrics").await.1;
+        assert_eq!(
+            crate::support::sample(&metrics, "ws_proxy_cluster_inbox_silences_total"),
+            0.0,
+            "{metrics}"
+        );
+    }
     one.stop().await;
     two.stop().await;
 }

@@ -71,6 +71,19 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Sends one inline command and returns Redis's first reply line.
+    pub(crate) async fn command(&self, command: &str) -> String {
+        let mut tcp = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        tcp.write_all(format!("{command}\r\n").as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            tcp.read_exact(&mut byte).await.unwrap();
+            reply.push(byte[0]);
+        }
+        String::from_utf8_lossy(&reply).trim_end().to_owned()
+    }
+
     /// A server that speaks only TLS, with the certificate and key in `pkeycert`; its URL is
     /// `rediss://localhost:<port>`.
     pub(crate) async fn start_tls(pkeycert: &std::path::Path, ca: &std::path::Path) -> Redis {
