@@ -7,7 +7,8 @@
 //! - `redis.rs` keeps presence in Redis (`presence.rs`: TTL-refreshed entries, joins checked
 //!   and inserted by one Lua script) and gives each node one inbox channel: a member's frame is
 //!   published once to each node that hosts another member of its room (`wire.rs` encodes the
-//!   notes, `link.rs` holds the connections).
+//!   notes and packs them, numbered, `link.rs` holds the connections, `loss.rs` tells members
+//!   of what was lost on the way).
 //! - `inbox.rs` turns the notes other nodes send into deliveries to local members, and
 //!   `view.rs` reconciles each room's view of its members elsewhere.
 //!
@@ -19,6 +20,7 @@ mod error;
 mod inbox;
 mod link;
 pub(crate) mod local;
+mod loss;
 mod presence;
 pub(crate) mod redis;
 mod view;

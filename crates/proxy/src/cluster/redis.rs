@@ -26,13 +26,13 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use micronets_message::{Header, MessageId};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::backplane::Backplane;
 use super::error::BackplaneError;
 use super::inbox;
 use super::link::{Link, MAX_BACKOFF};
+use super::loss::{self, Loss, Numbers};
 use super::presence::{Joining, Store};
 use super::view::new_view;
 use super::wire::{Note, Packet, RoomNote, encode_card, encode_packet, field, is_single_note, key_of_field};
@@ -41,7 +41,6 @@ use crate::error::{Error, Result};
 use crate::identity::Fingerprint;
 use crate::metrics::ClusterTotals;
 use crate::rooms::elsewhere;
-use crate::rooms::fanout::{self, Sender};
 use crate::rooms::hub::Hub;
 use crate::rooms::id::{ConnId, NodeId, RoomId};
 use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
@@ -254,7 +253,8 @@ impl RedisBackplane {
                         self.lost.fetch_add(n, Ordering::Relaxed);
                         if n > 0 {
                             debug!(node = %node, notes = n, "notes published to an inbox nobody listens on: lost");
-                            self.tell_senders(hub, node, &notes).await;
+                            let told = loss::tell_senders(hub, node, &notes, Loss::Certain).await;
+                            self.notices.fetch_add(told, Ordering::Relaxed);
                         }
                     }
                     Ok(_) => {
@@ -264,7 +264,9 @@ impl RedisBackplane {
                         self.lost.fetch_add(n, Ordering::Relaxed);
                         if n > 0 {
                             warn!(error = %e, node = %node, notes = n, "cannot publish to another node: notes lost");
-                            self.tell_senders(hub, node, &notes).await;
+                            let loss = if e.is_timeout() { Loss::Unconfirmed } else { Loss::Certain };
+                            let told = loss::tell_senders(hub, node, &notes, loss).await;
+                            self.notices.fetch_add(told, Ordering::Relaxed);
                         }
                     }
                 }
@@ -278,56 +280,6 @@ impl RedisBackplane {
         }
     }
 
-    /// Tells each local member whose frame is among `notes` that it did not reach the members
-    /// on `node`: a `CONN:ERROR` 503 in response to it.
-    async fn tell_senders(&self, hub: &Hub, node: &NodeId, notes: &[Bytes]) {
-        for note in notes {
-            let Ok(Note::Room(RoomNote::Frame { room, conn, frame, .. })) = Note::decode(note.clone()) else {
-                continue;
-            };
-            let Some((mailbox, _)) = hub.registry.room(room.as_str()).and_then(|r| r.local_member(conn))
-            else {
-                continue;
-            };
-            let id = match &frame {
-                Message::Text(text) => {
-                    Header::parse(text.as_str()).ok().and_then(|h| h.message_id.map(MessageId::into_owned))
-                }
-                _ => None,
-            };
-            let reason = format!("not relayed to the members on node {node}: the cluster could not carry it");
-            hub.metrics.conn_error_sent(503);
-            self.notices.fetch_add(1, Ordering::Relaxed);
-            let notice = hub.replies.error(503, &reason, id);
-            fanout::deliver_all(hub, std::slice::from_ref(&mailbox), notice, Sender::OtherNode).await;
-        }
-    }
-
-    /// Notes a packet from `origin` numbered `number`: a number skipped since the last one
-    /// means packets were lost, and the local members of the rooms shared with `origin` are
-    /// told.
-    async fn check_number(&self, hub: &Hub, last: &mut HashMap<NodeId, u64>, origin: &NodeId, number: u64) {
-        let previous = last.insert(origin.clone(), number);
-        let Some(missed) = previous.and_then(|p| number.checked_sub(p + 1)).filter(|&m| m > 0) else {
-            return;
-        };
-        self.missed.fetch_add(missed, Ordering::Relaxed);
-        warn!(node = %origin, missed, "packets from another node were lost on the way: telling the members of the rooms it shares");
-        let reason = format!(
-            "frames from the members on node {origin} were lost on the way through the cluster ({missed} batches)"
-        );
-        for room in hub.registry.rooms() {
-            if !room.remote_nodes().contains(origin) {
-                continue;
-            }
-            let receivers = room.local_mailboxes();
-            receivers.iter().for_each(|_| hub.metrics.conn_error_sent(503));
-            self.notices.fetch_add(receivers.len() as u64, Ordering::Relaxed);
-            let notice = hub.replies.error(503, &reason, None);
-            fanout::deliver_all(hub, &receivers, notice, Sender::OtherNode).await;
-        }
-    }
-
     /// Listens on this node's inbox, subscribing again (with backoff) whenever the
     /// subscription is lost, and carries out each note.
     async fn subscribe(self: &Arc<Self>, hub: &Arc<Hub>) {
@@ -335,7 +287,7 @@ impl RedisBackplane {
         let mut backoff = Duration::from_millis(100);
         // The last packet number from each node, across subscriptions: a gap while this node
         // was not subscribed is a gap too.
-        let mut last: HashMap<NodeId, u64> = HashMap::new();
+        let mut numbers = Numbers::default();
         loop {
             let subscribing =
                 tokio::time::timeout(self.config.command_timeout * 2, self.link.subscribe(&channel));
@@ -377,7 +329,11 @@ impl RedisBackplane {
                 if packet.origin == self.node {
                     self.heard_now();
                 }
-                self.check_number(hub, &mut last, &packet.origin, packet.seq).await;
+                if let Some(missed) = numbers.arrived(&packet.origin, packet.seq) {
+                    self.missed.fetch_add(missed, Ordering::Relaxed);
+                    let told = loss::tell_missed(hub, &packet.origin, missed).await;
+                    self.notices.fetch_add(told, Ordering::Relaxed);
+                }
                 for note in packet.notes {
                     self.carry_out(hub, note).await;
                 }
