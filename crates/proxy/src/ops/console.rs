@@ -48,9 +48,10 @@ pub(crate) fn page(overview: &Overview) -> String {
     let node = escape(&overview.node);
     let (state, readiness) =
         if overview.ready { ("ok", "ready") } else { ("bad", overview.readiness.as_str()) };
-    let members: usize = overview.rooms.iter().map(|r| r.members.len()).sum();
-    let remote: usize = overview.rooms.iter().map(|r| r.elsewhere.len()).sum();
-    let room_rows: usize = overview.rooms.iter().map(|r| r.members.len().max(1)).sum();
+    let totals = &overview.totals;
+    // The rooms not carried by the overview count one row each, at least.
+    let room_rows: usize = overview.rooms.iter().map(|r| r.members.len().max(1)).sum::<usize>()
+        + totals.rooms.saturating_sub(overview.rooms.len());
     format!(
         r#"<!DOCTYPE html>
 <html lang="en">
@@ -101,7 +102,7 @@ pub(crate) fn page(overview: &Overview) -> String {
         readiness = escape(readiness),
         cluster = escape(&cluster(overview)),
         counters = counters(&overview.counters),
-        summary = escape(&summary(overview.rooms.len(), members, remote)),
+        summary = escape(&summary(totals.rooms, totals.members, totals.elsewhere)),
         rooms = table(
             "rooms",
             &[
@@ -122,7 +123,7 @@ pub(crate) fn page(overview: &Overview) -> String {
             "elsewhere",
             &["Room", "Node", "Peer (class, id)", "Fingerprint"],
             "none",
-            remote,
+            totals.elsewhere,
             overview.rooms.iter().flat_map(|room| {
                 room.elsewhere.iter().map(|m| {
                     row(
@@ -142,7 +143,7 @@ pub(crate) fn page(overview: &Overview) -> String {
             "expiring",
             &["Subject", "Serial", "Fingerprint", "Expires", "Rooms", "Last seen", "Connected"],
             "none",
-            overview.expiring.len(),
+            totals.expiring,
             overview.expiring.iter().map(|c| {
                 row(
                     "",
@@ -324,7 +325,7 @@ fn table(
         row("", &[format!(r#"<td class="empty" colspan="{columns}">{}</td>"#, escape(empty))])
     } else if shown.len() < total {
         let note = format!(
-            "{} of {} rows shown; /v1/overview has them all",
+            "{} of {} rows shown; /v1/rooms and /v1/certificates have them all",
             count(shown.len() as u64),
             count(total as u64)
         );
@@ -457,7 +458,7 @@ fn bytes(n: u64) -> String {
 mod tests {
     use super::*;
     use crate::ops::certificates::CertificateStatus;
-    use crate::ops::overview::{ClusterOverview, TrustedCertificate};
+    use crate::ops::overview::{ClusterOverview, Totals, TrustedCertificate};
     use crate::ops::status::RemoteMemberStatus;
 
     #[test]
@@ -545,6 +546,7 @@ mod tests {
                     elsewhere: vec![],
                 },
             ],
+            totals: Totals { rooms: 2, members: 2, elsewhere: 1, expiring: 1 },
             expiring_within_days: 30,
             expiring: vec![CertificateStatus {
                 subject: "CN=gateway,O=Test".into(),
@@ -617,6 +619,8 @@ mod tests {
         let room = overview.rooms.remove(0);
         overview.rooms =
             (0..MAX_ROWS + 5).map(|i| RoomStatus { id: format!("r{i}"), ..room.clone() }).collect();
+        let n = overview.rooms.len();
+        overview.totals = Totals { rooms: n, members: 2 * n, elsewhere: n, expiring: 0 };
         let page = page(&overview);
         assert!(
             page.contains(
@@ -625,7 +629,7 @@ mod tests {
         );
         assert!(page.contains(r#"<p id="cluster" class="cluster">single node</p>"#));
         assert!(page.contains(r#"<td class="empty" colspan="7">none</td>"#), "{page}");
-        assert!(page.contains("1,000 of 2,010 rows shown; /v1/overview has them all"));
+        assert!(page.contains("1,000 of 2,010 rows shown; /v1/rooms and /v1/certificates have them all"));
         assert!(page.contains("1,000 of 1,005 rows shown"));
         assert!(page.contains(r#"rowspan="2">r499</td>"#), "two rows a room, a thousand rows");
         assert!(!page.contains(r#"rowspan="2">r500</td>"#), "two rows a room, a thousand rows");

@@ -31,14 +31,35 @@ pub struct Overview {
     pub cluster: Option<ClusterOverview>,
     /// The main counters, for totals and (between two reads) rates.
     pub counters: Counters,
-    /// Every room with its members.
+    /// The rooms with their members, by id: the first [`SHOWN`] (`/v1/rooms` has them all).
     pub rooms: Vec<RoomStatus>,
+    /// How many rooms and members there are, shown or not.
+    pub totals: Totals,
     /// The window of [`Overview::expiring`], in days (`tls.expiry_warning`).
     pub expiring_within_days: u64,
-    /// Client certificates that expire within the window, soonest first.
+    /// Client certificates that expire within the window, soonest first: the first [`SHOWN`]
+    /// (`/v1/certificates` has them all).
     pub expiring: Vec<CertificateStatus>,
     /// The proxy's own certificate and the trusted CAs.
     pub trust: Vec<TrustedCertificate>,
+}
+
+/// Rooms, and certificates about to expire, an overview carries at most: the console shows
+/// no more, and the script reads the overview every few seconds from nodes that may hold tens
+/// of thousands of members.
+pub const SHOWN: usize = 1000;
+
+/// How many rooms, members and certificates there are, shown or not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Rooms.
+    pub rooms: usize,
+    /// Members on this node.
+    pub members: usize,
+    /// Members of this node's rooms on other nodes.
+    pub elsewhere: usize,
+    /// Client certificates expiring within the window.
+    pub expiring: usize,
 }
 
 /// The cluster as this node sees it.
@@ -136,6 +157,7 @@ impl Overview {
             })
             .collect();
         let readiness = readiness(shared);
+        let (rooms, expiring, totals) = shown(rooms, expiring);
         Overview {
             version: env!("CARGO_PKG_VERSION").into(),
             node: shared.hub.nodes.node().to_string(),
@@ -145,11 +167,28 @@ impl Overview {
             cluster,
             counters: Counters::of(&shared.metrics),
             rooms,
+            totals,
             expiring_within_days: window.as_secs() / 86_400,
             expiring,
             trust,
         }
     }
+}
+
+/// The first [`SHOWN`] rooms and certificates, and the totals of all of them.
+fn shown(
+    mut rooms: Vec<RoomStatus>,
+    mut expiring: Vec<CertificateStatus>,
+) -> (Vec<RoomStatus>, Vec<CertificateStatus>, Totals) {
+    let totals = Totals {
+        rooms: rooms.len(),
+        members: rooms.iter().map(|r| r.members.len()).sum(),
+        elsewhere: rooms.iter().map(|r| r.elsewhere.len()).sum(),
+        expiring: expiring.len(),
+    };
+    rooms.truncate(SHOWN);
+    expiring.truncate(SHOWN);
+    (rooms, expiring, totals)
 }
 
 impl Counters {
@@ -172,5 +211,45 @@ impl Counters {
             conn_errors: m.conn_errors_total(),
             slow_consumers: Metrics::get(&m.slow_consumers),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::status::RemoteMemberStatus;
+
+    #[test]
+    fn a_large_node_is_carried_in_part_and_counted_whole() {
+        let member = RemoteMemberStatus {
+            node: "b".into(),
+            fingerprint: "AB".into(),
+            peer_class: None,
+            peer_id: None,
+        };
+        let room = |i: usize| RoomStatus {
+            id: format!("r{i:05}"),
+            held_messages: 0,
+            held_bytes: 0,
+            members: Vec::new(),
+            elsewhere: vec![member.clone()],
+        };
+        let certificate = CertificateStatus {
+            subject: "CN=x".into(),
+            serial: "01".into(),
+            fingerprint: "CD".into(),
+            not_after: 0,
+            rooms: Vec::new(),
+            last_seen: 0,
+            connected: false,
+        };
+        let (rooms, expiring, totals) =
+            shown((0..SHOWN + 7).map(room).collect(), vec![certificate; SHOWN + 1]);
+        assert_eq!((rooms.len(), expiring.len()), (SHOWN, SHOWN));
+        assert_eq!(rooms.last().map(|r| r.id.as_str()), Some("r00999"), "the first ones, in order");
+        assert_eq!(
+            totals,
+            Totals { rooms: SHOWN + 7, members: 0, elsewhere: SHOWN + 7, expiring: SHOWN + 1 }
+        );
     }
 }

@@ -109,7 +109,7 @@
     if (total === 0) {
       body.append(row([spanning(cell(table.dataset.empty, null, "empty"), columns)]));
     } else if (shown < total) {
-      const note = `${count(shown)} of ${count(total)} rows shown; /v1/overview has them all`;
+      const note = `${count(shown)} of ${count(total)} rows shown; /v1/rooms and /v1/certificates have them all`;
       body.append(row([spanning(cell(note, null, "more"), columns)]));
     }
     table.tBodies[0].replaceWith(body);
@@ -194,13 +194,14 @@
     readiness.className = o.ready ? "state ok" : "state bad";
     text("cluster", clusterLine(o.cluster));
     counters(o, seconds);
-    const members = o.rooms.reduce((sum, r) => sum + r.members.length, 0);
-    const remote = o.rooms.reduce((sum, r) => sum + (r.elsewhere || []).length, 0);
-    const roomRowCount = o.rooms.reduce((sum, r) => sum + Math.max(r.members.length, 1), 0);
+    // The overview carries the first rooms only; its totals count them all.
+    const t = o.totals;
+    const roomRowCount = o.rooms.reduce((sum, r) => sum + Math.max(r.members.length, 1), 0)
+      + Math.max(t.rooms - o.rooms.length, 0);
     text("rooms-summary",
-      `${count(o.rooms.length)} rooms · ${count(members)} members here · ${count(remote)} on other nodes`);
+      `${count(t.rooms)} rooms · ${count(t.members)} members here · ${count(t.elsewhere)} on other nodes`);
     fill("rooms", roomRows(o), roomRowCount);
-    fill("elsewhere", remoteRows(o), remote);
+    fill("elsewhere", remoteRows(o), t.elsewhere);
     text("window", String(o.expiring_within_days));
     fill("expiring", o.expiring.map((c) => row([
       cell(c.subject),
@@ -210,7 +211,7 @@
       cell(c.rooms.join(", ")),
       cell(utc(c.last_seen), null, "time"),
       cell(c.connected ? "yes" : "no"),
-    ])), o.expiring.length);
+    ])), t.expiring);
     fill("trust", o.trust.map((c) => row([
       cell(c.role),
       cell(c.subject),
