@@ -5,7 +5,8 @@
 //!   `handshake_timeout`, then the member's life (`rooms/member.rs`);
 //! - `tls.rs`: the mutual-TLS server configuration and why a handshake failed; `tickets.rs`:
 //!   the session tickets that let a device resume its TLS session; `tls_stream.rs`: TLS over
-//!   the socket, holding no buffer an idle connection does not use;
+//!   the socket, holding no buffer an idle connection does not use (`outgoing.rs`: its
+//!   encrypted bytes waiting for the socket);
 //! - `upgrade.rs`: reading the HTTP upgrade request and answering it;
 //! - `admission.rs`: whether an upgrade may go ahead, using `acl.rs` (the rules),
 //!   `auth_hook.rs` (the operator's HTTP service), `slots.rs` (per-key connection counts) and
@@ -24,6 +25,7 @@ pub(crate) mod connection;
 pub(crate) mod expiry;
 pub(crate) mod gate;
 pub(crate) mod listener;
+pub(crate) mod outgoing;
 pub(crate) mod same_identity;
 pub(crate) mod slots;
 pub(crate) mod tickets;
