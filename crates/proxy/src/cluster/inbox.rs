@@ -4,26 +4,40 @@
 
 use tracing::debug;
 
-use super::wire::RoomNote;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::wire::{FrameNote, RoomNote};
 use crate::error::Close;
 use crate::metrics::FrameKind;
 use crate::rooms::elsewhere::send_held;
 use crate::rooms::fanout::{self, Sender};
 use crate::rooms::hub::Hub;
+use crate::rooms::id::ConnId;
+
+/// Delivers a member's frame from another node (read in place, `wire.rs`) to the local
+/// members of its room.
+pub(crate) async fn frame(hub: &Hub, note: FrameNote) {
+    to_room(hub, note.room.as_str(), note.origin.as_str(), note.conn, note.frame).await;
+}
+
+/// Queues `frame`, from member `conn` on node `origin`, to the local members of `room`.
+async fn to_room(hub: &Hub, room: &str, origin: &str, conn: ConnId, frame: Message) {
+    let Some(room) = hub.registry.room(room) else {
+        debug!(room, origin, conn = %conn, "frame for a room with no member here");
+        return;
+    };
+    let receivers = room.local_mailboxes();
+    let flow = hub.metrics.relayed.of(FrameKind::of(&frame));
+    flow.add(receivers.len() as u64, (frame.len() * receivers.len()) as u64);
+    fanout::deliver_all(hub, &receivers, frame, Sender::OtherNode).await;
+}
 
 /// Carries out a note from another node. Nothing here waits: a local member that does not
 /// keep up is closed (see `rooms/fanout.rs`), and the node's inbox goes on.
 pub(crate) async fn apply(hub: &Hub, note: RoomNote) {
     match note {
         RoomNote::Frame { room, origin, conn, frame } => {
-            let Some(room) = hub.registry.room(room.as_str()) else {
-                debug!(room = %room, origin = %origin, conn = %conn, "frame for a room with no member here");
-                return;
-            };
-            let receivers = room.local_mailboxes();
-            let flow = hub.metrics.relayed.of(FrameKind::of(&frame));
-            flow.add(receivers.len() as u64, (frame.len() * receivers.len()) as u64);
-            fanout::deliver_all(hub, &receivers, frame, Sender::OtherNode).await;
+            to_room(hub, room.as_str(), origin.as_str(), conn, frame).await;
         }
         RoomNote::Joined { room, card } => {
             let Some(room) = hub.registry.room(room.as_str()) else { return };

@@ -35,7 +35,9 @@ use super::link::{Link, MAX_BACKOFF};
 use super::loss::{self, Loss, Numbers};
 use super::presence::{Joining, Store};
 use super::view::new_view;
-use super::wire::{Note, Packet, RoomNote, encode_card, encode_packet, field, is_single_note, key_of_field};
+use super::wire::{
+    FrameNote, Note, Packet, RoomNote, encode_card, encode_packet, field, is_single_note, key_of_field,
+};
 use crate::config::{ClusterConfig, redacted_url};
 use crate::error::{Error, Result};
 use crate::identity::Fingerprint;
@@ -345,6 +347,12 @@ impl RedisBackplane {
 
     /// Carries out one note from another node.
     async fn carry_out(self: &Arc<Self>, hub: &Arc<Hub>, note: Bytes) {
+        // Frames, the most of them, are read in place.
+        match FrameNote::read(&note) {
+            Some(Ok(frame)) => return inbox::frame(hub, frame).await,
+            Some(Err(e)) => return warn!(error = %e, "malformed note in the inbox: dropped"),
+            None => {}
+        }
         match Note::decode(note) {
             Ok(Note::Probe { room, conn, from, probe, newcomer, timeout_ms }) => {
                 self.answer_probe(hub, room, conn, from, probe, newcomer, timeout_ms);

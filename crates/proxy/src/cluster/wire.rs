@@ -9,7 +9,7 @@
 //! Redis is logged and dropped, never trusted.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::identity::Fingerprint;
 use crate::rooms::id::{ConnId, InvalidRoomId, NodeId, PeerName, RoomId};
@@ -191,6 +191,33 @@ pub(crate) fn encode_packet(origin: &NodeId, seq: u64, notes: &[Bytes]) -> Bytes
     out.freeze()
 }
 
+/// A member's frame from another node, read in place: its room and origin node are slices of
+/// the note's bytes, as is the frame's payload. Most notes are frames, and reading one so
+/// allocates nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FrameNote {
+    pub(crate) room: Utf8Bytes,
+    pub(crate) origin: Utf8Bytes,
+    pub(crate) conn: ConnId,
+    pub(crate) frame: Message,
+}
+
+impl FrameNote {
+    /// `None` when `note` is not a frame note; else the frame, or what is wrong with it.
+    pub(crate) fn read(note: &Bytes) -> Option<Result<Self, WireError>> {
+        if note.get(..2) != Some(&[VERSION, FRAME][..]) {
+            return None;
+        }
+        let mut r = Reader(note.slice(2..));
+        let read = (|| {
+            let frame = FrameNote { room: r.text()?, origin: r.text()?, conn: r.conn()?, frame: r.frame()? };
+            r.end()?;
+            Ok(frame)
+        })();
+        Some(read)
+    }
+}
+
 /// Whether `bytes` is a note alone, as a node of the version before packets publishes it.
 pub(crate) fn is_single_note(bytes: &[u8]) -> bool {
     bytes.first() == Some(&VERSION)
@@ -327,6 +354,10 @@ impl Reader {
         Ok(self.0.split_to(len))
     }
 
+    fn text(&mut self) -> Result<Utf8Bytes, WireError> {
+        Utf8Bytes::try_from(self.bytes()?).map_err(|_| WireError::Utf8)
+    }
+
     fn str(&mut self) -> Result<String, WireError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| WireError::Utf8)
     }
@@ -363,11 +394,7 @@ impl Reader {
         let tag = self.u8()?;
         let payload = self.bytes()?;
         match tag {
-            TEXT => {
-                let text = tokio_tungstenite::tungstenite::Utf8Bytes::try_from(payload)
-                    .map_err(|_| WireError::Utf8)?;
-                Ok(Message::Text(text))
-            }
+            TEXT => Ok(Message::Text(Utf8Bytes::try_from(payload).map_err(|_| WireError::Utf8)?)),
             BINARY => Ok(Message::Binary(payload)),
             tag => Err(WireError::Tag(tag)),
         }
@@ -481,6 +508,37 @@ mod tests {
         let at = huge_count.len() - 4;
         huge_count[at..].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(Packet::decode(huge_count.into()), Err(WireError::Truncated));
+    }
+
+    #[test]
+    fn frame_notes_are_read_in_place() {
+        let note = Note::Room(RoomNote::Frame {
+            room: room("gw/1"),
+            origin: node("a-1"),
+            conn: ConnId::from_wire(7),
+            frame: Message::text("héllo"),
+        })
+        .encode();
+        let frame = FrameNote::read(&note).unwrap().unwrap();
+        assert_eq!(
+            (frame.room.as_str(), frame.origin.as_str(), frame.conn),
+            ("gw/1", "a-1", ConnId::from_wire(7))
+        );
+        assert_eq!(frame.frame, Message::text("héllo"));
+        let inside = |s: &str| note.as_ptr_range().contains(&s.as_ptr());
+        assert!(
+            inside(frame.room.as_str()) && inside(frame.origin.as_str()),
+            "slices of the note, not copies"
+        );
+        let joined = Note::Room(RoomNote::Joined { room: room("gw/1"), card: card() }).encode();
+        assert!(FrameNote::read(&joined).is_none(), "only frames");
+        for cut in 2..note.len() {
+            assert!(FrameNote::read(&note.slice(..cut)).unwrap().is_err(), "cut at {cut}");
+        }
+        let mut bad = note.to_vec();
+        let last = bad.len() - 1;
+        bad[last] = 0xff;
+        assert_eq!(FrameNote::read(&bad.into()), Some(Err(WireError::Utf8)));
     }
 
     #[test]
