@@ -21,13 +21,13 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::{digest, hkdf, rand};
 use rustls::server::ProducesTickets;
 
 use crate::error::{Error, Result};
+use crate::identity::unix_now;
 
 const VERSION: u8 = 1;
 /// Version and period: the additional data.
@@ -247,7 +247,7 @@ impl fmt::Debug for Tickets {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    u64::try_from(unix_now()).unwrap_or(0)
 }
 
 fn error(path: &Path, reason: &str) -> Error {

@@ -28,7 +28,7 @@ use super::room::{Certificates, Member, Room};
 use super::websocket::{Frames, ReadError};
 use super::writer::write_loop;
 use crate::error::Close;
-use crate::identity::PeerIdentity;
+use crate::identity::{PeerIdentity, unix_now};
 use crate::metrics::Metrics;
 
 /// How long the writer gets to flush the close frame after the reader has finished.
@@ -320,8 +320,7 @@ impl Peer<'_> {
 /// The moment a certificate's notAfter (seconds since the Unix epoch) passes, on the clock
 /// timers use; now when it has passed already.
 fn instant_of(not_after: i64) -> time::Instant {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let left = u64::try_from(not_after).unwrap_or(0).saturating_sub(now);
+    let left = u64::try_from(not_after.saturating_sub(unix_now())).unwrap_or(0);
     let now = time::Instant::now();
     // A far-off notAfter only needs to stay far off; a hundred years cannot overflow the clock.
     now.checked_add(Duration::from_secs(left.min(100 * 365 * 86_400))).unwrap_or(now)

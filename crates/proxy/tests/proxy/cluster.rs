@@ -332,7 +332,8 @@ async fn killed_inbox_subscriptions_are_made_again() {
     }
     ready_becomes(&one, 200).await;
     ready_becomes(&two, 200).await;
-    // Three heartbeats later, neither node has found its inbox silent.
+    // Three heartbeats later, neither node has found its inbox silent: a window of the
+    // watchdog's own length to observe that nothing happens, not a wait for readiness.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for node in [&one, &two] {
         let metrics = node.admin("GET", "/metrics").await.1;
