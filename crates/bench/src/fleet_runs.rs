@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+use micronets_client::connect::Connector;
+
 use crate::fleet::{Fleet, Layout};
 use crate::peers::Identities;
-use crate::report::{Checkpoint, FleetFigures, ProcessFigures, Report, ResumptionFigures};
+use crate::report::{Checkpoint, FleetFigures, ProcessFigures, Report, ResumptionFigures, ResumptionRound};
 use crate::server::{self, cpu_per};
 use crate::stats::Delivery;
 
@@ -98,58 +100,88 @@ pub(crate) async fn idle_fleet(
 
 /// `connect --resume`: devices in rooms of two connect (full handshakes) until every room is
 /// whole, leave, then come back resuming their TLS sessions until every room is whole again.
-/// The server's CPU per connection for each: handshake, upgrade, HELLO and join, from the same
-/// run (the leaving in between is not counted).
+/// The server's CPU per connection for each: handshake, upgrade, HELLO and join (the leaving in
+/// between is not counted). Each of the `rounds` starts with fresh devices (no sessions), so
+/// its full and resumed phases are minutes apart at most and their ratio is taken in the same
+/// state of the machine.
 pub(crate) async fn connect_resume(
     ids: &Identities,
     urls: &[String],
     count: usize,
     concurrency: usize,
+    rounds: usize,
     pid: &[u32],
 ) -> Result<Report> {
     let layout = Layout { peers: count, offset: 0, source_ips: Vec::new(), tag: "resume" };
-    let devices = Fleet::devices(ids, urls, &layout)?;
-    let count = devices.len();
-    let round = || async {
-        let before = server::sample(pid)?;
-        let started = Instant::now();
-        let fleet = Fleet::start(&devices, concurrency, false);
-        let whole = fleet.wait_whole(started, started + Duration::from_secs(300)).await;
-        let after = server::sample(pid)?;
-        let elapsed = started.elapsed();
-        let handshakes = fleet.take_handshakes();
-        fleet.stop();
-        if whole < count / 2 {
-            bail!("only {whole} of {} rooms whole", count / 2);
+    let (mut figures, mut elapsed, mut resumed, mut first) = (Vec::new(), Duration::ZERO, 0, None);
+    let mut devices = 0;
+    for _ in 0..rounds.max(1) {
+        let fleet = Fleet::devices(ids, urls, &layout)?;
+        devices = fleet.len();
+        let full = phase(&fleet, concurrency, pid).await?;
+        let again = phase(&fleet, concurrency, pid).await?;
+        first.get_or_insert(full.elapsed);
+        elapsed += full.elapsed + again.elapsed;
+        resumed += again.resumed;
+        if let (Some((full_us, kernel_full_us)), Some((resumed_us, kernel_resumed_us))) =
+            (full.cpu, again.cpu)
+        {
+            figures.push(ResumptionRound { full_us, resumed_us, kernel_full_us, kernel_resumed_us });
         }
-        settle(pid).await?;
-        let kernel =
-            before.zip(after).map(|(b, a)| (a.kernel_seconds - b.kernel_seconds) * 1e6 / count as f64);
-        let cpu = cpu_per(before, after, count as u64);
-        anyhow::Ok((elapsed, handshakes.get("resumed").copied().unwrap_or(0) as usize, cpu.zip(kernel)))
-    };
-    let (full_elapsed, _, full) = round().await?;
-    let (resumed_elapsed, resumed, again) = round().await?;
-    let full_cpu = full.map(|(cpu, _)| cpu);
-    let figures = full.zip(again).map(|((full, full_kernel), (again, again_kernel))| ResumptionFigures {
-        server_cpu_us_per_full: full,
-        server_cpu_us_per_resumed: again,
-        resumed_to_full: if full > 0.0 { again / full } else { 0.0 },
-        server_kernel_us_per_full: full_kernel,
-        server_kernel_us_per_resumed: again_kernel,
-        resumed,
-        attempted: count,
-    });
-    let elapsed = full_elapsed + resumed_elapsed;
+    }
+    let attempted = devices * rounds.max(1);
+    let resumption = (!figures.is_empty()).then(|| ResumptionFigures::of(figures, resumed, attempted));
+    let full_cpu = resumption.as_ref().map(|r| r.server_cpu_us_per_full);
     Ok(Report {
         scenario: "connect".into(),
-        params: serde_json::json!({"count": count, "concurrency": concurrency, "resume": true}),
+        params: serde_json::json!({"count": devices, "concurrency": concurrency, "resume": true, "rounds": rounds}),
         elapsed_s: elapsed.as_secs_f64(),
-        handshakes_per_sec: Some(2.0 * count as f64 / elapsed.as_secs_f64()),
+        handshakes_per_sec: Some(2.0 * attempted as f64 / elapsed.as_secs_f64()),
         server_cpu_us_per_handshake: full_cpu,
-        fleet: Some(FleetFigures { peers: count, resumption: figures, ..FleetFigures::default() }),
+        fleet: Some(FleetFigures {
+            peers: devices,
+            rooms: devices / 2,
+            rooms_whole: devices / 2,
+            cold_start_s: first.unwrap_or_default().as_secs_f64(),
+            resumption,
+            ..FleetFigures::default()
+        }),
         ..Report::default()
     })
+}
+
+/// One phase of a `connect --resume` round: `devices` connect until every room is whole, and
+/// leave.
+async fn phase(devices: &[Arc<Connector>], concurrency: usize, pid: &[u32]) -> Result<Phase> {
+    let count = devices.len();
+    let before = server::sample(pid)?;
+    let started = Instant::now();
+    let fleet = Fleet::start(devices, concurrency, false);
+    let whole = fleet.wait_whole(started, started + Duration::from_secs(300)).await;
+    let after = server::sample(pid)?;
+    let elapsed = started.elapsed();
+    let handshakes = fleet.take_handshakes();
+    fleet.stop();
+    if whole < count / 2 {
+        bail!("only {whole} of {} rooms whole", count / 2);
+    }
+    settle(pid).await?;
+    let kernel = before.zip(after).map(|(b, a)| (a.kernel_seconds - b.kernel_seconds) * 1e6 / count as f64);
+    let cpu = cpu_per(before, after, count as u64);
+    Ok(Phase {
+        elapsed,
+        resumed: handshakes.get("resumed").copied().unwrap_or(0) as usize,
+        cpu: cpu.zip(kernel),
+    })
+}
+
+/// What one phase of a `connect --resume` round measured.
+struct Phase {
+    elapsed: Duration,
+    /// Connections whose TLS session resumed.
+    resumed: usize,
+    /// The server's CPU per connection and the kernel's part of it, in microseconds.
+    cpu: Option<(f64, f64)>,
 }
 
 /// Waits until the server's CPU time stops moving (what it does when connections close is not

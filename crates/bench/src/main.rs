@@ -97,7 +97,8 @@ enum Scenario {
         window: u64,
     },
     /// N full mTLS handshakes + upgrade + HELLO, C at a time; with --resume, then N more that
-    /// resume the first ones' TLS sessions, and the server's CPU for each kind.
+    /// resume the first ones' TLS sessions, and the server's CPU for each kind, in R rounds
+    /// (each a full and a resumed phase: the ratio is taken round by round).
     Connect {
         #[arg(long, default_value_t = 1000)]
         count: usize,
@@ -105,6 +106,8 @@ enum Scenario {
         concurrency: usize,
         #[arg(long)]
         resume: bool,
+        #[arg(long, default_value_t = 1, requires = "resume")]
+        rounds: usize,
     },
     /// N idle peers in rooms of two, connected C at a time, every room whole; reports the
     /// server's RSS per peer at checkpoints and its CPU per connection.

@@ -109,18 +109,66 @@ pub(crate) struct RestartFigures {
     pub(crate) handshakes: BTreeMap<String, u64>,
 }
 
-/// Full handshakes next to resumed ones (`connect --resume`).
+/// Full handshakes next to resumed ones (`connect --resume`): the medians of the rounds.
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct ResumptionFigures {
     pub(crate) server_cpu_us_per_full: f64,
     pub(crate) server_cpu_us_per_resumed: f64,
+    /// The median of the rounds' ratios (each round's resumed over the same round's full).
     pub(crate) resumed_to_full: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ratio: Option<Spread>,
+    /// The same without the kernel's part: the relay's own work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) user_space_ratio: Option<Spread>,
     /// The kernel's part of each (TCP, the socket's reads and writes).
     pub(crate) server_kernel_us_per_full: f64,
     pub(crate) server_kernel_us_per_resumed: f64,
-    /// Reconnections that did resume, of those attempted.
+    /// Reconnections that did resume, of those attempted (all rounds).
     pub(crate) resumed: usize,
     pub(crate) attempted: usize,
+    pub(crate) rounds: Vec<ResumptionRound>,
+}
+
+/// One round of `connect --resume`: fresh devices connect with full handshakes, leave, and
+/// come back resuming; the server's CPU per connection of each phase, in microseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub(crate) struct ResumptionRound {
+    pub(crate) full_us: f64,
+    pub(crate) resumed_us: f64,
+    pub(crate) kernel_full_us: f64,
+    pub(crate) kernel_resumed_us: f64,
+}
+
+impl ResumptionFigures {
+    /// The figures of `rounds`, `resumed` of `attempted` reconnections having resumed.
+    pub(crate) fn of(rounds: Vec<ResumptionRound>, resumed: usize, attempted: usize) -> Self {
+        let median = |f: fn(&ResumptionRound) -> f64| {
+            Spread::of(&rounds.iter().map(f).collect::<Vec<_>>()).map_or(0.0, |s| s.median)
+        };
+        let ratio = Spread::of(
+            &rounds.iter().filter(|r| r.full_us > 0.0).map(|r| r.resumed_us / r.full_us).collect::<Vec<_>>(),
+        );
+        let user_space_ratio = Spread::of(
+            &rounds
+                .iter()
+                .filter(|r| r.full_us > r.kernel_full_us)
+                .map(|r| (r.resumed_us - r.kernel_resumed_us) / (r.full_us - r.kernel_full_us))
+                .collect::<Vec<_>>(),
+        );
+        ResumptionFigures {
+            server_cpu_us_per_full: median(|r| r.full_us),
+            server_cpu_us_per_resumed: median(|r| r.resumed_us),
+            resumed_to_full: ratio.map_or(0.0, |s| s.median),
+            ratio,
+            user_space_ratio,
+            server_kernel_us_per_full: median(|r| r.kernel_full_us),
+            server_kernel_us_per_resumed: median(|r| r.kernel_resumed_us),
+            resumed,
+            attempted,
+            rounds,
+        }
+    }
 }
 
 /// ws-proxy's figures next to the reference relay's, one pair per run, and their ratios.
@@ -154,6 +202,19 @@ pub(crate) struct Spread {
     pub(crate) median: f64,
     pub(crate) min: f64,
     pub(crate) max: f64,
+}
+
+impl Spread {
+    /// The median and range of `values`; `None` when there are none.
+    pub(crate) fn of(values: &[f64]) -> Option<Self> {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let (first, last) = (*sorted.first()?, *sorted.last()?);
+        let middle = sorted.len() / 2;
+        let median =
+            if sorted.len() % 2 == 1 { sorted[middle] } else { (sorted[middle - 1] + sorted[middle]) / 2.0 };
+        Some(Spread { median, min: first, max: last })
+    }
 }
 
 impl Comparison {
@@ -190,15 +251,7 @@ impl Figure {
         self.reference.push(reference);
         if reference > 0.0 {
             self.ratios.push(relay / reference);
-            let mut sorted = self.ratios.clone();
-            sorted.sort_by(f64::total_cmp);
-            let middle = sorted.len() / 2;
-            let median = if sorted.len() % 2 == 1 {
-                sorted[middle]
-            } else {
-                (sorted[middle - 1] + sorted[middle]) / 2.0
-            };
-            self.ratio = Some(Spread { median, min: sorted[0], max: sorted[sorted.len() - 1] });
+            self.ratio = Spread::of(&self.ratios);
         }
     }
 
@@ -327,18 +380,29 @@ impl FleetFigures {
             println!("  handshakes         {}", counts(&r.handshakes));
         }
         if let Some(r) = &self.resumption {
+            let spread = |s: Option<Spread>| {
+                s.map_or("-".into(), |s| format!("{:.2}x ({:.2}-{:.2}x)", s.median, s.min, s.max))
+            };
+            for (n, round) in r.rounds.iter().enumerate() {
+                println!(
+                    "  round {:<3}          {:.0} us full, {:.0} us resumed; kernel {:.0} / {:.0} us",
+                    n + 1,
+                    round.full_us,
+                    round.resumed_us,
+                    round.kernel_full_us,
+                    round.kernel_resumed_us
+                );
+            }
             println!(
-                "  server CPU         {:.0} us full, {:.0} us resumed ({:.2}x); {} of {} resumed",
-                r.server_cpu_us_per_full,
-                r.server_cpu_us_per_resumed,
-                r.resumed_to_full,
-                r.resumed,
-                r.attempted
+                "  server CPU         {:.0} us full, {:.0} us resumed (medians); {} of {} resumed",
+                r.server_cpu_us_per_full, r.server_cpu_us_per_resumed, r.resumed, r.attempted
             );
             println!(
                 "  of which kernel    {:.0} us full, {:.0} us resumed",
                 r.server_kernel_us_per_full, r.server_kernel_us_per_resumed
             );
+            println!("  resumed / full     {} median of {} round(s)", spread(r.ratio), r.rounds.len());
+            println!("  user space only    {}", spread(r.user_space_ratio));
         }
     }
 }

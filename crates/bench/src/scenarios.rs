@@ -86,11 +86,11 @@ async fn run_on(ids: &Identities, target: &Target, scenario: &Scenario, pid: &[u
             let after = server::sample(pid)?;
             Ok(throughput_report("fanout", params, elapsed, size, vec![result], before, after))
         }
-        Scenario::Connect { count, concurrency, resume: true } => {
+        Scenario::Connect { count, concurrency, resume: true, rounds } => {
             let Target::Relay(urls) = target else { bail!("connect --resume needs the relay") };
-            connect_resume(ids, urls, count, concurrency, pid).await
+            connect_resume(ids, urls, count, concurrency, rounds, pid).await
         }
-        Scenario::Connect { count, concurrency, resume: false } => {
+        Scenario::Connect { count, concurrency, resume: false, .. } => {
             let params = serde_json::json!({"count": count, "concurrency": concurrency});
             let before = server::sample(pid)?;
             let started = Instant::now();

@@ -111,10 +111,20 @@ fn connect_resume_reports_full_and_resumed_handshakes() {
     let relay = Relay::start(&relay_config(dir.path(), &pki, port), port);
     let url = format!("wss://localhost:{port}/micronets/v1/ws-proxy/");
     let pid = relay.0.id().to_string();
-    let report = bench(&pki, &url, &["--server-pid", &pid, "connect", "--count", "40", "--resume"]);
+    let report =
+        bench(&pki, &url, &["--server-pid", &pid, "connect", "--count", "40", "--resume", "--rounds", "2"]);
     let resumption = &report["fleet"]["resumption"];
-    assert_eq!(resumption["resumed"].as_u64(), Some(40), "every second connection resumes: {report}");
-    assert!(resumption["resumed_to_full"].is_number(), "{report}");
+    assert_eq!(
+        (resumption["resumed"].as_u64(), resumption["attempted"].as_u64()),
+        (Some(80), Some(80)),
+        "each round's second phase resumes every session: {report}"
+    );
+    assert_eq!(resumption["rounds"].as_array().map(Vec::len), Some(2), "{report}");
+    let ratio = &resumption["ratio"];
+    assert!(ratio["median"].as_f64().is_some_and(|m| m > 0.0), "{report}");
+    assert!(ratio["min"].as_f64() <= ratio["median"].as_f64(), "{report}");
+    assert!(ratio["median"].as_f64() <= ratio["max"].as_f64(), "{report}");
+    assert_eq!(resumption["resumed_to_full"], ratio["median"], "{report}");
 }
 
 #[test]

@@ -21,6 +21,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 
+use rustls::ProtocolVersion;
 use rustls::server::{ServerConfig, ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError, UnbufferedStatus,
@@ -65,6 +66,11 @@ pub(crate) struct TlsStream {
     closing: bool,
     /// rustls met an error: the session is over, only its alert may still go out.
     failed: bool,
+    /// The TLS 1.3 session tickets issued at the end of the handshake wait in `outgoing` for
+    /// the first write (the upgrade's answer), so that they share its segment: one write and
+    /// one wake-up of the peer fewer per connection. Nothing the client waits for is held: in
+    /// TLS 1.3 the server's Finished went before the client's.
+    holding: bool,
 }
 
 /// After one state of the session.
@@ -93,6 +99,7 @@ pub(crate) async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Res
         peer_closed: false,
         closing: false,
         failed: false,
+        holding: false,
     };
     std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
     Ok(stream)
@@ -112,6 +119,10 @@ impl TlsStream {
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
+            if !self.conn.is_handshaking() && self.conn.protocol_version() == Some(ProtocolVersion::TLSv1_3) {
+                self.holding = self.queued() > 0;
+                return Poll::Ready(Ok(()));
+            }
             while self.queued() > 0 {
                 ready!(self.poll_send(cx))?;
             }
@@ -157,12 +168,14 @@ impl TlsStream {
     }
 
     /// Reads what the socket has and runs rustls over it; decrypted bytes go to `read` while it
-    /// has room, and wait in `plain` otherwise. Returns how many bytes the socket gave (0 at
-    /// its end).
+    /// has room, and wait in `plain` otherwise. What rustls has to send then (a key update) is
+    /// offered to the socket on the reader's way (`read` is given), and left to the caller in
+    /// the handshake. Returns how many bytes the socket gave (0 at its end).
     fn poll_fill(&mut self, cx: &mut Context<'_>, read: Option<&mut ReadBuf<'_>>) -> Poll<io::Result<usize>> {
         if self.failed {
             return Poll::Ready(Err(session_failed()));
         }
+        let offer = read.is_some() && !self.holding;
         let TlsStream { tcp, conn, incoming, outgoing, plain, peer_closed, .. } = self;
         let mut out = Out { outgoing, plain, read, peer_closed };
         let (arrived, result) = if incoming.is_empty() {
@@ -192,7 +205,9 @@ impl TlsStream {
                 "TLS: a handshake message over 64 KiB",
             )));
         }
-        self.offer()?;
+        if offer {
+            self.offer()?;
+        }
         Poll::Ready(Ok(arrived))
     }
 
@@ -226,6 +241,7 @@ impl TlsStream {
         if self.failed {
             return Err(session_failed());
         }
+        self.holding = false;
         loop {
             let TlsStream { conn, incoming, outgoing, plain, peer_closed, .. } = self;
             let UnbufferedStatus { discard, state } = conn.process_tls_records(incoming);
@@ -654,7 +670,8 @@ mod tests {
         let (_dir, pki) = pki();
         for versions in [&[&rustls::version::TLS13], &[&rustls::version::TLS12]] {
             let Pair { mut server, mut client } = pair(&pki, versions).await;
-            assert!(holds_no_buffer(&server), "after the handshake");
+            let tls13 = versions[0] == &rustls::version::TLS13;
+            assert!(holds_no_buffer(&server) || (tls13 && server.holding), "after the handshake");
             let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
             let sent = data.clone();
             let writer = tokio::spawn(async move {
@@ -691,6 +708,45 @@ mod tests {
                 assert_eq!(&ping, b"ping");
             }
             assert!(holds_no_buffer(&server), "drained: {versions:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn tls13_tickets_wait_for_the_first_write_and_resume_the_next_session() {
+        let (_dir, pki) = pki();
+        let config = FileConfig::dev(&pki).into_config(&Overrides::default()).unwrap();
+        let server_config = crate::edge::tls::server_config(&config).unwrap();
+        let client_config = client_config(&pki, &[&rustls::version::TLS13], true);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for round in ["full", "resumed"] {
+            let (accepted, tcp) = tokio::join!(listener.accept(), TcpStream::connect(addr));
+            let connector = tokio_rustls::TlsConnector::from(Arc::clone(&client_config));
+            let name = ServerName::try_from("localhost").unwrap();
+            let (server, client) = tokio::join!(
+                accept(Arc::clone(&server_config), accepted.unwrap().0),
+                connector.connect(name, tcp.unwrap())
+            );
+            let (mut server, mut client) = (server.unwrap(), client.unwrap());
+            let kind = server.session().handshake_kind();
+            let expected =
+                if round == "full" { rustls::HandshakeKind::Full } else { rustls::HandshakeKind::Resumed };
+            assert_eq!(kind, Some(expected), "{round}");
+            assert!(server.holding && server.queued() > 0, "{round}: the tickets are held");
+            // Loopback delivers a write before it returns: had the tickets been sent, they
+            // would be waiting in the client's socket now.
+            let mut peek = [0u8; 1];
+            let waiting = client.get_ref().0.try_read(&mut peek);
+            assert!(
+                matches!(&waiting, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "{round}: nothing sent before the first write: {waiting:?}"
+            );
+            server.write_all(b"HTTP/1.1 101").await.unwrap();
+            server.flush().await.unwrap();
+            assert!(!server.holding && holds_no_buffer(&server), "{round}: all sent");
+            let mut answer = [0u8; 12];
+            client.read_exact(&mut answer).await.unwrap();
+            assert_eq!(&answer, b"HTTP/1.1 101");
         }
     }
 
