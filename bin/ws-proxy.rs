@@ -65,7 +65,10 @@ fn serve(config: Option<PathBuf>, dev: bool, overrides: &Overrides) -> ExitCode 
             return ExitCode::from(FAILURE);
         }
     };
-    runtime.block_on(daemon::run(proxy, |addr, config| {
+    // The daemon runs as a task, on the runtime's workers: run by `block_on` itself, the
+    // accept loop and the cluster's publisher and inbox would live on the main thread, and
+    // every hand-off between them and the members' tasks would be a switch between threads.
+    let daemon = runtime.spawn(daemon::run(proxy, move |addr, config| {
         if dev {
             let url = format!("wss://{addr}{}gw/gateway", config.path_prefix);
             let pki = daemon::DEV_PKI_DIR;
@@ -76,5 +79,12 @@ fn serve(config: Option<PathBuf>, dev: bool, overrides: &Overrides) -> ExitCode 
                 );
             }
         }
-    }))
+    }));
+    match runtime.block_on(daemon) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ws-proxy: the daemon's task failed: {e}");
+            ExitCode::from(FAILURE)
+        }
+    }
 }
