@@ -1,20 +1,23 @@
 //! The connections to Redis, for one server or a Redis Cluster.
 //!
-//! - One server (or Valkey): a connection manager (multiplexed, reconnecting) for commands,
-//!   and a dedicated pub/sub connection for the node's inbox, made again when it is lost.
+//! - One server (or Valkey): a connection manager (multiplexed, reconnecting) for presence,
+//!   and two connections of the node's own (`direct.rs`): one that publishes, one for the
+//!   node's inbox, each made again when it is lost.
 //! - A Redis Cluster: one cluster connection in RESP3 for commands, and sharded pub/sub
 //!   (`SSUBSCRIBE`, `SPUBLISH`), whose subscription the cluster client renews after a
 //!   reconnection or a resharding. Each room's keys share a hash slot (`{room}`), so its
 //!   scripts and pipelines run on one shard.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSubStream};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::TcpSettings;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, PushInfo, PushKind, RedisFuture, TlsCertificates, Value};
 use tokio::sync::{Mutex, MutexGuard, mpsc};
 
+use super::direct::{Dialer, Published, Publisher, Subscription};
 use super::error::BackplaneError;
 use crate::config::ClusterConfig;
 
@@ -23,7 +26,7 @@ pub(crate) const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_se
 
 /// How this node reaches Redis.
 pub(crate) enum Link {
-    Server { client: redis::Client, commands: ConnectionManager },
+    Server { commands: ConnectionManager, dialer: Arc<Dialer> },
     Cluster { commands: ClusterConnection, pushes: Mutex<mpsc::UnboundedReceiver<PushInfo>> },
 }
 
@@ -64,7 +67,7 @@ impl ConnectionLike for Commands {
 
 /// A subscription to the inbox: the payloads published to it.
 pub(crate) enum Inbox<'a> {
-    Server(PubSubStream),
+    Server(Subscription),
     Cluster(MutexGuard<'a, mpsc::UnboundedReceiver<PushInfo>>),
 }
 
@@ -72,9 +75,7 @@ impl Inbox<'_> {
     /// The next payload; `None` once the subscription is lost.
     pub(crate) async fn next(&mut self) -> Option<Bytes> {
         match self {
-            Inbox::Server(stream) => {
-                stream.next().await.map(|m| Bytes::copy_from_slice(m.get_payload_bytes()))
-            }
+            Inbox::Server(subscription) => subscription.next().await,
             Inbox::Cluster(pushes) => loop {
                 let push = pushes.recv().await?;
                 match push.kind {
@@ -131,7 +132,7 @@ impl Link {
                     builder = builder.certs(certificates());
                 }
                 let commands = builder.build()?.get_async_connection().await?;
-                Ok(Link::Cluster { commands, pushes: Mutex::new(rx) })
+                Ok::<_, BackplaneError>(Link::Cluster { commands, pushes: Mutex::new(rx) })
             } else {
                 let info = config.redis_url.as_str().into_connection_info()?.set_tcp_settings(tcp);
                 let client = match root {
@@ -143,7 +144,7 @@ impl Link {
                     .set_response_timeout(Some(timeout))
                     .set_max_delay(MAX_BACKOFF);
                 let commands = client.get_connection_manager_with_config(manager).await?;
-                Ok::<_, redis::RedisError>(Link::Server { client, commands })
+                Ok(Link::Server { commands, dialer: Arc::new(Dialer::new(config)?) })
             }
         };
         let link = tokio::time::timeout(timeout * 2, connecting)
@@ -164,11 +165,12 @@ impl Link {
         }
     }
 
-    /// The publish command: sharded on a Redis Cluster.
-    pub(crate) fn publish(&self) -> &'static str {
+    /// What publishes this node's packets: a connection of its own on one server, sharded
+    /// publishing through the cluster connection on a Redis Cluster.
+    pub(crate) fn outlet(&self) -> Outlet {
         match self {
-            Link::Server { .. } => "PUBLISH",
-            Link::Cluster { .. } => "SPUBLISH",
+            Link::Server { dialer, .. } => Outlet::Server(Publisher::new(Arc::clone(dialer))),
+            Link::Cluster { commands, .. } => Outlet::Cluster(commands.clone()),
         }
     }
 
@@ -176,19 +178,44 @@ impl Link {
     ///
     /// # Errors
     /// Redis's error.
-    pub(crate) async fn subscribe(&self, channel: &str) -> redis::RedisResult<Inbox<'_>> {
+    pub(crate) async fn subscribe(&self, channel: &str) -> Result<Inbox<'_>, BackplaneError> {
         match self {
-            Link::Server { client, .. } => {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(channel).await?;
-                Ok(Inbox::Server(pubsub.into_on_message()))
-            }
+            Link::Server { dialer, .. } => Ok(Inbox::Server(dialer.subscribe(channel).await?)),
             Link::Cluster { commands, pushes } => {
                 // The one reader of the cluster's pushes holds them while subscribed; the
                 // guard is given back when the subscription is made again.
                 let pushes = pushes.lock().await;
                 commands.clone().ssubscribe(channel).await?;
                 Ok(Inbox::Cluster(pushes))
+            }
+        }
+    }
+}
+
+/// Where the publisher sends its packets.
+pub(crate) enum Outlet {
+    Server(Publisher),
+    Cluster(ClusterConnection),
+}
+
+impl Outlet {
+    /// Publishes each packet to its channel (an inbox); what became of each, in order.
+    pub(crate) async fn publish(&mut self, packets: &[(String, Bytes)]) -> Vec<Published> {
+        match self {
+            Outlet::Server(publisher) => publisher.publish(packets).await,
+            Outlet::Cluster(commands) => {
+                let sends = packets.iter().map(|(channel, packet)| {
+                    let mut commands = commands.clone();
+                    async move {
+                        let publish = redis::cmd("SPUBLISH").arg(channel).arg(packet.as_ref()).to_owned();
+                        match publish.query_async::<u64>(&mut commands).await {
+                            Ok(n) => Published::Received(n),
+                            Err(e) if e.is_timeout() => Published::Unanswered(Arc::new(e.into())),
+                            Err(e) => Published::NotSent(Arc::new(e.into())),
+                        }
+                    }
+                });
+                futures_util::future::join_all(sends).await
             }
         }
     }

@@ -8,7 +8,8 @@
 //!   and inserted by one Lua script) and gives each node one inbox channel: a member's frame is
 //!   published once to each node that hosts another member of its room (`wire.rs` encodes the
 //!   notes and packs them, numbered, `link.rs` holds the connections, `loss.rs` tells members
-//!   of what was lost on the way).
+//!   of what was lost on the way; `direct.rs` and `resp.rs` are the node's own connections for
+//!   publishing and its inbox on a single Redis server).
 //! - `inbox.rs` turns the notes other nodes send into deliveries to local members, and
 //!   `view.rs` reconciles each room's view of its members elsewhere.
 //!
@@ -16,6 +17,7 @@
 //! frame, the hold buffer and the 409 check see the whole room without asking Redis per frame.
 
 pub(crate) mod backplane;
+mod direct;
 mod error;
 mod inbox;
 mod link;
@@ -23,5 +25,6 @@ pub(crate) mod local;
 mod loss;
 mod presence;
 pub(crate) mod redis;
+mod resp;
 mod view;
 mod wire;

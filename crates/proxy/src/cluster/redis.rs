@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::backplane::Backplane;
+use super::direct::Published;
 use super::error::BackplaneError;
 use super::inbox;
 use super::link::{Link, MAX_BACKOFF};
@@ -217,6 +218,7 @@ impl RedisBackplane {
     async fn publish(&self, hub: &Hub, mut outbox: mpsc::Receiver<(NodeId, Bytes)>) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut numbers: HashMap<NodeId, u64> = HashMap::new();
+        let mut outlet = self.link.outlet();
         while outbox.recv_many(&mut batch, BATCH).await > 0 {
             let mut by_node: Vec<(&NodeId, Vec<Bytes>)> = Vec::new();
             for (node, note) in &batch {
@@ -238,18 +240,15 @@ impl RedisBackplane {
                     (node, notes, packet)
                 })
                 .collect();
-            let sends = packets.into_iter().map(|(node, notes, packet)| async move {
-                let mut commands = self.link.commands();
-                let publish =
-                    redis::cmd(self.link.publish()).arg(self.inbox(node)).arg(packet.as_ref()).to_owned();
-                (node, notes, publish.query_async::<u64>(&mut commands).await)
-            });
-            for (node, notes, result) in futures_util::future::join_all(sends).await {
+            let sent: Vec<(String, Bytes)> =
+                packets.iter().map(|(node, _, packet)| (self.inbox(node), packet.clone())).collect();
+            let results = outlet.publish(&sent).await;
+            for ((node, notes, _), result) in packets.into_iter().zip(results) {
                 let n = notes.len() as u64;
-                match result {
+                let (error, loss) = match result {
                     // The heartbeat: whether it comes back is the inbox's to see.
-                    _ if *node == self.node && n == 0 => {}
-                    Ok(0) => {
+                    _ if *node == self.node && n == 0 => continue,
+                    Published::Received(0) => {
                         // No node was subscribed to receive it: its node is gone, or was
                         // between subscriptions.
                         self.lost.fetch_add(n, Ordering::Relaxed);
@@ -258,19 +257,20 @@ impl RedisBackplane {
                             let told = loss::tell_senders(hub, node, &notes, Loss::Certain).await;
                             self.notices.fetch_add(told, Ordering::Relaxed);
                         }
+                        continue;
                     }
-                    Ok(_) => {
+                    Published::Received(_) => {
                         self.published.fetch_add(n, Ordering::Relaxed);
+                        continue;
                     }
-                    Err(e) => {
-                        self.lost.fetch_add(n, Ordering::Relaxed);
-                        if n > 0 {
-                            warn!(error = %e, node = %node, notes = n, "cannot publish to another node: notes lost");
-                            let loss = if e.is_timeout() { Loss::Unconfirmed } else { Loss::Certain };
-                            let told = loss::tell_senders(hub, node, &notes, loss).await;
-                            self.notices.fetch_add(told, Ordering::Relaxed);
-                        }
-                    }
+                    Published::NotSent(e) => (e, Loss::Certain),
+                    Published::Unanswered(e) => (e, Loss::Unconfirmed),
+                };
+                self.lost.fetch_add(n, Ordering::Relaxed);
+                if n > 0 {
+                    warn!(error = %error, node = %node, notes = n, "cannot publish to another node: notes lost");
+                    let told = loss::tell_senders(hub, node, &notes, loss).await;
+                    self.notices.fetch_add(told, Ordering::Relaxed);
                 }
             }
             let bytes: usize = batch.iter().map(|(_, note)| note.len() + NOTE_OVERHEAD).sum();

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -145,7 +145,13 @@ impl AuthHook {
         let tls = if https {
             let name =
                 ServerName::try_from(host.clone()).map_err(|_| invalid("host is not a valid TLS name"))?;
-            Some((TlsConnector::from(client_tls(config.ca_file.as_deref())?), name))
+            Some((
+                TlsConnector::from(super::tls::client_config(
+                    config.ca_file.as_deref(),
+                    "auth_hook.ca_file",
+                )?),
+                name,
+            ))
         } else {
             None
         };
@@ -302,34 +308,6 @@ fn cache_key(subject: &Subject<'_>, headers: &[(HeaderName, HeaderValue)]) -> [u
     let mut key = [0u8; 32];
     key.copy_from_slice(digest.finish().as_ref());
     key
-}
-
-/// The client TLS configuration for an `https://` hook.
-fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>> {
-    let roots = match ca_file {
-        Some(path) => super::tls::trust(&[path])?,
-        None => {
-            let mut roots = rustls::RootCertStore::empty();
-            // The system store may hold certificates webpki cannot use; those are skipped.
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-            roots
-        }
-    };
-    if roots.is_empty() {
-        return Err(Error::Config {
-            key: "auth_hook.ca_file".into(),
-            reason: "no CA certificate to verify the hook with: set auth_hook.ca_file".into(),
-        });
-    }
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_protocol_versions(super::tls::VERSIONS)
-            .map_err(|e| Error::Config { key: "auth_hook.url".into(), reason: e.to_string() })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 /// Recent definite answers, oldest evicted first.

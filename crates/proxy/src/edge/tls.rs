@@ -301,6 +301,38 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(provider)
 }
 
+/// A TLS client configuration (for the authorization hook, for Redis over TLS): servers are
+/// verified against the CA bundle `ca_file`, or the system's CAs without it.
+///
+/// # Errors
+/// [`Error::Tls`] when `ca_file` cannot be read, [`Error::Config`] naming `key` when there is
+/// no CA to verify with.
+pub(crate) fn client_config(ca_file: Option<&Path>, key: &str) -> Result<Arc<rustls::ClientConfig>> {
+    let roots = match ca_file {
+        Some(path) => trust(&[path])?,
+        None => {
+            let mut roots = RootCertStore::empty();
+            // The system store may hold certificates webpki cannot use; those are skipped.
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            roots
+        }
+    };
+    if roots.is_empty() {
+        return Err(Error::Config {
+            key: key.into(),
+            reason: format!("no CA certificate to verify the server with: set {key}"),
+        });
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| Error::Config { key: key.into(), reason: e.to_string() })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The TLS versions the proxy speaks, as server and as client (of the authorization hook).
 pub(crate) const VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
