@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use crate::muting_relay::MutingRelay;
 use crate::redis_server::Redis;
 use crate::support::{Client, Live, Pki, TestProxy, WAIT, start, upgrade_request};
 
@@ -181,6 +182,34 @@ async fn what_a_lone_member_sent_is_held_for_a_peer_joining_on_another_node() {
     two.stop().await;
 }
 
+/// Nodes log in as an ACL user, over TCP and over the Unix socket, with the default user
+/// turned off: publishing, the inbox and presence all authenticate.
+#[tokio::test]
+async fn a_redis_with_users_is_reached_over_tcp_and_a_unix_socket() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    assert_eq!(redis.command("ACL SETUSER proxy on >s3cret-pass ~* &* +@all").await, "+OK");
+    assert_eq!(redis.command("ACL SETUSER default off").await, "+OK");
+    let settings = "node_id = \"{name}\"\npresence_ttl = \"2s\"\ncommand_timeout = \"500ms\"\n";
+    let tcp = format!("redis://proxy:s3cret-pass@127.0.0.1:{}", redis.port);
+    let unix = redis.socket_url("user=proxy&pass=s3cret-pass");
+    let one =
+        start(&pki, &format!("[cluster]\nredis_url = \"{tcp}\"\n{}", settings.replace("{name}", "one")))
+            .await;
+    let two =
+        start(&pki, &format!("[cluster]\nredis_url = \"{unix}\"\n{}", settings.replace("{name}", "two")))
+            .await;
+    let (mut manager, mut gateway) = across(&one, &two, "g").await;
+    for n in 1..=3 {
+        manager.send_text(&event(n)).await;
+        assert_eq!(message_id(&gateway.recv_text().await), n);
+        gateway.send_text(&event(100 + n)).await;
+        assert_eq!(message_id(&manager.recv_text().await), 100 + n);
+    }
+    one.stop().await;
+    two.stop().await;
+}
+
 #[tokio::test]
 async fn redis_unreachable_at_start_is_a_clear_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -342,6 +371,56 @@ async fn killed_inbox_subscriptions_are_made_again() {
             0.0,
             "{metrics}"
         );
+    }
+    one.stop().await;
+    two.stop().await;
+}
+
+/// An inbox subscription that stops delivering while its connection stays open (a relay
+/// drops what Redis sends it): the heartbeat finds the inbox silent, `/readyz` turns 503, the
+/// node subscribes again, and once the subscription delivers again frames cross again.
+#[tokio::test]
+async fn an_inbox_that_stops_delivering_is_found_silent_and_subscribed_again() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let relay = MutingRelay::start(redis.port).await;
+    let cluster = |name: &str| {
+        format!(
+            "[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\npresence_ttl = \"2s\"\ncommand_timeout = \"500ms\"\n",
+            relay.url()
+        )
+    };
+    let one = start(&pki, &cluster("one")).await;
+    let two = start(&pki, &cluster("two")).await;
+    let (mut manager, mut gateway) = across(&one, &two, "g").await;
+    relay.mute_subscriptions(true);
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    loop {
+        let metrics = one.admin("GET", "/metrics").await.1;
+        if crate::support::sample(&metrics, "ws_proxy_cluster_inbox_silences_total") >= 1.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the silent inbox was never noticed: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ready_becomes(&one, 503).await;
+    relay.mute_subscriptions(false);
+    ready_becomes(&one, 200).await;
+    ready_becomes(&two, 200).await;
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    let mut n = 0;
+    'again: loop {
+        n += 1;
+        manager.send_text(&event(n)).await;
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_millis(300), gateway.ws.next()).await
+        {
+            let text = frame.into_text().unwrap();
+            if serde_json::from_str::<Value>(&text).unwrap()["message"]["messageId"] == n {
+                break 'again;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "frames never crossed nodes again");
     }
     one.stop().await;
     two.stop().await;

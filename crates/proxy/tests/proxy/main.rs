@@ -8,6 +8,7 @@ mod cluster;
 mod console;
 mod handshake;
 mod identity;
+mod muting_relay;
 mod redis_server;
 mod relay;
 mod reload;

@@ -26,6 +26,9 @@ fn spawn(port: u16, dir: &std::path::Path, clustered: bool) -> Child {
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
         .arg(dir)
+        .arg("--unixsocket")
+        .arg(dir.join("redis.sock"))
+        .args(["--unixsocketperm", "700"])
         .stdout(Stdio::null());
     if clustered {
         command.args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{port}.conf")]);
@@ -69,6 +72,11 @@ impl Redis {
 
     pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's Unix socket, as a `redis+unix://` URL with `query`.
+    pub(crate) fn socket_url(&self, query: &str) -> String {
+        format!("redis+unix://{}?{query}", self.dir.path().join("redis.sock").display())
     }
 
     /// Sends one inline command and returns Redis's first reply line.
