@@ -87,11 +87,12 @@ pub(crate) async fn tell_missed(hub: &Hub, origin: &NodeId, missed: u64) -> u64 
         "frames from the members on node {origin} were lost on the way through the cluster ({missed} batches)"
     );
     let mut told = 0;
+    let mut receivers = Vec::new();
     for room in hub.registry.rooms() {
         if !room.remote_nodes().contains(origin) {
             continue;
         }
-        let receivers = room.local_mailboxes();
+        room.local_mailboxes(&mut receivers);
         receivers.iter().for_each(|_| hub.metrics.conn_error_sent(503));
         told += receivers.len() as u64;
         let notice = hub.replies.error(503, &reason, None);

@@ -46,6 +46,7 @@ use crate::metrics::ClusterTotals;
 use crate::rooms::elsewhere;
 use crate::rooms::hub::Hub;
 use crate::rooms::id::{ConnId, NodeId, RoomId};
+use crate::rooms::mailbox::Mailbox;
 use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
 use crate::rooms::registry::Space;
 use crate::rooms::remote::{Card, MayReplace, MemberKey, NewView};
@@ -220,41 +221,46 @@ impl RedisBackplane {
         let mut numbers: HashMap<NodeId, u64> = HashMap::new();
         let mut outlet = self.link.outlet();
         while outbox.recv_many(&mut batch, BATCH).await > 0 {
-            let mut by_node: Vec<(&NodeId, Vec<Bytes>)> = Vec::new();
-            for (node, note) in &batch {
-                let i = by_node.iter().position(|(n, _)| *n == node).unwrap_or_else(|| {
-                    by_node.push((node, Vec::new()));
-                    by_node.len() - 1
-                });
+            let count = batch.len();
+            let bytes: usize = batch.iter().map(|(_, note)| note.len() + NOTE_OVERHEAD).sum();
+            // The notes are moved, not cloned, on their way into the packets: a note's bytes
+            // stay the one buffer its encoding made (a clone would share it, at an allocation).
+            let mut by_node: Vec<(NodeId, Vec<Bytes>)> = Vec::new();
+            for (node, note) in batch.drain(..) {
+                let i = match by_node.iter().position(|(n, _)| *n == node) {
+                    Some(i) => i,
+                    None => {
+                        by_node.push((node, Vec::new()));
+                        by_node.len() - 1
+                    }
+                };
                 // An empty note is the heartbeat: a packet with no notes.
                 if !note.is_empty() {
-                    by_node[i].1.push(note.clone());
+                    by_node[i].1.push(note);
                 }
             }
-            let packets: Vec<(&NodeId, Vec<Bytes>, Bytes)> = by_node
-                .into_iter()
+            let sent: Vec<(String, Bytes)> = by_node
+                .iter()
                 .map(|(node, notes)| {
                     let number = numbers.entry(node.clone()).or_insert(0);
                     *number += 1;
-                    let packet = encode_packet(&self.node, *number, &notes);
-                    (node, notes, packet)
+                    (self.inbox(node), encode_packet(&self.node, *number, notes))
                 })
                 .collect();
-            let sent: Vec<(String, Bytes)> =
-                packets.iter().map(|(node, _, packet)| (self.inbox(node), packet.clone())).collect();
             let results = outlet.publish(&sent).await;
-            for ((node, notes, _), result) in packets.into_iter().zip(results) {
+            drop(sent);
+            for ((node, notes), result) in by_node.into_iter().zip(results) {
                 let n = notes.len() as u64;
                 let (error, loss) = match result {
                     // The heartbeat: whether it comes back is the inbox's to see.
-                    _ if *node == self.node && n == 0 => continue,
+                    _ if node == self.node && n == 0 => continue,
                     Published::Received(0) => {
                         // No node was subscribed to receive it: its node is gone, or was
                         // between subscriptions.
                         self.lost.fetch_add(n, Ordering::Relaxed);
                         if n > 0 {
                             debug!(node = %node, notes = n, "notes published to an inbox nobody listens on: lost");
-                            let told = loss::tell_senders(hub, node, &notes, Loss::Certain).await;
+                            let told = loss::tell_senders(hub, &node, &notes, Loss::Certain).await;
                             self.notices.fetch_add(told, Ordering::Relaxed);
                         }
                         continue;
@@ -269,16 +275,14 @@ impl RedisBackplane {
                 self.lost.fetch_add(n, Ordering::Relaxed);
                 if n > 0 {
                     warn!(error = %error, node = %node, notes = n, "cannot publish to another node: notes lost");
-                    let told = loss::tell_senders(hub, node, &notes, loss).await;
+                    let told = loss::tell_senders(hub, &node, &notes, loss).await;
                     self.notices.fetch_add(told, Ordering::Relaxed);
                 }
             }
-            let bytes: usize = batch.iter().map(|(_, note)| note.len() + NOTE_OVERHEAD).sum();
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            if self.queued_notes.fetch_sub(batch.len(), Ordering::AcqRel) == batch.len() {
+            if self.queued_notes.fetch_sub(count, Ordering::AcqRel) == count {
                 self.drained.notify_waiters();
             }
-            batch.clear();
         }
     }
 
@@ -290,6 +294,7 @@ impl RedisBackplane {
         // The last packet number from each node, across subscriptions: a gap while this node
         // was not subscribed is a gap too.
         let mut numbers = Numbers::default();
+        let mut receivers = Vec::new();
         loop {
             let subscribing =
                 tokio::time::timeout(self.config.command_timeout * 2, self.link.subscribe(&channel));
@@ -318,7 +323,7 @@ impl RedisBackplane {
                 let Some(payload) = payload else { break };
                 if is_single_note(&payload) {
                     // From a node of the earlier version: carried out, unnumbered.
-                    self.carry_out(hub, payload).await;
+                    self.carry_out(hub, payload, &mut receivers).await;
                     continue;
                 }
                 let packet = match Packet::decode(payload) {
@@ -337,7 +342,7 @@ impl RedisBackplane {
                     self.notices.fetch_add(told, Ordering::Relaxed);
                 }
                 for note in packet.notes {
-                    self.carry_out(hub, note).await;
+                    self.carry_out(hub, note, &mut receivers).await;
                 }
             }
             self.set(&self.subscribed, false);
@@ -346,10 +351,10 @@ impl RedisBackplane {
     }
 
     /// Carries out one note from another node.
-    async fn carry_out(self: &Arc<Self>, hub: &Arc<Hub>, note: Bytes) {
+    async fn carry_out(self: &Arc<Self>, hub: &Arc<Hub>, note: Bytes, receivers: &mut Vec<Mailbox>) {
         // Frames, the most of them, are read in place.
         match FrameNote::read(&note) {
-            Some(Ok(frame)) => return inbox::frame(hub, frame).await,
+            Some(Ok(frame)) => return inbox::frame(hub, frame, receivers).await,
             Some(Err(e)) => return warn!(error = %e, "malformed note in the inbox: dropped"),
             None => {}
         }
@@ -362,7 +367,7 @@ impl RedisBackplane {
                     let _ = waiter.send(alive);
                 }
             }
-            Ok(Note::Room(note)) => inbox::apply(hub, note).await,
+            Ok(Note::Room(note)) => inbox::apply(hub, note, receivers).await,
             Err(e) => warn!(error = %e, "malformed note in the inbox: dropped"),
         }
     }
@@ -479,9 +484,13 @@ impl RedisBackplane {
         if nodes.is_empty() {
             return;
         }
+        // The last node takes the encoding itself: one node, the usual case, costs no clone.
         let bytes = note.encode();
-        for node in nodes {
-            self.enqueue(node, bytes.clone());
+        if let Some((last, others)) = nodes.split_last() {
+            for node in others {
+                self.enqueue(node, bytes.clone());
+            }
+            self.enqueue(last, bytes);
         }
     }
 

@@ -422,9 +422,11 @@ impl Room {
         if state.hold.push(frame, sender, message_id, limits) { Route::Held } else { Route::HoldFull }
     }
 
-    /// The mailboxes of the members on this node.
-    pub(crate) fn local_mailboxes(&self) -> Vec<Mailbox> {
-        self.lock().mailboxes()
+    /// Puts the mailboxes of the members on this node in `into` (emptied first), whose
+    /// allocation the caller keeps from one call to the next.
+    pub(crate) fn local_mailboxes(&self, into: &mut Vec<Mailbox>) {
+        into.clear();
+        into.extend(self.lock().members.iter().map(|m| m.mailbox.clone()));
     }
 
     /// What `take` takes from each local member, under the room's lock.
