@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use micronets_message::{Header, MessageId};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::warn;
@@ -46,18 +45,18 @@ pub(crate) enum Loss {
     Unconfirmed,
 }
 
-/// Tells each local member whose frame is among `notes` (encoded) that it did not reach the
-/// members on `node`: a `CONN:ERROR` 503 in response to it. Returns how many were told.
-pub(crate) async fn tell_senders(hub: &Hub, node: &NodeId, notes: &[Bytes], loss: Loss) -> u64 {
+/// Tells each local member whose frame is among `notes` that it did not reach the members on
+/// `node`: a `CONN:ERROR` 503 in response to it. Returns how many were told.
+pub(crate) async fn tell_senders(hub: &Hub, node: &NodeId, notes: &[Note], loss: Loss) -> u64 {
     let mut told = 0;
     for note in notes {
-        let Ok(Note::Room(RoomNote::Frame { room, conn, frame, .. })) = Note::decode(note.clone()) else {
+        let Note::Room(RoomNote::Frame { room, conn, frame, .. }) = note else {
             continue;
         };
-        let Some((mailbox, _)) = hub.registry.room(room.as_str()).and_then(|r| r.local_member(conn)) else {
+        let Some((mailbox, _)) = hub.registry.room(room.as_str()).and_then(|r| r.local_member(*conn)) else {
             continue;
         };
-        let id = match &frame {
+        let id = match frame {
             Message::Text(text) => {
                 Header::parse(text.as_str()).ok().and_then(|h| h.message_id.map(MessageId::into_owned))
             }

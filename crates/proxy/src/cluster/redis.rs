@@ -65,6 +65,10 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long the inbox may stay without a heartbeat before it is subscribed again.
 pub(crate) const SILENCE: Duration = Duration::from_secs(3);
 
+/// A note in the outbox and the node it is for: as it is (it is encoded once, into its
+/// packet); `None` is the heartbeat.
+type Queued = (NodeId, Option<Note>);
+
 /// A local member, as this node keeps putting it in presence.
 struct Mine {
     room: RoomId,
@@ -78,9 +82,9 @@ pub(crate) struct RedisBackplane {
     config: ClusterConfig,
     link: Link,
     store: Store,
-    outbox: mpsc::Sender<(NodeId, Bytes)>,
+    outbox: mpsc::Sender<Queued>,
     /// Taken by the publisher when the node starts serving.
-    outbox_rx: Mutex<Option<mpsc::Receiver<(NodeId, Bytes)>>>,
+    outbox_rx: Mutex<Option<mpsc::Receiver<Queued>>>,
     /// Bytes queued in the outbox or being published (bounded by [`OUTBOX_BYTES`]).
     queued_bytes: AtomicUsize,
     /// Notes queued or being published, and its signal when it reaches zero.
@@ -199,7 +203,7 @@ impl RedisBackplane {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            self.enqueue(&self.node, Bytes::new());
+            self.enqueue(&self.node, None);
             let silent = self.elapsed_ms().saturating_sub(self.heard.load(Ordering::Relaxed));
             if self.subscribed.load(Ordering::Relaxed) && silent > SILENCE.as_millis() as u64 {
                 self.silences.fetch_add(1, Ordering::Relaxed);
@@ -216,16 +220,14 @@ impl RedisBackplane {
 
     /// Publishes queued notes in order, in batches: one numbered packet per receiving node,
     /// the packets of a batch at once. The members whose frames are lost are told.
-    async fn publish(&self, hub: &Hub, mut outbox: mpsc::Receiver<(NodeId, Bytes)>) {
+    async fn publish(&self, hub: &Hub, mut outbox: mpsc::Receiver<Queued>) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut numbers: HashMap<NodeId, u64> = HashMap::new();
         let mut outlet = self.link.outlet();
         while outbox.recv_many(&mut batch, BATCH).await > 0 {
             let count = batch.len();
-            let bytes: usize = batch.iter().map(|(_, note)| note.len() + NOTE_OVERHEAD).sum();
-            // The notes are moved, not cloned, on their way into the packets: a note's bytes
-            // stay the one buffer its encoding made (a clone would share it, at an allocation).
-            let mut by_node: Vec<(NodeId, Vec<Bytes>)> = Vec::new();
+            let bytes: usize = batch.iter().map(|(_, note)| cost(note.as_ref())).sum();
+            let mut by_node: Vec<(NodeId, Vec<Note>)> = Vec::new();
             for (node, note) in batch.drain(..) {
                 let i = match by_node.iter().position(|(n, _)| *n == node) {
                     Some(i) => i,
@@ -234,8 +236,8 @@ impl RedisBackplane {
                         by_node.len() - 1
                     }
                 };
-                // An empty note is the heartbeat: a packet with no notes.
-                if !note.is_empty() {
+                // The heartbeat is a packet with no notes.
+                if let Some(note) = note {
                     by_node[i].1.push(note);
                 }
             }
@@ -406,7 +408,7 @@ impl RedisBackplane {
                 }
                 None => false,
             };
-            this.send(std::slice::from_ref(&from), &Note::Probed { probe, alive });
+            this.send(std::slice::from_ref(&from), Note::Probed { probe, alive });
         });
     }
 
@@ -479,28 +481,24 @@ impl RedisBackplane {
 }
 
 impl RedisBackplane {
-    /// Queues a note to the inboxes of `nodes`, in that order.
-    fn send(&self, nodes: &[NodeId], note: &Note) {
-        if nodes.is_empty() {
-            return;
-        }
-        // The last node takes the encoding itself: one node, the usual case, costs no clone.
-        let bytes = note.encode();
+    /// Queues a note to the inboxes of `nodes`, in that order (the last takes the note, the
+    /// others a copy: reference counts).
+    fn send(&self, nodes: &[NodeId], note: Note) {
         if let Some((last, others)) = nodes.split_last() {
             for node in others {
-                self.enqueue(node, bytes.clone());
+                self.enqueue(node, Some(note.clone()));
             }
-            self.enqueue(last, bytes);
+            self.enqueue(last, Some(note));
         }
     }
 
-    /// Queues an encoded note (empty: the heartbeat) for `node`; counts it lost when the
-    /// outbox is full.
-    fn enqueue(&self, node: &NodeId, note: Bytes) {
-        let cost = note.len() + NOTE_OVERHEAD;
+    /// Queues a note (`None`: the heartbeat) for `node`; counts it lost when the outbox is
+    /// full.
+    fn enqueue(&self, node: &NodeId, note: Option<Note>) {
+        let cost = cost(note.as_ref());
         let queued = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
         self.queued_notes.fetch_add(1, Ordering::AcqRel);
-        let heartbeat = note.is_empty();
+        let heartbeat = note.is_none();
         let taken = queued + cost <= OUTBOX_BYTES && self.outbox.try_send((node.clone(), note)).is_ok();
         if !taken {
             // Full, or the publisher has stopped (the node is shutting down).
@@ -627,7 +625,7 @@ impl Nodes for RedisBackplane {
                 newcomer: newcomer.to_string(),
                 timeout_ms,
             };
-            self.send(std::slice::from_ref(&who.node), &note);
+            self.send(std::slice::from_ref(&who.node), note);
             // The member's node takes the probe's time, and the two notes their way through Redis.
             let wait = timeout + self.config.command_timeout * 2;
             let alive = matches!(tokio::time::timeout(wait, answered).await, Ok(Ok(true)));
@@ -643,21 +641,21 @@ impl Nodes for RedisBackplane {
             conn: from,
             frame: frame.clone(),
         });
-        self.send(nodes, &note);
+        self.send(nodes, note);
     }
 
     fn send_joined(&self, nodes: &[NodeId], room: &RoomId, card: &Card) {
-        self.send(nodes, &Note::Room(RoomNote::Joined { room: room.clone(), card: card.clone() }));
+        self.send(nodes, Note::Room(RoomNote::Joined { room: room.clone(), card: card.clone() }));
     }
 
     fn send_left(&self, nodes: &[NodeId], room: &RoomId, who: &MemberKey, reason: &str) {
         let note = RoomNote::Left { room: room.clone(), who: who.clone(), reason: reason.to_owned() };
-        self.send(nodes, &Note::Room(note));
+        self.send(nodes, Note::Room(note));
     }
 
     fn send_replace(&self, node: &NodeId, room: &RoomId, conn: ConnId) {
         let note = Note::Room(RoomNote::Replace { room: room.clone(), conn, by: self.node.clone() });
-        self.send(std::slice::from_ref(node), &note);
+        self.send(std::slice::from_ref(node), note);
     }
 }
 
@@ -698,6 +696,11 @@ impl Backplane for RedisBackplane {
             silences: self.silences.load(Ordering::Relaxed),
         }
     }
+}
+
+/// What a queued note counts against [`OUTBOX_BYTES`]: its payload and [`NOTE_OVERHEAD`].
+fn cost(note: Option<&Note>) -> usize {
+    note.map_or(0, Note::payload_len) + NOTE_OVERHEAD
 }
 
 /// A random number for the node's name.

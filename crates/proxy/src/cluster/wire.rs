@@ -75,42 +75,49 @@ const BINARY: u8 = 2;
 
 impl Note {
     /// The encoding, as published.
+    #[cfg(test)]
     pub(crate) fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(64 + self.payload_len());
+        self.encode_into(&mut out);
+        out.freeze()
+    }
+
+    /// Appends the encoding to `out`.
+    fn encode_into(&self, out: &mut BytesMut) {
         out.put_u8(VERSION);
         match self {
             Note::Room(RoomNote::Frame { room, origin, conn, frame }) => {
                 out.put_u8(FRAME);
-                put_str(&mut out, room.as_str());
-                put_str(&mut out, origin.as_str());
+                put_str(out, room.as_str());
+                put_str(out, origin.as_str());
                 out.put_u64(conn.get());
-                put_frame(&mut out, frame);
+                put_frame(out, frame);
             }
             Note::Room(RoomNote::Joined { room, card }) => {
                 out.put_u8(JOINED);
-                put_str(&mut out, room.as_str());
-                put_card(&mut out, card);
+                put_str(out, room.as_str());
+                put_card(out, card);
             }
             Note::Room(RoomNote::Left { room, who, reason }) => {
                 out.put_u8(LEFT);
-                put_str(&mut out, room.as_str());
-                put_str(&mut out, who.node.as_str());
+                put_str(out, room.as_str());
+                put_str(out, who.node.as_str());
                 out.put_u64(who.conn.get());
-                put_str(&mut out, reason);
+                put_str(out, reason);
             }
             Note::Room(RoomNote::Replace { room, conn, by }) => {
                 out.put_u8(REPLACE);
-                put_str(&mut out, room.as_str());
+                put_str(out, room.as_str());
                 out.put_u64(conn.get());
-                put_str(&mut out, by.as_str());
+                put_str(out, by.as_str());
             }
             Note::Probe { room, conn, from, probe, newcomer, timeout_ms } => {
                 out.put_u8(PROBE);
-                put_str(&mut out, room.as_str());
+                put_str(out, room.as_str());
                 out.put_u64(conn.get());
-                put_str(&mut out, from.as_str());
+                put_str(out, from.as_str());
                 out.put_u64(*probe);
-                put_str(&mut out, newcomer);
+                put_str(out, newcomer);
                 out.put_u64(*timeout_ms);
             }
             Note::Probed { probe, alive } => {
@@ -119,10 +126,10 @@ impl Note {
                 out.put_u8(u8::from(*alive));
             }
         }
-        out.freeze()
     }
 
-    fn payload_len(&self) -> usize {
+    /// The bytes the note carries beyond its fixed part: what sizes its encoding.
+    pub(crate) fn payload_len(&self) -> usize {
         match self {
             Note::Room(RoomNote::Frame { frame, .. }) => frame.len(),
             Note::Room(RoomNote::Joined { card, .. }) => card.hello.len(),
@@ -177,16 +184,21 @@ pub(crate) struct Packet {
     pub(crate) notes: Vec<Bytes>,
 }
 
-/// The encoding of a packet of `notes` (encoded), as published.
-pub(crate) fn encode_packet(origin: &NodeId, seq: u64, notes: &[Bytes]) -> Bytes {
-    let size = 32 + origin.as_str().len() + notes.iter().map(|n| 4 + n.len()).sum::<usize>();
+/// The encoding of a packet of `notes`, as published: each note is encoded straight into the
+/// packet's one buffer, behind its length.
+pub(crate) fn encode_packet(origin: &NodeId, seq: u64, notes: &[Note]) -> Bytes {
+    let size = 32 + origin.as_str().len() + notes.iter().map(|n| 128 + n.payload_len()).sum::<usize>();
     let mut out = BytesMut::with_capacity(size);
     out.put_u8(PACKET);
     put_str(&mut out, origin.as_str());
     out.put_u64(seq);
     out.put_u32(u32::try_from(notes.len()).unwrap_or(u32::MAX));
     for note in notes {
-        put_bytes(&mut out, note);
+        let at = out.len();
+        out.put_u32(0);
+        note.encode_into(&mut out);
+        let len = u32::try_from(out.len() - at - 4).unwrap_or(u32::MAX);
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
     out.freeze()
 }
@@ -485,14 +497,18 @@ mod tests {
 
     #[test]
     fn packets_carry_their_notes_as_slices_and_refuse_what_is_malformed() {
-        let notes: Vec<Bytes> = [
+        let sent = [
             Note::Room(RoomNote::Joined { room: room("gw/1"), card: card() }),
             Note::Probed { probe: 1, alive: true },
-        ]
-        .iter()
-        .map(Note::encode)
-        .collect();
-        let packet = encode_packet(&node("a-1"), 7, &notes);
+            Note::Room(RoomNote::Frame {
+                room: room("gw/1"),
+                origin: node("a-1"),
+                conn: ConnId::from_wire(3),
+                frame: Message::binary(vec![7u8; 70_000]),
+            }),
+        ];
+        let notes: Vec<Bytes> = sent.iter().map(Note::encode).collect();
+        let packet = encode_packet(&node("a-1"), 7, &sent);
         let decoded = Packet::decode(packet.clone()).unwrap();
         assert_eq!(decoded, Packet { origin: node("a-1"), seq: 7, notes: notes.clone() });
         let inside = |b: &Bytes| packet.as_ptr_range().contains(&b.as_ptr());
