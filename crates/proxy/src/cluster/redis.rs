@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{Notify, mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use tokio_tungstenite::tungstenite::Message;
 
@@ -185,7 +185,22 @@ impl RedisBackplane {
         let outbox = self.outbox_rx.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some(outbox) = outbox else { return std::future::pending().await };
         self.heard_now();
-        tokio::join!(self.publish(&hub, outbox), self.subscribe(&hub), self.refresh(&hub), self.heartbeat());
+        // Four tasks, not one future joining four: each is polled when its own event comes,
+        // not whenever any of them is woken (a frame's publishing would poll the inbox, the
+        // refresh and the heartbeat too). Dropping this future stops them.
+        let mut tasks = tokio::task::JoinSet::new();
+        let (this, rooms) = (Arc::clone(&self), Arc::clone(&hub));
+        tasks.spawn(async move { this.publish(&rooms, outbox).await });
+        let (this, rooms) = (Arc::clone(&self), Arc::clone(&hub));
+        tasks.spawn(async move { this.subscribe(&rooms).await });
+        let (this, rooms) = (Arc::clone(&self), hub);
+        tasks.spawn(async move { this.refresh(&rooms).await });
+        tasks.spawn(async move { self.heartbeat().await });
+        while let Some(ended) = tasks.join_next().await {
+            if let Err(e) = ended {
+                error!(error = %e, "a task of the cluster's backplane failed");
+            }
+        }
     }
 
     fn elapsed_ms(&self) -> u64 {
