@@ -13,41 +13,60 @@ use crate::rooms::elsewhere::send_held;
 use crate::rooms::fanout::{self, Sender};
 use crate::rooms::hub::Hub;
 use crate::rooms::id::ConnId;
-use crate::rooms::mailbox::Mailbox;
+use crate::rooms::mailbox::{Kicks, Mailbox};
 
-/// Delivers a member's frame from another node (read in place, `wire.rs`) to the local
-/// members of its room. `receivers` is the inbox's list to fill, kept from one frame to the
-/// next so that a frame costs no allocation for it.
-pub(crate) async fn frame(hub: &Hub, note: FrameNote, receivers: &mut Vec<Mailbox>) {
-    to_room(hub, note.room.as_str(), note.origin.as_str(), note.conn, note.frame, receivers).await;
+/// What the inbox keeps from one frame to the next: the list of a room's receivers, filled
+/// for each frame (no allocation per frame), and the receivers whose queues it filled while
+/// their writers were idle: it writes those queues itself ([`Deliveries::write`], after each
+/// packet), as a member's task does for its frames (`rooms/mailbox.rs`), instead of waking
+/// each receiver's writer task.
+#[derive(Default)]
+pub(crate) struct Deliveries {
+    receivers: Vec<Mailbox>,
+    kicks: Kicks,
 }
 
-/// Queues `frame`, from member `conn` on node `origin`, to the local members of `room`.
-async fn to_room(
-    hub: &Hub,
-    room: &str,
-    origin: &str,
-    conn: ConnId,
-    frame: Message,
-    receivers: &mut Vec<Mailbox>,
-) {
-    let Some(room) = hub.registry.room(room) else {
-        debug!(room, origin, conn = %conn, "frame for a room with no member here");
-        return;
-    };
-    room.local_mailboxes(receivers);
-    let flow = hub.metrics.relayed.of(FrameKind::of(&frame));
-    flow.add(receivers.len() as u64, (frame.len() * receivers.len()) as u64);
-    fanout::deliver_all(hub, receivers, frame, Sender::OtherNode).await;
-    receivers.clear();
+impl Deliveries {
+    /// Delivers a member's frame from another node (read in place, `wire.rs`) to the local
+    /// members of its room.
+    pub(crate) async fn frame(&mut self, hub: &Hub, note: FrameNote) {
+        self.deliver(hub, note.room.as_str(), note.origin.as_str(), note.conn, note.frame).await;
+    }
+
+    /// Writes the queues filled since the last call (or wakes their writers where a write
+    /// cannot be made now).
+    pub(crate) fn write(&mut self) {
+        self.kicks.write();
+    }
+
+    /// Queues `frame`, from member `conn` on node `origin`, to the local members of `room`.
+    /// Nothing waits: a frame from another node is queued past a receiver's limits for a
+    /// while, and a receiver that stays over them is closed (`rooms/fanout.rs`).
+    async fn deliver(&mut self, hub: &Hub, room: &str, origin: &str, conn: ConnId, frame: Message) {
+        let Some(room) = hub.registry.room(room) else {
+            debug!(room, origin, conn = %conn, "frame for a room with no member here");
+            return;
+        };
+        room.local_mailboxes(&mut self.receivers);
+        let flow = hub.metrics.relayed.of(FrameKind::of(&frame));
+        flow.add(self.receivers.len() as u64, (frame.len() * self.receivers.len()) as u64);
+        let kicks = Some(&mut self.kicks);
+        if let Some(waiting) = fanout::offer_all(hub, &self.receivers, frame, Sender::OtherNode, kicks) {
+            waiting.await;
+        }
+        self.receivers.clear();
+        if self.kicks.due() {
+            self.kicks.write();
+        }
+    }
 }
 
 /// Carries out a note from another node. Nothing here waits: a local member that does not
 /// keep up is closed (see `rooms/fanout.rs`), and the node's inbox goes on.
-pub(crate) async fn apply(hub: &Hub, note: RoomNote, receivers: &mut Vec<Mailbox>) {
+pub(crate) async fn apply(hub: &Hub, note: RoomNote, deliveries: &mut Deliveries) {
     match note {
         RoomNote::Frame { room, origin, conn, frame } => {
-            to_room(hub, room.as_str(), origin.as_str(), conn, frame, receivers).await;
+            deliveries.deliver(hub, room.as_str(), origin.as_str(), conn, frame).await;
         }
         RoomNote::Joined { room, card } => {
             let Some(room) = hub.registry.room(room.as_str()) else { return };

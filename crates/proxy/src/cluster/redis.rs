@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::backplane::Backplane;
 use super::direct::Published;
 use super::error::BackplaneError;
-use super::inbox;
+use super::inbox::{self, Deliveries};
 use super::link::{Link, MAX_BACKOFF};
 use super::loss::{self, Loss, Numbers};
 use super::presence::{Joining, Store};
@@ -46,7 +46,6 @@ use crate::metrics::ClusterTotals;
 use crate::rooms::elsewhere;
 use crate::rooms::hub::Hub;
 use crate::rooms::id::{ConnId, NodeId, RoomId};
-use crate::rooms::mailbox::Mailbox;
 use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
 use crate::rooms::registry::Space;
 use crate::rooms::remote::{Card, MayReplace, MemberKey, NewView};
@@ -311,7 +310,7 @@ impl RedisBackplane {
         // The last packet number from each node, across subscriptions: a gap while this node
         // was not subscribed is a gap too.
         let mut numbers = Numbers::default();
-        let mut receivers = Vec::new();
+        let mut deliveries = Deliveries::default();
         loop {
             let subscribing =
                 tokio::time::timeout(self.config.command_timeout * 2, self.link.subscribe(&channel));
@@ -340,7 +339,8 @@ impl RedisBackplane {
                 let Some(payload) = payload else { break };
                 if is_single_note(&payload) {
                     // From a node of the earlier version: carried out, unnumbered.
-                    self.carry_out(hub, payload, &mut receivers).await;
+                    self.carry_out(hub, payload, &mut deliveries).await;
+                    deliveries.write();
                     continue;
                 }
                 let packet = match Packet::decode(payload) {
@@ -359,8 +359,9 @@ impl RedisBackplane {
                     self.notices.fetch_add(told, Ordering::Relaxed);
                 }
                 for note in packet.notes {
-                    self.carry_out(hub, note, &mut receivers).await;
+                    self.carry_out(hub, note, &mut deliveries).await;
                 }
+                deliveries.write();
             }
             self.set(&self.subscribed, false);
             warn!("inbox subscription lost; subscribing again");
@@ -368,10 +369,10 @@ impl RedisBackplane {
     }
 
     /// Carries out one note from another node.
-    async fn carry_out(self: &Arc<Self>, hub: &Arc<Hub>, note: Bytes, receivers: &mut Vec<Mailbox>) {
+    async fn carry_out(self: &Arc<Self>, hub: &Arc<Hub>, note: Bytes, deliveries: &mut Deliveries) {
         // Frames, the most of them, are read in place.
         match FrameNote::read(&note) {
-            Some(Ok(frame)) => return inbox::frame(hub, frame, receivers).await,
+            Some(Ok(frame)) => return deliveries.frame(hub, frame).await,
             Some(Err(e)) => return warn!(error = %e, "malformed note in the inbox: dropped"),
             None => {}
         }
@@ -384,7 +385,7 @@ impl RedisBackplane {
                     let _ = waiter.send(alive);
                 }
             }
-            Ok(Note::Room(note)) => inbox::apply(hub, note, receivers).await,
+            Ok(Note::Room(note)) => inbox::apply(hub, note, deliveries).await,
             Err(e) => warn!(error = %e, "malformed note in the inbox: dropped"),
         }
     }

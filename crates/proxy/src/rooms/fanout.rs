@@ -99,7 +99,7 @@ fn offer_one(
 ) -> Result<(), Message> {
     let delivery = match sender {
         Sender::Local => receiver.try_deliver(message, kicks)?,
-        Sender::OtherNode => receiver.deliver_now(message, hub.config.slow_consumer_timeout),
+        Sender::OtherNode => receiver.deliver_now(message, hub.config.slow_consumer_timeout, kicks),
     };
     judge(hub, receiver, delivery, sender);
     Ok(())

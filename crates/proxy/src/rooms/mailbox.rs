@@ -390,8 +390,14 @@ impl Mailbox {
 
     /// Queues a frame from another node without waiting, so that one slow receiver never holds
     /// up the node's inbox. Past the queue's limits the frame is still taken, up to twice them;
-    /// a receiver that stays over them for `patience`, or reaches twice them, is slow.
-    pub(crate) fn deliver_now(&self, message: Message, patience: Duration) -> Delivery {
+    /// a receiver that stays over them for `patience`, or reaches twice them, is slow. With
+    /// `kicks`, a queue nobody is writing is noted there for the inbox to write.
+    pub(crate) fn deliver_now(
+        &self,
+        message: Message,
+        patience: Duration,
+        kicks: Option<&mut Kicks>,
+    ) -> Delivery {
         if self.is_killed() {
             return Delivery::Gone;
         }
@@ -409,7 +415,7 @@ impl Mailbox {
         } else {
             queue.over_since = None;
         }
-        self.push(queue, message, None);
+        self.push(queue, message, kicks);
         Delivery::Queued
     }
 
@@ -558,20 +564,20 @@ mod tests {
         let mailbox = Mailbox::new(ConnId::next(), 2, 1 << 20);
         let patience = Duration::from_secs(5);
         for frame in ["a", "b", "c"] {
-            assert_eq!(mailbox.deliver_now(text(frame), patience), Delivery::Queued);
+            assert_eq!(mailbox.deliver_now(text(frame), patience, None), Delivery::Queued);
         }
         // Over the limit for less than the patience: still taken, up to twice the limit.
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(mailbox.deliver_now(text("d"), patience), Delivery::Queued);
-        assert_eq!(mailbox.deliver_now(text("e"), patience), Delivery::Slow, "twice the limit");
+        assert_eq!(mailbox.deliver_now(text("d"), patience, None), Delivery::Queued);
+        assert_eq!(mailbox.deliver_now(text("e"), patience, None), Delivery::Slow, "twice the limit");
         let mailbox = Mailbox::new(ConnId::next(), 4, 1 << 20);
         for frame in ["a", "b", "c", "d", "e"] {
-            assert_eq!(mailbox.deliver_now(text(frame), patience), Delivery::Queued);
+            assert_eq!(mailbox.deliver_now(text(frame), patience, None), Delivery::Queued);
         }
         tokio::time::advance(patience).await;
-        assert_eq!(mailbox.deliver_now(text("f"), patience), Delivery::Slow, "over the limit too long");
+        assert_eq!(mailbox.deliver_now(text("f"), patience, None), Delivery::Slow, "over the limit too long");
         mailbox.kill(Close::SlowConsumer);
-        assert_eq!(mailbox.deliver_now(text("g"), patience), Delivery::Gone);
+        assert_eq!(mailbox.deliver_now(text("g"), patience, None), Delivery::Gone);
     }
 
     #[tokio::test]

@@ -284,6 +284,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_inbox_writes_an_idle_receivers_queue_itself() {
+        let mailbox = Mailbox::new(ConnId::next(), 8, 1 << 20);
+        let (_writer, mut written) = writer(&mailbox, Duration::from_secs(60));
+        started(&mailbox).await;
+        let mut kicks = Kicks::default();
+        let patience = Duration::from_secs(1);
+        for i in 0..3 {
+            assert_eq!(
+                mailbox.deliver_now(text(&i.to_string()), patience, Some(&mut kicks)),
+                Delivery::Queued
+            );
+        }
+        assert!(written.try_recv().is_err(), "nothing written before the inbox writes");
+        kicks.write();
+        for i in 0..3 {
+            assert_eq!(written.try_recv().ok(), Some(text(&i.to_string())));
+        }
+        assert_eq!(mailbox.stats().sent.frames(), 3);
+    }
+
+    #[tokio::test]
     async fn what_the_socket_does_not_take_the_writer_finishes_in_order() {
         let mailbox = Mailbox::new(ConnId::next(), 64, 1 << 20);
         // A sink that takes one frame, then is full until the test reads.
