@@ -29,8 +29,8 @@ pub(crate) struct Deliveries {
 impl Deliveries {
     /// Delivers a member's frame from another node (read in place, `wire.rs`) to the local
     /// members of its room.
-    pub(crate) async fn frame(&mut self, hub: &Hub, note: FrameNote) {
-        self.deliver(hub, note.room.as_str(), note.origin.as_str(), note.conn, note.frame).await;
+    pub(crate) async fn frame(&mut self, hub: &Hub, note: FrameNote<'_>) {
+        self.deliver(hub, note.room, note.origin, note.conn, note.frame).await;
     }
 
     /// Writes the queues filled since the last call (or wakes their writers where a write
@@ -42,9 +42,10 @@ impl Deliveries {
     /// Queues `frame`, from member `conn` on node `origin`, to the local members of `room`.
     /// Nothing waits: a frame from another node is queued past a receiver's limits for a
     /// while, and a receiver that stays over them is closed (`rooms/fanout.rs`).
-    async fn deliver(&mut self, hub: &Hub, room: &str, origin: &str, conn: ConnId, frame: Message) {
+    async fn deliver(&mut self, hub: &Hub, room: &str, origin: &[u8], conn: ConnId, frame: Message) {
         let Some(room) = hub.registry.room(room) else {
-            debug!(room, origin, conn = %conn, "frame for a room with no member here");
+            let origin = String::from_utf8_lossy(origin);
+            debug!(room, %origin, conn = %conn, "frame for a room with no member here");
             return;
         };
         room.local_mailboxes(&mut self.receivers);
@@ -66,7 +67,7 @@ impl Deliveries {
 pub(crate) async fn apply(hub: &Hub, note: RoomNote, deliveries: &mut Deliveries) {
     match note {
         RoomNote::Frame { room, origin, conn, frame } => {
-            deliveries.deliver(hub, room.as_str(), origin.as_str(), conn, frame).await;
+            deliveries.deliver(hub, room.as_str(), origin.as_str().as_bytes(), conn, frame).await;
         }
         RoomNote::Joined { room, card } => {
             let Some(room) = hub.registry.room(room.as_str()) else { return };

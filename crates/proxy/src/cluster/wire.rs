@@ -203,30 +203,66 @@ pub(crate) fn encode_packet(origin: &NodeId, seq: u64, notes: &[Note]) -> Bytes 
     out.freeze()
 }
 
-/// A member's frame from another node, read in place: its room and origin node are slices of
-/// the note's bytes, as is the frame's payload. Most notes are frames, and reading one so
-/// allocates nothing.
+/// A member's frame from another node, read in place: its room and origin node are borrowed
+/// from the note's bytes, and the frame's payload is a slice of them (the one reference the
+/// note's buffer gains). Most notes are frames, and reading one so allocates nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct FrameNote {
-    pub(crate) room: Utf8Bytes,
-    pub(crate) origin: Utf8Bytes,
+pub(crate) struct FrameNote<'a> {
+    pub(crate) room: &'a str,
+    /// The node it came from, as sent: only ever logged.
+    pub(crate) origin: &'a [u8],
     pub(crate) conn: ConnId,
     pub(crate) frame: Message,
 }
 
-impl FrameNote {
+impl<'a> FrameNote<'a> {
     /// `None` when `note` is not a frame note; else the frame, or what is wrong with it.
-    pub(crate) fn read(note: &Bytes) -> Option<Result<Self, WireError>> {
+    pub(crate) fn read(note: &'a Bytes) -> Option<Result<Self, WireError>> {
         if note.get(..2) != Some(&[VERSION, FRAME][..]) {
             return None;
         }
-        let mut r = Reader(note.slice(2..));
+        let mut at = Cursor { bytes: note, at: 2 };
         let read = (|| {
-            let frame = FrameNote { room: r.text()?, origin: r.text()?, conn: r.conn()?, frame: r.frame()? };
-            r.end()?;
-            Ok(frame)
+            let room = std::str::from_utf8(at.chunk()?).map_err(|_| WireError::Utf8)?;
+            let origin = at.chunk()?;
+            let conn = ConnId::from_wire(u64::from_be_bytes(
+                at.take(8)?.try_into().map_err(|_| WireError::Truncated)?,
+            ));
+            let tag = at.take(1)?[0];
+            let payload = at.chunk()?;
+            let payload = note.slice_ref(payload);
+            let frame = match tag {
+                TEXT => Message::Text(Utf8Bytes::try_from(payload).map_err(|_| WireError::Utf8)?),
+                BINARY => Message::Binary(payload),
+                tag => return Err(WireError::Tag(tag)),
+            };
+            match note.len() - at.at {
+                0 => Ok(FrameNote { room, origin, conn, frame }),
+                trailing => Err(WireError::Trailing(trailing)),
+            }
         })();
         Some(read)
+    }
+}
+
+/// Reads a frame note's fields in place.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        let taken = self.bytes.get(self.at..self.at.checked_add(n).ok_or(WireError::Truncated)?);
+        let taken = taken.ok_or(WireError::Truncated)?;
+        self.at += n;
+        Ok(taken)
+    }
+
+    /// A length-prefixed field.
+    fn chunk(&mut self) -> Result<&'a [u8], WireError> {
+        let len = u32::from_be_bytes(self.take(4)?.try_into().map_err(|_| WireError::Truncated)?);
+        self.take(len as usize)
     }
 }
 
@@ -364,10 +400,6 @@ impl Reader {
         let len = self.0.get_u32() as usize;
         self.need(len)?;
         Ok(self.0.split_to(len))
-    }
-
-    fn text(&mut self) -> Result<Utf8Bytes, WireError> {
-        Utf8Bytes::try_from(self.bytes()?).map_err(|_| WireError::Utf8)
     }
 
     fn str(&mut self) -> Result<String, WireError> {
@@ -536,14 +568,13 @@ mod tests {
         })
         .encode();
         let frame = FrameNote::read(&note).unwrap().unwrap();
-        assert_eq!(
-            (frame.room.as_str(), frame.origin.as_str(), frame.conn),
-            ("gw/1", "a-1", ConnId::from_wire(7))
-        );
+        assert_eq!((frame.room, frame.origin, frame.conn), ("gw/1", &b"a-1"[..], ConnId::from_wire(7)));
         assert_eq!(frame.frame, Message::text("héllo"));
-        let inside = |s: &str| note.as_ptr_range().contains(&s.as_ptr());
+        let inside = |s: &[u8]| note.as_ptr_range().contains(&s.as_ptr());
         assert!(
-            inside(frame.room.as_str()) && inside(frame.origin.as_str()),
+            inside(frame.room.as_bytes())
+                && inside(frame.origin)
+                && inside(frame.frame.clone().into_data().as_ref()),
             "slices of the note, not copies"
         );
         let joined = Note::Room(RoomNote::Joined { room: room("gw/1"), card: card() }).encode();
