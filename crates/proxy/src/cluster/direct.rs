@@ -12,6 +12,7 @@
 //! publish whose answer does not come is reported as possibly delivered, and the connection is
 //! made again for the next batch.
 
+use std::io::IoSlice;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -189,12 +190,25 @@ impl Conn {
             if let Some(reply) = resp::take(&mut self.buf)? {
                 return Ok(reply);
             }
-            self.buf.reserve(READ_STEP);
+            let wanted = resp::wanted(&self.buf).saturating_sub(self.buf.len());
+            self.buf.reserve(wanted.max(READ_STEP));
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return Err(BackplaneError::Closed);
             }
         }
     }
+}
+
+/// Writes all of `parts`, in as few system calls as the stream takes them.
+async fn write_gathered(io: &mut Box<dyn Io>, mut parts: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !parts.is_empty() {
+        let n = io.write_vectored(parts).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    io.flush().await
 }
 
 /// What became of one packet given to [`Publisher::publish`]; one failure may be the fate of
@@ -239,13 +253,24 @@ impl Publisher {
                 }
             },
         };
+        // Each command's head goes into the connection's buffer; the packets are written from
+        // where they are, gathered with the heads in one vectored write.
+        let mut heads = Vec::with_capacity(packets.len());
         for (channel, packet) in packets {
-            resp::command(&mut conn.out, &[b"PUBLISH", channel.as_bytes(), packet]);
+            let at = conn.out.len();
+            resp::command_before(&mut conn.out, &[b"PUBLISH", channel.as_bytes()], packet.len());
+            heads.push(at..conn.out.len());
         }
         let mut results = Vec::with_capacity(packets.len());
         let limit = self.dialer.timeout;
         let answered = tokio::time::timeout(limit, async {
-            conn.flush().await?;
+            let Conn { io, out, .. } = &mut conn;
+            let mut parts = Vec::with_capacity(3 * packets.len());
+            for (head, (_, packet)) in heads.into_iter().zip(packets) {
+                parts.extend([IoSlice::new(&out[head]), IoSlice::new(packet), IoSlice::new(resp::END)]);
+            }
+            write_gathered(io, &mut parts).await?;
+            out.clear();
             while results.len() < packets.len() {
                 results.push(match conn.reply().await? {
                     Reply::Integer(n) => Published::Received(u64::try_from(n).unwrap_or(0)),

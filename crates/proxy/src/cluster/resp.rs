@@ -77,6 +77,24 @@ pub(crate) fn command(out: &mut BytesMut, args: &[&[u8]]) {
     }
 }
 
+/// Appends the command `args` and then a last argument of `tail` bytes, up to where the
+/// tail's bytes go: the caller sends the tail and then [`END`] from where they are, so that a
+/// large argument is never copied into `out`.
+pub(crate) fn command_before(out: &mut BytesMut, args: &[&[u8]], tail: usize) {
+    let size: usize = args.iter().map(|a| a.len() + 16).sum();
+    out.reserve(size + 32);
+    header(out, b'*', args.len() + 1);
+    for arg in args {
+        header(out, b'$', arg.len());
+        out.put_slice(arg);
+        out.put_slice(b"\r\n");
+    }
+    header(out, b'$', tail);
+}
+
+/// What ends a bulk string.
+pub(crate) const END: &[u8] = b"\r\n";
+
 /// Appends a type byte, the decimal `n` and CRLF.
 fn header(out: &mut BytesMut, kind: u8, mut n: usize) {
     let mut digits = [0u8; 20];
@@ -100,36 +118,55 @@ fn header(out: &mut BytesMut, kind: u8, mut n: usize) {
 /// [`RespError`] when the bytes are not RESP or exceed the limits: the connection cannot be
 /// read further.
 pub(crate) fn take(buf: &mut BytesMut) -> Result<Option<Reply>, RespError> {
-    let Some(end) = measure(buf, 0, 0)? else { return Ok(None) };
+    let Measure::Whole(end) = measure(buf, 0, 0)? else { return Ok(None) };
     let mut whole = buf.split_to(end);
     Ok(Some(read(&mut whole)))
 }
 
+/// How many bytes `buf` must hold, at least, for its first value to be whole: a bulk string's
+/// announced length tells, so that its buffer is made that large once rather than grown step
+/// by step (each step a copy of what came so far). 0 when it is whole or not RESP.
+pub(crate) fn wanted(buf: &[u8]) -> usize {
+    match measure(buf, 0, 0) {
+        Ok(Measure::Short(at_least)) => at_least,
+        _ => 0,
+    }
+}
+
+/// How far the value at the start of a buffer has arrived.
+enum Measure {
+    /// Whole: it ends here.
+    Whole(usize),
+    /// Not yet: the buffer must hold at least this much.
+    Short(usize),
+}
+
 /// The length of the value starting at `at`, once it has all arrived.
-fn measure(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, RespError> {
-    let Some(&kind) = buf.get(at) else { return Ok(None) };
-    let Some(line_end) = line(buf, at + 1)? else { return Ok(None) };
+fn measure(buf: &[u8], at: usize, depth: usize) -> Result<Measure, RespError> {
+    let short = Measure::Short(buf.len() + 1);
+    let Some(&kind) = buf.get(at) else { return Ok(short) };
+    let Some(line_end) = line(buf, at + 1)? else { return Ok(short) };
     let after = line_end + 2;
     match kind {
-        b'+' | b'-' => Ok(Some(after)),
-        b':' => number(&buf[at + 1..line_end]).map(|_| Some(after)),
+        b'+' | b'-' => Ok(Measure::Whole(after)),
+        b':' => number(&buf[at + 1..line_end]).map(|_| Measure::Whole(after)),
         b'$' => {
             let n = number(&buf[at + 1..line_end])?;
             if n < 0 {
-                return Ok(Some(after));
+                return Ok(Measure::Whole(after));
             }
             let len = usize::try_from(n).ok().filter(|&n| n <= MAX_BULK).ok_or(RespError::TooLong(n))?;
             let end = after + len + 2;
             match buf.get(after + len..end) {
-                None => Ok(None),
-                Some(b"\r\n") => Ok(Some(end)),
+                None => Ok(Measure::Short(end)),
+                Some(b"\r\n") => Ok(Measure::Whole(end)),
                 Some(_) => Err(RespError::Terminator),
             }
         }
         b'*' => {
             let n = number(&buf[at + 1..line_end])?;
             if n < 0 {
-                return Ok(Some(after));
+                return Ok(Measure::Whole(after));
             }
             let items = usize::try_from(n).ok().filter(|&n| n <= MAX_ITEMS).ok_or(RespError::TooMany(n))?;
             if depth >= MAX_DEPTH {
@@ -138,11 +175,11 @@ fn measure(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, RespErr
             let mut next = after;
             for _ in 0..items {
                 match measure(buf, next, depth + 1)? {
-                    Some(end) => next = end,
-                    None => return Ok(None),
+                    Measure::Whole(end) => next = end,
+                    short => return Ok(short),
                 }
             }
-            Ok(Some(next))
+            Ok(Measure::Whole(next))
         }
         other => Err(RespError::Type(other)),
     }
@@ -227,6 +264,16 @@ mod tests {
     }
 
     #[test]
+    fn a_command_before_its_tail_is_the_command_with_it() {
+        let (mut whole, mut before) = (BytesMut::new(), BytesMut::new());
+        command(&mut whole, &[b"PUBLISH", b"inbox", b"payload"]);
+        command_before(&mut before, &[b"PUBLISH", b"inbox"], 7);
+        before.extend_from_slice(b"payload");
+        before.extend_from_slice(END);
+        assert_eq!(whole, before);
+    }
+
+    #[test]
     fn every_kind_of_reply_is_read() {
         let replies = all(b"+OK\r\n-ERR no\r\n:42\r\n:-1\r\n$3\r\na\r\n\r\n$-1\r\n*-1\r\n*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$0\r\n\r\n");
         assert_eq!(
@@ -279,7 +326,11 @@ mod tests {
         assert_eq!(all(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n"), Err(RespError::TooDeep));
         assert_eq!(all(&[b'+'; MAX_LINE + 2]), Err(RespError::LongLine));
         assert_eq!(all(b"+OK\rX"), Err(RespError::Terminator));
-        // Incomplete is not an error: it waits.
+        // Incomplete is not an error: it waits, and says how much it waits for when it knows.
         assert_eq!(take(&mut BytesMut::from(&b"$5\r\nab"[..])), Ok(None));
+        assert_eq!(wanted(b"$5\r\nab"), 4 + 5 + 2);
+        assert_eq!(wanted(b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1000\r\nxy"), 32 + 1000 + 2);
+        assert_eq!(wanted(b"*3\r\n$7\r\nmess"), 8 + 7 + 2);
+        assert_eq!(wanted(b":1\r\n"), 0, "whole");
     }
 }
