@@ -6,7 +6,8 @@
 //!   whole in this process.
 //! - `redis.rs` keeps presence in Redis (`presence.rs`: TTL-refreshed entries, joins checked
 //!   and inserted by one Lua script) and gives each node one inbox channel: a member's frame is
-//!   published once to each node that hosts another member of its room (`wire.rs` encodes the
+//!   queued (`outbox.rs`) and published once to each node that hosts another member of its
+//!   room (`wire.rs` encodes the
 //!   notes and packs them, numbered, `link.rs` holds the connections, `loss.rs` tells members
 //!   of what was lost on the way; `direct.rs` and `resp.rs` are the node's own connections for
 //!   publishing and its inbox on a single Redis server).
@@ -23,6 +24,7 @@ mod inbox;
 mod link;
 pub(crate) mod local;
 mod loss;
+mod outbox;
 mod presence;
 pub(crate) mod redis;
 mod resp;

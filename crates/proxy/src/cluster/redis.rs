@@ -17,13 +17,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tracing::{debug, error, info, warn};
 
 use tokio_tungstenite::tungstenite::Message;
@@ -34,6 +34,7 @@ use super::error::BackplaneError;
 use super::inbox::{self, Deliveries};
 use super::link::{Link, MAX_BACKOFF};
 use super::loss::{self, Loss, Numbers};
+use super::outbox::Outbox;
 use super::presence::{Joining, Store};
 use super::view::new_view;
 use super::wire::{
@@ -52,21 +53,16 @@ use crate::rooms::remote::{Card, MayReplace, MemberKey, NewView};
 
 /// Room refreshes in flight at once.
 const REFRESHES_IN_FLIGHT: usize = 32;
-/// Notes waiting to be published, at most, and their bytes (each counted with
-/// [`NOTE_OVERHEAD`] more); beyond either, a note is counted lost.
+/// Notes waiting to be published, at most, and their bytes (`outbox.rs`); beyond either, a
+/// note is counted lost.
 const OUTBOX_NOTES: usize = 65_536;
 const OUTBOX_BYTES: usize = 64 << 20;
-const NOTE_OVERHEAD: usize = 64;
 /// Notes published in one round trip, at most.
 const BATCH: usize = 256;
 /// How often a node publishes a heartbeat to its own inbox.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How long the inbox may stay without a heartbeat before it is subscribed again.
 pub(crate) const SILENCE: Duration = Duration::from_secs(3);
-
-/// A note in the outbox and the node it is for: as it is (it is encoded once, into its
-/// packet); `None` is the heartbeat.
-type Queued = (NodeId, Option<Note>);
 
 /// A local member, as this node keeps putting it in presence.
 struct Mine {
@@ -81,14 +77,9 @@ pub(crate) struct RedisBackplane {
     config: ClusterConfig,
     link: Link,
     store: Store,
-    outbox: mpsc::Sender<Queued>,
-    /// Taken by the publisher when the node starts serving.
-    outbox_rx: Mutex<Option<mpsc::Receiver<Queued>>>,
-    /// Bytes queued in the outbox or being published (bounded by [`OUTBOX_BYTES`]).
-    queued_bytes: AtomicUsize,
-    /// Notes queued or being published, and its signal when it reaches zero.
-    queued_notes: AtomicUsize,
-    drained: Notify,
+    outbox: Outbox,
+    /// Taken when the node starts serving: its tasks run once.
+    serving: AtomicBool,
     /// The inbox subscription is live.
     subscribed: AtomicBool,
     /// The last presence refresh succeeded.
@@ -126,17 +117,13 @@ impl RedisBackplane {
             .await
             .map_err(|e| Error::Cluster { url: redacted_url(&config.redis_url), reason: e.to_string() })?;
         let node = NodeId::new(&format!("{}-{:08x}", config.node_id, rand_suffix()));
-        let (outbox, outbox_rx) = mpsc::channel(OUTBOX_NOTES);
         Ok(RedisBackplane {
             node,
             store: Store::new(&config.key_prefix, config.presence_ttl),
             config: config.clone(),
             link,
-            outbox,
-            outbox_rx: Mutex::new(Some(outbox_rx)),
-            queued_bytes: AtomicUsize::new(0),
-            queued_notes: AtomicUsize::new(0),
-            drained: Notify::new(),
+            outbox: Outbox::new(OUTBOX_NOTES, OUTBOX_BYTES),
+            serving: AtomicBool::new(false),
             // Redis answered at connect; the subscription follows at once, and says so if it fails.
             subscribed: AtomicBool::new(true),
             refreshed: AtomicBool::new(true),
@@ -181,15 +168,16 @@ impl RedisBackplane {
     /// The node's work while it serves: publishing, the inbox, and refreshing presence. A
     /// second call (the node served twice) waits forever: one node has one set of tasks.
     async fn serve(self: Arc<Self>, hub: Arc<Hub>) {
-        let outbox = self.outbox_rx.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let Some(outbox) = outbox else { return std::future::pending().await };
+        if self.serving.swap(true, Ordering::AcqRel) {
+            return std::future::pending().await;
+        }
         self.heard_now();
         // Four tasks, not one future joining four: each is polled when its own event comes,
         // not whenever any of them is woken (a frame's publishing would poll the inbox, the
         // refresh and the heartbeat too). Dropping this future stops them.
         let mut tasks = tokio::task::JoinSet::new();
         let (this, rooms) = (Arc::clone(&self), Arc::clone(&hub));
-        tasks.spawn(async move { this.publish(&rooms, outbox).await });
+        tasks.spawn(async move { this.publish(&rooms).await });
         let (this, rooms) = (Arc::clone(&self), Arc::clone(&hub));
         tasks.spawn(async move { this.subscribe(&rooms).await });
         let (this, rooms) = (Arc::clone(&self), hub);
@@ -234,13 +222,12 @@ impl RedisBackplane {
 
     /// Publishes queued notes in order, in batches: one numbered packet per receiving node,
     /// the packets of a batch at once. The members whose frames are lost are told.
-    async fn publish(&self, hub: &Hub, mut outbox: mpsc::Receiver<Queued>) {
+    async fn publish(&self, hub: &Hub) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut numbers: HashMap<NodeId, u64> = HashMap::new();
         let mut outlet = self.link.outlet();
-        while outbox.recv_many(&mut batch, BATCH).await > 0 {
-            let count = batch.len();
-            let bytes: usize = batch.iter().map(|(_, note)| cost(note.as_ref())).sum();
+        loop {
+            let taken = self.outbox.take(&mut batch, BATCH).await;
             let mut by_node: Vec<(NodeId, Vec<Note>)> = Vec::new();
             for (node, note) in batch.drain(..) {
                 let i = match by_node.iter().position(|(n, _)| *n == node) {
@@ -295,10 +282,7 @@ impl RedisBackplane {
                     self.notices.fetch_add(told, Ordering::Relaxed);
                 }
             }
-            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            if self.queued_notes.fetch_sub(count, Ordering::AcqRel) == count {
-                self.drained.notify_waiters();
-            }
+            self.outbox.done(taken);
         }
     }
 
@@ -511,21 +495,10 @@ impl RedisBackplane {
     /// Queues a note (`None`: the heartbeat) for `node`; counts it lost when the outbox is
     /// full.
     fn enqueue(&self, node: &NodeId, note: Option<Note>) {
-        let cost = cost(note.as_ref());
-        let queued = self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
-        self.queued_notes.fetch_add(1, Ordering::AcqRel);
         let heartbeat = note.is_none();
-        let taken = queued + cost <= OUTBOX_BYTES && self.outbox.try_send((node.clone(), note)).is_ok();
-        if !taken {
-            // Full, or the publisher has stopped (the node is shutting down).
-            self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
-            if self.queued_notes.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.drained.notify_waiters();
-            }
-            if !heartbeat {
-                self.lost.fetch_add(1, Ordering::Relaxed);
-                warn!(node = %node, "outbox to other nodes full: note lost");
-            }
+        if self.outbox.push(node, note).is_err() && !heartbeat {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            warn!(node = %node, "outbox to other nodes full: note lost");
         }
     }
 }
@@ -687,18 +660,7 @@ impl Backplane for RedisBackplane {
     fn drain(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let limit = self.config.command_timeout * 2;
-            let _ = tokio::time::timeout(limit, async {
-                loop {
-                    let drained = self.drained.notified();
-                    tokio::pin!(drained);
-                    drained.as_mut().enable();
-                    if self.queued_notes.load(Ordering::Acquire) == 0 {
-                        return;
-                    }
-                    drained.await;
-                }
-            })
-            .await;
+            let _ = tokio::time::timeout(limit, self.outbox.drained()).await;
         })
     }
 
@@ -712,11 +674,6 @@ impl Backplane for RedisBackplane {
             silences: self.silences.load(Ordering::Relaxed),
         }
     }
-}
-
-/// What a queued note counts against [`OUTBOX_BYTES`]: its payload and [`NOTE_OVERHEAD`].
-fn cost(note: Option<&Note>) -> usize {
-    note.map_or(0, Note::payload_len) + NOTE_OVERHEAD
 }
 
 /// A random number for the node's name.
