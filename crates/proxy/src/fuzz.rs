@@ -1,6 +1,6 @@
-//! The entry points of the `frames` and `upgrade_request` fuzz targets (`fuzz/`), and the
-//! tests that replay their corpora. Compiled for tests and under the `fuzzing` feature only;
-//! not part of the API.
+//! The entry points of the `frames`, `upgrade_request` and `inbox` fuzz targets (`fuzz/`), and
+//! the tests that replay their corpora. Compiled for tests and under the `fuzzing` feature
+//! only; not part of the API.
 //!
 //! Both drive the proxy's readers without a runtime: the transport is in memory and always
 //! ready (or pending once before a chunk, and woken at once), so polling with a no-op waker
@@ -14,10 +14,13 @@ use std::io;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, Waker};
 
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::cluster::resp::{self, Reply, RespError};
+use crate::cluster::wire::{FrameNote, Note, Packet, RoomNote};
 use crate::edge::upgrade::{self, Refusal};
 use crate::rooms::id::RoomId;
 use crate::rooms::websocket::FrameReader;
@@ -164,6 +167,65 @@ fn outcome(data: &[u8], consumed: usize, result: Result<upgrade::UpgradeRequest,
     }
 }
 
+/// Reads `data` as what Redis sends a node on its inbox subscription (`cluster/resp.rs`), in
+/// chunks of the size its first byte gives, and each message's payload as a packet of notes
+/// (`cluster/wire.rs`); the bytes after the first are also read as a packet and as a note
+/// themselves. Checks that the values do not depend on how the bytes arrived, that the read
+/// buffer only waits for what a value announced, and that a frame note read in place says what
+/// its full decoding says.
+pub fn inbox(data: &[u8]) {
+    let [step, stream @ ..] = data else { return };
+    let step = usize::from(*step).max(1);
+    let in_pieces = resp_values(stream.chunks(step));
+    let at_once = resp_values(std::iter::once(stream));
+    assert_eq!(in_pieces, at_once, "the values depend on how the bytes arrived");
+    for reply in in_pieces.0 {
+        if let Reply::Array(Some(items)) = reply
+            && let Some(Reply::Bulk(Some(payload))) = items.into_iter().nth(2)
+        {
+            packet(payload);
+        }
+    }
+    packet(Bytes::copy_from_slice(stream));
+}
+
+/// The RESP values in `chunks`, and the error that ended them.
+fn resp_values<'a>(chunks: impl Iterator<Item = &'a [u8]>) -> (Vec<Reply>, Option<RespError>) {
+    let mut buf = BytesMut::new();
+    let mut values = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match resp::take(&mut buf) {
+                Ok(Some(value)) => values.push(value),
+                Ok(None) => break,
+                Err(e) => return (values, Some(e)),
+            }
+        }
+        let wanted = resp::wanted(&buf);
+        assert!(wanted == 0 || wanted > buf.len(), "waits for {wanted} bytes with {} held", buf.len());
+        assert!(wanted <= resp::MAX_BULK + 4096, "waits for {wanted} bytes");
+    }
+    (values, None)
+}
+
+/// Reads `payload` as a packet and each of its notes, or as one note.
+fn packet(payload: Bytes) {
+    match Packet::decode(payload.clone()) {
+        Ok(packet) => packet.notes.into_iter().for_each(note),
+        Err(_) => note(payload),
+    }
+}
+
+/// Reads a note in place and in full: where both read a frame, they agree.
+fn note(bytes: Bytes) {
+    let in_place = FrameNote::read(&bytes);
+    if let Ok(Note::Room(RoomNote::Frame { room, conn, frame, .. })) = Note::decode(bytes.clone()) {
+        let Some(Ok(read)) = in_place else { panic!("a frame note decodes but is not read in place") };
+        assert_eq!((read.room, read.conn, &read.frame), (room.as_str(), conn, &frame));
+    }
+}
+
 /// The status and body of a whole HTTP response, whose Content-Length (if any) is exact.
 fn parse_response(bytes: &[u8]) -> (u16, Vec<u8>) {
     let mut headers = [httparse::EMPTY_HEADER; 8];
@@ -250,6 +312,11 @@ mod tests {
     #[test]
     fn replays_the_frames_corpus() {
         replay("frames", super::frames);
+    }
+
+    #[test]
+    fn replays_the_inbox_corpus() {
+        replay("inbox", super::inbox);
     }
 
     #[test]

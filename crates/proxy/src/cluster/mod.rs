@@ -27,6 +27,6 @@ mod loss;
 mod outbox;
 mod presence;
 pub(crate) mod redis;
-mod resp;
+pub(crate) mod resp;
 mod view;
-mod wire;
+pub(crate) mod wire;
