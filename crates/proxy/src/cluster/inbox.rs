@@ -2,6 +2,8 @@
 //! to the local members of a room (through the same fan-out as a local member's frames), or a
 //! change of the room's view of its members elsewhere.
 
+use std::sync::Arc;
+
 use tracing::debug;
 
 use tokio_tungstenite::tungstenite::Message;
@@ -14,6 +16,7 @@ use crate::rooms::fanout::{self, Sender};
 use crate::rooms::hub::Hub;
 use crate::rooms::id::ConnId;
 use crate::rooms::mailbox::{Kicks, Mailbox};
+use crate::rooms::room::Room;
 
 /// What the inbox keeps from one frame to the next: the list of a room's receivers, filled
 /// for each frame (no allocation per frame), and the receivers whose queues it filled while
@@ -24,6 +27,11 @@ use crate::rooms::mailbox::{Kicks, Mailbox};
 pub(crate) struct Deliveries {
     receivers: Vec<Mailbox>,
     kicks: Kicks,
+    /// The room of the last frame: the frames of a packet mostly go to one room, found in the
+    /// registry once. A room is only ever removed from the registry once closed, and a room
+    /// of the same name made after it is a new one, so the room kept is the registry's as long
+    /// as it is not closed.
+    last: Option<Arc<Room>>,
 }
 
 impl Deliveries {
@@ -43,12 +51,16 @@ impl Deliveries {
     /// Nothing waits: a frame from another node is queued past a receiver's limits for a
     /// while, and a receiver that stays over them is closed (`rooms/fanout.rs`).
     async fn deliver(&mut self, hub: &Hub, room: &str, origin: &[u8], conn: ConnId, frame: Message) {
-        let Some(room) = hub.registry.room(room) else {
-            let origin = String::from_utf8_lossy(origin);
-            debug!(room, %origin, conn = %conn, "frame for a room with no member here");
-            return;
-        };
-        room.local_mailboxes(&mut self.receivers);
+        let kept = self.last.as_ref().filter(|kept| kept.id().as_str() == room);
+        if !kept.is_some_and(|kept| kept.local_mailboxes(&mut self.receivers)) {
+            self.last = hub.registry.room(room);
+            let Some(found) = &self.last else {
+                let origin = String::from_utf8_lossy(origin);
+                debug!(room, %origin, conn = %conn, "frame for a room with no member here");
+                return;
+            };
+            let _open = found.local_mailboxes(&mut self.receivers);
+        }
         let flow = hub.metrics.relayed.of(FrameKind::of(&frame));
         flow.add(self.receivers.len() as u64, (frame.len() * self.receivers.len()) as u64);
         let kicks = Some(&mut self.kicks);

@@ -91,7 +91,7 @@ pub(crate) async fn tell_missed(hub: &Hub, origin: &NodeId, missed: u64) -> u64 
         if !room.remote_nodes().contains(origin) {
             continue;
         }
-        room.local_mailboxes(&mut receivers);
+        let _open = room.local_mailboxes(&mut receivers);
         receivers.iter().for_each(|_| hub.metrics.conn_error_sent(503));
         told += receivers.len() as u64;
         let notice = hub.replies.error(503, &reason, None);

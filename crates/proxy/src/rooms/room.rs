@@ -423,10 +423,13 @@ impl Room {
     }
 
     /// Puts the mailboxes of the members on this node in `into` (emptied first), whose
-    /// allocation the caller keeps from one call to the next.
-    pub(crate) fn local_mailboxes(&self, into: &mut Vec<Mailbox>) {
+    /// allocation the caller keeps from one call to the next. Returns whether the room is still
+    /// the registry's: false once it was closed, empty, and removed.
+    pub(crate) fn local_mailboxes(&self, into: &mut Vec<Mailbox>) -> bool {
         into.clear();
-        into.extend(self.lock().members.iter().map(|m| m.mailbox.clone()));
+        let state = self.lock();
+        into.extend(state.members.iter().map(|m| m.mailbox.clone()));
+        !state.closed
     }
 
     /// What `take` takes from each local member, under the room's lock.

@@ -210,6 +210,34 @@ async fn a_redis_with_users_is_reached_over_tcp_and_a_unix_socket() {
     two.stop().await;
 }
 
+/// The inbox keeps the room of the last frame it delivered: when that room empties on the
+/// receiving node and a new member opens it again, frames go to the new room, not the old one.
+#[tokio::test]
+async fn frames_reach_a_room_opened_again_after_it_emptied() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let one = node(&pki, &redis, "one", "").await;
+    let two = node(&pki, &redis, "two", "").await;
+    let (mut manager, gateway) = across(&one, &two, "g").await;
+    manager.send_text(&event(1)).await;
+    let (mut gateway, mut n) = (gateway, 1);
+    assert_eq!(message_id(&gateway.recv_text().await), 1);
+    for round in 0..2 {
+        gateway.close().await;
+        let left = manager.recv_message().await;
+        assert_eq!(left["messageType"], "CONN:PEER-LEFT", "{left}");
+        let (mut again, _) = two.join("gateway", "gw/gw-1", &format!("g{round}")).await;
+        again.recv_text().await;
+        manager.recv_text().await;
+        n += 1;
+        manager.send_text(&event(n)).await;
+        assert_eq!(message_id(&again.recv_text().await), n, "round {round}");
+        gateway = again;
+    }
+    one.stop().await;
+    two.stop().await;
+}
+
 #[tokio::test]
 async fn redis_unreachable_at_start_is_a_clear_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
