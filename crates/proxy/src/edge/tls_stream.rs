@@ -45,7 +45,8 @@ const RECORD_OVERHEAD: usize = 64;
 /// Received bytes a connection may hold unprocessed: a handshake message of rustls' largest
 /// (64 KiB) spread over records, and one more record.
 const MAX_INCOMING: usize = 0x1_0000 + MAX_RECORD;
-/// Encrypted bytes a writer may queue before it waits for the socket.
+/// Encrypted bytes a writer may queue before it waits for the socket (passed by one record at
+/// most, to finish a write).
 const MAX_QUEUED: usize = 64 * 1024;
 
 /// A TLS session over TCP, server side.
@@ -475,12 +476,19 @@ impl AsyncWrite for TlsStream {
         while this.queued() >= MAX_QUEUED {
             ready!(this.poll_send(cx))?;
         }
-        this.outgoing.writing(bufs.iter().map(|b| b.len()).sum());
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        this.outgoing.writing(total);
         let mut taken = 0;
         let mut slices = bufs.iter().map(|b| &b[..]).filter(|b| !b.is_empty()).peekable();
         let mut stack = [MaybeUninit::<u8>::uninit(); MAX_PLAINTEXT];
         while let Some(first) = slices.next() {
-            let room = MAX_QUEUED.saturating_sub(this.queued()).max(MAX_PLAINTEXT);
+            let mut room = MAX_QUEUED.saturating_sub(this.queued()).max(MAX_PLAINTEXT);
+            if total - taken <= room + MAX_PLAINTEXT {
+                // What the queue's room leaves of this write fits in one more record: it is
+                // taken too, so that a message a little over the queue's size (64 KiB and its
+                // frame header) leaves in one write, not in a second, tiny one.
+                room += MAX_PLAINTEXT;
+            }
             if first.len() >= MAX_PLAINTEXT || slices.peek().is_none() {
                 let part = &first[..first.len().min(room)];
                 this.seal(Sealed::Data(part))?;
@@ -497,7 +505,7 @@ impl AsyncWrite for TlsStream {
                 this.seal(Sealed::Data(gathered.filled()))?;
                 taken += gathered.filled().len();
             }
-            if this.queued() >= MAX_QUEUED {
+            if this.queued() >= MAX_QUEUED && total - taken > MAX_PLAINTEXT {
                 break;
             }
         }
@@ -748,6 +756,46 @@ mod tests {
             client.read_exact(&mut answer).await.unwrap();
             assert_eq!(&answer, b"HTTP/1.1 101");
         }
+    }
+
+    #[tokio::test]
+    async fn a_message_a_little_over_the_queue_is_taken_in_one_write() {
+        let (_dir, pki) = pki();
+        let Pair { mut server, mut client } = pair(&pki, &[&rustls::version::TLS13]).await;
+        // The client reads all along, so that the socket always takes what is written.
+        let (total, expected) = tokio::sync::oneshot::channel::<usize>();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            let mut expected = std::pin::pin!(expected);
+            let mut want = None;
+            while want.is_none_or(|w| got.len() < w) {
+                tokio::select! {
+                    n = client.read(&mut buf) => got.extend_from_slice(&buf[..n.unwrap()]),
+                    w = &mut expected, if want.is_none() => want = Some(w.unwrap()),
+                }
+            }
+            got.len()
+        });
+        let (head, payload) = ([0x82u8, 127, 0, 0, 0, 0, 0, 1, 0, 0], vec![7u8; MAX_QUEUED]);
+        let slices = [IoSlice::new(&head), IoSlice::new(&payload)];
+        let n =
+            std::future::poll_fn(|cx| Pin::new(&mut server).poll_write_vectored(cx, &slices)).await.unwrap();
+        assert_eq!(
+            n,
+            head.len() + payload.len(),
+            "the frame's header does not leave a tail for a second write"
+        );
+        // More than one record past the queue's size is left for the next write.
+        let big = vec![7u8; MAX_QUEUED + 2 * MAX_PLAINTEXT];
+        let m =
+            std::future::poll_fn(|cx| Pin::new(&mut server).poll_write_vectored(cx, &[IoSlice::new(&big)]))
+                .await
+                .unwrap();
+        assert!(m < big.len(), "the queue is bounded: {m}");
+        server.flush().await.unwrap();
+        total.send(n + m).unwrap();
+        assert_eq!(reader.await.unwrap(), n + m);
     }
 
     #[tokio::test]
