@@ -30,6 +30,24 @@ async fn across(one: &TestProxy, two: &TestProxy, gateway_id: &str) -> (Client, 
     (manager, gateway)
 }
 
+/// Sends numbered events from `from` until one reaches `to`, and returns its number: frames
+/// sent while a node is between subscriptions may be lost (their sender is told).
+async fn until_frames_cross(from: &mut Client, to: &mut Client) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    let mut n = 0;
+    loop {
+        n += 1;
+        from.send_text(&event(n)).await;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_millis(300), to.ws.next()).await {
+            let text = frame.into_text().unwrap();
+            if serde_json::from_str::<Value>(&text).unwrap()["message"]["messageId"] == n {
+                return n;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "frames never crossed nodes again");
+    }
+}
+
 fn event(n: u64) -> String {
     format!(r#"{{"message": {{"messageId": {n}, "messageType": "EVENT:tick", "requiresResponse": false}}}}"#)
 }
@@ -367,20 +385,7 @@ async fn killed_inbox_subscriptions_are_made_again() {
     assert!(killed.starts_with(':') && killed != ":0", "{killed}");
     // Until both nodes are subscribed again, a frame may be lost (and its sender told); then
     // every frame crosses, in order, once.
-    let deadline = tokio::time::Instant::now() + WAIT * 2;
-    let mut n = 0;
-    'again: loop {
-        n += 1;
-        manager.send_text(&event(n)).await;
-        while let Ok(Some(Ok(frame))) =
-            tokio::time::timeout(Duration::from_millis(300), gateway.ws.next()).await
-        {
-            if message_id(&frame.into_text().unwrap()) == n {
-                break 'again;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "frames never crossed nodes again");
-    }
+    let n = until_frames_cross(&mut manager, &mut gateway).await;
     for m in n + 1..=n + 50 {
         manager.send_text(&event(m)).await;
     }
@@ -435,21 +440,7 @@ async fn an_inbox_that_stops_delivering_is_found_silent_and_subscribed_again() {
     relay.mute_subscriptions(false);
     ready_becomes(&one, 200).await;
     ready_becomes(&two, 200).await;
-    let deadline = tokio::time::Instant::now() + WAIT * 2;
-    let mut n = 0;
-    'again: loop {
-        n += 1;
-        manager.send_text(&event(n)).await;
-        while let Ok(Some(Ok(frame))) =
-            tokio::time::timeout(Duration::from_millis(300), gateway.ws.next()).await
-        {
-            let text = frame.into_text().unwrap();
-            if serde_json::from_str::<Value>(&text).unwrap()["message"]["messageId"] == n {
-                break 'again;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "frames never crossed nodes again");
-    }
+    until_frames_cross(&mut manager, &mut gateway).await;
     one.stop().await;
     two.stop().await;
 }
