@@ -77,7 +77,7 @@ impl Nodes for Local {
     }
 
     // A single node knows no other node, so nothing routes a note to one.
-    fn send_frame(&self, nodes: &[NodeId], _: &RoomId, _: ConnId, _: &Message) {
+    fn send_frame(&self, nodes: &[NodeId], _: &RoomId, _: ConnId, _: Message) {
         debug_assert!(nodes.is_empty(), "a single node has no other node to send to");
     }
 

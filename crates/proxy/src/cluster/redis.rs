@@ -623,13 +623,9 @@ impl Nodes for RedisBackplane {
         })
     }
 
-    fn send_frame(&self, nodes: &[NodeId], room: &RoomId, from: ConnId, frame: &Message) {
-        let note = Note::Room(RoomNote::Frame {
-            room: room.clone(),
-            origin: self.node.clone(),
-            conn: from,
-            frame: frame.clone(),
-        });
+    fn send_frame(&self, nodes: &[NodeId], room: &RoomId, from: ConnId, frame: Message) {
+        let note =
+            Note::Room(RoomNote::Frame { room: room.clone(), origin: self.node.clone(), conn: from, frame });
         self.send(nodes, note);
     }
 

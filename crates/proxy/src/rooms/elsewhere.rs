@@ -42,6 +42,6 @@ async fn tell(hub: &Hub, room: &Room, synced: Synced) {
 /// Sends what was held for a member to come to the nodes of the members that came.
 pub(crate) fn send_held(hub: &Hub, room: &RoomId, nodes: &[NodeId], held: Vec<Held>) {
     for message in held {
-        hub.nodes.send_frame(nodes, room, message.from, &message.frame);
+        hub.nodes.send_frame(nodes, room, message.from, message.frame);
     }
 }

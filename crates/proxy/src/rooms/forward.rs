@@ -269,13 +269,18 @@ impl<'a> Forward<'a> {
         }
         // To the other nodes hosting members first (queued, without waiting), then to the
         // local members, in order.
-        if !targets.nodes().is_empty() {
-            self.hub.nodes.send_frame(targets.nodes(), self.room.id(), self.mailbox.conn(), &message);
-        }
         let targets: &'s Targets = targets;
         let receivers = targets.mailboxes();
         tally.relayed(&message, receivers.len() as u64);
         debug!(len = message.len(), receivers = receivers.len(), nodes = targets.nodes().len(), "relayed");
+        if !targets.nodes().is_empty() {
+            let (room, conn) = (self.room.id(), self.mailbox.conn());
+            if receivers.is_empty() {
+                self.hub.nodes.send_frame(targets.nodes(), room, conn, message);
+                return (false, None);
+            }
+            self.hub.nodes.send_frame(targets.nodes(), room, conn, message.clone());
+        }
         (false, fanout::offer_all(self.hub, receivers, message, Sender::Local, Some(kicks)))
     }
 

@@ -90,8 +90,9 @@ pub(crate) trait Nodes: Send + Sync {
     fn leave<'a>(&'a self, room: &'a RoomId, conn: ConnId) -> BoxFuture<'a, ()>;
 
     /// A member's frame, for the members of `room` on `nodes`. Notes to one node keep their
-    /// order.
-    fn send_frame(&self, nodes: &[NodeId], room: &RoomId, from: ConnId, frame: &Message);
+    /// order. The frame is taken: a caller with local receivers too keeps a copy (a reference
+    /// count), one without gives it away, which spares its buffer a shared header.
+    fn send_frame(&self, nodes: &[NodeId], room: &RoomId, from: ConnId, frame: Message);
 
     /// A member joined `room` here.
     fn send_joined(&self, nodes: &[NodeId], room: &RoomId, card: &Card);
