@@ -34,7 +34,8 @@ pub(crate) struct Outbox {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Queued>,
+    /// Each note with what it counts against the bytes bound.
+    queue: VecDeque<(Queued, usize)>,
     /// Notes and bytes queued, and taken by the publisher but not yet done with.
     notes: usize,
     bytes: usize,
@@ -79,7 +80,7 @@ impl Outbox {
             return Err(Full);
         }
         let first = state.queue.is_empty();
-        state.queue.push_back((node.clone(), note));
+        state.queue.push_back(((node.clone(), note), cost));
         state.notes += 1;
         state.bytes += cost;
         drop(state);
@@ -98,9 +99,11 @@ impl Outbox {
                 let mut state = self.state();
                 if !state.queue.is_empty() {
                     let n = state.queue.len().min(max);
-                    let from = batch.len();
-                    batch.extend(state.queue.drain(..n));
-                    let bytes = batch[from..].iter().map(|(_, note)| cost(note.as_ref())).sum();
+                    let mut bytes = 0;
+                    batch.extend(state.queue.drain(..n).map(|(queued, cost)| {
+                        bytes += cost;
+                        queued
+                    }));
                     return Taken { notes: n, bytes };
                 }
             }

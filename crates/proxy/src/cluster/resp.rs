@@ -67,14 +67,10 @@ pub(crate) enum RespError {
 
 /// Appends the command `args` (a RESP array of bulk strings) to `out`.
 pub(crate) fn command(out: &mut BytesMut, args: &[&[u8]]) {
-    let size: usize = args.iter().map(|a| a.len() + 16).sum();
-    out.reserve(size + 16);
-    header(out, b'*', args.len());
-    for arg in args {
-        header(out, b'$', arg.len());
-        out.put_slice(arg);
-        out.put_slice(b"\r\n");
-    }
+    let Some((last, first)) = args.split_last() else { return header(out, b'*', 0) };
+    command_before(out, first, last.len());
+    out.put_slice(last);
+    out.put_slice(END);
 }
 
 /// Appends the command `args` and then a last argument of `tail` bytes, up to where the

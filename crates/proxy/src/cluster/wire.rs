@@ -8,7 +8,7 @@
 //! Every decode checks lengths and tags and fails with a reason; a malformed message from
 //! Redis is logged and dropped, never trusted.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::identity::Fingerprint;
@@ -142,7 +142,7 @@ impl Note {
     /// # Errors
     /// What is wrong with the bytes.
     pub(crate) fn decode(bytes: Bytes) -> Result<Self, WireError> {
-        let mut r = Reader(bytes);
+        let mut r = Reader::new(&bytes);
         r.version()?;
         let note = match r.u8()? {
             FRAME => Note::Room(RoomNote::Frame {
@@ -221,48 +221,13 @@ impl<'a> FrameNote<'a> {
         if note.get(..2) != Some(&[VERSION, FRAME][..]) {
             return None;
         }
-        let mut at = Cursor { bytes: note, at: 2 };
+        let mut r = Reader { bytes: note, at: 2 };
         let read = (|| {
-            let room = std::str::from_utf8(at.chunk()?).map_err(|_| WireError::Utf8)?;
-            let origin = at.chunk()?;
-            let conn = ConnId::from_wire(u64::from_be_bytes(
-                at.take(8)?.try_into().map_err(|_| WireError::Truncated)?,
-            ));
-            let tag = at.take(1)?[0];
-            let payload = at.chunk()?;
-            let payload = note.slice_ref(payload);
-            let frame = match tag {
-                TEXT => Message::Text(Utf8Bytes::try_from(payload).map_err(|_| WireError::Utf8)?),
-                BINARY => Message::Binary(payload),
-                tag => return Err(WireError::Tag(tag)),
-            };
-            match note.len() - at.at {
-                0 => Ok(FrameNote { room, origin, conn, frame }),
-                trailing => Err(WireError::Trailing(trailing)),
-            }
+            let frame = FrameNote { room: r.text()?, origin: r.chunk()?, conn: r.conn()?, frame: r.frame()? };
+            r.end()?;
+            Ok(frame)
         })();
         Some(read)
-    }
-}
-
-/// Reads a frame note's fields in place.
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        let taken = self.bytes.get(self.at..self.at.checked_add(n).ok_or(WireError::Truncated)?);
-        let taken = taken.ok_or(WireError::Truncated)?;
-        self.at += n;
-        Ok(taken)
-    }
-
-    /// A length-prefixed field.
-    fn chunk(&mut self) -> Result<&'a [u8], WireError> {
-        let len = u32::from_be_bytes(self.take(4)?.try_into().map_err(|_| WireError::Truncated)?);
-        self.take(len as usize)
     }
 }
 
@@ -277,15 +242,14 @@ impl Packet {
     /// # Errors
     /// What is wrong with the bytes.
     pub(crate) fn decode(bytes: Bytes) -> Result<Self, WireError> {
-        let mut r = Reader(bytes);
+        let mut r = Reader::new(&bytes);
         match r.u8()? {
             PACKET => {}
             other => return Err(WireError::Version(other)),
         }
         let origin = r.node()?;
         let seq = r.u64()?;
-        r.need(4)?;
-        let count = r.0.get_u32() as usize;
+        let count = r.u32()? as usize;
         // Each note takes at least its length: a count the bytes cannot hold is refused before
         // anything is reserved for it.
         r.need(count.saturating_mul(4))?;
@@ -311,7 +275,7 @@ pub(crate) fn encode_card(card: &Card) -> Bytes {
 /// # Errors
 /// What is wrong with the bytes.
 pub(crate) fn decode_card(bytes: Bytes) -> Result<Card, WireError> {
-    let mut r = Reader(bytes);
+    let mut r = Reader::new(&bytes);
     r.version()?;
     let card = r.card()?;
     r.end()?;
@@ -371,11 +335,27 @@ fn put_card(out: &mut BytesMut, card: &Card) {
     put_frame(out, &card.hello);
 }
 
-struct Reader(Bytes);
+/// Reads the fields of an encoding in place: what it hands out borrows from the bytes, or
+/// (`bytes`, a frame's payload) is a slice of them, never a copy.
+struct Reader<'a> {
+    bytes: &'a Bytes,
+    at: usize,
+}
 
-impl Reader {
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a Bytes) -> Self {
+        Reader { bytes, at: 0 }
+    }
+
     fn need(&self, n: usize) -> Result<(), WireError> {
-        if self.0.remaining() < n { Err(WireError::Truncated) } else { Ok(()) }
+        if self.bytes.len() - self.at < n { Err(WireError::Truncated) } else { Ok(()) }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        self.need(n)?;
+        let taken = &self.bytes[self.at..self.at + n];
+        self.at += n;
+        Ok(taken)
     }
 
     fn version(&mut self) -> Result<(), WireError> {
@@ -386,24 +366,39 @@ impl Reader {
     }
 
     fn u8(&mut self) -> Result<u8, WireError> {
-        self.need(1)?;
-        Ok(self.0.get_u8())
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let mut be = [0u8; 4];
+        be.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(be))
     }
 
     fn u64(&mut self) -> Result<u64, WireError> {
-        self.need(8)?;
-        Ok(self.0.get_u64())
+        let mut be = [0u8; 8];
+        be.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(be))
     }
 
+    /// A length-prefixed field, borrowed.
+    fn chunk(&mut self) -> Result<&'a [u8], WireError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+
+    /// A length-prefixed field, as a slice of the bytes.
     fn bytes(&mut self) -> Result<Bytes, WireError> {
-        self.need(4)?;
-        let len = self.0.get_u32() as usize;
-        self.need(len)?;
-        Ok(self.0.split_to(len))
+        let chunk = self.chunk()?;
+        Ok(self.bytes.slice_ref(chunk))
+    }
+
+    fn text(&mut self) -> Result<&'a str, WireError> {
+        std::str::from_utf8(self.chunk()?).map_err(|_| WireError::Utf8)
     }
 
     fn str(&mut self) -> Result<String, WireError> {
-        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| WireError::Utf8)
+        self.text().map(str::to_owned)
     }
 
     fn bool(&mut self) -> Result<bool, WireError> {
@@ -415,11 +410,11 @@ impl Reader {
     }
 
     fn room(&mut self) -> Result<RoomId, WireError> {
-        Ok(RoomId::parse(&self.str()?)?)
+        Ok(RoomId::parse(self.text()?)?)
     }
 
     fn node(&mut self) -> Result<NodeId, WireError> {
-        Ok(NodeId::new(&self.str()?))
+        Ok(NodeId::new(self.text()?))
     }
 
     fn conn(&mut self) -> Result<ConnId, WireError> {
@@ -447,16 +442,15 @@ impl Reader {
     fn card(&mut self) -> Result<Card, WireError> {
         let node = self.node()?;
         let conn = self.conn()?;
-        self.need(32)?;
         let mut fingerprint = [0u8; 32];
-        self.0.copy_to_slice(&mut fingerprint);
+        fingerprint.copy_from_slice(self.take(32)?);
         let name = PeerName { class: self.opt()?, id: self.opt()? };
         let hello = self.frame()?;
         Ok(Card { node, conn, fingerprint: Fingerprint(fingerprint), name, hello })
     }
 
     fn end(&self) -> Result<(), WireError> {
-        match self.0.remaining() {
+        match self.bytes.len() - self.at {
             0 => Ok(()),
             n => Err(WireError::Trailing(n)),
         }
