@@ -1,4 +1,5 @@
-//! Header-only parse vs full parse on 256 B, 4 KiB and 64 KiB envelopes.
+//! Header-only parse vs full parse on 256 B, 4 KiB and 64 KiB envelopes, and the header parse
+//! of envelopes whose body is one long string (as ws-bench sends them).
 //!
 //! Run with `cargo bench -p micronets-message --bench header`; the figures go in
 //! `docs/performance.md`.
@@ -34,6 +35,12 @@ fn envelope_of(size: usize) -> String {
     text.replacen("\"pad\":\"\"", &format!("\"pad\":\"{}\"", "x".repeat(pad)), 1)
 }
 
+/// An EVENT envelope of exactly `size` bytes whose body is one string, like ws-bench's frames.
+fn string_envelope_of(size: usize) -> String {
+    let empty = r#"{"message":{"messageId":7,"messageType":"EVENT:bench","messageBody":""}}"#;
+    empty.replacen("\"\"}", &format!("\"{}\"}}", "x".repeat(size - empty.len())), 1)
+}
+
 fn parse(c: &mut Criterion) {
     let mut group = c.benchmark_group("parse");
     for size in [256, 4 * 1024, 64 * 1024] {
@@ -46,6 +53,12 @@ fn parse(c: &mut Criterion) {
         });
         group.bench_with_input(BenchmarkId::new("full", size), &frame, |b, f| {
             b.iter(|| Envelope::parse(black_box(f)).map(|e| e.requires_response))
+        });
+        let frame = string_envelope_of(size);
+        assert_eq!(frame.len(), size);
+        assert!(Header::parse(&frame).is_ok());
+        group.bench_with_input(BenchmarkId::new("header-string-body", size), &frame, |b, f| {
+            b.iter(|| Header::parse(black_box(f)).map(|h| h.requires_response))
         });
     }
     group.finish();
