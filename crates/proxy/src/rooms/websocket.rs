@@ -32,7 +32,7 @@ const GROW_STEP: usize = 64 * 1024;
 /// being copied out of it; smaller ones get an exact-size copy, so that a queued frame never
 /// keeps a larger buffer alive.
 const HANDOVER_MIN: usize = 16 * 1024;
-/// A read is not started with less room than this.
+/// A read is not started with less room than this, unless the frame being read lacks less.
 const MIN_READ: usize = 512;
 /// Output fed before `poll_ready` waits for it to be written.
 const WRITE_HIGH: usize = 64 * 1024;
@@ -97,6 +97,8 @@ pub(crate) struct FrameReader<R> {
     budget: usize,
     /// A fragmented message being assembled: its opcode and its payload so far.
     partial: Option<(u8, BytesMut)>,
+    /// Bytes the frame being read still lacks, when its header is in (else `usize::MAX`).
+    missing: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -110,6 +112,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             max_frame,
             budget: max_hello,
             partial: None,
+            missing: usize::MAX,
         }
     }
 
@@ -125,6 +128,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Takes the next whole frame from the buffer, unmasked.
     fn parse_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        self.missing = usize::MAX;
         let b = &self.buf[..];
         let [b0, b1, ..] = *b else { return Ok(None) };
         if b0 & 0x70 != 0 {
@@ -159,7 +163,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // Room for the rest of the frame, but at most a step at a time: the buffer grows
             // with what arrives, not with what a header announces, so a peer that announces
             // 1 MiB and sends nothing more costs one step.
-            self.buf.reserve((total - b.len()).min(GROW_STEP));
+            self.missing = total - b.len();
+            self.buf.reserve(self.missing.min(GROW_STEP));
             return Ok(None);
         }
         let mask = [b[header], b[header + 1], b[header + 2], b[header + 3]];
@@ -167,6 +172,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // A large payload that fills the buffer takes the buffer along instead of a copy
             // (what follows it, if anything, stays in the rest of the allocation until read).
             let mut whole = self.buf.split_to(total);
+            // Whatever follows moves to a buffer of its own, sized for another frame like this
+            // one (large frames come in runs), which then lands in place. Grown in place
+            // instead, the shared rest would be replaced by a buffer the size of the old one, a
+            // few bytes short of the next frame, then doubled: too large to be handed over.
+            let mut next = BytesMut::with_capacity(total);
+            next.extend_from_slice(&self.buf);
+            self.buf = next;
             whole.advance(header + 4);
             unmask(&mut whole, mask);
             whole.freeze()
@@ -240,7 +252,7 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
             if let Some(message) = this.parse().transpose() {
                 return Poll::Ready(Some(message));
             }
-            if this.buf.capacity() - this.buf.len() < MIN_READ {
+            if this.buf.capacity() - this.buf.len() < MIN_READ.min(this.missing) {
                 this.buf.reserve(READ_CHUNK);
             }
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf) {

@@ -2,6 +2,7 @@
 
 use super::*;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::ReadBuf;
 
 /// A client frame: masked with a fixed key.
 fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -125,6 +126,40 @@ fn unmasking_matches_the_bytewise_definition() {
         let slow: Vec<u8> = original.iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
         assert_eq!(fast, slow, "length {len}");
     }
+}
+
+/// A transport that gives at most a TLS record's plaintext (16 KiB) per read, as the TLS stream
+/// does.
+struct Records(Vec<u8>, usize);
+
+impl AsyncRead for Records {
+    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let n = buf.remaining().min(16 * 1024).min(this.0.len() - this.1);
+        buf.put_slice(&this.0[this.1..this.1 + n]);
+        this.1 += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_stream_of_large_frames_lands_in_place_and_is_handed_over() {
+    let payload = "x".repeat(64 * 1024);
+    let frame = client_frame(true, OP_TEXT, payload.as_bytes());
+    let head = frame.len() - payload.len();
+    let mut reader = FrameReader::new(Records(frame.repeat(12), 0), &[], usize::MAX, 1 << 20);
+    let first = reader.next().await.unwrap().unwrap();
+    assert_eq!(first, Message::text(payload.as_str()));
+    for i in 2..=12 {
+        // The buffer the previous frame left holds (the start of) this one.
+        let landing = reader.buf.as_ptr() as usize;
+        let message = reader.next().await.unwrap().unwrap();
+        assert_eq!(message, Message::text(payload.as_str()));
+        let Message::Text(text) = message else { unreachable!() };
+        // Neither moved while it arrived nor copied out when it was whole.
+        assert_eq!(text.as_str().as_ptr() as usize, landing + head, "frame {i}");
+    }
+    assert!(reader.next().await.is_none());
 }
 
 /// A transport that takes at most seven bytes per write, to exercise partial writes.
