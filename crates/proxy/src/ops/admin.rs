@@ -67,7 +67,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         }
         let shared = Arc::clone(&shared);
         connections.spawn(async move {
-            let Some(tls) = shared.admin_guard.tls().cloned() else {
+            let Some(tls) = shared.admin_guard.tls() else {
                 return serve_connection(shared, tcp, None, peer).await;
             };
             match tokio::time::timeout(HEADER_TIMEOUT, tls_stream::accept(tls, tcp)).await {

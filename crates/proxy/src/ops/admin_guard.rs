@@ -8,6 +8,10 @@
 //! an `[[admin.allow]]` rule matches; with both configured, either will do. `/healthz` and
 //! `/readyz` answer everyone: load balancers and probes need them, and they tell nothing.
 //!
+//! A reload (SIGHUP) gives the endpoint's TLS the new server certificate, CAs and CRLs, as it
+//! gives them to the relay: a certificate revoked for the relay is revoked here too. The token
+//! and the rules are read at start-up only.
+//!
 //! The token file must be readable by its owner only (mode 0600 or stricter), like an SSH key;
 //! the token is compared in constant time and never logged. It comes as `Authorization: Bearer
 //! <token>`, or as the password of HTTP Basic authentication (any user name), which is what a
@@ -17,6 +21,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use http::{Request, header};
 use rustls::ServerConfig;
 
@@ -35,7 +40,10 @@ pub(crate) struct AdminGuard {
     token: Option<String>,
     allow: Acl,
     room: RoomId,
-    tls: Option<Arc<ServerConfig>>,
+    /// Whether a client must present a certificate: fixed at start-up, with the token and rules.
+    clients: ClientCertificates,
+    /// The TLS configuration, when the endpoint speaks TLS: swapped by a reload.
+    tls: ArcSwapOption<ServerConfig>,
 }
 
 /// Why a request is refused (401).
@@ -65,12 +73,31 @@ impl AdminGuard {
         let tls = access.tls.then(|| tls::admin_config(config, clients)).transpose()?;
         let room = RoomId::parse(ADMIN_ROOM)
             .map_err(|e| Error::Config { key: "admin.allow".into(), reason: e.to_string() })?;
-        Ok(AdminGuard { token, allow, room, tls })
+        Ok(AdminGuard { token, allow, room, clients, tls: ArcSwapOption::new(tls) })
     }
 
-    /// The TLS configuration, when the endpoint speaks TLS.
-    pub(crate) fn tls(&self) -> Option<&Arc<ServerConfig>> {
-        self.tls.as_ref()
+    /// The TLS configuration for a new connection, when the endpoint speaks TLS.
+    pub(crate) fn tls(&self) -> Option<Arc<ServerConfig>> {
+        self.tls.load_full()
+    }
+
+    /// The TLS configuration made again from the TLS files `config` names, for
+    /// [`AdminGuard::swap_tls`]; `None` when the endpoint does not speak TLS.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] for files that cannot be read or used.
+    pub(crate) fn reload_tls(&self, config: &Config) -> Result<Option<Arc<ServerConfig>>> {
+        if self.tls.load().is_none() {
+            return Ok(None);
+        }
+        tls::admin_config(config, self.clients).map(Some)
+    }
+
+    /// Puts in place what [`AdminGuard::reload_tls`] made: new connections use it.
+    pub(crate) fn swap_tls(&self, tls: Option<Arc<ServerConfig>>) {
+        if tls.is_some() {
+            self.tls.store(tls);
+        }
     }
 
     /// Whether `request`, from a client with the verified certificate `client` (if any), may
@@ -83,7 +110,7 @@ impl AdminGuard {
         if matches!(request.uri().path(), "/healthz" | "/readyz") {
             return Ok(());
         }
-        let open = self.token.is_none() && self.tls.is_none();
+        let open = self.token.is_none() && self.tls.load().is_none();
         let by_token =
             self.token.as_deref().is_some_and(|token| presented(request).is_some_and(|t| same(&t, token)));
         let by_certificate = client.is_some_and(|identity| {

@@ -1,8 +1,8 @@
 //! Hot reload: on SIGHUP (`systemctl reload`) the configuration file is read and validated
 //! again, and the server certificate, key, client CA bundles, CRLs and ACL rules are loaded
-//! from it and swapped in for new handshakes; members whose certificate the new material no
-//! longer admits (revoked, its CA no longer trusted, the ACL no longer letting it into its room)
-//! are closed with 1008. Established connections keep the TLS session they have. A reload that
+//! from it and swapped in for new handshakes, the relay's and the admin endpoint's; members
+//! whose certificate the new material no longer admits (revoked, its CA no longer trusted, the
+//! ACL no longer letting it into its room) are closed with 1008. Established connections keep the TLS session they have. A reload that
 //! fails keeps everything as it was and logs why. Other settings are read at start-up only: a
 //! reload that changes them says so.
 
@@ -26,8 +26,10 @@ pub(crate) fn reload(shared: &Shared) -> Result<()> {
         None => Config::clone(&shared.config),
     };
     let material = shared.gate.load(&config)?;
+    let admin_tls = shared.admin_guard.reload_tls(&config)?;
     // The new material first, then the sweep: a connection that joins in between meets it.
     let swapped = shared.gate.swap(material);
+    shared.admin_guard.swap_tls(admin_tls);
     let members = shared
         .hub
         .registry

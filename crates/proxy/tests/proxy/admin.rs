@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Pki, pair, sample, start, tls_connect, within};
+use crate::support::{Pki, pair, sample, start, start_toml, tls_connect, within};
 
 #[tokio::test]
 async fn health_readiness_and_bad_requests() {
@@ -387,5 +387,35 @@ async fn allowed_client_certificates_or_the_token_open_the_tls_endpoint() {
     let mut answer = Vec::new();
     let _ = within("plain HTTP refused", tcp.read_to_end(&mut answer)).await;
     assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1.1 200"), "{answer:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_gives_the_tls_endpoint_the_new_crl() {
+    use micronets_certgen::{Authority, crl, dev};
+    let pki = Pki::new();
+    let root = Authority::load(&pki.dev.root_cert(), &pki.dev.file(dev::ROOT, ".key.pem")).unwrap();
+    let crl_file = pki.path("root.crl.pem");
+    crl::revoke(&root, &crl_file, &crl::serial_of(&pki.client("long-gone")).unwrap(), 30).unwrap();
+    let toml = format!(
+        "[listen]\nbind = \"127.0.0.1:0\"\n[tls]\nserver_cert = {:?}\nclient_ca = {:?}\ncrl_files = [{:?}]\n\
+         [shutdown]\ndrain_window = \"100ms\"\n[[admin.allow]]\ncn = \"manager\"\n",
+        pki.dev.pkeycert(&dev::PROXY).display().to_string(),
+        pki.dev.root_cert().display().to_string(),
+        crl_file.display().to_string(),
+    );
+    let proxy = start_toml(&pki, &toml).await;
+    assert_eq!(admin_tls(&proxy, Some("manager"), None, "/v1/rooms").await.unwrap(), (200, "[]".into()));
+
+    crl::revoke(&root, &crl_file, &crl::serial_of(&pki.client("manager")).unwrap(), 30).unwrap();
+    proxy.proxy.reload().unwrap();
+    let refused = admin_tls(&proxy, Some("manager"), None, "/v1/rooms").await;
+    let error = refused.expect_err("a certificate revoked by the reloaded CRL opens nothing");
+    assert!(error.to_string().contains("Revoked"), "{error}");
+    assert_eq!(
+        admin_tls(&proxy, Some("gateway"), None, "/healthz").await.unwrap().0,
+        200,
+        "the rest still served"
+    );
     proxy.stop().await;
 }
