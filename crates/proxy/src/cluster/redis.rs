@@ -9,11 +9,11 @@
 //! get a `CONN:ERROR` 503 for each (with its `inResponseTo`), and a node that finds a packet
 //! number skipped tells the members of the rooms it shares with the sending node.
 //!
-//! Four tasks run while the node serves: the publisher, the inbox reader, the presence refresh,
-//! and the heartbeat, which publishes an empty packet to the node's own inbox every
-//! [`HEARTBEAT`] and subscribes again when none has come back for [`SILENCE`] (a subscription
-//! that stopped delivering without closing). Redis counts as reachable while the inbox and the
-//! refresh succeed.
+//! Four tasks run while the node serves: the publisher (`redis/publisher.rs`), the inbox
+//! reader, the presence refresh, and the heartbeat, which publishes an empty packet to the
+//! node's own inbox every [`HEARTBEAT`] and subscribes again when none has come back for
+//! [`SILENCE`] (a subscription that stopped delivering without closing). Redis counts as
+//! reachable while the inbox and the refresh succeed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,17 +29,14 @@ use tracing::{debug, error, info, warn};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::backplane::Backplane;
-use super::direct::Published;
 use super::error::BackplaneError;
 use super::inbox::{self, Deliveries};
 use super::link::{Link, MAX_BACKOFF};
-use super::loss::{self, Loss, Numbers};
+use super::loss::{self, Numbers};
 use super::outbox::Outbox;
 use super::presence::{Joining, Store};
 use super::view::new_view;
-use super::wire::{
-    FrameNote, Note, Packet, RoomNote, encode_card, encode_packet, field, is_single_note, key_of_field,
-};
+use super::wire::{FrameNote, Note, Packet, RoomNote, encode_card, field, is_single_note, key_of_field};
 use crate::config::{ClusterConfig, redacted_url};
 use crate::error::{Error, Result};
 use crate::identity::Fingerprint;
@@ -50,6 +47,8 @@ use crate::rooms::id::{ConnId, NodeId, RoomId};
 use crate::rooms::nodes::{BoxFuture, JoinError, Nodes, Roster, Unreachable};
 use crate::rooms::registry::Space;
 use crate::rooms::remote::{Card, MayReplace, MemberKey, NewView};
+
+mod publisher;
 
 /// Room refreshes in flight at once.
 const REFRESHES_IN_FLIGHT: usize = 32;
@@ -217,72 +216,6 @@ impl RedisBackplane {
                 self.heard_now();
                 self.resubscribe.notify_one();
             }
-        }
-    }
-
-    /// Publishes queued notes in order, in batches: one numbered packet per receiving node,
-    /// the packets of a batch at once. The members whose frames are lost are told.
-    async fn publish(&self, hub: &Hub) {
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut numbers: HashMap<NodeId, u64> = HashMap::new();
-        let mut outlet = self.link.outlet();
-        loop {
-            let taken = self.outbox.take(&mut batch, BATCH).await;
-            let mut by_node: Vec<(NodeId, Vec<Note>)> = Vec::new();
-            for (node, note) in batch.drain(..) {
-                let i = match by_node.iter().position(|(n, _)| *n == node) {
-                    Some(i) => i,
-                    None => {
-                        by_node.push((node, Vec::new()));
-                        by_node.len() - 1
-                    }
-                };
-                // The heartbeat is a packet with no notes.
-                if let Some(note) = note {
-                    by_node[i].1.push(note);
-                }
-            }
-            let sent: Vec<(String, Bytes)> = by_node
-                .iter()
-                .map(|(node, notes)| {
-                    let number = numbers.entry(node.clone()).or_insert(0);
-                    *number += 1;
-                    (self.inbox(node), encode_packet(&self.node, *number, notes))
-                })
-                .collect();
-            let results = outlet.publish(&sent).await;
-            drop(sent);
-            for ((node, notes), result) in by_node.into_iter().zip(results) {
-                let n = notes.len() as u64;
-                let (error, loss) = match result {
-                    // The heartbeat: whether it comes back is the inbox's to see.
-                    _ if node == self.node && n == 0 => continue,
-                    Published::Received(0) => {
-                        // No node was subscribed to receive it: its node is gone, or was
-                        // between subscriptions.
-                        self.lost.fetch_add(n, Ordering::Relaxed);
-                        if n > 0 {
-                            debug!(node = %node, notes = n, "notes published to an inbox nobody listens on: lost");
-                            let told = loss::tell_senders(hub, &node, &notes, Loss::Certain).await;
-                            self.notices.fetch_add(told, Ordering::Relaxed);
-                        }
-                        continue;
-                    }
-                    Published::Received(_) => {
-                        self.published.fetch_add(n, Ordering::Relaxed);
-                        continue;
-                    }
-                    Published::NotSent(e) => (e, Loss::Certain),
-                    Published::Unanswered(e) => (e, Loss::Unconfirmed),
-                };
-                self.lost.fetch_add(n, Ordering::Relaxed);
-                if n > 0 {
-                    warn!(error = %error, node = %node, notes = n, "cannot publish to another node: notes lost");
-                    let told = loss::tell_senders(hub, &node, &notes, loss).await;
-                    self.notices.fetch_add(told, Ordering::Relaxed);
-                }
-            }
-            self.outbox.done(taken);
         }
     }
 
@@ -477,29 +410,6 @@ impl RedisBackplane {
             elsewhere::resync(hub, &room, refreshed.others).await;
         }
         failure.map_or(Ok(()), Err)
-    }
-}
-
-impl RedisBackplane {
-    /// Queues a note to the inboxes of `nodes`, in that order (the last takes the note, the
-    /// others a copy: reference counts).
-    fn send(&self, nodes: &[NodeId], note: Note) {
-        if let Some((last, others)) = nodes.split_last() {
-            for node in others {
-                self.enqueue(node, Some(note.clone()));
-            }
-            self.enqueue(last, Some(note));
-        }
-    }
-
-    /// Queues a note (`None`: the heartbeat) for `node`; counts it lost when the outbox is
-    /// full.
-    fn enqueue(&self, node: &NodeId, note: Option<Note>) {
-        let heartbeat = note.is_none();
-        if self.outbox.push(node, note).is_err() && !heartbeat {
-            self.lost.fetch_add(1, Ordering::Relaxed);
-            warn!(node = %node, "outbox to other nodes full: note lost");
-        }
     }
 }
 
