@@ -32,6 +32,8 @@ const GROW_STEP: usize = 64 * 1024;
 /// being copied out of it; smaller ones get an exact-size copy, so that a queued frame never
 /// keeps a larger buffer alive.
 const HANDOVER_MIN: usize = 16 * 1024;
+/// A client frame's header at its longest: 10 bytes, then the 4-byte mask.
+const MAX_CLIENT_HEAD: usize = 14;
 /// A read is not started with less room than this, unless the frame being read lacks less.
 const MIN_READ: usize = 512;
 /// Output fed before `poll_ready` waits for it to be written.
@@ -169,14 +171,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         let mask = [b[header], b[header + 1], b[header + 2], b[header + 3]];
         let payload = if len >= HANDOVER_MIN && self.buf.capacity() <= total + total / 4 {
-            // A large payload that fills the buffer takes the buffer along instead of a copy
-            // (what follows it, if anything, stays in the rest of the allocation until read).
+            // A large payload that fills the buffer takes the buffer along instead of a copy.
             let mut whole = self.buf.split_to(total);
             // Whatever follows moves to a buffer of its own, sized for another frame like this
-            // one (large frames come in runs), which then lands in place. Grown in place
-            // instead, the shared rest would be replaced by a buffer the size of the old one, a
-            // few bytes short of the next frame, then doubled: too large to be handed over.
-            let mut next = BytesMut::with_capacity(total);
+            // one (large frames come in runs) but at most a step and a header beyond what has
+            // arrived: a frame of up to 64 KiB then lands in place. Grown in place instead,
+            // the shared rest would be replaced by a buffer the size of the old one, a few
+            // bytes short of the next frame, then doubled: too large to be handed over.
+            let mut next = BytesMut::with_capacity(total.min(self.buf.len() + GROW_STEP + MAX_CLIENT_HEAD));
             next.extend_from_slice(&self.buf);
             self.buf = next;
             whole.advance(header + 4);
@@ -235,11 +237,12 @@ impl<R: AsyncRead + Unpin> Frames for FrameReader<R> {
 
 #[cfg(any(test, feature = "fuzzing"))]
 impl<R> FrameReader<R> {
-    /// Whether the read buffer is within what `arrived` bytes of input justify: it grows with
-    /// what arrives, a step at a time, never with what a header announces. Allocation may
-    /// double, hence the factor.
-    pub(crate) fn within_memory_bound(&self, arrived: usize) -> bool {
-        self.buf.capacity() <= 2 * (arrived + GROW_STEP.max(READ_CHUNK))
+    /// Whether the read buffer is within a step of the bytes it holds: it grows with what
+    /// arrives, a step at a time, never with what a header announces or what an earlier frame
+    /// needed. Growing may double the allocation, and counts the bytes already read past until
+    /// they are moved out: hence the factor.
+    pub(crate) fn within_memory_bound(&self) -> bool {
+        self.buf.capacity() <= 3 * (self.buf.len() + GROW_STEP.max(READ_CHUNK))
     }
 }
 

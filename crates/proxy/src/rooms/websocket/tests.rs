@@ -162,6 +162,42 @@ async fn a_stream_of_large_frames_lands_in_place_and_is_handed_over() {
     assert!(reader.next().await.is_none());
 }
 
+/// A transport that gives its bytes a record at a time, then has nothing more: a peer that
+/// stalled.
+struct Stalls(Vec<u8>, usize);
+
+impl AsyncRead for Stalls {
+    fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let n = buf.remaining().min(16 * 1024).min(this.0.len() - this.1);
+        if n == 0 {
+            return Poll::Pending;
+        }
+        buf.put_slice(&this.0[this.1..this.1 + n]);
+        this.1 += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[test]
+fn a_peer_that_stalls_after_a_large_frame_holds_a_step_of_buffer_not_a_frame() {
+    use futures_util::FutureExt;
+    let large = client_frame(true, OP_BINARY, &vec![7u8; 1 << 20]);
+    let mut bytes = large.clone();
+    bytes.extend_from_slice(&large[..20]);
+    let mut reader = FrameReader::new(Stalls(bytes, 0), &[], usize::MAX, 2 << 20);
+    let first = reader.next().now_or_never().flatten().unwrap().unwrap();
+    assert_eq!(first.len(), 1 << 20);
+    drop(first);
+    assert!(reader.next().now_or_never().is_none(), "the second frame is not whole");
+    assert_eq!(reader.buf.len(), 20);
+    assert!(
+        reader.buf.capacity() <= 20 + GROW_STEP + MAX_CLIENT_HEAD,
+        "{} bytes kept",
+        reader.buf.capacity()
+    );
+}
+
 /// A transport that takes at most seven bytes per write, to exercise partial writes.
 struct Trickle(Vec<u8>);
 
