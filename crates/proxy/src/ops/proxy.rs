@@ -2,8 +2,8 @@
 //! configuration, served on a listener until a shutdown, then drained.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -63,6 +63,7 @@ impl Proxy {
             ready: AtomicBool::new(false),
             metrics,
             admin_guard,
+            reloading: Mutex::new(()),
         };
         Ok(Proxy { shared: Arc::new(shared) })
     }

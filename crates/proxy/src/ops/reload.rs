@@ -6,7 +6,7 @@
 //! fails keeps everything as it was and logs why. Other settings are read at start-up only: a
 //! reload that changes them says so.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use tracing::{error, info, warn};
 
@@ -21,6 +21,7 @@ use crate::error::Result;
 /// # Errors
 /// What cannot be read or used, naming the file or key; nothing is swapped then.
 pub(crate) fn reload(shared: &Shared) -> Result<()> {
+    let _one_at_a_time = shared.reloading.lock().unwrap_or_else(PoisonError::into_inner);
     let config = match &shared.source.path {
         Some(path) => FileConfig::load(path)?.into_config(&shared.source.overrides)?,
         None => Config::clone(&shared.config),

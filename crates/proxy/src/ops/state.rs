@@ -2,8 +2,8 @@
 //! the rooms' hub, the backplane to other nodes, the counters, and readiness.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use super::admin_guard::AdminGuard;
 use crate::cluster::backplane::Backplane;
@@ -35,4 +35,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     /// Who may use the admin endpoint.
     pub(crate) admin_guard: AdminGuard,
+    /// Held by a reload: one at a time, so that the relay and the admin endpoint always have
+    /// the material of the same one.
+    pub(crate) reloading: Mutex<()>,
 }
