@@ -60,6 +60,9 @@ pub(crate) struct Material {
     acl: Acl,
     /// The ticket key file's secret, for the keys to change if its content did.
     tickets: Secret,
+    /// The TLS files as read, for the admin endpoint's configuration to come from the same
+    /// reading.
+    files: tls::Files,
 }
 
 impl Material {
@@ -74,9 +77,15 @@ impl Material {
         // it names is read.
         let acl = Acl::new(&config.acl)
             .map_err(|e| Error::Config { key: "acl.rules".into(), reason: e.to_string() })?;
-        let tls = tls::material(config, resumption)?;
+        let files = tls::Files::read(config)?;
+        let tls = tls::material(config, &files, resumption)?;
         let tickets = Secret::load(config.ticket_key_file.as_deref())?;
-        Ok(Material { tls, acl, tickets })
+        Ok(Material { tls, acl, tickets, files })
+    }
+
+    /// The TLS files as this material read them.
+    pub(crate) fn files(&self) -> &tls::Files {
+        &self.files
     }
 }
 

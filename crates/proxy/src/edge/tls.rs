@@ -129,6 +129,7 @@ impl Resumption {
 }
 
 /// What client certificates are verified against: the CA certificates and the CRLs.
+#[derive(Clone)]
 struct Trust {
     roots: RootCertStore,
     crls: Vec<CertificateRevocationListDer<'static>>,
@@ -187,21 +188,43 @@ pub(crate) struct TlsMaterial {
 /// [`Error::Tls`] naming the file that is missing, unreadable, holds no certificate or key,
 /// holds a key that does not match the certificate, or a CA that webpki refuses.
 pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
-    Ok(material(config, &Resumption::new(config)?)?.server)
+    Ok(material(config, &Files::read(config)?, &Resumption::new(config)?)?.server)
 }
 
-/// The server's TLS configuration and its client certificate verifier.
+/// The TLS files a configuration names, read once, so that the relay and the admin endpoint
+/// are configured from the same reading: the CAs and CRLs, the server's chain and key.
+pub(crate) struct Files {
+    trust: Trust,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Files {
+    /// Reads the files `config` names.
+    ///
+    /// # Errors
+    /// As [`server_config`].
+    pub(crate) fn read(config: &Config) -> Result<Self> {
+        let trust = Trust::load(config)?;
+        let chain = read_certs(&config.server_cert)?;
+        let key = read_key(config.server_key.as_deref().unwrap_or(&config.server_cert))?;
+        Ok(Files { trust, chain, key })
+    }
+}
+
+/// The server's TLS configuration and its client certificate verifier, from `files`.
 ///
 /// # Errors
 /// As [`server_config`].
-pub(crate) fn material(config: &Config, resumption: &Resumption) -> Result<TlsMaterial> {
+pub(crate) fn material(config: &Config, files: &Files, resumption: &Resumption) -> Result<TlsMaterial> {
     let provider = provider();
-    let Trust { roots, crls, digest: trust, expires: trust_expires, cas } = Trust::load(config)?;
+    let Trust { roots, crls, digest: trust, expires: trust_expires, cas } = files.trust.clone();
     let verifier = client_verifier(config, roots, crls, &provider, ClientCertificates::Required)?;
-    let chain = read_certs(&config.server_cert)?;
-    let expiries =
-        Arc::new(TrustExpiry { server: chain.first().and_then(|leaf| CertificateExpiry::of(leaf)), cas });
-    let mut server = serving(config, provider, Arc::clone(&verifier), chain)?;
+    let expiries = Arc::new(TrustExpiry {
+        server: files.chain.first().and_then(|leaf| CertificateExpiry::of(leaf)),
+        cas,
+    });
+    let mut server = serving(config, provider, Arc::clone(&verifier), files)?;
     if resumption.enabled {
         server.ticketer = resumption.tickets.clone();
         server.session_storage = resumption.sessions(trust);
@@ -222,15 +245,19 @@ pub(crate) enum ClientCertificates {
 
 /// The TLS configuration of the admin endpoint (`[admin]` off loopback, or with
 /// `[[admin.allow]]`): the server certificate of `tls.server_cert`, client certificates
-/// verified against the peers' CAs and CRLs. Sessions are not resumed.
+/// verified against the peers' CAs and CRLs, from `files`. Sessions are not resumed.
 ///
 /// # Errors
 /// As [`server_config`].
-pub(crate) fn admin_config(config: &Config, clients: ClientCertificates) -> Result<Arc<ServerConfig>> {
+pub(crate) fn admin_config(
+    config: &Config,
+    files: &Files,
+    clients: ClientCertificates,
+) -> Result<Arc<ServerConfig>> {
     let provider = provider();
-    let Trust { roots, crls, .. } = Trust::load(config)?;
+    let Trust { roots, crls, .. } = files.trust.clone();
     let verifier = client_verifier(config, roots, crls, &provider, clients)?;
-    let mut server = serving(config, provider, verifier, read_certs(&config.server_cert)?)?;
+    let mut server = serving(config, provider, verifier, files)?;
     server.session_storage = Arc::new(NoServerSessionStorage {});
     server.send_tls13_tickets = 0;
     Ok(Arc::new(server))
@@ -259,21 +286,20 @@ fn client_verifier(
         .map_err(|e| tls_error(&config.client_ca[0], format!("cannot verify clients with this CA: {e}")))
 }
 
-/// A server configuration with the certificate `chain` of `tls.server_cert` and its key, the
-/// versions and suites of [`provider`], and `verifier` for the clients.
+/// A server configuration with the certificate chain and key of `files`, the versions and
+/// suites of [`provider`], and `verifier` for the clients.
 fn serving(
     config: &Config,
     provider: Arc<rustls::crypto::CryptoProvider>,
     verifier: Arc<dyn ClientCertVerifier>,
-    chain: Vec<CertificateDer<'static>>,
+    files: &Files,
 ) -> Result<ServerConfig> {
     let key_path = config.server_key.as_deref().unwrap_or(&config.server_cert);
-    let key = read_key(key_path)?;
     let mut server = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(VERSIONS)
         .map_err(|e| tls_error(&config.server_cert, e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
+        .with_single_cert(files.chain.clone(), files.key.clone_key())
         .map_err(|e| tls_error(key_path, format!("server certificate and key do not go together: {e}")))?;
     server.ignore_client_order = true;
     Ok(server)

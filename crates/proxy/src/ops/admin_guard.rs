@@ -70,7 +70,8 @@ impl AdminGuard {
         } else {
             ClientCertificates::Required
         };
-        let tls = access.tls.then(|| tls::admin_config(config, clients)).transpose()?;
+        let tls =
+            access.tls.then(|| tls::admin_config(config, &tls::Files::read(config)?, clients)).transpose()?;
         let room = RoomId::parse(ADMIN_ROOM)
             .map_err(|e| Error::Config { key: "admin.allow".into(), reason: e.to_string() })?;
         Ok(AdminGuard { token, allow, room, clients, tls: ArcSwapOption::new(tls) })
@@ -81,16 +82,20 @@ impl AdminGuard {
         self.tls.load_full()
     }
 
-    /// The TLS configuration made again from the TLS files `config` names, for
-    /// [`AdminGuard::swap_tls`]; `None` when the endpoint does not speak TLS.
+    /// The TLS configuration made again from `files` (as a reload read them for the relay),
+    /// for [`AdminGuard::swap_tls`]; `None` when the endpoint does not speak TLS.
     ///
     /// # Errors
-    /// [`Error::Tls`] for files that cannot be read or used.
-    pub(crate) fn reload_tls(&self, config: &Config) -> Result<Option<Arc<ServerConfig>>> {
+    /// [`Error::Tls`] for a CA bundle or a key that cannot be used.
+    pub(crate) fn reload_tls(
+        &self,
+        config: &Config,
+        files: &tls::Files,
+    ) -> Result<Option<Arc<ServerConfig>>> {
         if self.tls.load().is_none() {
             return Ok(None);
         }
-        tls::admin_config(config, self.clients).map(Some)
+        tls::admin_config(config, files, self.clients).map(Some)
     }
 
     /// Puts in place what [`AdminGuard::reload_tls`] made: new connections use it.

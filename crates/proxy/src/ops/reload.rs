@@ -27,7 +27,7 @@ pub(crate) fn reload(shared: &Shared) -> Result<()> {
         None => Config::clone(&shared.config),
     };
     let material = shared.gate.load(&config)?;
-    let admin_tls = shared.admin_guard.reload_tls(&config)?;
+    let admin_tls = shared.admin_guard.reload_tls(&config, material.files())?;
     // The new material first, then the sweep: a connection that joins in between meets it.
     let swapped = shared.gate.swap(material);
     shared.admin_guard.swap_tls(admin_tls);
