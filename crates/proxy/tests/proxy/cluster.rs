@@ -278,16 +278,23 @@ async fn redis_unreachable_at_start_is_a_clear_error() {
     assert!(error.starts_with(&format!("cluster: redis at redis://127.0.0.1:{port}:")), "{error}");
 }
 
-/// Waits until `/readyz` answers `status`.
-async fn ready_becomes(node: &TestProxy, status: u16) {
-    let deadline = tokio::time::Instant::now() + WAIT * 3;
+/// Asks the admin endpoint for `path` until its answer (status and body) is `done`, for at
+/// most `limit`: what a node does in the background shows only there.
+async fn admin_until(node: &TestProxy, path: &str, limit: Duration, done: impl Fn(u16, &str) -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        if node.admin("GET", "/readyz").await.0 == status {
+        let (status, body) = node.admin("GET", path).await;
+        if done(status, &body) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "/readyz never answered {status}");
+        assert!(tokio::time::Instant::now() < deadline, "{path} never answered as awaited: {status} {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until `/readyz` answers `status`.
+async fn ready_becomes(node: &TestProxy, status: u16) {
+    admin_until(node, "/readyz", WAIT * 3, |answered, _| answered == status).await;
 }
 
 #[tokio::test]
@@ -427,15 +434,11 @@ async fn an_inbox_that_stops_delivering_is_found_silent_and_subscribed_again() {
     let two = start(&pki, &cluster("two")).await;
     let (mut manager, mut gateway) = across(&one, &two, "g").await;
     relay.mute_subscriptions(true);
-    let deadline = tokio::time::Instant::now() + WAIT * 2;
-    loop {
-        let metrics = one.admin("GET", "/metrics").await.1;
-        if crate::support::sample(&metrics, "ws_proxy_cluster_inbox_silences_total") >= 1.0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the silent inbox was never noticed: {metrics}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The silent inbox is noticed.
+    admin_until(&one, "/metrics", WAIT * 2, |_, metrics| {
+        crate::support::sample(metrics, "ws_proxy_cluster_inbox_silences_total") >= 1.0
+    })
+    .await;
     ready_becomes(&one, 503).await;
     relay.mute_subscriptions(false);
     ready_becomes(&one, 200).await;
