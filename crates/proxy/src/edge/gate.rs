@@ -96,22 +96,23 @@ pub(crate) struct Swapped {
 }
 
 impl Gate {
-    /// The gate of `config`.
+    /// The gate of `config`, and the TLS files it read: the admin endpoint's configuration
+    /// comes from the same reading.
     ///
     /// # Errors
     /// As [`Material::load`], and [`Error::Config`] or [`Error::Tls`] for the hook.
-    pub(crate) fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Self> {
+    pub(crate) fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<(Self, tls::Files)> {
         let resumption = Resumption::new(&config)?;
-        let material = Material::load(&config, &resumption)?;
-        resumption.tickets.rekey(material.tickets.clone(), material.tls.trust);
-        if material.acl.is_empty() {
+        let Material { tls, acl, tickets, files } = Material::load(&config, &resumption)?;
+        resumption.tickets.rekey(tickets, tls.trust);
+        if acl.is_empty() {
             tracing::warn!("no [[acl.rules]]: every valid client certificate may join every room");
         }
         let auth_hook = config.auth_hook.as_ref().map(AuthHook::new).transpose()?;
-        Ok(Gate {
-            tls: ArcSwap::from_pointee(material.tls),
+        let gate = Gate {
+            tls: ArcSwap::from_pointee(tls),
             resumption,
-            acl: ArcSwap::from_pointee(material.acl),
+            acl: ArcSwap::from_pointee(acl),
             generation: AtomicU64::new(0),
             auth_hook,
             per_ip: PerKey::new(config.max_connections_per_ip),
@@ -121,7 +122,8 @@ impl Gate {
             conflicts: ConflictLog::default(),
             metrics,
             config,
-        })
+        };
+        Ok((gate, files))
     }
 
     /// Loads the material of `config` for [`Gate::swap`], with this gate's session resumption.

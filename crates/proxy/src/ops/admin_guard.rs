@@ -55,12 +55,13 @@ pub(crate) enum Denied {
 
 impl AdminGuard {
     /// Reads the token file, compiles the `[[admin.allow]]` rules and makes the TLS
-    /// configuration, as `config` asks.
+    /// configuration from `files` (as the relay read them), as `config` asks.
     ///
     /// # Errors
     /// [`Error::Config`] for a token file that cannot be read, is readable by others or holds
-    /// too short a token, or a rule that cannot be used; [`Error::Tls`] for the TLS files.
-    pub(crate) fn new(config: &Config) -> Result<Self> {
+    /// too short a token, or a rule that cannot be used; [`Error::Tls`] for a CA bundle or key
+    /// that cannot be used.
+    pub(crate) fn new(config: &Config, files: &tls::Files) -> Result<Self> {
         let access = &config.admin_access;
         let token = access.token_file.as_deref().map(read_token).transpose()?;
         let allow = Acl::new(&access.allow)
@@ -70,8 +71,7 @@ impl AdminGuard {
         } else {
             ClientCertificates::Required
         };
-        let tls =
-            access.tls.then(|| tls::admin_config(config, &tls::Files::read(config)?, clients)).transpose()?;
+        let tls = access.tls.then(|| tls::admin_config(config, files, clients)).transpose()?;
         let room = RoomId::parse(ADMIN_ROOM)
             .map_err(|e| Error::Config { key: "admin.allow".into(), reason: e.to_string() })?;
         Ok(AdminGuard { token, allow, room, clients, tls: ArcSwapOption::new(tls) })
@@ -100,9 +100,7 @@ impl AdminGuard {
 
     /// Puts in place what [`AdminGuard::reload_tls`] made: new connections use it.
     pub(crate) fn swap_tls(&self, tls: Option<Arc<ServerConfig>>) {
-        if tls.is_some() {
-            self.tls.store(tls);
-        }
+        self.tls.store(tls);
     }
 
     /// Whether `request`, from a client with the verified certificate `client` (if any), may

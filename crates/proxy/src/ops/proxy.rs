@@ -50,10 +50,11 @@ impl Proxy {
     fn with_source(config: Config, source: Source) -> Result<Self> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
-        let gate = Arc::new(Gate::new(Arc::clone(&config), Arc::clone(&metrics))?);
+        let (gate, files) = Gate::new(Arc::clone(&config), Arc::clone(&metrics))?;
+        let gate = Arc::new(gate);
         let backplane: Arc<dyn Backplane> = Arc::new(Local::default());
         let hub = Arc::new(Hub::new(Arc::clone(&config), backplane.clone(), Arc::clone(&metrics)));
-        let admin_guard = AdminGuard::new(&config)?;
+        let admin_guard = AdminGuard::new(&config, &files)?;
         let shared = Shared {
             config,
             gate,
