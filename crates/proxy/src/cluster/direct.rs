@@ -236,7 +236,7 @@ impl Publisher {
 
     /// Publishes each packet to its channel, all in one write, and reads their answers
     /// within the command timeout.
-    pub(crate) async fn publish(&mut self, packets: &[(String, Bytes)]) -> Vec<Published> {
+    pub(crate) async fn publish(&mut self, packets: &[(Arc<str>, Bytes)]) -> Vec<Published> {
         // A connection Redis has closed since the last batch (a restart) is made again before
         // anything is written to it: what is not sent is certainly lost, not maybe.
         let mut kept = self.conn.take();

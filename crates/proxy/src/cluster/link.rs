@@ -200,14 +200,14 @@ pub(crate) enum Outlet {
 
 impl Outlet {
     /// Publishes each packet to its channel (an inbox); what became of each, in order.
-    pub(crate) async fn publish(&mut self, packets: &[(String, Bytes)]) -> Vec<Published> {
+    pub(crate) async fn publish(&mut self, packets: &[(Arc<str>, Bytes)]) -> Vec<Published> {
         match self {
             Outlet::Server(publisher) => publisher.publish(packets).await,
             Outlet::Cluster(commands) => {
                 let sends = packets.iter().map(|(channel, packet)| {
                     let mut commands = commands.clone();
                     async move {
-                        let publish = redis::cmd("SPUBLISH").arg(channel).arg(packet.as_ref()).to_owned();
+                        let publish = redis::cmd("SPUBLISH").arg(&**channel).arg(packet.as_ref()).to_owned();
                         match publish.query_async::<u64>(&mut commands).await {
                             Ok(n) => Published::Received(n),
                             Err(e) if e.is_timeout() => Published::Unanswered(Arc::new(e.into())),

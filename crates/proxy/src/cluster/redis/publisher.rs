@@ -4,6 +4,7 @@
 //! whose frames it carried are told (`loss.rs`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -42,17 +43,19 @@ impl RedisBackplane {
     /// Publishes queued notes in order, in batches, forever.
     pub(super) async fn publish(&self, hub: &Hub) {
         let mut batch = Vec::with_capacity(BATCH);
-        let mut numbers: HashMap<NodeId, u64> = HashMap::new();
+        // Each receiving node's inbox channel, named once, and the number of its last packet.
+        let mut inboxes: HashMap<NodeId, (Arc<str>, u64)> = HashMap::new();
         let mut outlet = self.link.outlet();
         loop {
             let taken = self.outbox.take(&mut batch, BATCH).await;
             let by_node = by_node(&mut batch);
-            let sent: Vec<(String, Bytes)> = by_node
+            let sent: Vec<(Arc<str>, Bytes)> = by_node
                 .iter()
                 .map(|(node, notes)| {
-                    let number = numbers.entry(node.clone()).or_insert(0);
+                    let (channel, number) =
+                        inboxes.entry(node.clone()).or_insert_with(|| (self.inbox(node).into(), 0));
                     *number += 1;
-                    (self.inbox(node), encode_packet(&self.node, *number, notes))
+                    (Arc::clone(channel), encode_packet(&self.node, *number, notes))
                 })
                 .collect();
             let results = outlet.publish(&sent).await;
