@@ -123,16 +123,14 @@ impl Dialer {
         Ok(conn)
     }
 
-    /// TCP as the `redis` crate sets it up (`link.rs`): no delay, keepalive probes from one
-    /// command timeout on, and unacknowledged writes abort after three.
+    /// TCP as the `redis` crate's connections have it (`link.rs`): no delay, keepalive probes
+    /// and a user timeout.
     async fn tcp(&self, host: &str, port: u16) -> std::io::Result<TcpStream> {
         let tcp = TcpStream::connect((host, port)).await?;
         tcp.set_nodelay(true)?;
-        let probe = self.timeout.max(Duration::from_secs(1));
-        let keepalive = socket2::TcpKeepalive::new().with_time(probe).with_interval(probe).with_retries(3);
         let socket = socket2::SockRef::from(&tcp);
-        socket.set_tcp_keepalive(&keepalive)?;
-        socket.set_tcp_user_timeout(Some(self.timeout * 3))?;
+        socket.set_tcp_keepalive(&keepalive(self.timeout))?;
+        socket.set_tcp_user_timeout(Some(user_timeout(self.timeout)))?;
         Ok(tcp)
     }
 
@@ -318,4 +316,17 @@ impl Subscription {
             }
         }
     }
+}
+
+/// A silent Redis (a black hole) is noticed by the kernel too, not only by the command
+/// timeouts: an idle connection (the inbox's) is probed from one command `timeout` on (the
+/// kernel counts whole seconds), and given up after three probes unanswered.
+pub(super) fn keepalive(timeout: Duration) -> socket2::TcpKeepalive {
+    let probe = timeout.max(Duration::from_secs(1));
+    socket2::TcpKeepalive::new().with_time(probe).with_interval(probe).with_retries(3)
+}
+
+/// Unacknowledged writes abort a connection to Redis after three command timeouts.
+pub(super) fn user_timeout(timeout: Duration) -> Duration {
+    timeout * 3
 }

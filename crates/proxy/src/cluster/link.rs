@@ -17,7 +17,7 @@ use redis::io::tcp::TcpSettings;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, PushInfo, PushKind, RedisFuture, TlsCertificates, Value};
 use tokio::sync::{Mutex, MutexGuard, mpsc};
 
-use super::direct::{Dialer, Published, Publisher, Subscription};
+use super::direct::{self, Dialer, Published, Publisher, Subscription};
 use super::error::BackplaneError;
 use crate::config::ClusterConfig;
 
@@ -107,14 +107,10 @@ impl Link {
             None => None,
         };
         let certificates = || TlsCertificates { client_tls: None, root_cert: root.clone() };
-        // A silent Redis (a black hole) is noticed by the kernel too, not only by the command
-        // timeouts: unacknowledged writes abort the connection after three command timeouts,
-        // and an idle one (the inbox's) is probed from one command timeout on (the kernel
-        // counts whole seconds).
-        let probe = timeout.max(std::time::Duration::from_secs(1));
-        let keepalive = socket2::TcpKeepalive::new().with_time(probe).with_interval(probe).with_retries(3);
-        let tcp =
-            TcpSettings::default().set_nodelay(true).set_keepalive(keepalive).set_user_timeout(timeout * 3);
+        let tcp = TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(direct::keepalive(timeout))
+            .set_user_timeout(direct::user_timeout(timeout));
         let connecting = async {
             if config.redis_cluster {
                 let seeds: Vec<&str> = config.redis_url.split(',').map(str::trim).collect();
