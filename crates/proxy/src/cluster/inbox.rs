@@ -85,7 +85,7 @@ pub(crate) async fn apply(hub: &Hub, note: RoomNote, deliveries: &mut Deliveries
             let Some(room) = hub.registry.room(room.as_str()) else { return };
             let hello = card.hello.clone();
             if let Some(receivers) =
-                room.add_remote(card, &mut |nodes, held| send_held(hub, room.id(), nodes, held))
+                room.add_remote(*card, &mut |nodes, held| send_held(hub, room.id(), nodes, held))
             {
                 fanout::deliver_all(hub, &receivers, hello, Sender::OtherNode).await;
             }

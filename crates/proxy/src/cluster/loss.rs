@@ -47,7 +47,7 @@ pub(crate) enum Loss {
 
 /// Tells each local member whose frame is among `notes` that it did not reach the members on
 /// `node`: a `CONN:ERROR` 503 in response to it. Returns how many were told.
-pub(crate) async fn tell_senders(hub: &Hub, node: &NodeId, notes: &[Note], loss: Loss) -> u64 {
+pub(crate) async fn tell_senders(hub: &Hub, node: &NodeId, notes: &[&Note], loss: Loss) -> u64 {
     let mut told = 0;
     for note in notes {
         let Note::Room(RoomNote::Frame { room, conn, frame, .. }) = note else {

@@ -540,7 +540,7 @@ impl Nodes for RedisBackplane {
     }
 
     fn send_joined(&self, nodes: &[NodeId], room: &RoomId, card: &Card) {
-        self.send(nodes, Note::Room(RoomNote::Joined { room: room.clone(), card: card.clone() }));
+        self.send(nodes, Note::Room(RoomNote::Joined { room: room.clone(), card: Box::new(card.clone()) }));
     }
 
     fn send_left(&self, nodes: &[NodeId], room: &RoomId, who: &MemberKey, reason: &str) {

@@ -37,8 +37,9 @@ pub(crate) enum Note {
 pub(crate) enum RoomNote {
     /// A member's data frame, for the members of `room` on the receiving node.
     Frame { room: RoomId, origin: NodeId, conn: ConnId, frame: Message },
-    /// A member joined `room`: record it and give its HELLO to the local members.
-    Joined { room: RoomId, card: Card },
+    /// A member joined `room`: record it and give its HELLO to the local members. The card is
+    /// boxed: it is the largest field of any note, and every note moves through the outbox.
+    Joined { room: RoomId, card: Box<Card> },
     /// A member left `room`: forget it and tell the local members why.
     Left { room: RoomId, who: MemberKey, reason: String },
     /// Close the local member `conn`: a newer connection with its certificate joined `room`
@@ -151,7 +152,7 @@ impl Note {
                 conn: r.conn()?,
                 frame: r.frame()?,
             }),
-            JOINED => Note::Room(RoomNote::Joined { room: r.room()?, card: r.card()? }),
+            JOINED => Note::Room(RoomNote::Joined { room: r.room()?, card: Box::new(r.card()?) }),
             LEFT => Note::Room(RoomNote::Left {
                 room: r.room()?,
                 who: MemberKey { node: r.node()?, conn: r.conn()? },
@@ -186,7 +187,7 @@ pub(crate) struct Packet {
 
 /// The encoding of a packet of `notes`, as published: each note is encoded straight into the
 /// packet's one buffer, behind its length.
-pub(crate) fn encode_packet(origin: &NodeId, seq: u64, notes: &[Note]) -> Bytes {
+pub(crate) fn encode_packet(origin: &NodeId, seq: u64, notes: &[&Note]) -> Bytes {
     let size = 32 + origin.as_str().len() + notes.iter().map(|n| 128 + n.payload_len()).sum::<usize>();
     let mut out = BytesMut::with_capacity(size);
     out.put_u8(PACKET);
@@ -494,7 +495,7 @@ mod tests {
                 conn: ConnId::from_wire(u64::MAX),
                 frame: Message::binary(vec![0, 255, 1]),
             }),
-            Note::Room(RoomNote::Joined { room: room("gw/1"), card: card() }),
+            Note::Room(RoomNote::Joined { room: room("gw/1"), card: Box::new(card()) }),
             Note::Room(RoomNote::Left {
                 room: room("gw/1"),
                 who: MemberKey { node: node("a"), conn: ConnId::from_wire(3) },
@@ -524,7 +525,7 @@ mod tests {
     #[test]
     fn packets_carry_their_notes_as_slices_and_refuse_what_is_malformed() {
         let sent = [
-            Note::Room(RoomNote::Joined { room: room("gw/1"), card: card() }),
+            Note::Room(RoomNote::Joined { room: room("gw/1"), card: Box::new(card()) }),
             Note::Probed { probe: 1, alive: true },
             Note::Room(RoomNote::Frame {
                 room: room("gw/1"),
@@ -534,7 +535,7 @@ mod tests {
             }),
         ];
         let notes: Vec<Bytes> = sent.iter().map(Note::encode).collect();
-        let packet = encode_packet(&node("a-1"), 7, &sent);
+        let packet = encode_packet(&node("a-1"), 7, &sent.iter().collect::<Vec<_>>());
         let decoded = Packet::decode(packet.clone()).unwrap();
         assert_eq!(decoded, Packet { origin: node("a-1"), seq: 7, notes: notes.clone() });
         let inside = |b: &Bytes| packet.as_ptr_range().contains(&b.as_ptr());
@@ -571,7 +572,7 @@ mod tests {
                 && inside(frame.frame.clone().into_data().as_ref()),
             "slices of the note, not copies"
         );
-        let joined = Note::Room(RoomNote::Joined { room: room("gw/1"), card: card() }).encode();
+        let joined = Note::Room(RoomNote::Joined { room: room("gw/1"), card: Box::new(card()) }).encode();
         assert!(FrameNote::read(&joined).is_none(), "only frames");
         for cut in 2..note.len() {
             assert!(FrameNote::read(&note.slice(..cut)).unwrap().is_err(), "cut at {cut}");
@@ -584,7 +585,7 @@ mod tests {
 
     #[test]
     fn malformed_bytes_are_refused_with_a_reason() {
-        let good = Note::Room(RoomNote::Joined { room: room("gw/1"), card: card() }).encode();
+        let good = Note::Room(RoomNote::Joined { room: room("gw/1"), card: Box::new(card()) }).encode();
         for cut in 0..good.len() {
             assert!(Note::decode(good.slice(..cut)).is_err(), "cut at {cut}");
         }

@@ -48,12 +48,12 @@ impl RedisBackplane {
         let mut outlet = self.link.outlet();
         loop {
             let taken = self.outbox.take(&mut batch, BATCH).await;
-            let by_node = by_node(&mut batch);
+            let by_node = by_node(&batch);
             let sent: Vec<(Arc<str>, Bytes)> = by_node
                 .iter()
                 .map(|(node, notes)| {
                     let (channel, number) =
-                        inboxes.entry(node.clone()).or_insert_with(|| (self.inbox(node).into(), 0));
+                        inboxes.entry((*node).clone()).or_insert_with(|| (self.inbox(node).into(), 0));
                     *number += 1;
                     (Arc::clone(channel), encode_packet(&self.node, *number, notes))
                 })
@@ -61,15 +61,16 @@ impl RedisBackplane {
             let results = outlet.publish(&sent).await;
             drop(sent);
             for ((node, notes), result) in by_node.into_iter().zip(results) {
-                self.settle(hub, &node, &notes, result).await;
+                self.settle(hub, node, &notes, result).await;
             }
+            batch.clear();
             self.outbox.done(taken);
         }
     }
 
     /// Counts what became of the packet of `notes` to `node`, and tells the members whose
     /// frames it lost.
-    async fn settle(&self, hub: &Hub, node: &NodeId, notes: &[Note], result: Published) {
+    async fn settle(&self, hub: &Hub, node: &NodeId, notes: &[&Note], result: Published) {
         let n = notes.len() as u64;
         let (error, loss) = match result {
             // The heartbeat: whether it comes back is the inbox's to see.
@@ -101,16 +102,16 @@ impl RedisBackplane {
     }
 }
 
-/// The notes of `batch` (which it empties) grouped by receiving node: the nodes in the order
-/// they first appear, each node's notes in their order. A heartbeat (`None`) makes its node's
-/// packet without adding a note to it.
-fn by_node(batch: &mut Vec<Queued>) -> Vec<(NodeId, Vec<Note>)> {
-    let mut grouped: Vec<(NodeId, Vec<Note>)> = Vec::new();
-    for (node, note) in batch.drain(..) {
+/// The notes of `batch` grouped by receiving node: the nodes in the order they first appear,
+/// each node's notes in their order. The notes stay where they are (a note is larger than a
+/// reference to it). A heartbeat (`None`) makes its node's packet without adding a note to it.
+fn by_node(batch: &[Queued]) -> Vec<(&NodeId, Vec<&Note>)> {
+    let mut grouped: Vec<(&NodeId, Vec<&Note>)> = Vec::new();
+    for (node, note) in batch {
         let i = match grouped.iter().position(|(n, _)| *n == node) {
             Some(i) => i,
             None => {
-                grouped.push((node, Vec::new()));
+                grouped.push((node, Vec::with_capacity(batch.len())));
                 grouped.len() - 1
             }
         };
@@ -132,17 +133,15 @@ mod tests {
     #[test]
     fn a_batch_is_grouped_by_node_in_order() {
         let (a, b) = (NodeId::new("a"), NodeId::new("b"));
-        let mut batch =
+        let batch =
             vec![(a.clone(), probed(1)), (b.clone(), probed(2)), (a.clone(), probed(3)), (b.clone(), None)];
-        let grouped = by_node(&mut batch);
-        assert!(batch.is_empty());
-        let expected = vec![(a, vec![probed(1).unwrap(), probed(3).unwrap()]), (b, vec![probed(2).unwrap()])];
-        assert_eq!(grouped, expected);
+        let [one, two, three] = [1, 2, 3].map(|n| probed(n).unwrap());
+        assert_eq!(by_node(&batch), vec![(&a, vec![&one, &three]), (&b, vec![&two])]);
     }
 
     #[test]
     fn a_heartbeat_alone_is_a_packet_with_no_notes() {
         let me = NodeId::new("me");
-        assert_eq!(by_node(&mut vec![(me.clone(), None)]), vec![(me, Vec::new())]);
+        assert_eq!(by_node(&[(me.clone(), None)]), vec![(&me, Vec::new())]);
     }
 }
