@@ -2,8 +2,8 @@
 //! (`direct.rs`): commands out, and replies and pub/sub messages in, read from one buffer.
 //!
 //! A reply is taken off the buffer only once it has arrived whole; until then the buffer keeps
-//! growing, within [`MAX_BULK`] for a string and [`MAX_ITEMS`] for an array, and nothing else
-//! is held. A payload is copied out of the buffer into a `Bytes` of its own size, so that a
+//! growing, within [`MAX_BULK`] for a string, [`MAX_ITEMS`] for an array and [`MAX_VALUE`] for
+//! the whole value, and nothing else is held. A payload is copied out of the buffer into a `Bytes` of its own size, so that a
 //! note kept in a slow member's queue keeps its packet alive, not the connection's whole read
 //! buffer; a payload of [`SPLIT_FROM`] or more is split off the buffer instead, which then holds
 //! little else.
@@ -12,6 +12,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// The longest bulk string accepted: above the largest packet the outbox can hold (64 MiB).
 pub(crate) const MAX_BULK: usize = 128 << 20;
+/// The longest value accepted in all (an array's items together): a pub/sub message of the
+/// longest packet, with room to spare for its channel's name.
+const MAX_VALUE: usize = MAX_BULK + (1 << 20);
 /// The most items an array may have; the node's replies have three at most.
 const MAX_ITEMS: usize = 64;
 /// Arrays in arrays, at most.
@@ -59,6 +62,8 @@ pub(crate) enum RespError {
     TooMany(i64),
     #[error("RESP: arrays nested too deep")]
     TooDeep,
+    #[error("RESP: a value of more than {MAX_VALUE} bytes in all")]
+    TooLarge,
     #[error("RESP: a line or bulk string not ended by CRLF")]
     Terminator,
     #[error("RESP: a line over {MAX_LINE} bytes")]
@@ -114,7 +119,7 @@ fn header(out: &mut BytesMut, kind: u8, mut n: usize) {
 /// [`RespError`] when the bytes are not RESP or exceed the limits: the connection cannot be
 /// read further.
 pub(crate) fn take(buf: &mut BytesMut) -> Result<Option<Reply>, RespError> {
-    let Measure::Whole(end) = measure(buf, 0, 0)? else { return Ok(None) };
+    let Measure::Whole(end) = first(buf)? else { return Ok(None) };
     let mut whole = buf.split_to(end);
     Ok(Some(read(&mut whole)))
 }
@@ -123,7 +128,7 @@ pub(crate) fn take(buf: &mut BytesMut) -> Result<Option<Reply>, RespError> {
 /// announced length tells, so that its buffer is made that large once rather than grown step
 /// by step (each step a copy of what came so far). 0 when it is whole or not RESP.
 pub(crate) fn wanted(buf: &[u8]) -> usize {
-    match measure(buf, 0, 0) {
+    match first(buf) {
         Ok(Measure::Short(at_least)) => at_least,
         _ => 0,
     }
@@ -135,6 +140,15 @@ enum Measure {
     Whole(usize),
     /// Not yet: the buffer must hold at least this much.
     Short(usize),
+}
+
+/// How far the first value of `buf` has arrived, within [`MAX_VALUE`] in all.
+fn first(buf: &[u8]) -> Result<Measure, RespError> {
+    let measured = measure(buf, 0, 0)?;
+    match measured {
+        Measure::Whole(len) | Measure::Short(len) if len > MAX_VALUE => Err(RespError::TooLarge),
+        _ => Ok(measured),
+    }
 }
 
 /// The length of the value starting at `at`, once it has all arrived.
@@ -320,6 +334,15 @@ mod tests {
         assert_eq!(all(huge.as_bytes()), Err(RespError::TooLong(MAX_BULK as i64 + 1)));
         assert_eq!(all(b"*100000\r\n"), Err(RespError::TooMany(100_000)));
         assert_eq!(all(b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n:1\r\n"), Err(RespError::TooDeep));
+        // Strings each within the limit, too many bytes together: refused once announced,
+        // before they arrive.
+        let within = format!("${MAX_BULK}\r\n");
+        let one = format!("*2\r\n{within}");
+        assert_eq!(take(&mut BytesMut::from(one.as_bytes())), Ok(None), "one announced: it may come");
+        let mut two = b"*2\r\n$2097152\r\n".to_vec();
+        two.extend(std::iter::repeat_n(b'x', 2 << 20));
+        two.extend_from_slice(format!("\r\n{within}").as_bytes());
+        assert_eq!(take(&mut BytesMut::from(&two[..])), Err(RespError::TooLarge));
         assert_eq!(all(&[b'+'; MAX_LINE + 2]), Err(RespError::LongLine));
         assert_eq!(all(b"+OK\rX"), Err(RespError::Terminator));
         // Incomplete is not an error: it waits, and says how much it waits for when it knows.
