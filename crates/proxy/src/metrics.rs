@@ -398,6 +398,8 @@ pub struct ClusterTotals {
     pub lost: u64,
     /// Packets from other nodes that never arrived (numbers skipped).
     pub missed: u64,
+    /// Packets from other nodes dropped for coming after a later one, or again.
+    pub stale: u64,
     /// `CONN:ERROR`s that told members of lost frames.
     pub notices: u64,
     /// Times the inbox was found silent (no heartbeat) and subscribed again.

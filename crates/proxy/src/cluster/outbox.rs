@@ -20,6 +20,8 @@ pub(crate) type Queued = (NodeId, Option<Note>);
 
 /// What a note counts against the bytes bound, beyond its payload.
 const NOTE_OVERHEAD: usize = 64;
+/// Nodes kept, at most, as having had notes refused since the last batch.
+const SKIPPED_NODES: usize = 4096;
 
 /// Notes waiting to be published.
 pub(crate) struct Outbox {
@@ -39,17 +41,22 @@ struct State {
     /// Notes and bytes queued, and taken by the publisher but not yet done with.
     notes: usize,
     bytes: usize,
+    /// The nodes notes were refused for since the publisher last took a batch.
+    skipped: Vec<NodeId>,
 }
 
-/// A note the outbox had no room for.
+/// The outbox had no room: the note, given back.
 #[derive(Debug)]
-pub(crate) struct Full;
+pub(crate) struct Full(pub(crate) Option<Note>);
 
 /// What the publisher took in one batch, given back with [`Outbox::done`].
 #[must_use]
 pub(crate) struct Taken {
     notes: usize,
     bytes: usize,
+    /// The nodes notes were refused for since the last batch: the publisher skips a packet
+    /// number for each, so that those nodes see a gap and tell their members.
+    pub(crate) skipped: Vec<NodeId>,
 }
 
 impl Outbox {
@@ -72,12 +79,16 @@ impl Outbox {
     /// Queues `note` for `node`, unless that would pass a bound.
     ///
     /// # Errors
-    /// [`Full`]: the note is not queued.
+    /// [`Full`]: the note is not queued; a note (not a heartbeat) refused is remembered for
+    /// [`Taken::skipped`].
     pub(crate) fn push(&self, node: &NodeId, note: Option<Note>) -> Result<(), Full> {
         let cost = cost(note.as_ref());
         let mut state = self.state();
         if state.notes >= self.max_notes || state.bytes + cost > self.max_bytes {
-            return Err(Full);
+            if note.is_some() && state.skipped.len() < SKIPPED_NODES && !state.skipped.contains(node) {
+                state.skipped.push(node.clone());
+            }
+            return Err(Full(note));
         }
         let first = state.queue.is_empty();
         state.queue.push_back(((node.clone(), note), cost));
@@ -104,7 +115,7 @@ impl Outbox {
                         bytes += cost;
                         queued
                     }));
-                    return Taken { notes: n, bytes };
+                    return Taken { notes: n, bytes, skipped: std::mem::take(&mut state.skipped) };
                 }
             }
             self.filled.notified().await;
@@ -179,6 +190,26 @@ mod tests {
         outbox.push(&node, None).unwrap();
         let taken = outbox.take(&mut batch, 10).await;
         assert_eq!(sizes(&batch), [3, 0]);
+        outbox.done(taken);
+    }
+
+    #[tokio::test]
+    async fn a_refused_note_comes_back_and_its_node_is_named_once_with_the_next_batch() {
+        let outbox = Outbox::new(1, 1000);
+        let (b, c, me) = (NodeId::new("b"), NodeId::new("c"), NodeId::new("me"));
+        outbox.push(&b, frame(1)).unwrap();
+        let Err(Full(Some(back))) = outbox.push(&c, frame(7)) else { panic!("refused, with the note") };
+        assert_eq!(back.payload_len(), 7);
+        assert!(outbox.push(&c, frame(8)).is_err());
+        assert!(outbox.push(&me, None).is_err(), "a heartbeat refused is not a note lost");
+        let mut batch = Vec::new();
+        let taken = outbox.take(&mut batch, 10).await;
+        assert_eq!(taken.skipped, [c]);
+        outbox.done(taken);
+        batch.clear();
+        outbox.push(&b, frame(1)).unwrap();
+        let taken = outbox.take(&mut batch, 10).await;
+        assert!(taken.skipped.is_empty(), "named once");
         outbox.done(taken);
     }
 

@@ -9,11 +9,12 @@
 //! get a `CONN:ERROR` 503 for each (with its `inResponseTo`), and a node that finds a packet
 //! number skipped tells the members of the rooms it shares with the sending node.
 //!
-//! Four tasks run while the node serves: the publisher (`redis/publisher.rs`), the inbox
-//! reader, the presence refresh, and the heartbeat, which publishes an empty packet to the
-//! node's own inbox every [`HEARTBEAT`] and subscribes again when none has come back for
-//! [`SILENCE`] (a subscription that stopped delivering without closing). Redis counts as
-//! reachable while the inbox and the refresh succeed.
+//! Five tasks run while the node serves: the publisher (`redis/publisher.rs`), the inbox
+//! reader, the presence refresh, the teller of refused frames (`loss.rs`), and the heartbeat,
+//! which publishes an empty packet to the node's own inbox every [`HEARTBEAT`] and subscribes
+//! again when one has not come back within [`SILENCE`] of its publishing (a subscription that
+//! stopped delivering without closing). Redis counts as reachable while the inbox and the
+//! refresh succeed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,7 +33,7 @@ use super::backplane::Backplane;
 use super::error::BackplaneError;
 use super::inbox::{self, Deliveries};
 use super::link::{Link, MAX_BACKOFF};
-use super::loss::{self, Numbers};
+use super::loss::{self, Arrival, Numbers, Refusals};
 use super::outbox::Outbox;
 use super::presence::{Joining, Store};
 use super::view::new_view;
@@ -52,16 +53,18 @@ mod publisher;
 
 /// Room refreshes in flight at once.
 const REFRESHES_IN_FLIGHT: usize = 32;
-/// Notes waiting to be published, at most, and their bytes (`outbox.rs`); beyond either, a
-/// note is counted lost.
+/// Notes waiting to be published, at most (`outbox.rs`), besides `cluster.outbox_bytes`; beyond
+/// either, a note is counted lost.
 const OUTBOX_NOTES: usize = 65_536;
-const OUTBOX_BYTES: usize = 64 << 20;
 /// Notes published in one round trip, at most.
 const BATCH: usize = 256;
 /// How often a node publishes a heartbeat to its own inbox.
 pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
-/// How long the inbox may stay without a heartbeat before it is subscribed again.
+/// How long a heartbeat published may take to come back through the inbox before the inbox is
+/// subscribed again.
 pub(crate) const SILENCE: Duration = Duration::from_secs(3);
+/// No heartbeat is out.
+const NO_BEAT: u64 = u64::MAX;
 
 /// A local member, as this node keeps putting it in presence.
 struct Mine {
@@ -84,8 +87,10 @@ pub(crate) struct RedisBackplane {
     /// The last presence refresh succeeded.
     refreshed: AtomicBool,
     /// Set when the subscription should be made again (a refresh failed: the connection may
-    /// be a black hole).
+    /// be a black hole; or the heartbeat did not come back), with the number of such requests:
+    /// a subscription made since a request ignores it ([`RedisBackplane::ask_resubscribe`]).
     resubscribe: Notify,
+    resubscribes: AtomicU64,
     /// Held by a refresh from its reading of `mine` to its last script, and by a departure
     /// while it removes the member: a refresh never puts back a member that has left.
     presence: tokio::sync::Mutex<()>,
@@ -97,12 +102,17 @@ pub(crate) struct RedisBackplane {
     lost: AtomicU64,
     /// Packets other nodes numbered that never arrived.
     missed: AtomicU64,
+    /// Packets from other nodes that came after a later one, or again: not carried out.
+    stale: AtomicU64,
+    /// Frames the outbox refused, until their senders are told.
+    refusals: Refusals,
     /// `CONN:ERROR`s telling members of lost frames.
     notices: AtomicU64,
     /// Times the inbox was found silent and subscribed again.
     silences: AtomicU64,
-    /// When the node's own heartbeat last came back, in milliseconds since `started`.
-    heard: AtomicU64,
+    /// When the oldest heartbeat published and not back through the inbox yet was published,
+    /// in milliseconds since `started`; [`NO_BEAT`] while none is out.
+    beat_out: AtomicU64,
     started: tokio::time::Instant,
 }
 
@@ -121,12 +131,13 @@ impl RedisBackplane {
             store: Store::new(&config.key_prefix, config.presence_ttl),
             config: config.clone(),
             link,
-            outbox: Outbox::new(OUTBOX_NOTES, OUTBOX_BYTES),
+            outbox: Outbox::new(OUTBOX_NOTES, config.outbox_bytes),
             serving: AtomicBool::new(false),
             // Redis answered at connect; the subscription follows at once, and says so if it fails.
             subscribed: AtomicBool::new(true),
             refreshed: AtomicBool::new(true),
             resubscribe: Notify::new(),
+            resubscribes: AtomicU64::new(0),
             presence: tokio::sync::Mutex::new(()),
             mine: Mutex::new(HashMap::new()),
             probes: Mutex::new(HashMap::new()),
@@ -134,9 +145,11 @@ impl RedisBackplane {
             published: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             missed: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            refusals: Refusals::default(),
             notices: AtomicU64::new(0),
             silences: AtomicU64::new(0),
-            heard: AtomicU64::new(0),
+            beat_out: AtomicU64::new(NO_BEAT),
             started: tokio::time::Instant::now(),
         })
     }
@@ -170,8 +183,7 @@ impl RedisBackplane {
         if self.serving.swap(true, Ordering::AcqRel) {
             return std::future::pending().await;
         }
-        self.heard_now();
-        // Four tasks, not one future joining four: each is polled when its own event comes,
+        // Five tasks, not one future joining five: each is polled when its own event comes,
         // not whenever any of them is woken (a frame's publishing would poll the inbox, the
         // refresh and the heartbeat too). Dropping this future stops them.
         let mut tasks = tokio::task::JoinSet::new();
@@ -179,8 +191,10 @@ impl RedisBackplane {
         tasks.spawn(async move { this.publish(&rooms).await });
         let (this, rooms) = (Arc::clone(&self), Arc::clone(&hub));
         tasks.spawn(async move { this.subscribe(&rooms).await });
-        let (this, rooms) = (Arc::clone(&self), hub);
+        let (this, rooms) = (Arc::clone(&self), Arc::clone(&hub));
         tasks.spawn(async move { this.refresh(&rooms).await });
+        let (this, rooms) = (Arc::clone(&self), Arc::clone(&hub));
+        tasks.spawn(async move { this.tell_refusals(&rooms).await });
         tasks.spawn(async move { self.heartbeat().await });
         while let Some(ended) = tasks.join_next().await {
             if let Err(e) = ended {
@@ -189,23 +203,49 @@ impl RedisBackplane {
         }
     }
 
+    /// Tells the senders of the frames the outbox refused, as they come.
+    async fn tell_refusals(&self, hub: &Hub) {
+        loop {
+            let told = self.refusals.tell(hub).await;
+            self.notices.fetch_add(told, Ordering::Relaxed);
+        }
+    }
+
     fn elapsed_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn heard_now(&self) {
-        self.heard.store(self.elapsed_ms(), Ordering::Relaxed);
+    /// A heartbeat was published (the publisher's word): the clock starts, unless an earlier
+    /// one is still out.
+    fn beat_sent(&self) {
+        let now = self.elapsed_ms();
+        let _earlier = self.beat_out.compare_exchange(NO_BEAT, now, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// Publishes a heartbeat to the node's own inbox every [`HEARTBEAT`], and subscribes again
-    /// when none has come back for [`SILENCE`] while the subscription counts as live.
+    /// A heartbeat came back through the inbox, or a new subscription starts afresh.
+    fn beat_back(&self) {
+        self.beat_out.store(NO_BEAT, Ordering::Relaxed);
+    }
+
+    /// Asks the inbox to subscribe again.
+    fn ask_resubscribe(&self) {
+        self.resubscribes.fetch_add(1, Ordering::Relaxed);
+        self.resubscribe.notify_one();
+    }
+
+    /// Queues a heartbeat to the node's own inbox every [`HEARTBEAT`], and subscribes again when
+    /// one published has not come back within [`SILENCE`] while the subscription counts as
+    /// live. The clock runs from the publishing, not the queueing: a heartbeat waiting behind
+    /// a long outbox says nothing of the inbox.
     async fn heartbeat(&self) {
         let mut ticks = tokio::time::interval(HEARTBEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            self.enqueue(&self.node, None);
-            let silent = self.elapsed_ms().saturating_sub(self.heard.load(Ordering::Relaxed));
+            // Skipped when the outbox is full: what is queued comes first.
+            let _full = self.enqueue(&self.node, None);
+            let out = self.beat_out.load(Ordering::Relaxed);
+            let silent = if out == NO_BEAT { 0 } else { self.elapsed_ms().saturating_sub(out) };
             if self.subscribed.load(Ordering::Relaxed) && silent > SILENCE.as_millis() as u64 {
                 self.silences.fetch_add(1, Ordering::Relaxed);
                 warn!(
@@ -213,8 +253,8 @@ impl RedisBackplane {
                     "the inbox has not delivered this node's heartbeat: subscribing again"
                 );
                 self.set(&self.subscribed, false);
-                self.heard_now();
-                self.resubscribe.notify_one();
+                self.beat_back();
+                self.ask_resubscribe();
             }
         }
     }
@@ -244,13 +284,20 @@ impl RedisBackplane {
                 }
             };
             backoff = Duration::from_millis(100);
-            // A new subscription has until the next heartbeats to prove itself.
-            self.heard_now();
+            // A new subscription has until the next heartbeats to prove itself, and answers
+            // only requests to subscribe again made from now on.
+            self.beat_back();
+            let asked = self.resubscribes.load(Ordering::Relaxed);
             self.set(&self.subscribed, true);
             info!(channel, node = %self.node, "subscribed to this node's inbox");
             loop {
                 let payload = tokio::select! {
-                    () = self.resubscribe.notified() => break,
+                    () = self.resubscribe.notified() => {
+                        if self.resubscribes.load(Ordering::Relaxed) == asked {
+                            continue;
+                        }
+                        break;
+                    }
                     payload = inbox.next() => payload,
                 };
                 let Some(payload) = payload else { break };
@@ -268,12 +315,22 @@ impl RedisBackplane {
                     }
                 };
                 if packet.origin == self.node {
-                    self.heard_now();
-                }
-                if let Some(missed) = numbers.arrived(&packet.origin, packet.seq) {
-                    self.missed.fetch_add(missed, Ordering::Relaxed);
-                    let told = loss::tell_missed(hub, &packet.origin, missed).await;
-                    self.notices.fetch_add(told, Ordering::Relaxed);
+                    // The heartbeat: its numbers are not counted, a heartbeat lost is no frame lost.
+                    self.beat_back();
+                } else {
+                    match numbers.arrived(&packet.origin, packet.seq) {
+                        Arrival::Next => {}
+                        Arrival::After { missed } => {
+                            self.missed.fetch_add(missed, Ordering::Relaxed);
+                            let told = loss::tell_missed(hub, &packet.origin, missed).await;
+                            self.notices.fetch_add(told, Ordering::Relaxed);
+                        }
+                        Arrival::Stale => {
+                            self.stale.fetch_add(1, Ordering::Relaxed);
+                            warn!(node = %packet.origin, number = packet.seq, "a packet from another node came after a later one, or again: dropped");
+                            continue;
+                        }
+                    }
                 }
                 for note in packet.notes {
                     self.carry_out(hub, note, &mut deliveries).await;
@@ -341,7 +398,7 @@ impl RedisBackplane {
                 }
                 None => false,
             };
-            this.send(std::slice::from_ref(&from), Note::Probed { probe, alive });
+            this.send_state(std::slice::from_ref(&from), Note::Probed { probe, alive });
         });
     }
 
@@ -359,7 +416,7 @@ impl RedisBackplane {
                     warn!(error = %e, "cannot refresh presence");
                     self.set(&self.refreshed, false);
                     // The subscription's connection may be a black hole too.
-                    self.resubscribe.notify_one();
+                    self.ask_resubscribe();
                 }
             }
         }
@@ -524,7 +581,7 @@ impl Nodes for RedisBackplane {
                 newcomer: newcomer.to_string(),
                 timeout_ms,
             };
-            self.send(std::slice::from_ref(&who.node), note);
+            self.send_state(std::slice::from_ref(&who.node), note);
             // The member's node takes the probe's time, and the two notes their way through Redis.
             let wait = timeout + self.config.command_timeout * 2;
             let alive = matches!(tokio::time::timeout(wait, answered).await, Ok(Ok(true)));
@@ -536,21 +593,30 @@ impl Nodes for RedisBackplane {
     fn send_frame(&self, nodes: &[NodeId], room: &RoomId, from: ConnId, frame: Message) {
         let note =
             Note::Room(RoomNote::Frame { room: room.clone(), origin: self.node.clone(), conn: from, frame });
-        self.send(nodes, note);
+        // Refused (the outbox is full): its sender is told by the task that tells refusals,
+        // since this may run with the room locked.
+        if let Err(Note::Room(RoomNote::Frame { frame, .. })) = self.send(nodes, note)
+            && self.refusals.add(room, from, &frame).is_err()
+        {
+            warn!(room = %room, member = %from, "too many refused frames waiting for their senders to be told: this one's sender is not told");
+        }
     }
 
     fn send_joined(&self, nodes: &[NodeId], room: &RoomId, card: &Card) {
-        self.send(nodes, Note::Room(RoomNote::Joined { room: room.clone(), card: Box::new(card.clone()) }));
+        self.send_state(
+            nodes,
+            Note::Room(RoomNote::Joined { room: room.clone(), card: Box::new(card.clone()) }),
+        );
     }
 
     fn send_left(&self, nodes: &[NodeId], room: &RoomId, who: &MemberKey, reason: &str) {
         let note = RoomNote::Left { room: room.clone(), who: who.clone(), reason: reason.to_owned() };
-        self.send(nodes, Note::Room(note));
+        self.send_state(nodes, Note::Room(note));
     }
 
     fn send_replace(&self, node: &NodeId, room: &RoomId, conn: ConnId) {
         let note = Note::Room(RoomNote::Replace { room: room.clone(), conn, by: self.node.clone() });
-        self.send(std::slice::from_ref(node), note);
+        self.send_state(std::slice::from_ref(node), note);
     }
 }
 
@@ -576,6 +642,7 @@ impl Backplane for RedisBackplane {
             published: self.published.load(Ordering::Relaxed),
             lost: self.lost.load(Ordering::Relaxed),
             missed: self.missed.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
             notices: self.notices.load(Ordering::Relaxed),
             silences: self.silences.load(Ordering::Relaxed),
         }

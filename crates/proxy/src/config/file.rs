@@ -40,6 +40,7 @@ pub(super) struct ClusterSection {
     pub(super) key_prefix: String,
     pub(super) presence_ttl: String,
     pub(super) command_timeout: String,
+    pub(super) outbox_bytes: usize,
 }
 
 impl Default for ClusterSection {
@@ -52,6 +53,7 @@ impl Default for ClusterSection {
             key_prefix: "ws-proxy".into(),
             presence_ttl: "6s".into(),
             command_timeout: "1s".into(),
+            outbox_bytes: 64 << 20,
         }
     }
 }

@@ -163,6 +163,9 @@ pub struct ClusterConfig {
     pub presence_ttl: Duration,
     /// How long one Redis command, or a connection attempt, may take.
     pub command_timeout: Duration,
+    /// The most bytes of notes waiting to be published to other nodes (payloads, and 64 per
+    /// note); beyond it a frame is refused and its sender told.
+    pub outbox_bytes: usize,
 }
 
 /// The most `cluster.presence_ttl` may be: other nodes remember a departure this long, so a

@@ -129,13 +129,15 @@ impl FileConfig {
             log_level: self.log.level,
             acl: self.acl.rules,
             auth_hook: self.auth_hook.into_config()?,
-            cluster: self.cluster.into_config()?,
+            cluster: self.cluster.into_config(limits.max_frame_bytes)?,
         })
     }
 }
 
 impl ClusterSection {
-    fn into_config(self) -> Result<Option<ClusterConfig>> {
+    /// The cluster's settings, checked; `max_frame_bytes` is the largest frame a member may
+    /// send, which the outbox must be able to hold.
+    fn into_config(self, max_frame_bytes: usize) -> Result<Option<ClusterConfig>> {
         if self.redis_url.is_empty() {
             return Ok(None);
         }
@@ -178,6 +180,12 @@ impl ClusterSection {
         if presence_ttl > MAX_PRESENCE_TTL {
             return Err(invalid("cluster.presence_ttl", "must be at most 60s".into()));
         }
+        if self.outbox_bytes < max_frame_bytes + 64 {
+            return Err(invalid(
+                "cluster.outbox_bytes",
+                "must hold a frame of limits.max_frame_bytes (plus 64 bytes)".into(),
+            ));
+        }
         Ok(Some(ClusterConfig {
             redis_url: self.redis_url,
             redis_cluster: self.redis_cluster,
@@ -186,6 +194,7 @@ impl ClusterSection {
             key_prefix: self.key_prefix,
             presence_ttl,
             command_timeout,
+            outbox_bytes: self.outbox_bytes,
         }))
     }
 }
@@ -463,6 +472,7 @@ mod tests {
             ("redis_url = \"redis://a:1,redis://b:2\"", "cluster.redis_url"),
             ("redis_url = \"redis://a\"\nnode_id = \"a b\"", "cluster.node_id"),
             ("redis_url = \"redis://a\"\npresence_ttl = \"2s\"", "cluster.presence_ttl"),
+            ("redis_url = \"redis://a\"\noutbox_bytes = 1000", "cluster.outbox_bytes"),
         ] {
             let err = config(&format!("[cluster]\n{extra}\n")).unwrap_err().to_string();
             assert!(err.contains(key), "{extra}: {err}");

@@ -228,6 +228,12 @@ impl Collector for Scrape {
             )?;
             Self::counter(
                 &mut e,
+                "cluster_packets_stale",
+                "Packets from other nodes dropped for coming after a later one (already counted missed), or again.",
+                cluster.stale,
+            )?;
+            Self::counter(
+                &mut e,
                 "cluster_loss_notices",
                 "CONN:ERROR 503s telling members that frames were lost between nodes (theirs, or their peers').",
                 cluster.notices,

@@ -81,6 +81,13 @@ pub(crate) fn offer<'a>(
     offer_all(hub, std::slice::from_ref(receiver), message, sender, None)
 }
 
+/// Queues a notice from the cluster to one receiver without waiting, as a frame from another
+/// node is queued: for code that cannot wait (a task that must not be held up by one member).
+pub(crate) fn notify(hub: &Hub, receiver: &Mailbox, message: Message) {
+    let delivery = receiver.deliver_now(message, hub.config.slow_consumer_timeout, None);
+    judge(hub, receiver, delivery, Sender::OtherNode);
+}
+
 /// Queues `message` to one receiver; a member's frame waits for room.
 async fn deliver(hub: &Hub, receiver: &Mailbox, message: Message, sender: Sender) {
     if let Err(message) = offer_one(hub, receiver, message, sender, None) {

@@ -448,6 +448,82 @@ async fn an_inbox_that_stops_delivering_is_found_silent_and_subscribed_again() {
     two.stop().await;
 }
 
+/// Redis stops answering while a member streams large frames to a room split over two nodes:
+/// the outbox fills and refuses frames, and each refused frame's sender gets a 503 in response
+/// to it (not only a counter); once Redis answers again, the member on the other node hears
+/// that frames from the first were lost, and frames cross again.
+#[tokio::test]
+async fn frames_the_outbox_has_no_room_for_are_told_to_both_sides() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    // An outbox of 4 MiB holds some 60 frames of 64 KiB, fewer while a batch waits for Redis.
+    let one = node(&pki, &redis, "one", "outbox_bytes = 4194304\n").await;
+    let two = node(&pki, &redis, "two", "").await;
+    let (mut manager, mut gateway) = across(&one, &two, "g").await;
+    redis.signal("STOP");
+    // Frames go out until one is refused, within a bound of count and time.
+    let body = "x".repeat(64 << 10);
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    let mut refused = None;
+    for n in 1..=2_000u64 {
+        manager.send_text(&format!(
+            r#"{{"message": {{"messageId": {n}, "messageType": "EVENT:bulk", "requiresResponse": false, "body": "{body}"}}}}"#
+        ))
+        .await;
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_millis(1), manager.ws.next()).await
+        {
+            let message =
+                serde_json::from_str::<Value>(&frame.into_text().unwrap()).unwrap()["message"].clone();
+            let reason = message["reasonPhrase"].as_str().unwrap_or_default().to_owned();
+            if reason.contains("queue to them is full") {
+                refused = Some((message, n));
+            }
+        }
+        if refused.is_some() || tokio::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    let (told, sent) = refused.expect("the outbox never refused a frame");
+    assert_eq!(
+        (told["messageType"].as_str(), told["statusCode"].as_u64()),
+        (Some("CONN:ERROR"), Some(503)),
+        "{told}"
+    );
+    let answered = told["inResponseTo"].as_u64().unwrap();
+    assert!((1..=sent).contains(&answered), "in response to frame {answered} of {sent}");
+    let metrics = one.admin("GET", "/metrics").await.1;
+    assert!(crate::support::sample(&metrics, "ws_proxy_cluster_notes_lost_total") >= 1.0, "{metrics}");
+    assert!(crate::support::sample(&metrics, "ws_proxy_cluster_loss_notices_total") >= 1.0, "{metrics}");
+
+    redis.signal("CONT");
+    ready_becomes(&one, 200).await;
+    ready_becomes(&two, 200).await;
+    // The gateway may first get some of the frames Redis took before it stopped answering;
+    // then it hears of the loss, and frames cross again.
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    let mut n = 10_000;
+    'told: loop {
+        n += 1;
+        manager.send_text(&event(n)).await;
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_millis(300), gateway.ws.next()).await
+        {
+            let message =
+                serde_json::from_str::<Value>(&frame.into_text().unwrap()).unwrap()["message"].clone();
+            let reason = message["reasonPhrase"].as_str().unwrap_or_default();
+            if reason.contains("frames from the members on node one-") && reason.contains("lost") {
+                assert_eq!(message["statusCode"], 503, "{message}");
+                break 'told;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the gateway was never told of the loss");
+    }
+    until_frames_cross(&mut manager, &mut gateway).await;
+    one.stop().await;
+    two.stop().await;
+}
+
 #[tokio::test]
 async fn a_blackholed_redis_is_noticed_within_seconds() {
     let pki = Pki::new();

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use super::{BATCH, RedisBackplane};
 use crate::cluster::direct::Published;
 use crate::cluster::loss::{self, Loss};
-use crate::cluster::outbox::Queued;
+use crate::cluster::outbox::{Full, Queued};
 use crate::cluster::wire::{Note, encode_packet};
 use crate::rooms::hub::Hub;
 use crate::rooms::id::NodeId;
@@ -21,47 +21,70 @@ use crate::rooms::id::NodeId;
 impl RedisBackplane {
     /// Queues a note to the inboxes of `nodes`, in that order (the last takes the note, the
     /// others a copy: reference counts).
-    pub(super) fn send(&self, nodes: &[NodeId], note: Note) {
-        if let Some((last, others)) = nodes.split_last() {
-            for node in others {
-                self.enqueue(node, Some(note.clone()));
+    ///
+    /// # Errors
+    /// The note, when the outbox had no room for it for one of the nodes (counted lost).
+    pub(super) fn send(&self, nodes: &[NodeId], note: Note) -> Result<(), Note> {
+        let Some((last, others)) = nodes.split_last() else { return Ok(()) };
+        let mut refused = None;
+        for node in others {
+            if let Err(Full(copy)) = self.enqueue(node, Some(note.clone())) {
+                refused = copy;
             }
-            self.enqueue(last, Some(note));
         }
+        match self.enqueue(last, Some(note)) {
+            Err(Full(note)) => note.map_or(Ok(()), Err),
+            Ok(()) => refused.map_or(Ok(()), Err),
+        }
+    }
+
+    /// Queues a note that is not a member's frame. One the outbox refuses is counted lost and
+    /// nothing more: presence puts right what it said (a join or departure is read at the next
+    /// refresh), and a probe not answered times out.
+    pub(super) fn send_state(&self, nodes: &[NodeId], note: Note) {
+        let _refused = self.send(nodes, note);
     }
 
     /// Queues a note (`None`: the heartbeat) for `node`; counts it lost when the outbox is
     /// full.
-    pub(super) fn enqueue(&self, node: &NodeId, note: Option<Note>) {
+    ///
+    /// # Errors
+    /// [`Full`], with the note.
+    pub(super) fn enqueue(&self, node: &NodeId, note: Option<Note>) -> Result<(), Full> {
         let heartbeat = note.is_none();
-        if self.outbox.push(node, note).is_err() && !heartbeat {
+        let queued = self.outbox.push(node, note);
+        if queued.is_err() && !heartbeat {
             self.lost.fetch_add(1, Ordering::Relaxed);
             warn!(node = %node, "outbox to other nodes full: note lost");
         }
+        queued
     }
 
     /// Publishes queued notes in order, in batches, forever.
     pub(super) async fn publish(&self, hub: &Hub) {
         let mut batch = Vec::with_capacity(BATCH);
-        // Each receiving node's inbox channel, named once, and the number of its last packet.
-        let mut inboxes: HashMap<NodeId, (Arc<str>, u64)> = HashMap::new();
+        let mut inboxes = Inboxes::default();
         let mut outlet = self.link.outlet();
         loop {
             let taken = self.outbox.take(&mut batch, BATCH).await;
+            // A node whose notes the outbox refused sees a number skipped, as if a packet had
+            // been lost: it tells its members of the rooms shared with this node.
+            for node in &taken.skipped {
+                inboxes.of(node, || self.inbox(node)).number += 1;
+            }
             let by_node = by_node(&batch);
             let sent: Vec<(Arc<str>, Bytes)> = by_node
                 .iter()
                 .map(|(node, notes)| {
-                    let (channel, number) =
-                        inboxes.entry((*node).clone()).or_insert_with(|| (self.inbox(node).into(), 0));
-                    *number += 1;
-                    (Arc::clone(channel), encode_packet(&self.node, *number, notes))
+                    let inbox = inboxes.of(node, || self.inbox(node));
+                    inbox.number += 1;
+                    (Arc::clone(&inbox.channel), encode_packet(&self.node, inbox.number, notes))
                 })
                 .collect();
             let results = outlet.publish(&sent).await;
             drop(sent);
             for ((node, notes), result) in by_node.into_iter().zip(results) {
-                self.settle(hub, node, &notes, result).await;
+                self.settle(hub, node, &notes, result);
             }
             batch.clear();
             self.outbox.done(taken);
@@ -70,18 +93,23 @@ impl RedisBackplane {
 
     /// Counts what became of the packet of `notes` to `node`, and tells the members whose
     /// frames it lost.
-    async fn settle(&self, hub: &Hub, node: &NodeId, notes: &[&Note], result: Published) {
+    fn settle(&self, hub: &Hub, node: &NodeId, notes: &[&Note], result: Published) {
         let n = notes.len() as u64;
+        if *node == self.node && n == 0 {
+            // The heartbeat: whether it comes back is the inbox's to see, from now.
+            if matches!(result, Published::Received(_)) {
+                self.beat_sent();
+            }
+            return;
+        }
         let (error, loss) = match result {
-            // The heartbeat: whether it comes back is the inbox's to see.
-            _ if *node == self.node && n == 0 => return,
             Published::Received(0) => {
                 // No node was subscribed to receive it: its node is gone, or was between
                 // subscriptions.
                 self.lost.fetch_add(n, Ordering::Relaxed);
                 if n > 0 {
                     debug!(node = %node, notes = n, "notes published to an inbox nobody listens on: lost");
-                    let told = loss::tell_senders(hub, node, notes, Loss::Certain).await;
+                    let told = loss::tell_senders(hub, node, notes, Loss::Certain);
                     self.notices.fetch_add(told, Ordering::Relaxed);
                 }
                 return;
@@ -96,9 +124,49 @@ impl RedisBackplane {
         self.lost.fetch_add(n, Ordering::Relaxed);
         if n > 0 {
             warn!(error = %error, node = %node, notes = n, "cannot publish to another node: notes lost");
-            let told = loss::tell_senders(hub, node, notes, loss).await;
+            let told = loss::tell_senders(hub, node, notes, loss);
             self.notices.fetch_add(told, Ordering::Relaxed);
         }
+    }
+}
+
+/// Receiving nodes kept, at most, by [`Inboxes`]: far more than a cluster has, counting the
+/// names its nodes had before their restarts. Beyond it, the node published to least recently
+/// is forgotten, and its packets are numbered from 1 again (its inbox takes a packet numbered
+/// 1 as the start of a new count: `loss.rs`).
+const INBOXES: usize = 4096;
+
+/// Each receiving node's inbox channel, named once, and the number of its last packet.
+#[derive(Default)]
+struct Inboxes {
+    nodes: HashMap<NodeId, Inbox>,
+    uses: u64,
+}
+
+struct Inbox {
+    channel: Arc<str>,
+    number: u64,
+    /// When it was last used, in uses of [`Inboxes`].
+    used: u64,
+}
+
+impl Inboxes {
+    /// `node`'s inbox, named by `channel` if it is new.
+    fn of(&mut self, node: &NodeId, channel: impl FnOnce() -> String) -> &mut Inbox {
+        self.uses += 1;
+        if self.nodes.len() >= INBOXES && !self.nodes.contains_key(node) {
+            let oldest = self.nodes.iter().min_by_key(|(_, inbox)| inbox.used).map(|(node, _)| node.clone());
+            if let Some(oldest) = oldest {
+                self.nodes.remove(&oldest);
+            }
+        }
+        let inbox = self.nodes.entry(node.clone()).or_insert_with(|| Inbox {
+            channel: channel().into(),
+            number: 0,
+            used: 0,
+        });
+        inbox.used = self.uses;
+        inbox
     }
 }
 
@@ -111,7 +179,7 @@ fn by_node(batch: &[Queued]) -> Vec<(&NodeId, Vec<&Note>)> {
         let i = match grouped.iter().position(|(n, _)| *n == node) {
             Some(i) => i,
             None => {
-                grouped.push((node, Vec::with_capacity(batch.len())));
+                grouped.push((node, Vec::new()));
                 grouped.len() - 1
             }
         };
@@ -137,6 +205,27 @@ mod tests {
             vec![(a.clone(), probed(1)), (b.clone(), probed(2)), (a.clone(), probed(3)), (b.clone(), None)];
         let [one, two, three] = [1, 2, 3].map(|n| probed(n).unwrap());
         assert_eq!(by_node(&batch), vec![(&a, vec![&one, &three]), (&b, vec![&two])]);
+    }
+
+    #[test]
+    fn inboxes_number_packets_per_node_and_forget_the_least_recently_used() {
+        let mut inboxes = Inboxes::default();
+        let node = |n: usize| NodeId::new(&format!("n-{n}"));
+        let next = |inboxes: &mut Inboxes, n: usize| {
+            let inbox = inboxes.of(&node(n), || format!("inbox:n-{n}"));
+            inbox.number += 1;
+            (inbox.channel.to_string(), inbox.number)
+        };
+        assert_eq!(next(&mut inboxes, 0), ("inbox:n-0".to_owned(), 1));
+        assert_eq!(next(&mut inboxes, 0), ("inbox:n-0".to_owned(), 2));
+        for n in 1..INBOXES {
+            assert_eq!(next(&mut inboxes, n).1, 1);
+        }
+        assert_eq!(next(&mut inboxes, 0).1, 3, "n-0 used again: n-1 is now the oldest");
+        assert_eq!(next(&mut inboxes, INBOXES).1, 1);
+        assert_eq!(inboxes.nodes.len(), INBOXES);
+        assert_eq!(next(&mut inboxes, 0).1, 4, "kept");
+        assert_eq!(next(&mut inboxes, 1).1, 1, "forgotten: numbered from 1 again");
     }
 
     #[test]
