@@ -204,9 +204,15 @@ impl Outlet {
                     let mut commands = commands.clone();
                     async move {
                         let publish = redis::cmd("SPUBLISH").arg(&**channel).arg(packet.as_ref()).to_owned();
+                        // A connection that failed after the command went out (a timeout, a
+                        // reset) may have delivered it; a refused connection or an error reply
+                        // did not.
                         match publish.query_async::<u64>(&mut commands).await {
                             Ok(n) => Published::Received(n),
-                            Err(e) if e.is_timeout() => Published::Unanswered(Arc::new(e.into())),
+                            Err(e) if e.is_connection_refusal() => Published::NotSent(Arc::new(e.into())),
+                            Err(e) if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() => {
+                                Published::Unanswered(Arc::new(e.into()))
+                            }
                             Err(e) => Published::NotSent(Arc::new(e.into())),
                         }
                     }
