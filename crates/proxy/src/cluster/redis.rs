@@ -31,6 +31,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::backplane::Backplane;
 use super::error::BackplaneError;
+use super::heartbeat::{HEARTBEAT, SILENCE, Watch};
 use super::inbox::{self, Deliveries};
 use super::link::{Link, MAX_BACKOFF};
 use super::loss::{self, Arrival, Numbers, Refusals};
@@ -58,13 +59,6 @@ const REFRESHES_IN_FLIGHT: usize = 32;
 const OUTBOX_NOTES: usize = 65_536;
 /// Notes published in one round trip, at most.
 const BATCH: usize = 256;
-/// How often a node publishes a heartbeat to its own inbox.
-pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
-/// How long a heartbeat published may take to come back through the inbox before the inbox is
-/// subscribed again.
-pub(crate) const SILENCE: Duration = Duration::from_secs(3);
-/// No heartbeat is out.
-const NO_BEAT: u64 = u64::MAX;
 
 /// A local member, as this node keeps putting it in presence.
 struct Mine {
@@ -110,10 +104,8 @@ pub(crate) struct RedisBackplane {
     notices: AtomicU64,
     /// Times the inbox was found silent and subscribed again.
     silences: AtomicU64,
-    /// When the oldest heartbeat published and not back through the inbox yet was published,
-    /// in milliseconds since `started`; [`NO_BEAT`] while none is out.
-    beat_out: AtomicU64,
-    started: tokio::time::Instant,
+    /// The heartbeats published to this node's own inbox, until they come back.
+    watch: Watch,
 }
 
 impl RedisBackplane {
@@ -149,8 +141,7 @@ impl RedisBackplane {
             refusals: Refusals::default(),
             notices: AtomicU64::new(0),
             silences: AtomicU64::new(0),
-            beat_out: AtomicU64::new(NO_BEAT),
-            started: tokio::time::Instant::now(),
+            watch: Watch::default(),
         })
     }
 
@@ -211,22 +202,6 @@ impl RedisBackplane {
         }
     }
 
-    fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// A heartbeat was published (the publisher's word): the clock starts, unless an earlier
-    /// one is still out.
-    fn beat_sent(&self) {
-        let now = self.elapsed_ms();
-        let _earlier = self.beat_out.compare_exchange(NO_BEAT, now, Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    /// A heartbeat came back through the inbox, or a new subscription starts afresh.
-    fn beat_back(&self) {
-        self.beat_out.store(NO_BEAT, Ordering::Relaxed);
-    }
-
     /// Asks the inbox to subscribe again.
     fn ask_resubscribe(&self) {
         self.resubscribes.fetch_add(1, Ordering::Relaxed);
@@ -235,8 +210,7 @@ impl RedisBackplane {
 
     /// Queues a heartbeat to the node's own inbox every [`HEARTBEAT`], and subscribes again when
     /// one published has not come back within [`SILENCE`] while the subscription counts as
-    /// live. The clock runs from the publishing, not the queueing: a heartbeat waiting behind
-    /// a long outbox says nothing of the inbox.
+    /// live (`heartbeat.rs`).
     async fn heartbeat(&self) {
         let mut ticks = tokio::time::interval(HEARTBEAT);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -244,16 +218,15 @@ impl RedisBackplane {
             ticks.tick().await;
             // Skipped when the outbox is full: what is queued comes first.
             let _full = self.enqueue(&self.node, None);
-            let out = self.beat_out.load(Ordering::Relaxed);
-            let silent = if out == NO_BEAT { 0 } else { self.elapsed_ms().saturating_sub(out) };
-            if self.subscribed.load(Ordering::Relaxed) && silent > SILENCE.as_millis() as u64 {
+            let silent = self.watch.silent_for();
+            if self.subscribed.load(Ordering::Relaxed) && silent > SILENCE {
                 self.silences.fetch_add(1, Ordering::Relaxed);
                 warn!(
-                    silent_ms = silent,
+                    silent_ms = silent.as_millis() as u64,
                     "the inbox has not delivered this node's heartbeat: subscribing again"
                 );
                 self.set(&self.subscribed, false);
-                self.beat_back();
+                self.watch.restart();
                 self.ask_resubscribe();
             }
         }
@@ -286,7 +259,7 @@ impl RedisBackplane {
             backoff = Duration::from_millis(100);
             // A new subscription has until the next heartbeats to prove itself, and answers
             // only requests to subscribe again made from now on.
-            self.beat_back();
+            self.watch.restart();
             let asked = self.resubscribes.load(Ordering::Relaxed);
             self.set(&self.subscribed, true);
             info!(channel, node = %self.node, "subscribed to this node's inbox");
@@ -316,7 +289,7 @@ impl RedisBackplane {
                 };
                 if packet.origin == self.node {
                     // The heartbeat: its numbers are not counted, a heartbeat lost is no frame lost.
-                    self.beat_back();
+                    self.watch.returned(packet.seq);
                 } else {
                     match numbers.arrived(&packet.origin, packet.seq) {
                         Arrival::Next => {}

@@ -524,6 +524,50 @@ async fn frames_the_outbox_has_no_room_for_are_told_to_both_sides() {
     two.stop().await;
 }
 
+/// A link to Redis slower than what a member sends: the outbox backs up for seconds, and the
+/// heartbeats queued behind it are not taken for a silent inbox (the watchdog's clock starts
+/// when a heartbeat is published, not when it is queued).
+#[tokio::test]
+async fn a_backed_up_outbox_is_not_taken_for_a_silent_inbox() {
+    let pki = Pki::new();
+    let redis = Redis::start().await;
+    let relay = MutingRelay::start(redis.port).await;
+    // Commands may take 2 s: a batch of 256 notes of 1 KiB passes the slowed link in about 1 s.
+    let cluster = |name: &str| {
+        format!(
+            "[cluster]\nredis_url = \"{}\"\nnode_id = \"{name}\"\npresence_ttl = \"8s\"\ncommand_timeout = \"2s\"\n",
+            relay.url()
+        )
+    };
+    let one = start(&pki, &cluster("one")).await;
+    let two = start(&pki, &cluster("two")).await;
+    let (mut manager, mut gateway) = across(&one, &two, "g").await;
+    relay.slow_publishing(256 << 10);
+    // 3 MB of frames for the other node: some 12 s of publishing at 256 KiB/s.
+    let body = "x".repeat(1000);
+    for n in 1..=3_000u64 {
+        manager
+            .send_text(&format!(
+                r#"{{"message": {{"messageId": {n}, "messageType": "EVENT:bulk", "requiresResponse": false, "body": "{body}"}}}}"#
+            ))
+            .await;
+    }
+    // Past the watchdog's 3 s with heartbeats queued behind the backlog: a window to observe
+    // that nothing happens, not a wait for readiness.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let metrics = one.admin("GET", "/metrics").await.1;
+    assert_eq!(crate::support::sample(&metrics, "ws_proxy_cluster_inbox_silences_total"), 0.0, "{metrics}");
+    assert_eq!(crate::support::sample(&metrics, "ws_proxy_cluster_notes_lost_total"), 0.0, "{metrics}");
+    assert_eq!(one.admin("GET", "/readyz").await.0, 200);
+    // What was sent arrives, in order, once the link is fast again.
+    relay.slow_publishing(0);
+    for n in 1..=3_000u64 {
+        assert_eq!(message_id(&gateway.recv_text().await), n);
+    }
+    one.stop().await;
+    two.stop().await;
+}
+
 #[tokio::test]
 async fn a_blackholed_redis_is_noticed_within_seconds() {
     let pki = Pki::new();

@@ -73,32 +73,34 @@ impl RedisBackplane {
                 inboxes.of(node, || self.inbox(node)).number += 1;
             }
             let by_node = by_node(&batch);
+            let mut numbers = Vec::with_capacity(by_node.len());
             let sent: Vec<(Arc<str>, Bytes)> = by_node
                 .iter()
                 .map(|(node, notes)| {
                     let inbox = inboxes.of(node, || self.inbox(node));
                     inbox.number += 1;
+                    numbers.push(inbox.number);
                     (Arc::clone(&inbox.channel), encode_packet(&self.node, inbox.number, notes))
                 })
                 .collect();
             let results = outlet.publish(&sent).await;
             drop(sent);
-            for ((node, notes), result) in by_node.into_iter().zip(results) {
-                self.settle(hub, node, &notes, result);
+            for (((node, notes), number), result) in by_node.into_iter().zip(numbers).zip(results) {
+                self.settle(hub, node, number, &notes, result);
             }
             batch.clear();
             self.outbox.done(taken);
         }
     }
 
-    /// Counts what became of the packet of `notes` to `node`, and tells the members whose
-    /// frames it lost.
-    fn settle(&self, hub: &Hub, node: &NodeId, notes: &[&Note], result: Published) {
+    /// Counts what became of packet `number`, of `notes` to `node`, and tells the members
+    /// whose frames it lost.
+    fn settle(&self, hub: &Hub, node: &NodeId, number: u64, notes: &[&Note], result: Published) {
         let n = notes.len() as u64;
         if *node == self.node && n == 0 {
             // The heartbeat: whether it comes back is the inbox's to see, from now.
             if matches!(result, Published::Received(_)) {
-                self.beat_sent();
+                self.watch.sent(number);
             }
             return;
         }
