@@ -95,10 +95,12 @@ where
     // From here on only the writer writes: the close frame comes last.
     mailbox.detach();
     let reason = mailbox.kill_reason();
-    // What is still queued goes out before the close frame (the proxy's last replies, the
-    // messages a shutdown finds queued), unless the peer is not reading, cannot be written to,
-    // or is no longer trusted.
-    if !matches!(reason, Some(Close::SlowConsumer | Close::Transport(_) | Close::Revoked)) {
+    // What is still queued goes out before the close frame (the rest of a batch the close
+    // interrupted, then the proxy's last replies, the messages a shutdown finds queued),
+    // unless the peer is not reading, cannot be written to, or is no longer trusted.
+    if matches!(reason, Some(Close::SlowConsumer | Close::Transport(_) | Close::Revoked)) {
+        batch.clear();
+    } else {
         mailbox.take_remaining(&mut batch);
     }
     let close = match reason {
@@ -166,13 +168,18 @@ impl<S: Sink<Message> + Send + Unpin> Outlet for Mutex<S> {
     }
 }
 
-/// Feeds a batch to the sink and flushes it once.
+/// Feeds a batch to the sink and flushes it once. A frame leaves the batch only once the sink
+/// has taken it: abandoned half-way (the peer is being closed), the batch keeps what was not
+/// written, in order, for the close to write first.
 async fn write_batch<S>(sink: &mut S, batch: &mut VecDeque<Message>) -> Result<(), S::Error>
 where
     S: Sink<Message> + Unpin,
 {
-    for message in batch.drain(..) {
-        sink.feed(message).await?;
+    while !batch.is_empty() {
+        poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
+        if let Some(message) = batch.pop_front() {
+            sink.start_send_unpin(message)?;
+        }
     }
     sink.flush().await
 }
@@ -330,6 +337,31 @@ mod tests {
         // 0-4 counted once each (the hand-over's first frame too); 5 unless the kill came first.
         let sent = mailbox.stats().sent.frames();
         assert!((5..=6).contains(&sent), "{sent}");
+    }
+
+    #[tokio::test]
+    async fn a_close_in_the_middle_of_a_batch_writes_the_rest_of_it_first_in_order() {
+        let mailbox = Mailbox::new(ConnId::next(), 64, 1 << 20);
+        // A sink that takes one frame, then is full until the test reads.
+        let (sink, mut written) = fmpsc::channel::<Message>(0);
+        let writer = tokio::spawn(write_loop(sink, mailbox.clone(), Duration::from_secs(60)));
+        started(&mailbox).await;
+        for i in 0..10 {
+            assert_eq!(mailbox.deliver(text(&i.to_string()), Duration::from_secs(1)).await, Delivery::Queued);
+        }
+        // The writer takes the ten as one batch, writes the first, and waits for the sink.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        for i in 10..12 {
+            assert_eq!(mailbox.deliver(text(&i.to_string()), Duration::from_secs(1)).await, Delivery::Queued);
+        }
+        mailbox.kill(Close::Shutdown);
+        for i in 0..12 {
+            assert_eq!(written.next().await, Some(text(&i.to_string())), "frame {i}");
+        }
+        assert!(matches!(written.next().await, Some(Message::Close(Some(_)))));
+        writer.await.unwrap();
     }
 
     #[tokio::test]
