@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::id::ConnId;
+use crate::identity::Fingerprint;
 
 /// Limits of the hold buffer (`rooms.hold_max_messages`, `rooms.hold_max_bytes`,
 /// `rooms.hold_max_age`).
@@ -25,6 +26,9 @@ pub(crate) struct Held {
     pub(crate) frame: Message,
     /// The connection that sent it.
     pub(crate) from: ConnId,
+    /// Its sender's certificate: a newcomer with it replaces the sender, and does not get
+    /// what it sent itself.
+    pub(crate) sender: Fingerprint,
     /// Its `messageId`, to tell its sender when it is never delivered.
     pub(crate) message_id: Option<MessageId<'static>>,
     pub(crate) expires: Instant,
@@ -43,7 +47,7 @@ impl Hold {
     pub(crate) fn push(
         &mut self,
         frame: &Message,
-        from: ConnId,
+        (from, sender): (ConnId, Fingerprint),
         message_id: impl FnOnce() -> Option<MessageId<'static>>,
         limits: HoldLimits,
     ) -> bool {
@@ -52,8 +56,21 @@ impl Hold {
         }
         self.bytes += frame.len();
         let expires = Instant::now() + limits.max_age;
-        self.held.push_back(Held { frame: frame.clone(), from, message_id: message_id(), expires });
+        self.held.push_back(Held { frame: frame.clone(), from, sender, message_id: message_id(), expires });
         true
+    }
+
+    /// Takes everything held, oldest first, for members that came with certificates
+    /// `newcomers`; nothing when each of them sent everything held (it replaces the lone member
+    /// that sent it, and is as alone as that member was: what it sent stays held for a peer).
+    pub(crate) fn take_for<'a>(
+        &mut self,
+        mut newcomers: impl Iterator<Item = &'a Fingerprint>,
+    ) -> VecDeque<Held> {
+        if newcomers.all(|newcomer| self.held.iter().all(|h| h.sender == *newcomer)) {
+            return VecDeque::new();
+        }
+        self.take_all()
     }
 
     /// Takes everything held, oldest first.
@@ -103,7 +120,7 @@ mod tests {
     async fn the_buffer_is_bounded_and_ages_out_oldest_first() {
         let limits = HoldLimits { max_messages: 2, max_bytes: 10, max_age: Duration::from_secs(60) };
         let mut hold = Hold::default();
-        let from = ConnId::next();
+        let from = (ConnId::next(), Fingerprint([1; 32]));
         assert!(hold.push(&Message::text("abcd"), from, || None, limits));
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(hold.push(&Message::text("efgh"), from, || Some(MessageId::from(7)), limits));
@@ -117,5 +134,18 @@ mod tests {
         let rest = hold.take_all();
         assert_eq!(rest.front().map(|h| h.message_id.clone()), Some(Some(MessageId::from(7))));
         assert!(hold.is_empty() && hold.bytes() == 0 && hold.next_expiry().is_none());
+    }
+
+    #[test]
+    fn what_a_member_sent_is_kept_from_its_own_replacement() {
+        let limits = HoldLimits { max_messages: 8, max_bytes: 100, max_age: Duration::from_secs(60) };
+        let mut hold = Hold::default();
+        let (sender, other) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
+        assert!(hold.push(&Message::text("a"), (ConnId::next(), sender), || None, limits));
+        assert!(hold.push(&Message::text("b"), (ConnId::next(), sender), || None, limits));
+        assert!(hold.take_for([sender].iter()).is_empty(), "the sender's replacement");
+        assert_eq!(hold.len(), 2, "still held, for a peer");
+        assert_eq!(hold.take_for([sender, other].iter()).len(), 2, "a peer among the newcomers");
+        assert!(hold.is_empty());
     }
 }

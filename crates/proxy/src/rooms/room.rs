@@ -221,7 +221,10 @@ impl State {
         if to.is_empty() || self.hold.is_empty() {
             return;
         }
-        send(&distinct_nodes(to), self.hold.take_all().into());
+        let held = self.hold.take_for(to.iter().map(|card| &card.fingerprint));
+        if !held.is_empty() {
+            send(&distinct_nodes(to), held.into());
+        }
     }
 }
 
@@ -330,7 +333,7 @@ impl Room {
         for card in state.remote() {
             member.mailbox.push_initial(card.hello.clone());
         }
-        let held = state.hold.take_all();
+        let held = state.hold.take_for(std::iter::once(&member.fingerprint));
         let held_delivered = held.len();
         for message in held {
             member.mailbox.push_initial(message.frame);
@@ -404,9 +407,11 @@ impl Room {
         targets.mailboxes.clear();
         targets.generation = self.generation.load(Ordering::Acquire);
         targets.nodes.clear();
-        if !state.members.iter().any(|m| m.mailbox.conn() == sender) {
+        let Some(fingerprint) =
+            state.members.iter().find(|m| m.mailbox.conn() == sender).map(|m| m.fingerprint)
+        else {
             return Route::NotMember;
-        }
+        };
         let others = state.members.iter().filter(|m| m.mailbox.conn() != sender);
         targets.mailboxes.extend(others.map(|m| m.mailbox.clone()));
         targets.nodes.extend(distinct_nodes(state.remote()));
@@ -419,7 +424,11 @@ impl Room {
         if asks.requires_response {
             return Route::Alone;
         }
-        if state.hold.push(frame, sender, message_id, limits) { Route::Held } else { Route::HoldFull }
+        if state.hold.push(frame, (sender, fingerprint), message_id, limits) {
+            Route::Held
+        } else {
+            Route::HoldFull
+        }
     }
 
     /// Puts the mailboxes of the members on this node in `into` (emptied first), whose

@@ -104,6 +104,37 @@ async fn replace_mode_replaces_even_a_live_member_at_once() {
     proxy.stop().await;
 }
 
+/// What a lone member sent is held for a peer, not handed to the member's own replacement:
+/// the reconnected gateway's first frame is the manager's HELLO, and the manager gets the
+/// held events after the new connection's HELLO.
+#[tokio::test]
+async fn what_a_lone_member_sent_stays_held_when_its_reconnect_replaces_it() {
+    let pki = Pki::new();
+    let proxy = start(&pki, &same_identity("replace", "3s")).await;
+    let (mut old, _) = proxy.join("gateway", "gw/1", "old").await;
+    let events: Vec<String> = (1..=2)
+        .map(|i| format!(r#"{{"message": {{"messageId": {i}, "messageType": "EVENT:n"}}}}"#))
+        .collect();
+    for event in &events {
+        old.send_text(event).await;
+    }
+    within("the events held", async {
+        while proxy.metrics.held.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let (mut new, hello_new) = proxy.join("gateway", "gw/1", "new").await;
+    assert_eq!(old.expect_close().await.0, 1008);
+    let (mut manager, hello_manager) = proxy.join("manager", "gw/1", "m").await;
+    assert_eq!(manager.recv_text().await, hello_new);
+    for event in &events {
+        assert_eq!(&manager.recv_text().await, event);
+    }
+    assert_eq!(new.recv_text().await, hello_manager, "its own events are not echoed to it");
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn refuse_mode_refuses_while_the_member_is_connected_even_a_silent_one() {
     let pki = Pki::new();
