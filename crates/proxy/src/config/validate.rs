@@ -55,6 +55,10 @@ impl FileConfig {
         if rooms.max_peers < 2 {
             return Err(invalid("rooms.max_peers", "must be at least 2".into()));
         }
+        // Checked here too, not only when logging starts: `check-config` says what serving would.
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", format!("invalid filter {:?}: {e}", self.log.level)));
+        }
         let limits = self.limits;
         positive("rooms.hold_max_messages", rooms.hold_max_messages)?;
         positive("rooms.hold_max_bytes", rooms.hold_max_bytes)?;
@@ -356,8 +360,16 @@ pub fn duration(key: &str, text: &str) -> Result<Duration> {
     if value.is_zero() {
         return Err(invalid(key, "must be more than zero".into()));
     }
+    // Far beyond any setting's use, and small enough that no sum or multiple of one, or a
+    // deadline that far ahead, overflows.
+    if value > MAX_DURATION {
+        return Err(invalid(key, format!("{text:?} is longer than ten years (3650d)")));
+    }
     Ok(value)
 }
+
+/// The longest duration any setting takes.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
 #[cfg(test)]
 mod tests {
@@ -504,12 +516,21 @@ mod tests {
     }
 
     #[test]
+    fn a_log_level_that_is_not_a_filter_is_refused_naming_the_key() {
+        let err = config("[log]\nlevel = \"micronets_proxy=loud\"\n").unwrap_err().to_string();
+        assert!(err.contains("log.level"), "{err}");
+        assert!(config("[log]\nlevel = \"warn,ws_proxy=debug\"\n").is_ok());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(duration("k", "250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(duration("k", "2m").unwrap(), Duration::from_secs(120));
         assert_eq!(duration("k", "1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(duration("k", "30d").unwrap(), Duration::from_secs(30 * 86_400));
-        for bad in ["", "s", "10", "1.5s", "-1s", "10 s", "0s", "5w", "1d2h"] {
+        assert_eq!(duration("k", "3650d").unwrap(), MAX_DURATION);
+        for bad in ["", "s", "10", "1.5s", "-1s", "10 s", "0s", "5w", "1d2h", "3651d", "9999999999999999999s"]
+        {
             assert!(duration("k", bad).is_err(), "{bad}");
         }
     }
