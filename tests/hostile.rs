@@ -264,6 +264,11 @@ async fn a_proxy_below_its_open_file_limit_says_so_refuses_past_it_and_stays_res
     let warning =
         log.lines().find(|l| l.contains("open-file limit is below")).unwrap_or_else(|| panic!("{log}"));
     assert!(warning.contains("open_file_limit=300") && warning.contains("serving_at_most="), "{warning}");
+    // A reload of the same file changes nothing that needs a restart: the lower limit is the
+    // file's limit lowered the same way.
+    proxy.signal("HUP");
+    proxy.wait_for("reloaded:");
+    assert!(!proxy.log().contains("they apply at the next restart"), "{}", proxy.log());
     let admin = proxy.admin();
     // Past the limit: more connections than it serves, none sending a byte.
     let mut held = Vec::new();

@@ -35,18 +35,25 @@ pub(crate) fn fit(config: &mut Config) {
     } else if current.is_some() && maximum.is_none() {
         let _ = setrlimit(Resource::Nofile, Rlimit { current: None, maximum: None });
     }
-    let reserve = reserve(config);
-    let wanted = config.max_connections as u64;
-    if limit >= wanted.saturating_add(reserve) {
-        return;
+    if let Some(cap) = cap(config) {
+        warn!(
+            open_file_limit = limit,
+            max_connections = config.max_connections,
+            reserve = reserve(config),
+            serving_at_most = cap,
+            "the open-file limit is below limits.max_connections plus the proxy's own files: serving fewer connections (raise LimitNOFILE)"
+        );
+        config.max_connections = cap;
     }
-    let cap = usize::try_from(limit.saturating_sub(reserve).max(limit / 2).max(1)).unwrap_or(1);
-    warn!(
-        open_file_limit = limit,
-        max_connections = wanted,
-        reserve,
-        serving_at_most = cap,
-        "the open-file limit is below limits.max_connections plus the proxy's own files: serving fewer connections (raise LimitNOFILE)"
-    );
-    config.max_connections = cap;
+}
+
+/// The most connections the current open-file limit leaves room for past [`reserve`]; `None`
+/// when it leaves room for all of `limits.max_connections`.
+pub(crate) fn cap(config: &Config) -> Option<usize> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    let reserve = reserve(config);
+    if limit >= (config.max_connections as u64).saturating_add(reserve) {
+        return None;
+    }
+    Some(usize::try_from(limit.saturating_sub(reserve).max(limit / 2).max(1)).unwrap_or(1))
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, PoisonError};
 
 use tracing::{error, info, warn};
 
+use super::file_limit;
 use super::state::Shared;
 use super::systemd;
 use crate::config::{Config, FileConfig};
@@ -22,10 +23,14 @@ use crate::error::Result;
 /// What cannot be read or used, naming the file or key; nothing is swapped then.
 pub(crate) fn reload(shared: &Shared) -> Result<()> {
     let _one_at_a_time = shared.reloading.lock().unwrap_or_else(PoisonError::into_inner);
-    let config = match &shared.source.path {
+    let mut config = match &shared.source.path {
         Some(path) => FileConfig::load(path)?.into_config(&shared.source.overrides)?,
         None => Config::clone(&shared.config),
     };
+    // As at start-up, so that a limit the open-file limit lowered is no change.
+    if let Some(cap) = file_limit::cap(&config) {
+        config.max_connections = cap;
+    }
     let material = shared.gate.load(&config)?;
     let admin_tls = shared.admin_guard.reload_tls(&config, material.files())?;
     // The new material first, then the sweep: a connection that joins in between meets it.
