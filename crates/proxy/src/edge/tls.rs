@@ -244,19 +244,18 @@ pub(crate) enum ClientCertificates {
 }
 
 /// The TLS configuration of the admin endpoint (`[admin]` off loopback, or with
-/// `[[admin.allow]]`): the server certificate of `tls.server_cert`, client certificates
-/// verified against the peers' CAs and CRLs, from `files`. Sessions are not resumed.
+/// `[[admin.allow]]`): the server certificate of `tls.server_cert`; a client certificate is
+/// asked for and, when presented, verified against the peers' CAs and CRLs, from `files`.
+/// A client without one still connects: the health checks answer everyone (load balancers'
+/// probes), and everything else asks for a token or an allowed certificate (`admin_guard.rs`).
+/// Sessions are not resumed.
 ///
 /// # Errors
 /// As [`server_config`].
-pub(crate) fn admin_config(
-    config: &Config,
-    files: &Files,
-    clients: ClientCertificates,
-) -> Result<Arc<ServerConfig>> {
+pub(crate) fn admin_config(config: &Config, files: &Files) -> Result<Arc<ServerConfig>> {
     let provider = provider();
     let Trust { roots, crls, .. } = files.trust.clone();
-    let verifier = client_verifier(config, roots, crls, &provider, clients)?;
+    let verifier = client_verifier(config, roots, crls, &provider, ClientCertificates::Optional)?;
     let mut server = serving(config, provider, verifier, files)?;
     server.session_storage = Arc::new(NoServerSessionStorage {});
     server.send_tls13_tickets = 0;

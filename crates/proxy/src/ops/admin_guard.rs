@@ -27,7 +27,7 @@ use rustls::ServerConfig;
 
 use crate::config::{ADMIN_ROOM, Config};
 use crate::edge::acl::{Acl, Decision};
-use crate::edge::tls::{self, ClientCertificates};
+use crate::edge::tls;
 use crate::error::{Error, Result};
 use crate::identity::PeerIdentity;
 use crate::rooms::id::RoomId;
@@ -40,8 +40,6 @@ pub(crate) struct AdminGuard {
     token: Option<String>,
     allow: Acl,
     room: RoomId,
-    /// Whether a client must present a certificate: fixed at start-up, with the token and rules.
-    clients: ClientCertificates,
     /// The TLS configuration, when the endpoint speaks TLS: swapped by a reload.
     tls: ArcSwapOption<ServerConfig>,
 }
@@ -66,15 +64,10 @@ impl AdminGuard {
         let token = access.token_file.as_deref().map(read_token).transpose()?;
         let allow = Acl::new(&access.allow)
             .map_err(|e| Error::Config { key: "admin.allow".into(), reason: e.to_string() })?;
-        let clients = if token.is_some() || access.allow.is_empty() {
-            ClientCertificates::Optional
-        } else {
-            ClientCertificates::Required
-        };
-        let tls = access.tls.then(|| tls::admin_config(config, files, clients)).transpose()?;
+        let tls = access.tls.then(|| tls::admin_config(config, files)).transpose()?;
         let room = RoomId::parse(ADMIN_ROOM)
             .map_err(|e| Error::Config { key: "admin.allow".into(), reason: e.to_string() })?;
-        Ok(AdminGuard { token, allow, room, clients, tls: ArcSwapOption::new(tls) })
+        Ok(AdminGuard { token, allow, room, tls: ArcSwapOption::new(tls) })
     }
 
     /// The TLS configuration for a new connection, when the endpoint speaks TLS.
@@ -95,7 +88,7 @@ impl AdminGuard {
         if self.tls.load().is_none() {
             return Ok(None);
         }
-        tls::admin_config(config, files, self.clients).map(Some)
+        tls::admin_config(config, files).map(Some)
     }
 
     /// Puts in place what [`AdminGuard::reload_tls`] made: new connections use it.

@@ -390,6 +390,20 @@ async fn allowed_client_certificates_or_the_token_open_the_tls_endpoint() {
     proxy.stop().await;
 }
 
+/// With `[[admin.allow]]` and no token, a load balancer's probe, which has no certificate,
+/// still gets `/readyz` and `/healthz`; everything else asks for an allowed certificate.
+#[tokio::test]
+async fn health_checks_answer_a_probe_without_a_certificate_when_only_certificates_open_the_rest() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "[[admin.allow]]\ncn = \"manager\"\n").await;
+    assert_eq!(admin_tls(&proxy, None, None, "/readyz").await.unwrap().0, 200);
+    assert_eq!(admin_tls(&proxy, None, None, "/healthz").await.unwrap(), (200, "ok\n".into()));
+    assert_eq!(admin_tls(&proxy, None, None, "/metrics").await.unwrap().0, 401);
+    assert_eq!(admin_tls(&proxy, Some("gateway"), None, "/metrics").await.unwrap().0, 401, "not allowed");
+    assert_eq!(admin_tls(&proxy, Some("manager"), None, "/v1/rooms").await.unwrap(), (200, "[]".into()));
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn a_reload_gives_the_tls_endpoint_the_new_crl() {
     use micronets_certgen::{Authority, crl, dev};
