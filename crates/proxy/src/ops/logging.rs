@@ -28,9 +28,11 @@ pub const BURST: u32 = 10;
 /// The rate limit's window, and how often suppressed lines are reported.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
-/// Distinct lines tracked at most; past that, new lines pass untracked until the next report
-/// forgets quiet ones (a burst of distinct lines is not the storm this guards against).
+/// Distinct lines tracked at most; past that, new lines share one allowance until the next
+/// report forgets quiet ones.
 const MAX_TRACKED: usize = 10_000;
+/// The key the lines past [`MAX_TRACKED`] share.
+const UNTRACKED: u64 = u64::MAX;
 
 /// The process's rate limiter, once [`init`] has installed it.
 static LIMITER: OnceLock<Arc<RateLimit>> = OnceLock::new();
@@ -137,11 +139,14 @@ impl RateLimit {
     /// Whether the line with this key may be written at `now`; `name` describes it.
     pub(crate) fn admit(&self, key: u64, now: Instant, name: impl FnOnce() -> String) -> bool {
         let mut lines = self.lines.lock().unwrap_or_else(PoisonError::into_inner);
-        if lines.len() >= MAX_TRACKED && !lines.contains_key(&key) {
-            return true;
-        }
-        let seen =
-            lines.entry(key).or_insert_with(|| Seen { since: now, passed: 0, suppressed: 0, name: name() });
+        // Past the bound, the lines not tracked share one allowance: varied lines (a field
+        // that changes with each) cannot flood the log.
+        let untracked = lines.len() >= MAX_TRACKED && !lines.contains_key(&key);
+        let key = if untracked { UNTRACKED } else { key };
+        let seen = lines.entry(key).or_insert_with(|| {
+            let name = if untracked { "distinct lines past the ones tracked".to_owned() } else { name() };
+            Seen { since: now, passed: 0, suppressed: 0, name }
+        });
         if now.duration_since(seen.since) >= self.window {
             seen.since = now;
             seen.passed = 0;
@@ -246,6 +251,18 @@ mod tests {
         assert_eq!(limit.take_suppressed_at(start), vec![], "each drop is reported once");
         let later = start + Duration::from_secs(10);
         assert!(limit.admit(1, later, || "storm".into()), "a new window has a new budget");
+    }
+
+    #[test]
+    fn distinct_lines_past_the_bound_share_one_allowance() {
+        let limit = RateLimit::new(3, Duration::from_secs(10));
+        let start = Instant::now();
+        for key in 0..MAX_TRACKED as u64 {
+            assert!(limit.admit(key, start, || "tracked".into()));
+        }
+        let admitted = (0..1000u64).filter(|n| limit.admit(1 << 40 | n, start, || "varied".into())).count();
+        assert_eq!(admitted, 3, "a flood of varied lines past the bound");
+        assert!(limit.admit(5, start, || "tracked".into()), "a tracked line keeps its own budget");
     }
 
     /// Counts the events that reach it.
