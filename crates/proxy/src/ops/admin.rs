@@ -11,15 +11,16 @@
 //! [`HEADER_TIMEOUT`] and may stay at most [`CONNECTION_TIMEOUT`], and past
 //! [`MAX_CONNECTIONS`] at once a new one is closed at once rather than queued behind them.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -39,6 +40,9 @@ use crate::metrics::{CONTENT_TYPE, Gauges};
 
 /// Admin connections served at once; more are closed as they come.
 pub(crate) const MAX_CONNECTIONS: usize = 128;
+/// Admin connections served at once from one address: one client (a scraper gone wrong, or
+/// anyone who reaches the port) cannot take the slots a load balancer's probes need.
+const MAX_PER_ADDRESS: usize = 16;
 /// How long a connection has to send a request head (its first, or its next one).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest an admin connection may stay open.
@@ -47,6 +51,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Serves the admin endpoint on `listener`, forever.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     let mut connections = JoinSet::new();
+    let addresses = PerAddress::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -65,8 +70,14 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             drop(tcp);
             continue;
         }
+        let Some(slot) = addresses.take(peer.ip()) else {
+            warn!(%peer, limit = MAX_PER_ADDRESS, "admin endpoint: too many connections open from one address; closing a new one");
+            drop(tcp);
+            continue;
+        };
         let shared = Arc::clone(&shared);
         connections.spawn(async move {
+            let _slot = slot;
             let Some(tls) = shared.admin_guard.tls() else {
                 return serve_connection(shared, tcp, None, peer).await;
             };
@@ -83,6 +94,41 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
                 Err(_) => info!(%peer, "admin endpoint: no TLS handshake in time"),
             }
         });
+    }
+}
+
+/// The admin connections open from each address.
+#[derive(Default)]
+struct PerAddress(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One connection's place in [`PerAddress`], given back when it ends (or its task panics).
+struct Slot {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    /// A place for a connection from `ip`, unless it has [`MAX_PER_ADDRESS`] open.
+    fn take(&self, ip: IpAddr) -> Option<Slot> {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(ip).or_insert(0);
+        if *count >= MAX_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(Slot { open: Arc::clone(&self.0), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 
