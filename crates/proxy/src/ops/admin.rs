@@ -198,7 +198,7 @@ fn respond<B>(shared: &Shared, request: &Request<B>) -> Response<Full<Bytes>> {
         "/metrics" => {
             let cluster = shared.config.cluster.is_some().then(|| shared.backplane.totals());
             let now = unix_now();
-            let rooms = status::totals(&status::snapshot(&shared.hub.registry), now);
+            let rooms = status::totals(&shared.hub.registry, now);
             let trust = Arc::clone(&shared.gate.tls.load().expiries);
             let body = shared.metrics.render(Gauges { rooms, cluster, trust, now });
             with_type(StatusCode::OK, CONTENT_TYPE, body)

@@ -5,7 +5,7 @@ use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{ExpiryTotals, RoomTotals};
+use crate::metrics::RoomTotals;
 use crate::rooms::registry::Registry;
 use crate::rooms::room::{Contents, Member, Room};
 
@@ -120,16 +120,19 @@ impl MemberStatus {
     }
 }
 
-/// The room gauges of `/metrics`, counted from a report at `now` (Unix seconds).
+/// The room gauges of `/metrics` at `now` (Unix seconds), counted in place: a scrape costs a
+/// look at each room, not a report of every member (strings and all) made and sorted.
 #[must_use]
-pub fn totals(rooms: &[RoomStatus], now: i64) -> RoomTotals {
-    let mut expiry = ExpiryTotals::default();
-    rooms.iter().flat_map(|r| &r.members).for_each(|m| expiry.add(m.not_after - now));
-    RoomTotals {
-        rooms: rooms.len() as u64,
-        members: rooms.iter().map(|r| r.members.len() as u64).sum(),
-        held_messages: rooms.iter().map(|r| r.held_messages as u64).sum(),
-        held_bytes: rooms.iter().map(|r| r.held_bytes as u64).sum(),
-        expiry,
+pub(crate) fn totals(registry: &Registry, now: i64) -> RoomTotals {
+    let mut totals = RoomTotals::default();
+    for room in registry.rooms() {
+        room.inspect(|contents: Contents<'_>| {
+            totals.rooms += 1;
+            totals.members += contents.members.len() as u64;
+            totals.held_messages += contents.held_messages as u64;
+            totals.held_bytes += contents.held_bytes as u64;
+            contents.members.iter().for_each(|m| totals.expiry.add(m.not_after - now));
+        });
     }
+    totals
 }
