@@ -32,6 +32,9 @@ pub struct PeerIdentity {
 pub struct CertificateExpiry {
     /// Subject DN.
     pub subject: String,
+    /// Serial number, as colon-separated hex: tells apart two CAs of one subject (a root and
+    /// its successor during a rotation).
+    pub serial: String,
     /// notAfter, seconds since the Unix epoch.
     pub not_after: i64,
 }
@@ -43,6 +46,7 @@ impl CertificateExpiry {
         let (_, cert) = X509Certificate::from_der(der).ok()?;
         Some(CertificateExpiry {
             subject: cert.subject().to_string(),
+            serial: cert.raw_serial_as_string(),
             not_after: cert.validity().not_after.timestamp(),
         })
     }

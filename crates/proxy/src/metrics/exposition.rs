@@ -110,13 +110,13 @@ impl Scrape {
         }
         let mut cas = e.encode_descriptor(
             "ca_certificate_expiry_seconds",
-            "Time left until notAfter of each trusted CA certificate (tls.client_ca), by subject.",
+            "Time left until notAfter of each trusted CA certificate (tls.client_ca), by subject and serial.",
             None,
             MetricType::Gauge,
         )?;
         for ca in &trust.cas {
-            let subject: Labels = [("subject", ca.subject.as_str())];
-            cas.encode_family(&subject)?.encode_gauge(&(ca.not_after - now))?;
+            let labels = [("subject", ca.subject.as_str()), ("serial", ca.serial.as_str())];
+            cas.encode_family(&labels)?.encode_gauge(&(ca.not_after - now))?;
         }
         Ok(())
     }
@@ -343,8 +343,24 @@ mod tests {
         expiry.add(86_400 * 10);
         expiry.add(86_400 * 400);
         let trust = TrustExpiry {
-            server: Some(CertificateExpiry { subject: "CN=proxy".into(), not_after: 1_000 + 86_400 }),
-            cas: vec![CertificateExpiry { subject: "CN=root".into(), not_after: 1_000 + 3 * 86_400 }],
+            server: Some(CertificateExpiry {
+                subject: "CN=proxy".into(),
+                serial: "01".into(),
+                not_after: 1_000 + 86_400,
+            }),
+            cas: vec![
+                CertificateExpiry {
+                    subject: "CN=root".into(),
+                    serial: "0a:0b".into(),
+                    not_after: 1_000 + 3 * 86_400,
+                },
+                // Its successor during a rotation: the same subject, another serial.
+                CertificateExpiry {
+                    subject: "CN=root".into(),
+                    serial: "0c".into(),
+                    not_after: 1_000 + 9 * 86_400,
+                },
+            ],
         };
         let rooms = RoomTotals { rooms: 1, members: 2, held_messages: 0, held_bytes: 0, expiry };
         let text = metrics.render(Gauges { rooms, cluster: None, trust: Arc::new(trust), now: 1_000 });
@@ -371,7 +387,8 @@ mod tests {
             "ws_proxy_peer_certificate_expiry_seconds_count 2",
             "ws_proxy_peer_certificate_soonest_expiry_seconds 864000",
             "ws_proxy_server_certificate_expiry_seconds 86400",
-            "ws_proxy_ca_certificate_expiry_seconds{subject=\"CN=root\"} 259200",
+            "ws_proxy_ca_certificate_expiry_seconds{subject=\"CN=root\",serial=\"0a:0b\"} 259200",
+            "ws_proxy_ca_certificate_expiry_seconds{subject=\"CN=root\",serial=\"0c\"} 777600",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
@@ -410,8 +427,16 @@ mod tests {
         let mut expiry = ExpiryTotals::default();
         expiry.add(86_400);
         let trust = TrustExpiry {
-            server: Some(CertificateExpiry { subject: "CN=proxy".into(), not_after: 86_400 }),
-            cas: vec![CertificateExpiry { subject: "CN=root".into(), not_after: 86_400 }],
+            server: Some(CertificateExpiry {
+                subject: "CN=proxy".into(),
+                serial: "01".into(),
+                not_after: 86_400,
+            }),
+            cas: vec![CertificateExpiry {
+                subject: "CN=root".into(),
+                serial: "0a:0b".into(),
+                not_after: 86_400,
+            }],
         };
         let rooms = RoomTotals { rooms: 1, members: 1, held_messages: 0, held_bytes: 0, expiry };
         let cluster = Some(ClusterTotals { up: true, ..ClusterTotals::default() });
