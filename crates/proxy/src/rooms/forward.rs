@@ -168,7 +168,7 @@ impl<'a> Forward<'a> {
                     let (held, waiting) = self.relay_frame(message, &mut targets, tally, &mut kicks);
                     if let Some(waiting) = waiting {
                         kicks.write();
-                        waiting.await;
+                        self.mailbox.sending(waiting).await;
                     }
                     self.hub.metrics.relay_done(arrived);
                     if held && !holding {

@@ -76,6 +76,9 @@ struct Inner {
     stats: PeerStats,
     /// Set while someone waits to hear from the peer ([`Mailbox::probe`]).
     probing: AtomicBool,
+    /// Set while the peer's own frame waits for room in a receiver's queue
+    /// ([`Mailbox::sending`]): its socket is not read meanwhile, but it has just been heard.
+    sending: AtomicBool,
     /// Told when the peer is heard from while `probing`.
     heard: Notify,
 }
@@ -183,6 +186,7 @@ impl Mailbox {
             reason: OnceLock::new(),
             stats: PeerStats::default(),
             probing: AtomicBool::new(false),
+            sending: AtomicBool::new(false),
             heard: Notify::new(),
         };
         Mailbox { inner: Arc::new(inner) }
@@ -295,12 +299,26 @@ impl Mailbox {
         if wake {
             self.inner.writer.wake();
         }
+        // A peer whose frame waits for a full receiver sent it just now, and its pong waits
+        // unread behind that frame: it counts as heard.
+        if self.inner.sending.load(Ordering::Acquire) {
+            return !self.is_killed();
+        }
         let killed = self.until_killed();
         tokio::select! {
             biased;
             () = killed => false,
             answered = time::timeout(timeout, heard) => answered.is_ok(),
         }
+    }
+
+    /// Awaits `waiting`, the rest of the peer's own frame's delivery (a receiver was full),
+    /// as the peer being heard from: a probe made meanwhile is answered, since the peer's
+    /// socket, and so its pong, is not read until the frame is delivered.
+    pub(crate) async fn sending(&self, waiting: impl Future<Output = ()>) {
+        self.heard();
+        let _sending = Raised::new(&self.inner.sending);
+        waiting.await;
     }
 
     /// The peer was heard from: tells whoever probes it. One atomic load when nobody does; the
@@ -538,6 +556,22 @@ async fn until(told: &Notify, flag: &AtomicBool) {
     let notified = told.notified();
     if !flag.load(Ordering::Acquire) {
         notified.await;
+    }
+}
+
+/// A flag raised while it lives, lowered when it is dropped (whatever ends the wait).
+struct Raised<'a>(&'a AtomicBool);
+
+impl<'a> Raised<'a> {
+    fn new(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Release);
+        Raised(flag)
+    }
+}
+
+impl Drop for Raised<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

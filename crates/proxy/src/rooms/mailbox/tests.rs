@@ -76,3 +76,30 @@ async fn a_probe_is_answered_by_any_frame_and_not_by_silence() {
     mailbox.kill(Close::Shutdown);
     assert!(!probe.await.unwrap(), "a peer being closed does not answer");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_whose_frame_waits_for_a_full_receiver_answers_a_probe() {
+    let mailbox = Mailbox::new(ConnId::next(), 8, 1 << 20);
+    // A probe made before the wait is answered when it starts.
+    let probing = mailbox.clone();
+    let probe = tokio::spawn(async move { probing.probe(Duration::from_secs(3)).await });
+    while !mailbox.inner.probing.load(Ordering::Acquire) {
+        tokio::task::yield_now().await;
+    }
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let sender = mailbox.clone();
+    let waiting = tokio::spawn(async move {
+        sender
+            .sending(async {
+                let _ = released.await;
+            })
+            .await;
+    });
+    assert!(probe.await.unwrap(), "heard when its frame started waiting");
+    // One made during the wait, longer than the probe's timeout, is answered too.
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert!(mailbox.probe(Duration::from_secs(3)).await, "its pong waits unread behind the frame");
+    let _ = release.send(());
+    waiting.await.unwrap();
+    assert!(!mailbox.probe(Duration::from_millis(30)).await, "silence once the wait is over");
+}
