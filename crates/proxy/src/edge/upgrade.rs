@@ -76,33 +76,59 @@ where
     S: AsyncRead + Unpin,
 {
     let mut buf = Vec::with_capacity(1024);
+    // How much of the head the last parse saw.
+    let mut seen = 0;
     loop {
-        // Parsed again from the start after every read (heads are short, and mostly arrive
-        // in one read).
-        let mut headers = vec![httparse::EMPTY_HEADER; limits.headers];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let parsed = check(&request, prefix)?;
-                return Ok(UpgradeRequest { leftover: buf[head_len..].to_vec(), ..parsed });
+        // Parsed from the start when a read completes a line (heads are short, and mostly
+        // arrive in one read), not after every read: a head sent a byte at a time is parsed
+        // once per line, not once per byte, and a malformed line is still refused at once.
+        // Before giving up (too long, or closed), whatever came since is parsed too, so the
+        // outcome does not depend on how the bytes arrived.
+        if buf[seen..].contains(&b'\n') {
+            seen = buf.len();
+            if let Some(done) = parse_head(&buf, prefix, limits) {
+                return done;
             }
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(Refusal::status(431, "too many request headers", None));
-            }
-            Err(e) => return Err(Refusal::status(400, format!("malformed HTTP request: {e}"), None)),
         }
+        let last_parse =
+            |buf: &[u8], seen: usize| (seen < buf.len()).then(|| parse_head(buf, prefix, limits)).flatten();
         if buf.len() >= limits.bytes {
+            if let Some(done) = last_parse(&buf, seen) {
+                return done;
+            }
             let why = format!("request head larger than {} bytes", limits.bytes);
             return Err(Refusal::status(431, why, None));
         }
         let mut chunk = [0u8; 2048];
         let want = chunk.len().min(limits.bytes - buf.len());
         match stream.read(&mut chunk[..want]).await {
-            Ok(0) => return Err(Refusal::Closed("closed before sending a whole request".into())),
+            Ok(0) => {
+                if let Some(done) = last_parse(&buf, seen) {
+                    return done;
+                }
+                return Err(Refusal::Closed("closed before sending a whole request".into()));
+            }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) => return Err(Refusal::Closed(e.to_string())),
         }
+    }
+}
+
+/// Parses the head at the start of `buf`: `None` while it is not whole and nothing is wrong
+/// with it yet.
+fn parse_head(buf: &[u8], prefix: &str, limits: HeadLimits) -> Option<Result<UpgradeRequest, Refusal>> {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.headers];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(head_len)) => Some(
+            check(&request, prefix)
+                .map(|parsed| UpgradeRequest { leftover: buf[head_len..].to_vec(), ..parsed }),
+        ),
+        Ok(httparse::Status::Partial) => None,
+        Err(httparse::Error::TooManyHeaders) => {
+            Some(Err(Refusal::status(431, "too many request headers", None)))
+        }
+        Err(e) => Some(Err(Refusal::status(400, format!("malformed HTTP request: {e}"), None))),
     }
 }
 
@@ -214,6 +240,33 @@ mod tests {
         format!(
             "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         )
+    }
+
+    /// Reads `request` as if it came a byte at a time.
+    async fn parse_bytewise(request: &str) -> Result<UpgradeRequest, Refusal> {
+        let (mut client, mut server) = tokio::io::duplex(1);
+        let bytes = request.as_bytes().to_vec();
+        let writer = tokio::spawn(async move {
+            for byte in bytes {
+                if tokio::io::AsyncWriteExt::write_all(&mut client, &[byte]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let result = read_request(&mut server, PREFIX, HeadLimits::default()).await;
+        drop(server);
+        let _ = writer.await;
+        result
+    }
+
+    #[tokio::test]
+    async fn a_head_sent_a_byte_at_a_time_reads_as_one_sent_at_once() {
+        let request = upgrade("/micronets/v1/ws-proxy/gw/1");
+        assert_eq!(parse_bytewise(&request).await.unwrap().room, parse(&request).await.unwrap().room);
+        // A bad byte after the last line's end is found when the peer gives up, not missed.
+        let cut = "GET /micronets/v1/ws-proxy/gw/1 HTTP/1.1\r\nHo\x01st";
+        assert_eq!(status(parse_bytewise(cut).await), 400);
+        assert_eq!(status(parse(cut).await), 400);
     }
 
     fn status(result: Result<UpgradeRequest, Refusal>) -> u16 {
