@@ -149,6 +149,13 @@ where
                     info!(%peer, path = request.uri().path(), "admin endpoint: refused a request without a valid token or allowed certificate");
                     unauthorized()
                 }
+                Err(Denied::ForeignHost) => {
+                    info!(%peer, "admin endpoint: refused a request for a host name that is not this machine's");
+                    text(
+                        StatusCode::MISDIRECTED_REQUEST,
+                        "an admin endpoint without a token answers requests to localhost or an IP address only\n".into(),
+                    )
+                }
             };
             Ok::<_, Infallible>(response)
         }

@@ -49,6 +49,10 @@ pub(crate) struct AdminGuard {
 pub(crate) enum Denied {
     /// Neither a valid token nor an allowed certificate came with it.
     Unauthenticated,
+    /// The endpoint is open (loopback, no token) and the request names a host that is not
+    /// this machine: a web page in the operator's browser, reaching it by a name it rebound
+    /// to 127.0.0.1 (or through an SSH tunnel), may not read it.
+    ForeignHost,
 }
 
 impl AdminGuard {
@@ -107,6 +111,9 @@ impl AdminGuard {
             return Ok(());
         }
         let open = self.token.is_none() && self.tls.load().is_none();
+        if open && !names_this_machine(request) {
+            return Err(Denied::ForeignHost);
+        }
         let by_token =
             self.token.as_deref().is_some_and(|token| presented(request).is_some_and(|t| same(&t, token)));
         let by_certificate = client.is_some_and(|identity| {
@@ -115,6 +122,21 @@ impl AdminGuard {
         });
         if open || by_token || by_certificate { Ok(()) } else { Err(Denied::Unauthenticated) }
     }
+}
+
+/// Whether the request's `Host` is an IP address or `localhost` (with any port), as a
+/// program or a browser on this machine, or through a tunnel to it, names it.
+fn names_this_machine<B>(request: &Request<B>) -> bool {
+    let Some(host) = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// The token of an `Authorization: Bearer` header, or the password of a `Basic` one.

@@ -197,6 +197,38 @@ async fn every_metric_appears_and_moves() {
     proxy.stop().await;
 }
 
+/// An open endpoint (loopback, no token) answers only requests that name this machine: a web
+/// page that rebinds a name of its own to 127.0.0.1 cannot read the rooms through the
+/// operator's browser.
+#[tokio::test]
+async fn an_open_endpoint_answers_only_requests_to_this_machine() {
+    let pki = Pki::new();
+    let proxy = start(&pki, "").await;
+    let get = |path: &'static str, host: String| {
+        let admin = proxy.admin;
+        async move {
+            within("admin request", async {
+                let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+                let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+                tokio::io::AsyncWriteExt::write_all(&mut tcp, request.as_bytes()).await.unwrap();
+                let mut response = String::new();
+                tcp.read_to_string(&mut response).await.unwrap();
+                response.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0)
+            })
+            .await
+        }
+    };
+    let port = proxy.admin.port();
+    assert_eq!(get("/v1/rooms", "rebound.example:9090".into()).await, 421);
+    assert_eq!(get("/healthz", "rebound.example".into()).await, 200, "health checks answer everyone");
+    for host in
+        [format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("[::1]:{port}"), "10.1.2.3".into()]
+    {
+        assert_eq!(get("/v1/rooms", host.clone()).await, 200, "{host}");
+    }
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn idle_admin_connections_cannot_starve_the_health_checks() {
     let pki = Pki::new();

@@ -123,7 +123,7 @@ async fn a_browser_shows_the_members_their_expiry_and_a_hostile_peer_class_as_te
 async fn raw_get(proxy: &TestProxy, path: &str) -> String {
     within("admin request", async {
         let mut tcp = TcpStream::connect(proxy.admin).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", proxy.admin);
         tcp.write_all(request.as_bytes()).await.unwrap();
         let mut answer = Vec::new();
         tcp.read_to_end(&mut answer).await.unwrap();

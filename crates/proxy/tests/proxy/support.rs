@@ -436,7 +436,7 @@ impl Client {
 pub(crate) async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     within("admin request", async {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        let request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         tcp.write_all(request.as_bytes()).await.unwrap();
         let mut response = Vec::new();
         tcp.read_to_end(&mut response).await.unwrap();
