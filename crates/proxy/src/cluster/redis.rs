@@ -10,7 +10,7 @@
 //! number skipped tells the members of the rooms it shares with the sending node.
 //!
 //! Five tasks run while the node serves: the publisher (`redis/publisher.rs`), the inbox
-//! reader, the presence refresh, the teller of refused frames (`loss.rs`), and the heartbeat,
+//! reader (`redis/subscriber.rs`), the presence refresh, the teller of refused frames (`loss.rs`), and the heartbeat,
 //! which publishes an empty packet to the node's own inbox every [`HEARTBEAT`] and subscribes
 //! again when one has not come back within [`SILENCE`] of its publishing (a subscription that
 //! stopped delivering without closing). Redis counts as reachable while the inbox and the
@@ -32,13 +32,12 @@ use tokio_tungstenite::tungstenite::Message;
 use super::backplane::Backplane;
 use super::error::BackplaneError;
 use super::heartbeat::{HEARTBEAT, SILENCE, Watch};
-use super::inbox::{self, Deliveries};
-use super::link::{Link, MAX_BACKOFF};
-use super::loss::{self, Arrival, Numbers, Refusals};
+use super::link::Link;
+use super::loss::Refusals;
 use super::outbox::Outbox;
 use super::presence::{Joining, Store};
 use super::view::new_view;
-use super::wire::{FrameNote, Note, Packet, RoomNote, encode_card, field, is_single_note, key_of_field};
+use super::wire::{Note, RoomNote, encode_card, field, key_of_field};
 use crate::config::{ClusterConfig, redacted_url};
 use crate::error::{Error, Result};
 use crate::identity::Fingerprint;
@@ -51,6 +50,7 @@ use crate::rooms::registry::Space;
 use crate::rooms::remote::{Card, MayReplace, MemberKey, NewView};
 
 mod publisher;
+mod subscriber;
 
 /// Room refreshes in flight at once.
 const REFRESHES_IN_FLIGHT: usize = 32;
@@ -230,149 +230,6 @@ impl RedisBackplane {
                 self.ask_resubscribe();
             }
         }
-    }
-
-    /// Listens on this node's inbox, subscribing again (with backoff) whenever the
-    /// subscription is lost, and carries out each note.
-    async fn subscribe(self: &Arc<Self>, hub: &Arc<Hub>) {
-        let channel = self.inbox(&self.node);
-        let mut backoff = Duration::from_millis(100);
-        // The last packet number from each node, across subscriptions: a gap while this node
-        // was not subscribed is a gap too.
-        let mut numbers = Numbers::default();
-        let mut deliveries = Deliveries::default();
-        loop {
-            let subscribing =
-                tokio::time::timeout(self.config.command_timeout * 2, self.link.subscribe(&channel));
-            let mut inbox = match subscribing.await {
-                Ok(Ok(inbox)) => inbox,
-                failed => {
-                    self.set(&self.subscribed, false);
-                    if let Ok(Err(e)) = failed {
-                        debug!(error = %e, "cannot subscribe to the inbox; retrying");
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(100);
-            // A new subscription has until the next heartbeats to prove itself, and answers
-            // only requests to subscribe again made from now on.
-            self.watch.restart();
-            let asked = self.resubscribes.load(Ordering::Relaxed);
-            self.set(&self.subscribed, true);
-            info!(channel, node = %self.node, "subscribed to this node's inbox");
-            loop {
-                let payload = tokio::select! {
-                    () = self.resubscribe.notified() => {
-                        if self.resubscribes.load(Ordering::Relaxed) == asked {
-                            continue;
-                        }
-                        break;
-                    }
-                    payload = inbox.next() => payload,
-                };
-                let Some(payload) = payload else { break };
-                if is_single_note(&payload) {
-                    // From a node of the earlier version: carried out, unnumbered.
-                    self.carry_out(hub, payload, &mut deliveries).await;
-                    deliveries.write();
-                    continue;
-                }
-                let packet = match Packet::decode(payload) {
-                    Ok(packet) => packet,
-                    Err(e) => {
-                        warn!(error = %e, "malformed packet in the inbox: dropped");
-                        continue;
-                    }
-                };
-                if packet.origin == self.node {
-                    // The heartbeat: its numbers are not counted, a heartbeat lost is no frame lost.
-                    self.watch.returned(packet.seq);
-                } else {
-                    match numbers.arrived(&packet.origin, packet.seq) {
-                        Arrival::Next => {}
-                        Arrival::After { missed } => {
-                            self.missed.fetch_add(missed, Ordering::Relaxed);
-                            let told = loss::tell_missed(hub, &packet.origin, missed).await;
-                            self.notices.fetch_add(told, Ordering::Relaxed);
-                        }
-                        Arrival::Stale => {
-                            self.stale.fetch_add(1, Ordering::Relaxed);
-                            warn!(node = %packet.origin, number = packet.seq, "a packet from another node came after a later one, or again: dropped");
-                            continue;
-                        }
-                    }
-                }
-                for note in packet.notes {
-                    self.carry_out(hub, note, &mut deliveries).await;
-                }
-                deliveries.write();
-            }
-            self.set(&self.subscribed, false);
-            warn!("inbox subscription lost; subscribing again");
-        }
-    }
-
-    /// Carries out one note from another node.
-    async fn carry_out(self: &Arc<Self>, hub: &Arc<Hub>, note: Bytes, deliveries: &mut Deliveries) {
-        // Frames, the most of them, are read in place.
-        match FrameNote::read(&note) {
-            Some(Ok(frame)) => return deliveries.frame(hub, frame).await,
-            Some(Err(e)) => return warn!(error = %e, "malformed note in the inbox: dropped"),
-            None => {}
-        }
-        match Note::decode(note) {
-            Ok(Note::Probe { room, conn, from, probe, newcomer, timeout_ms }) => {
-                self.answer_probe(hub, room, conn, from, probe, newcomer, timeout_ms);
-            }
-            Ok(Note::Probed { probe, alive }) => {
-                if let Some(waiter) = self.probes().remove(&probe) {
-                    let _ = waiter.send(alive);
-                }
-            }
-            Ok(Note::Room(note)) => inbox::apply(hub, note, deliveries).await,
-            Err(e) => warn!(error = %e, "malformed note in the inbox: dropped"),
-        }
-    }
-
-    fn probes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<bool>>> {
-        self.probes.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Probes this node's member `conn` of `room` for another node, in a task of its own (the
-    /// inbox never waits), and sends the answer back.
-    #[allow(clippy::too_many_arguments)]
-    fn answer_probe(
-        self: &Arc<Self>,
-        hub: &Arc<Hub>,
-        room: RoomId,
-        conn: ConnId,
-        from: NodeId,
-        probe: u64,
-        newcomer: String,
-        timeout_ms: u64,
-    ) {
-        let this = Arc::clone(self);
-        let rooms = Arc::clone(hub);
-        // No member answers later than the configured timeout allows.
-        let timeout = Duration::from_millis(timeout_ms).min(crate::config::MAX_PROBE_TIMEOUT);
-        hub.tracker.spawn(async move {
-            let member = rooms.registry.room(room.as_str()).and_then(|r| r.local_member(conn).map(|m| (r, m)));
-            let alive = match member {
-                Some((room, (mailbox, address))) => {
-                    let alive = mailbox.probe(timeout).await;
-                    if alive {
-                        room.survived_conflict(conn);
-                    }
-                    info!(room = %room.id(), member = %address, newcomer, node = %from, alive, "identity conflict: probed this node's member for another node");
-                    alive
-                }
-                None => false,
-            };
-            this.send_state(std::slice::from_ref(&from), Note::Probed { probe, alive });
-        });
     }
 
     /// Every quarter of the TTL: refreshes this node's members and brings each local room's
