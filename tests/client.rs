@@ -394,6 +394,43 @@ async fn the_client_reconnects_after_the_proxy_restarts() {
     assert!(client.stdout_line().contains("CONN:HELLO"), "the reconnected client is in the room again");
 }
 
+/// After the relay restarts and both ends reconnect, an HTTP client's kept-alive connection to
+/// the bridge is not left tied to the old session: the next request travels the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_bridge_connection_does_not_outlive_its_session() {
+    let device = start_device().await;
+    let mut t = tunnel(Some(device), &[], &["--reconnect"]);
+    let client = http_client();
+    let bridge = t.bridge.addr;
+    assert_eq!(call(&client, bridge, "GET", "/before", None, b"").await.0, 200);
+    let port = t.proxy.addr.port();
+    t.proxy.signal("TERM");
+    assert_eq!(t.proxy.wait_exit(), Some(0));
+    t.bridge.wait_for("reconnecting");
+    let bind = format!("127.0.0.1:{port}");
+    t.proxy = Daemon::start(t._dir.path(), &["--dev", "--bind", &bind], &[]);
+    t.bridge.wait_for("peer HELLO received");
+    assert_eq!(call(&client, bridge, "GET", "/after", None, b"").await.0, 200, "through the new session");
+}
+
+/// A relay that stops answering without closing (a dead uplink, a NAT that forgot the
+/// connection; here the relay stopped with SIGSTOP) is noticed by the client's keepalive, and
+/// the client reconnects once the relay answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_relay_is_noticed_and_the_client_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let url = format!("wss://localhost:{}{ROOM}", proxy.addr.port());
+    let mut args = client_args(dir.path(), "manager", &url);
+    args.extend(["--reconnect", "--keepalive", "300ms", "--max-retry-delay", "1s"].map(String::from));
+    let mut client = spawn_client(dir.path(), args, "HELLO sent");
+    proxy.signal("STOP");
+    let dead = client.wait_for("the connection is dead");
+    assert!(dead.contains("reconnecting") || dead.contains("connection"), "{dead}");
+    proxy.signal("CONT");
+    client.wait_for("HELLO sent");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_handshake_stops_retries_when_asked() {
     let dir = tempfile::tempdir().unwrap();

@@ -26,8 +26,11 @@ pub struct BridgeOptions {
     pub max_body: usize,
 }
 
-/// Serves HTTP on `listener` until the session ends.
+/// Serves HTTP on `listener` until the session ends. The HTTP connections it accepted end
+/// with it (when it returns, or is dropped): a client's kept-alive connection is never left
+/// tied to a session that is gone, and reconnects to the bridge of the next one.
 pub async fn serve(listener: &TcpListener, session: Arc<Session>, options: BridgeOptions) {
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             ended = session.ended() => {
@@ -35,10 +38,19 @@ pub async fn serve(listener: &TcpListener, session: Arc<Session>, options: Bridg
                 return;
             }
             accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next() => continue,
         };
-        let Ok((tcp, addr)) = accepted else { continue };
+        let (tcp, addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of files, most likely: a pause, not a spin.
+                warn!(error = %e, "bridge: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let session = Arc::clone(&session);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |request| {
                 let session = Arc::clone(&session);
                 async move { Ok::<_, Infallible>(bridge_one(&session, request, options).await) }

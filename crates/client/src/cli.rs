@@ -87,6 +87,10 @@ pub struct Cli {
     /// The longest wait between reconnection attempts ("60s", "2m"...).
     #[arg(long, default_value = "30s", value_parser = duration)]
     max_retry_delay: Duration,
+    /// Ping the relay this often; a connection silent for three times this is dead, and is
+    /// reconnected (with --reconnect) or ends the run.
+    #[arg(long, default_value = "20s", value_parser = duration)]
+    keepalive: Duration,
     /// Forwarder: leave `headers` out of responses, for bridges that cannot read them (the
     /// original test client's).
     #[arg(long, requires = "forward_to")]
@@ -99,9 +103,12 @@ pub struct Cli {
     trace: bool,
 }
 
+/// The longest duration an option takes: a year.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 /// A command-line duration that is not one.
 #[derive(Debug, thiserror::Error)]
-#[error("{0:?} is not a duration like 2s, 500ms, 2m or 30")]
+#[error("{0:?} is not a duration like 2s, 500ms, 2m or 30 (more than zero, at most a year)")]
 struct BadDuration(String);
 
 /// A duration on the command line: `2s`, `500ms`, `2m`, or plain seconds.
@@ -110,16 +117,22 @@ fn duration(text: &str) -> std::result::Result<Duration, BadDuration> {
     let parsed = if let Some(ms) = text.strip_suffix("ms") {
         ms.parse::<u64>().ok().map(Duration::from_millis)
     } else if let Some(minutes) = text.strip_suffix('m') {
-        minutes.parse::<u64>().ok().filter(|m| *m > 0).map(|m| Duration::from_secs(m * 60))
+        minutes
+            .parse::<u64>()
+            .ok()
+            .filter(|m| *m > 0)
+            .and_then(|m| m.checked_mul(60))
+            .map(Duration::from_secs)
     } else {
         text.strip_suffix('s')
             .unwrap_or(text)
             .parse::<f64>()
             .ok()
             .filter(|s| s.is_finite() && *s > 0.0)
-            .map(Duration::from_secs_f64)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
     };
-    parsed.ok_or_else(|| BadDuration(text.to_owned()))
+    // Far beyond any use, and small enough that no deadline that far ahead overflows.
+    parsed.filter(|d| !d.is_zero() && *d <= MAX_DURATION).ok_or_else(|| BadDuration(text.to_owned()))
 }
 
 impl Cli {
@@ -184,6 +197,6 @@ impl Cli {
             initial: Duration::from_millis(500),
             max: self.max_retry_delay,
         };
-        Ok(RunOptions { connect, hello, bridge, forward, retry })
+        Ok(RunOptions { connect, hello, bridge, forward, retry, keepalive: self.keepalive })
     }
 }

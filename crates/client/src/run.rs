@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub forward: Option<Arc<Forwarder>>,
     /// Retry policy.
     pub retry: Retry,
+    /// How often to ping the relay; three times this without a frame ends the connection.
+    pub keepalive: Duration,
 }
 
 /// How the run ended.
@@ -119,8 +121,21 @@ where
         };
         let connected = tokio::time::Instant::now();
         let (incoming_tx, mut incoming) = mpsc::channel::<Incoming>(64);
-        let session =
-            Arc::new(Session::start(ws, options.hello.clone(), handler.clone(), Some(incoming_tx)).await?);
+        let started =
+            Session::start(ws, options.hello.clone(), handler.clone(), Some(incoming_tx), options.keepalive)
+                .await;
+        let session = match started {
+            Ok(session) => Arc::new(session),
+            // The connection failed right after the upgrade (the relay restarting, say): a
+            // lost connection like any other.
+            Err(e) if options.retry.reconnect => {
+                let wait = backoff.next(None);
+                warn!(retry_in = ?wait, "the connection failed before the HELLO went out: {e}");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         info!(url = %options.connect.url, "connected; HELLO sent, waiting for the peer's HELLO");
         let bridge_task = bridge.clone().map(|(listener, bridge_options)| {
             let session = Arc::clone(&session);

@@ -84,11 +84,16 @@ impl Session {
     ///
     /// # Errors
     /// [`Error::WebSocket`] when the HELLO cannot be sent.
+    ///
+    /// Every `keepalive` the client pings the relay; a connection that brings nothing (no
+    /// frame, no pong, no ping of the relay's) for three times that is taken for dead and
+    /// ends, so that a link that died without a reset (an uplink, a NAT) is reconnected.
     pub async fn start(
         mut ws: Ws,
         hello: Hello,
         handler: Option<Handler>,
         incoming: Option<mpsc::Sender<Incoming>>,
+        keepalive: Duration,
     ) -> Result<Session> {
         let hello = Envelope::new(Kind::Hello(hello)).with_id(0);
         ws.send(Message::text(hello.to_json())).await?;
@@ -98,7 +103,7 @@ impl Session {
         let next_id = Arc::new(AtomicI64::new(1));
         let (peer_tx, peer) = watch::channel(None);
         let (ended_tx, ended) = watch::channel(None);
-        let writer = tokio::spawn(write_loop(sink, out_rx));
+        let writer = tokio::spawn(write_loop(sink, out_rx, keepalive));
         let reader = Reader {
             out: out.clone(),
             pending: Arc::clone(&pending),
@@ -108,7 +113,7 @@ impl Session {
             peer: peer_tx,
         };
         let reader = tokio::spawn(async move {
-            let why = reader.run(stream).await;
+            let why = reader.run(stream, keepalive * 3).await;
             let _ = ended_tx.send(Some(why));
         });
         Ok(Session { out, pending, next_id, peer, ended, reader, writer })
@@ -219,8 +224,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<Ws, Message>,
     mut out: mpsc::Receiver<Message>,
+    keepalive: Duration,
 ) {
-    while let Some(message) = out.recv().await {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let message = tokio::select! {
+            message = out.recv() => match message {
+                Some(message) => message,
+                None => break,
+            },
+            _ = ping.tick() => Message::Ping(Bytes::new()),
+        };
         trace_frame("out", &message);
         let closing = matches!(message, Message::Close(_));
         if sink.send(message).await.is_err() || closing {
@@ -240,10 +255,16 @@ struct Reader {
 }
 
 impl Reader {
-    /// Reads until the connection ends; returns how it ended.
-    async fn run(self, mut stream: futures_util::stream::SplitStream<Ws>) -> Ended {
+    /// Reads until the connection ends, or brings nothing for `silence`; returns how it
+    /// ended.
+    async fn run(self, mut stream: futures_util::stream::SplitStream<Ws>, silence: Duration) -> Ended {
         let ended = loop {
-            let frame = stream.next().await;
+            let Ok(frame) = tokio::time::timeout(silence, stream.next()).await else {
+                break Ended {
+                    code: None,
+                    reason: format!("nothing from the relay for {silence:?}: the connection is dead"),
+                };
+            };
             if let Some(Ok(message)) = &frame {
                 trace_frame("in", message);
             }
