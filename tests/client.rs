@@ -349,7 +349,7 @@ async fn connect_proxy() -> (SocketAddr, tokio::sync::oneshot::Receiver<String>)
         }
         let head = String::from_utf8(head).unwrap();
         let target = head.split_whitespace().nth(1).unwrap().to_owned();
-        let _ = seen_tx.send(head.lines().next().unwrap().to_owned());
+        let _ = seen_tx.send(head.clone());
         let mut upstream = tokio::net::TcpStream::connect(target).await.unwrap();
         client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.unwrap();
         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
@@ -367,11 +367,40 @@ async fn a_connection_through_an_http_connect_proxy_works() {
     let mut args = client_args(dir.path(), "manager", &url);
     args.extend(["--via".into(), format!("http://{via}")]);
     let mut tunneled = spawn_client(dir.path(), args, "HELLO sent");
-    let request_line = tokio::time::timeout(std::time::Duration::from_secs(10), seen).await.unwrap().unwrap();
-    assert_eq!(request_line, format!("CONNECT localhost:{} HTTP/1.1", proxy.addr.port()));
+    let head = tokio::time::timeout(std::time::Duration::from_secs(10), seen).await.unwrap().unwrap();
+    assert_eq!(
+        head.lines().next(),
+        Some(format!("CONNECT localhost:{} HTTP/1.1", proxy.addr.port()).as_str())
+    );
+    assert!(!head.contains("Proxy-Authorization"), "{head}");
     let mut peer = spawn_client(dir.path(), client_args(dir.path(), "gateway", &url), "HELLO sent");
     assert!(tunneled.stdout_line().contains("CONN:HELLO"));
     assert!(peer.stdout_line().contains("CONN:HELLO"));
+}
+
+/// A proxy URL's user and password go as `Proxy-Authorization: Basic`, decoded, and are
+/// never written to the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_credentials_are_sent_and_never_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Daemon::start(dir.path(), &["--dev", "--bind", "127.0.0.1:0"], &[]);
+    let (via, seen) = connect_proxy().await;
+    let url = format!("wss://localhost:{}{ROOM}", proxy.addr.port());
+    let mut args = client_args(dir.path(), "manager", &url);
+    args.extend(["--via".into(), format!("http://operator:p%40ss-w0rd@{via}"), "--trace".into()]);
+    let tunneled = spawn_client(dir.path(), args, "HELLO sent");
+    let head = tokio::time::timeout(std::time::Duration::from_secs(10), seen).await.unwrap().unwrap();
+    // base64("operator:p@ss-w0rd")
+    assert!(head.contains("Proxy-Authorization: Basic b3BlcmF0b3I6cEBzcy13MHJk\r\n"), "{head}");
+    let log = tunneled.log();
+    assert!(!log.contains("w0rd"), "{log}");
+    // A proxy that cannot be reached: the error names it without the password.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut args = client_args(dir.path(), "manager", &url);
+    args.extend(["--via".into(), format!("http://operator:p%40ss-w0rd@{closed}")]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let failed = run_bin(dir.path(), "ws-client", &args).code(1).stderr_has("proxy http://***@127.0.0.1:");
+    assert!(!failed.stderr().contains("w0rd"), "{}", failed.stderr());
 }
 
 // The children are awaited with blocking reads, so the test's own servers need other threads.
@@ -518,6 +547,7 @@ async fn https_proxy_from_the_environment_is_used() {
         "HELLO sent",
     );
     let request_line = tokio::time::timeout(std::time::Duration::from_secs(10), seen).await.unwrap().unwrap();
+    let request_line = request_line.lines().next().unwrap_or_default().to_owned();
     assert!(request_line.starts_with("CONNECT localhost:"), "{request_line}");
 }
 

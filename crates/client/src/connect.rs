@@ -242,22 +242,33 @@ fn upgrade_request(options: &ConnectOptions) -> Result<Request> {
     Ok(request)
 }
 
-/// Opens a TCP connection to `target` through an HTTP proxy with CONNECT.
+/// Opens a TCP connection to `target` through an HTTP proxy with CONNECT; the proxy URL's
+/// user and password, if any, go as `Proxy-Authorization: Basic`, and never into a message.
 async fn tunnel(proxy: &str, target: &Target) -> Result<TcpStream> {
+    let shown = redacted_proxy(proxy);
     let uri: http::Uri =
-        proxy.parse().map_err(|e| Error::Invalid(format!("invalid proxy URL {proxy:?}: {e}")))?;
+        proxy.parse().map_err(|e| Error::Invalid(format!("invalid proxy URL {shown:?}: {e}")))?;
     if uri.scheme_str().is_some_and(|s| s != "http") {
         return Err(Error::Invalid(format!(
-            "invalid proxy URL {proxy:?}: only http:// proxies are supported"
+            "invalid proxy URL {shown:?}: only http:// proxies are supported"
         )));
     }
-    let host = uri.host().ok_or_else(|| Error::Invalid(format!("invalid proxy URL {proxy:?}: no host")))?;
+    let host = uri.host().ok_or_else(|| Error::Invalid(format!("invalid proxy URL {shown:?}: no host")))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(80);
-    let failed = |reason: String| Error::Connect { target: format!("proxy {proxy}"), reason };
+    let credentials = uri.authority().and_then(|a| a.as_str().rsplit_once('@')).map(|(user, _)| user);
+    let failed = |reason: String| Error::Connect { target: format!("proxy {shown}"), reason };
     let mut tcp = TcpStream::connect((host, port)).await.map_err(|e| failed(e.to_string()))?;
     let authority = target.authority();
-    let request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    let authorization = credentials.map_or_else(String::new, |user| {
+        use base64::Engine as _;
+        let decoded = percent_decoded(user);
+        format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            base64::engine::general_purpose::STANDARD.encode(decoded)
+        )
+    });
+    let request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{authorization}\r\n");
     tcp.write_all(request.as_bytes()).await.map_err(|e| failed(e.to_string()))?;
     // Read the response head byte by byte: nothing past it may be consumed, since the TLS
     // handshake follows on the same connection.
@@ -278,6 +289,43 @@ async fn tunnel(proxy: &str, target: &Target) -> Result<TcpStream> {
     Ok(tcp)
 }
 
+/// A proxy URL fit for a message: its user and password, if any, replaced by `***`.
+fn redacted_proxy(proxy: &str) -> String {
+    let Some((scheme, rest)) = proxy.split_once("://") else {
+        return proxy.rsplit_once('@').map_or_else(|| proxy.to_owned(), |(_, host)| format!("***@{host}"));
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+        None => proxy.to_owned(),
+    }
+}
+
+/// `user:password` from a URL, its `%XX` escapes decoded (a malformed one is kept as it is).
+fn percent_decoded(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +340,14 @@ mod tests {
         assert_eq!(Target { host: "::1".into(), port: 5 }.authority(), "[::1]:5");
         assert!(Target::of_url("ws://proxy/x").is_err());
         assert!(Target::of_url("not a url").is_err());
+    }
+
+    #[test]
+    fn proxy_credentials_are_decoded_for_the_header_and_never_shown() {
+        assert_eq!(redacted_proxy("http://user:s3cret@squid:3128"), "http://***@squid:3128");
+        assert_eq!(redacted_proxy("http://squid:3128/"), "http://squid:3128/");
+        assert_eq!(redacted_proxy("user:s3cret@squid:3128"), "***@squid:3128");
+        assert_eq!(percent_decoded("me%40corp:p%3Ass%zz"), b"me@corp:p:ss%zz");
     }
 
     #[test]
