@@ -232,6 +232,27 @@ async fn fifty_concurrent_requests_each_get_their_own_answer() {
     }
 }
 
+/// A gateway serves at most 64 requests at a time: past that, requests are answered 503 at
+/// once instead of held while the local service is slow.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_answers_503_past_the_requests_it_serves_at_once() {
+    let device = start_device().await;
+    let t = tunnel(Some(device), &["--forward-timeout", "5s"], &["--request-timeout", "8s"]);
+    let client = http_client();
+    let bridge = t.bridge.addr;
+    // 70 requests the device never answers: 64 wait for the forwarder's 5 s, 6 are refused.
+    let slow = (0..70).map(|_| {
+        let client = client.clone();
+        async move { call(&client, bridge, "GET", "/slow", None, b"").await.0 }
+    });
+    let statuses = futures_util::future::join_all(slow).await;
+    let refused = statuses.iter().filter(|&&s| s == 503).count();
+    let timed_out = statuses.iter().filter(|&&s| s == 504).count();
+    assert_eq!((refused, timed_out), (6, 64), "{statuses:?}");
+    // The places are free again.
+    assert_eq!(call(&client, bridge, "GET", "/item", None, b"").await.0, 200);
+}
+
 // The children are awaited with blocking reads, so the test's own servers need other threads.
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_map_to_503_502_and_504() {

@@ -105,6 +105,7 @@ impl Session {
         let (ended_tx, ended) = watch::channel(None);
         let writer = tokio::spawn(write_loop(sink, out_rx, keepalive));
         let reader = Reader {
+            serving: Arc::new(tokio::sync::Semaphore::new(SERVING_AT_ONCE)),
             out: out.clone(),
             pending: Arc::clone(&pending),
             next_id: Arc::clone(&next_id),
@@ -245,7 +246,12 @@ async fn write_loop(
     let _ = sink.close().await;
 }
 
+/// Requests from the peer served at once, at most.
+pub const SERVING_AT_ONCE: usize = 64;
+
 struct Reader {
+    /// Places for requests being served ([`SERVING_AT_ONCE`]).
+    serving: Arc<tokio::sync::Semaphore>,
     out: mpsc::Sender<Message>,
     pending: Pending,
     next_id: Arc<AtomicI64>,
@@ -329,16 +335,28 @@ impl Reader {
         }
     }
 
-    /// Answers a request from the peer, concurrently with everything else.
+    /// Answers a request from the peer, concurrently with everything else, up to
+    /// [`SERVING_AT_ONCE`] at a time: past that, at once with 503, so that a peer sending
+    /// faster than the local service answers cannot make this client hold without bound.
     fn serve(&self, request: RestRequest, id: Option<MessageId<'static>>) {
         let handler = self.handler.clone();
         let out = self.out.clone();
         let reply_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::clone(&self.serving).try_acquire_owned();
         tokio::spawn(async move {
             debug!(method = %request.method, path = %request.path, "serving REST:REQUEST");
-            let response = match handler {
-                Some(handler) => handler(request).await,
-                None => RestResponse {
+            let response = match (slot, handler) {
+                (Err(_), _) => {
+                    warn!(method = %request.method, path = %request.path, "too many requests being served: answered 503");
+                    RestResponse {
+                        status_code: 503,
+                        reason_phrase: Some(format!("this peer serves {SERVING_AT_ONCE} requests at a time")),
+                        headers: Vec::new(),
+                        content: Content::none(),
+                    }
+                }
+                (Ok(_slot), Some(handler)) => handler(request).await,
+                (Ok(_), None) => RestResponse {
                     status_code: 501,
                     reason_phrase: Some(
                         "this peer does not serve requests (ws-client without --forward-to)".into(),
