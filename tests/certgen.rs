@@ -114,6 +114,8 @@ fn every_key_type_verifies() {
     let rsa = openssl(dir, &["x509", "-in", "rsa2048.cert.pem", "-noout", "-text"]).success().stdout();
     assert!(rsa.contains("Key Encipherment"), "RSA leaves get keyEncipherment:\n{rsa}");
     root(dir, "r", "x", &["--key-type", "dsa"]).code(64).stderr_has("unknown key type");
+    // A validity past any date a certificate can hold is a clear error, not a panic.
+    root(dir, "r", "x", &["--expiration-in-days", "4294967295"]).code(64).stderr_has("at most 36500");
 }
 
 #[test]
@@ -374,6 +376,7 @@ fn revoke_builds_a_crl_that_openssl_checks() {
 
     revoke(&[]).code(64).stderr_has("--serial");
     revoke(&["--serial", "xyz"]).code(64).stderr_has("not hex");
+    revoke(&["--serial", &serial, "--next-update-days", "4294967295"]).code(64).stderr_has("at most 36500");
     root(dir, "other-root", "Other", &[]).success();
     let other = ["revoke", "--ca-certfile", "other-root.cert.pem", "--ca-keyfile", "other-root.key.pem"];
     certgen(dir, &[&other[..], &["--crl", "root.crl.pem", "--cert", "gw-2.cert.pem"]].concat())

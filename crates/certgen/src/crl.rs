@@ -66,6 +66,12 @@ pub fn parse_serial(text: &str) -> Result<Vec<u8>> {
 /// [`Error::Io`] for the file, [`Error::Rejected`] when the existing CRL is not one of this
 /// CA's, [`Error::Invalid`] for zero days, [`Error::Issue`] when signing fails.
 pub fn revoke(ca: &Authority, crl_path: &Path, serial: &[u8], next_update_days: u32) -> Result<Revoked> {
+    if next_update_days > crate::issue::MAX_DAYS {
+        return Err(Error::Invalid(format!(
+            "--next-update-days must be at most {} (a hundred years)",
+            crate::issue::MAX_DAYS
+        )));
+    }
     if next_update_days == 0 {
         return Err(Error::Invalid("--next-update-days must be at least 1".into()));
     }

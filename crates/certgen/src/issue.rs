@@ -106,9 +106,17 @@ fn random_serial() -> Result<SerialNumber> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
+/// The longest validity, or time to a CRL's next update, certgen writes: a hundred years.
+pub(crate) const MAX_DAYS: u32 = 36_500;
+
 fn validity(days: u32) -> Result<(OffsetDateTime, OffsetDateTime)> {
     if days == 0 {
         return Err(Error::Invalid("--expiration-in-days must be at least 1".to_owned()));
+    }
+    if days > MAX_DAYS {
+        return Err(Error::Invalid(format!(
+            "--expiration-in-days must be at most {MAX_DAYS} (a hundred years)"
+        )));
     }
     // Certificates hold whole seconds; truncating here makes `Issued::not_after` exact.
     let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| OffsetDateTime::now_utc());
