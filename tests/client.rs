@@ -232,6 +232,23 @@ async fn fifty_concurrent_requests_each_get_their_own_answer() {
     }
 }
 
+/// A body under the bridge's limit that JSON escaping makes larger than a frame is refused
+/// 413 by the bridge, and the session (and every other request on it) goes on: sent, it would
+/// have made the relay close the connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_too_large_once_escaped_is_refused_and_the_session_goes_on() {
+    let device = start_device().await;
+    let t = tunnel(Some(device), &[], &[]);
+    let client = http_client();
+    let bridge = t.bridge.addr;
+    // 200 KiB of control characters: each is escaped to six bytes in the envelope.
+    let body = vec![1u8; 200 << 10];
+    let (status, _, answer) = call(&client, bridge, "POST", "/echo", Some("text/plain"), &body).await;
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&answer));
+    assert!(String::from_utf8_lossy(&answer).contains("once encoded"));
+    assert_eq!(call(&client, bridge, "GET", "/item", None, b"").await.0, 200, "the session goes on");
+}
+
 /// A gateway serves at most 64 requests at a time: past that, requests are answered 503 at
 /// once instead of held while the local service is slow.
 #[tokio::test(flavor = "multi_thread")]

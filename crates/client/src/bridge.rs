@@ -113,6 +113,7 @@ async fn bridge_one(
             plain(504, format!("no response from the peer within {after:?}"))
         }
         Err(Error::Refused { status, reason }) => plain(status, reason),
+        Err(e @ Error::TooLarge(_)) => plain(413, e.to_string()),
         Err(e) => plain(502, e.to_string()),
     }
 }

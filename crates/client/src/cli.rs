@@ -10,6 +10,7 @@ use micronets_message::Hello;
 
 use crate::bridge::BridgeOptions;
 use crate::connect::{ConnectOptions, Target, proxy_from_env};
+use crate::error::MAX_FRAME_BYTES;
 use crate::forward::Forwarder;
 use crate::run::{Retry, RunOptions};
 use crate::tls::TlsOptions;
@@ -17,9 +18,6 @@ use crate::{Error, Result};
 
 /// The original test client's flags that are not single letters, and their long forms.
 pub const LEGACY: [(&str, &str); 2] = [("-cc", "--client-cert"), ("-ca", "--ca-cert")];
-
-/// The largest frame the client sends or takes; bodies are at most half of it.
-const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// `ws-client URL [options]`.
 #[derive(Parser)]

@@ -54,10 +54,18 @@ pub enum Error {
         /// Its reasonPhrase.
         reason: String,
     },
+    /// An envelope larger, once encoded, than a frame may be: sent, it would make the relay
+    /// close the connection (1009), and every request in flight on it would be lost.
+    #[error("the message is {0} bytes once encoded, more than a frame may carry ({MAX_FRAME_BYTES})")]
+    TooLarge(usize),
     /// An envelope could not be built or read.
     #[error(transparent)]
     Message(#[from] micronets_message::Error),
 }
+
+/// The largest frame the client sends or takes (the relay's default `limits.max_frame_bytes`);
+/// bodies are at most half of it.
+pub(crate) const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

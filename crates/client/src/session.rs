@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{debug, info, trace, warn};
 
 use crate::connect::Ws;
+use crate::error::MAX_FRAME_BYTES;
 use crate::{Error, Result};
 
 /// Serves a `REST:REQUEST` received from the peer.
@@ -150,8 +151,14 @@ impl Session {
     ///
     /// # Errors
     /// [`Error::Closed`] when the connection has ended.
+    /// [`Error::TooLarge`] when it would not fit in a frame once encoded (JSON escapes can make
+    /// a body several times longer).
     pub async fn send(&self, envelope: &Envelope) -> Result<()> {
-        self.send_text(envelope.to_json()).await
+        let text = envelope.to_json();
+        if text.len() > MAX_FRAME_BYTES {
+            return Err(Error::TooLarge(text.len()));
+        }
+        self.send_text(text).await
     }
 
     /// Sends `request` and waits at most `timeout` for the matching `REST:RESPONSE`.
@@ -365,8 +372,25 @@ impl Reader {
                     content: Content::none(),
                 },
             };
-            let envelope = Envelope::new(Kind::RestResponse(response)).with_id(reply_id).in_response_to(id);
-            let _ = out.send(Message::text(envelope.to_json())).await;
+            let envelope =
+                Envelope::new(Kind::RestResponse(response)).with_id(reply_id).in_response_to(id.clone());
+            let mut text = envelope.to_json();
+            if text.len() > MAX_FRAME_BYTES {
+                // Sent, it would close the connection (1009) and lose every request in flight.
+                warn!(len = text.len(), "response too large for a frame once encoded: answered 502");
+                let refused = RestResponse {
+                    status_code: 502,
+                    reason_phrase: Some(format!(
+                        "the response is {} bytes once encoded, more than a frame may carry",
+                        text.len()
+                    )),
+                    headers: Vec::new(),
+                    content: Content::none(),
+                };
+                text =
+                    Envelope::new(Kind::RestResponse(refused)).with_id(reply_id).in_response_to(id).to_json();
+            }
+            let _ = out.send(Message::text(text)).await;
         });
     }
 
