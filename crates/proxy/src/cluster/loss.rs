@@ -7,7 +7,6 @@
 //! ([`Refusals`]), in response to the frame. All are `CONN:ERROR` 503s, delivered like any
 //! frame from another node (never waiting).
 
-use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use micronets_message::{Header, MessageId};
@@ -15,15 +14,11 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::warn;
 
+use super::recent::Recent;
 use super::wire::{Note, RoomNote};
 use crate::rooms::fanout::{self, Sender};
 use crate::rooms::hub::Hub;
 use crate::rooms::id::{ConnId, NodeId, RoomId};
-
-/// Nodes whose last packet number is kept, at most: far more than a cluster has, counting the
-/// names its nodes had before their restarts. Beyond it, the node heard from least recently is
-/// forgotten (a name from a flood of forged packets, or of a node long gone).
-const ORIGINS: usize = 4096;
 
 /// What a packet's number says, next to the last one seen from its node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,12 +32,11 @@ pub(crate) enum Arrival {
     Stale,
 }
 
-/// The last packet number seen from each node.
+/// The last packet number seen from each node (0 for none yet), for the nodes heard from most
+/// recently (`recent.rs`).
 #[derive(Default)]
 pub(crate) struct Numbers {
-    /// Each node's last number, and when it was last heard from (in arrivals).
-    last: HashMap<NodeId, (u64, u64)>,
-    arrivals: u64,
+    last: Recent<u64>,
 }
 
 impl Numbers {
@@ -51,25 +45,11 @@ impl Numbers {
     /// numbered 1 after others means the sending node numbers them again (it had forgotten
     /// this node: see `redis/publisher.rs`).
     pub(crate) fn arrived(&mut self, origin: &NodeId, number: u64) -> Arrival {
-        self.arrivals += 1;
-        let now = self.arrivals;
-        let previous = match self.last.get_mut(origin) {
-            Some((last, heard)) => {
-                *heard = now;
-                let previous = *last;
-                if number > previous || number == 1 {
-                    *last = number;
-                }
-                previous
-            }
-            None => {
-                if self.last.len() >= ORIGINS {
-                    self.forget_the_oldest();
-                }
-                self.last.insert(origin.clone(), (number, now));
-                0
-            }
-        };
+        let last = self.last.get(origin, || 0);
+        let previous = *last;
+        if number > previous || number == 1 {
+            *last = number;
+        }
         if number == 1 || previous.checked_add(1) == Some(number) {
             Arrival::Next
         } else if number <= previous {
@@ -77,13 +57,6 @@ impl Numbers {
         } else {
             // Above `previous + 1` here: nothing overflows.
             Arrival::After { missed: number - previous - 1 }
-        }
-    }
-
-    fn forget_the_oldest(&mut self) {
-        let oldest = self.last.iter().min_by_key(|(_, (_, heard))| *heard).map(|(node, _)| node.clone());
-        if let Some(node) = oldest {
-            self.last.remove(&node);
         }
     }
 }
@@ -215,6 +188,7 @@ pub(crate) async fn tell_missed(hub: &Hub, origin: &NodeId, missed: u64) -> u64 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::recent::NODES;
 
     #[test]
     fn numbers_skipped_are_counted_from_each_node_numbering_from_one() {
@@ -253,13 +227,13 @@ mod tests {
     fn the_node_heard_from_least_recently_is_forgotten_beyond_the_bound() {
         let mut numbers = Numbers::default();
         let node = |n: usize| NodeId::new(&format!("n-{n}"));
-        for n in 0..ORIGINS {
+        for n in 0..NODES {
             assert_eq!(numbers.arrived(&node(n), 1), Arrival::Next);
         }
         assert_eq!(numbers.arrived(&node(0), 2), Arrival::Next, "n-0 heard from again");
-        assert_eq!(numbers.arrived(&node(ORIGINS), 1), Arrival::Next);
-        assert_eq!(numbers.last.len(), ORIGINS);
-        assert!(numbers.last.contains_key(&node(0)));
-        assert!(!numbers.last.contains_key(&node(1)), "the least recently heard from went");
+        assert_eq!(numbers.arrived(&node(NODES), 1), Arrival::Next);
+        assert_eq!(numbers.last.len(), NODES);
+        assert!(numbers.last.contains(&node(0)));
+        assert!(!numbers.last.contains(&node(1)), "the least recently heard from went");
     }
 }

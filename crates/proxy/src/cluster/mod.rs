@@ -8,8 +8,8 @@
 //!   and inserted by one Lua script) and gives each node one inbox channel: a member's frame is
 //!   queued (`outbox.rs`) and published once to each node that hosts another member of its
 //!   room (`wire.rs` encodes the notes and packs them, numbered; `link.rs` holds the
-//!   connections; `loss.rs` tells members of what was lost on the way; `heartbeat.rs` watches
-//!   the inbox; `direct.rs` and `resp.rs` are the node's own connections for publishing and
+//!   connections; `loss.rs` tells members of what was lost on the way, `recent.rs` bounds
+//!   what is kept per node; `heartbeat.rs` watches the inbox; `direct.rs` and `resp.rs` are the node's own connections for publishing and
 //!   its inbox on a single Redis server).
 //! - `inbox.rs` turns the notes other nodes send into deliveries to local members, and
 //!   `view.rs` reconciles each room's view of its members elsewhere.
@@ -27,6 +27,7 @@ pub(crate) mod local;
 mod loss;
 mod outbox;
 mod presence;
+mod recent;
 pub(crate) mod redis;
 pub(crate) mod resp;
 mod view;

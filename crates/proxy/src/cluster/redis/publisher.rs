@@ -3,7 +3,6 @@
 //! packets of a batch at once. What could not be published is counted lost, and the members
 //! whose frames it carried are told (`loss.rs`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -14,6 +13,7 @@ use super::{BATCH, RedisBackplane};
 use crate::cluster::direct::Published;
 use crate::cluster::loss::{self, Loss};
 use crate::cluster::outbox::{Full, Queued};
+use crate::cluster::recent::Recent;
 use crate::cluster::wire::{Note, encode_packet};
 use crate::rooms::hub::Hub;
 use crate::rooms::id::NodeId;
@@ -132,43 +132,21 @@ impl RedisBackplane {
     }
 }
 
-/// Receiving nodes kept, at most, by [`Inboxes`]: far more than a cluster has, counting the
-/// names its nodes had before their restarts. Beyond it, the node published to least recently
-/// is forgotten, and its packets are numbered from 1 again (its inbox takes a packet numbered
-/// 1 as the start of a new count: `loss.rs`).
-const INBOXES: usize = 4096;
-
-/// Each receiving node's inbox channel, named once, and the number of its last packet.
+/// Each receiving node's inbox channel, named once, and the number of its last packet, for
+/// the nodes published to most recently (`recent.rs`). A node forgotten has its packets
+/// numbered from 1 again, which its inbox takes as the start of a new count (`loss.rs`).
 #[derive(Default)]
-struct Inboxes {
-    nodes: HashMap<NodeId, Inbox>,
-    uses: u64,
-}
+struct Inboxes(Recent<Inbox>);
 
 struct Inbox {
     channel: Arc<str>,
     number: u64,
-    /// When it was last used, in uses of [`Inboxes`].
-    used: u64,
 }
 
 impl Inboxes {
     /// `node`'s inbox, named by `channel` if it is new.
     fn of(&mut self, node: &NodeId, channel: impl FnOnce() -> String) -> &mut Inbox {
-        self.uses += 1;
-        if self.nodes.len() >= INBOXES && !self.nodes.contains_key(node) {
-            let oldest = self.nodes.iter().min_by_key(|(_, inbox)| inbox.used).map(|(node, _)| node.clone());
-            if let Some(oldest) = oldest {
-                self.nodes.remove(&oldest);
-            }
-        }
-        let inbox = self.nodes.entry(node.clone()).or_insert_with(|| Inbox {
-            channel: channel().into(),
-            number: 0,
-            used: 0,
-        });
-        inbox.used = self.uses;
-        inbox
+        self.0.get(node, || Inbox { channel: channel().into(), number: 0 })
     }
 }
 
@@ -195,6 +173,7 @@ fn by_node(batch: &[Queued]) -> Vec<(&NodeId, Vec<&Note>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::recent::NODES;
 
     fn probed(probe: u64) -> Option<Note> {
         Some(Note::Probed { probe, alive: true })
@@ -220,12 +199,12 @@ mod tests {
         };
         assert_eq!(next(&mut inboxes, 0), ("inbox:n-0".to_owned(), 1));
         assert_eq!(next(&mut inboxes, 0), ("inbox:n-0".to_owned(), 2));
-        for n in 1..INBOXES {
+        for n in 1..NODES {
             assert_eq!(next(&mut inboxes, n).1, 1);
         }
         assert_eq!(next(&mut inboxes, 0).1, 3, "n-0 used again: n-1 is now the oldest");
-        assert_eq!(next(&mut inboxes, INBOXES).1, 1);
-        assert_eq!(inboxes.nodes.len(), INBOXES);
+        assert_eq!(next(&mut inboxes, NODES).1, 1);
+        assert_eq!(inboxes.0.len(), NODES);
         assert_eq!(next(&mut inboxes, 0).1, 4, "kept");
         assert_eq!(next(&mut inboxes, 1).1, 1, "forgotten: numbered from 1 again");
     }
