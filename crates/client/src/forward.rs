@@ -28,7 +28,8 @@ pub struct Forwarder {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
-fn failure(status: u16, reason: String) -> RestResponse {
+/// A response made here, not by the service: `status`, with `reason` as its phrase.
+pub(crate) fn failure(status: u16, reason: String) -> RestResponse {
     RestResponse {
         status_code: status,
         reason_phrase: Some(reason),

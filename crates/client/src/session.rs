@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use micronets_message::{Content, Envelope, Hello, Kind, MessageId, RestRequest, RestResponse};
+use micronets_message::{Envelope, Hello, Kind, MessageId, RestRequest, RestResponse};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,6 +20,7 @@ use tracing::{debug, info, trace, warn};
 
 use crate::connect::Ws;
 use crate::error::MAX_FRAME_BYTES;
+use crate::forward::failure;
 use crate::{Error, Result};
 
 /// Serves a `REST:REQUEST` received from the peer.
@@ -355,22 +356,12 @@ impl Reader {
             let response = match (slot, handler) {
                 (Err(_), _) => {
                     warn!(method = %request.method, path = %request.path, "too many requests being served: answered 503");
-                    RestResponse {
-                        status_code: 503,
-                        reason_phrase: Some(format!("this peer serves {SERVING_AT_ONCE} requests at a time")),
-                        headers: Vec::new(),
-                        content: Content::none(),
-                    }
+                    failure(503, format!("this peer serves {SERVING_AT_ONCE} requests at a time"))
                 }
                 (Ok(_slot), Some(handler)) => handler(request).await,
-                (Ok(_), None) => RestResponse {
-                    status_code: 501,
-                    reason_phrase: Some(
-                        "this peer does not serve requests (ws-client without --forward-to)".into(),
-                    ),
-                    headers: Vec::new(),
-                    content: Content::none(),
-                },
+                (Ok(_), None) => {
+                    failure(501, "this peer does not serve requests (ws-client without --forward-to)".into())
+                }
             };
             let envelope =
                 Envelope::new(Kind::RestResponse(response)).with_id(reply_id).in_response_to(id.clone());
@@ -378,15 +369,10 @@ impl Reader {
             if text.len() > MAX_FRAME_BYTES {
                 // Sent, it would close the connection (1009) and lose every request in flight.
                 warn!(len = text.len(), "response too large for a frame once encoded: answered 502");
-                let refused = RestResponse {
-                    status_code: 502,
-                    reason_phrase: Some(format!(
-                        "the response is {} bytes once encoded, more than a frame may carry",
-                        text.len()
-                    )),
-                    headers: Vec::new(),
-                    content: Content::none(),
-                };
+                let refused = failure(
+                    502,
+                    format!("the response is {} bytes once encoded, more than a frame may carry", text.len()),
+                );
                 text =
                     Envelope::new(Kind::RestResponse(refused)).with_id(reply_id).in_response_to(id).to_json();
             }
