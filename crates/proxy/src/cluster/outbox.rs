@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
+use super::recent::NODES;
 use super::wire::Note;
 use crate::rooms::id::NodeId;
 
@@ -20,8 +21,6 @@ pub(crate) type Queued = (NodeId, Option<Note>);
 
 /// What a note counts against the bytes bound, beyond its payload.
 const NOTE_OVERHEAD: usize = 64;
-/// Nodes kept, at most, as having had notes refused since the last batch.
-const SKIPPED_NODES: usize = 4096;
 
 /// Notes waiting to be published.
 pub(crate) struct Outbox {
@@ -41,7 +40,8 @@ struct State {
     /// Notes and bytes queued, and taken by the publisher but not yet done with.
     notes: usize,
     bytes: usize,
-    /// The nodes notes were refused for since the publisher last took a batch.
+    /// The nodes notes were refused for since the publisher last took a batch ([`NODES`] at
+    /// most).
     skipped: Vec<NodeId>,
 }
 
@@ -85,7 +85,7 @@ impl Outbox {
         let cost = cost(note.as_ref());
         let mut state = self.state();
         if state.notes >= self.max_notes || state.bytes + cost > self.max_bytes {
-            if note.is_some() && state.skipped.len() < SKIPPED_NODES && !state.skipped.contains(node) {
+            if note.is_some() && state.skipped.len() < NODES && !state.skipped.contains(node) {
                 state.skipped.push(node.clone());
             }
             return Err(Full(note));
