@@ -136,9 +136,8 @@ impl Refusals {
         self.added.notified().await;
         let refused = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
         let reason = "not relayed to the members on other nodes: this node's queue to them is full";
-        let told =
-            refused.into_iter().filter(|r| tell_sender(hub, r.room.as_str(), r.conn, r.id.clone(), reason));
-        told.count() as u64
+        let told = refused.into_iter().map(|r| tell_sender(hub, r.room.as_str(), r.conn, r.id, reason));
+        told.filter(|&told| told).count() as u64
     }
 }
 

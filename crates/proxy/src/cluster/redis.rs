@@ -10,11 +10,11 @@
 //! number skipped tells the members of the rooms it shares with the sending node.
 //!
 //! Five tasks run while the node serves: the publisher (`redis/publisher.rs`), the inbox
-//! reader (`redis/subscriber.rs`), the presence refresh, the teller of refused frames (`loss.rs`), and the heartbeat,
-//! which publishes an empty packet to the node's own inbox every [`HEARTBEAT`] and subscribes
-//! again when one has not come back within [`SILENCE`] of its publishing (a subscription that
-//! stopped delivering without closing). Redis counts as reachable while the inbox and the
-//! refresh succeed.
+//! reader (`redis/subscriber.rs`), the presence refresh, the teller of refused frames
+//! (`loss.rs`), and the heartbeat, which publishes an empty packet to the node's own inbox
+//! every [`HEARTBEAT`] and subscribes again when one has not come back within [`SILENCE`] of
+//! its publishing (a subscription that stopped delivering without closing). Redis counts as
+//! reachable while the inbox and the refresh succeed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -47,7 +47,8 @@ impl Hold {
     pub(crate) fn push(
         &mut self,
         frame: &Message,
-        (from, sender): (ConnId, Fingerprint),
+        from: ConnId,
+        sender: Fingerprint,
         message_id: impl FnOnce() -> Option<MessageId<'static>>,
         limits: HoldLimits,
     ) -> bool {
@@ -120,11 +121,11 @@ mod tests {
     async fn the_buffer_is_bounded_and_ages_out_oldest_first() {
         let limits = HoldLimits { max_messages: 2, max_bytes: 10, max_age: Duration::from_secs(60) };
         let mut hold = Hold::default();
-        let from = (ConnId::next(), Fingerprint([1; 32]));
-        assert!(hold.push(&Message::text("abcd"), from, || None, limits));
+        let (from, sender) = (ConnId::next(), Fingerprint([1; 32]));
+        assert!(hold.push(&Message::text("abcd"), from, sender, || None, limits));
         tokio::time::advance(Duration::from_secs(30)).await;
-        assert!(hold.push(&Message::text("efgh"), from, || Some(MessageId::from(7)), limits));
-        assert!(!hold.push(&Message::text("i"), from, || None, limits), "two messages at most");
+        assert!(hold.push(&Message::text("efgh"), from, sender, || Some(MessageId::from(7)), limits));
+        assert!(!hold.push(&Message::text("i"), from, sender, || None, limits), "two messages at most");
         assert_eq!((hold.len(), hold.bytes()), (2, 8));
         tokio::time::advance(Duration::from_secs(30)).await;
         let expired = hold.expire(Instant::now());
@@ -141,8 +142,8 @@ mod tests {
         let limits = HoldLimits { max_messages: 8, max_bytes: 100, max_age: Duration::from_secs(60) };
         let mut hold = Hold::default();
         let (sender, other) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
-        assert!(hold.push(&Message::text("a"), (ConnId::next(), sender), || None, limits));
-        assert!(hold.push(&Message::text("b"), (ConnId::next(), sender), || None, limits));
+        assert!(hold.push(&Message::text("a"), ConnId::next(), sender, || None, limits));
+        assert!(hold.push(&Message::text("b"), ConnId::next(), sender, || None, limits));
         assert!(hold.take_for([sender].iter()).is_empty(), "the sender's replacement");
         assert_eq!(hold.len(), 2, "still held, for a peer");
         assert_eq!(hold.take_for([sender, other].iter()).len(), 2, "a peer among the newcomers");

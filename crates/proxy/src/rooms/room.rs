@@ -424,7 +424,7 @@ impl Room {
         if asks.requires_response {
             return Route::Alone;
         }
-        if state.hold.push(frame, (sender, fingerprint), message_id, limits) {
+        if state.hold.push(frame, sender, fingerprint, message_id, limits) {
             Route::Held
         } else {
             Route::HoldFull
